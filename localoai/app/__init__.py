@@ -1,0 +1,27 @@
+"""The Quart app: routes by endpoint family over one `ServedModel`, one error model."""
+
+from __future__ import annotations
+
+from quart import Quart
+
+from localoai.app.auth import require_api_key
+from localoai.app.errors import register_error_handlers
+from localoai.app.routes import chat, completions, models, tokenize
+from localoai.handlers.chat import ChatCompletions
+from localoai.handlers.completions import Completions
+from localoai.served import ServedModel
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def create_app(served: ServedModel, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Quart:
+    app = Quart("localoai")
+    app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
+    register_error_handlers(app)
+    if api_key:
+        require_api_key(app, api_key)
+    app.register_blueprint(models.blueprint(served))
+    app.register_blueprint(chat.blueprint(ChatCompletions(served)))
+    app.register_blueprint(completions.blueprint(Completions(served)))
+    app.register_blueprint(tokenize.blueprint(served))
+    return app

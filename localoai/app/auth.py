@@ -1,0 +1,27 @@
+"""Bearer-key check: when a key is set, every route but `/health` requires it."""
+
+from __future__ import annotations
+
+import hmac
+
+from quart import Quart, request
+
+from localoai.errors import AuthenticationError
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+def require_api_key(app: Quart, api_key: str) -> None:
+    expected = f"Bearer {api_key}".encode()
+
+    @app.before_request
+    async def check_key() -> None:
+        if request.path in OPEN_PATHS:
+            return
+        header = request.headers.get("Authorization")
+        if header is None:
+            raise AuthenticationError(
+                "You didn't provide an API key. Provide it in an Authorization header (Authorization: Bearer KEY)."
+            )
+        if not hmac.compare_digest(header.encode(), expected):
+            raise AuthenticationError("Incorrect API key provided.")

@@ -1,0 +1,49 @@
+"""Every error the app returns is OpenAI-shaped, the framework's own 404/405/413 included."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart, Response
+from werkzeug.exceptions import HTTPException
+
+from localoai.app.responses import error_response
+from localoai.errors import (
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    OpenAIError,
+    RequestTooLargeError,
+    ServerError,
+)
+
+logger = logging.getLogger("localoai.http")
+
+
+def _from_http(exc: HTTPException) -> OpenAIError:
+    if exc.code == 404:
+        return NotFoundError("Unknown request URL. Please check the URL for typos.", code="unknown_url")
+    if exc.code == 405:
+        return MethodNotAllowedError("Method not allowed for this URL.", code="method_not_allowed")
+    if exc.code == 413:
+        return RequestTooLargeError("The request body is larger than this server accepts.")
+    if exc.code is not None and 400 <= exc.code < 500:
+        return InvalidRequestError(exc.description or "Bad request.")
+    return ServerError("The server failed to handle this request.")
+
+
+def register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(OpenAIError)
+    async def openai_error(exc: OpenAIError) -> Response:
+        if isinstance(exc, ServerError) and exc.__cause__ is not None:
+            logger.error("request failed", exc_info=exc.__cause__)
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return error_response(_from_http(exc))
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        logger.exception("unexpected error")  # details stay in the log, never in the response
+        return error_response(ServerError("The server had an error while processing your request."))

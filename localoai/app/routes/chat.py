@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from localoai.app.responses import json_response, sse_response
+from localoai.handlers.chat import ChatCompletions
+from localoai.protocol.base import parse_request
+from localoai.protocol.chat import ChatCompletionRequest
+
+
+def blueprint(chat: ChatCompletions) -> Blueprint:
+    routes = Blueprint("chat", __name__)
+
+    @routes.post("/v1/chat/completions")
+    async def create() -> Response:
+        prepared = chat.prepare(parse_request(ChatCompletionRequest, await request.get_data()))
+        if prepared.request.stream:
+            options = prepared.request.stream_options
+            return sse_response(chat.chunks(prepared, include_usage=bool(options and options.include_usage)))
+        return json_response(await chat.create(prepared))
+
+    return routes

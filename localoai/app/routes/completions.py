@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from localoai.app.responses import json_response, sse_response
+from localoai.handlers.completions import Completions
+from localoai.protocol.base import parse_request
+from localoai.protocol.completions import CompletionRequest
+
+
+def blueprint(completions: Completions) -> Blueprint:
+    routes = Blueprint("completions", __name__)
+
+    @routes.post("/v1/completions")
+    async def create() -> Response:
+        prepared = completions.prepare(parse_request(CompletionRequest, await request.get_data()))
+        if prepared.request.stream:
+            options = prepared.request.stream_options
+            return sse_response(completions.chunks(prepared, include_usage=bool(options and options.include_usage)))
+        return json_response(await completions.create(prepared))
+
+    return routes

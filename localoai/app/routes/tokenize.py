@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from localoai.app.responses import json_response
+from localoai.handlers.tokenize import detokenize, tokenize
+from localoai.protocol.base import parse_request
+from localoai.protocol.tokenize import DetokenizeRequest, TokenizeRequest
+from localoai.served import ServedModel
+
+
+def blueprint(served: ServedModel) -> Blueprint:
+    routes = Blueprint("tokenize", __name__)
+
+    @routes.post("/tokenize")
+    async def tokenize_route() -> Response:
+        return json_response(tokenize(served, parse_request(TokenizeRequest, await request.get_data())))
+
+    @routes.post("/detokenize")
+    async def detokenize_route() -> Response:
+        return json_response(detokenize(served, parse_request(DetokenizeRequest, await request.get_data())))
+
+    return routes

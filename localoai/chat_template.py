@@ -1,0 +1,99 @@
+"""Render OpenAI chat messages through the tokenizer's own chat template.
+
+Messages are converted to the plain-dict shape Hugging Face templates expect (text
+parts joined, `developer` as `system`, tool-call arguments as objects) and rendered with
+`apply_chat_template`, which supplies `bos_token`/`eos_token` and the template's special
+tokens. The prompt ids are the template text tokenized without extra special tokens,
+exactly as `apply_chat_template(..., tokenize=True)` produces them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from localoai.errors import InvalidRequestError
+from localoai.protocol.chat import FunctionTool, Message, TextPart
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    text: str
+    token_ids: list[int]
+
+
+def _text(content: str | Sequence[Any] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "\n".join(part.text if isinstance(part, TextPart) else part.refusal for part in content)
+
+
+def _arguments(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """OpenAI message models -> the dicts chat templates are written for."""
+    rendered: list[dict[str, Any]] = []
+    for message in messages:
+        role = "system" if message.role == "developer" else message.role
+        entry: dict[str, Any] = {"role": role, "content": _text(getattr(message, "content", None))}
+        if message.role == "assistant":
+            if message.tool_calls:
+                entry["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)},
+                    }
+                    for call in message.tool_calls
+                ]
+            if message.reasoning_content is not None:
+                entry["reasoning_content"] = message.reasoning_content
+        if message.role == "tool":
+            entry["tool_call_id"] = message.tool_call_id
+        if getattr(message, "name", None):
+            entry["name"] = message.name
+        rendered.append(entry)
+    return rendered
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    *,
+    tools: Sequence[FunctionTool] | None = None,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+    template_kwargs: dict[str, Any] | None = None,
+) -> RenderedPrompt:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise InvalidRequestError(
+            "This model's tokenizer has no chat template; use /v1/completions or pass a tokenizer with one.",
+            param="messages",
+        )
+    from jinja2 import TemplateError
+
+    kwargs = dict(template_kwargs or {})
+    try:
+        text = tokenizer.apply_chat_template(
+            template_messages(messages),
+            tools=[tool.model_dump(exclude_none=True) for tool in tools] if tools else None,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tokenize=False,
+            **kwargs,
+        )
+    except TemplateError as exc:
+        # The template's own `raise_exception` messages are written for the caller.
+        raise InvalidRequestError(f"The chat template rejected the messages: {exc}", param="messages") from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"Could not render the messages with the chat template: {exc}",
+                                  param="messages") from None
+    token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return RenderedPrompt(text=text, token_ids=list(token_ids))

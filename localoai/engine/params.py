@@ -1,0 +1,74 @@
+"""What the engine is asked for and what it hands back, free of any HTTP or OpenAI type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to decode one request. `temperature == 0` means greedy."""
+
+    max_tokens: int
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    logprobs: int | None = None
+    """`None`: no logprobs; `k >= 0`: the sampled token's logprob and the top `k` alternatives."""
+    prompt_logprobs: int | None = None
+    """As `logprobs`, for every prompt token after the first (the legacy endpoint's `echo`)."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass
+class SampleDelta:
+    """What one sample of a request produced in one decode step."""
+
+    index: int
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None
+    """The stop string or stop token id that ended the sample (vLLM's `stop_reason`)."""
+
+
+@dataclass
+class PromptLogprobs:
+    """Published right after prefill when asked for: each prompt token's logprob (the first has none)."""
+
+    entries: list[TokenLogprob | None]
+
+
+@dataclass
+class RequestDone:
+    """The last item of a request's stream, with the error if generation failed."""
+
+    error: BaseException | None = None
+    timings: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,83 @@
+"""One error model for every endpoint: exceptions that carry an OpenAI error envelope.
+
+Handlers raise these; the app renders each as `{"error": {message, type, param, code}}`
+with its HTTP status (and, once a stream has started, as an SSE error event).
+Internal failures become `ServerError` with a generic message; their details go to the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class OpenAIError(Exception):
+    """Base of every error a client can see."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequestError(OpenAIError):
+    """400: the request is malformed, out of range, or asks for something this server cannot do."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class UnsupportedFieldError(InvalidRequestError):
+    """400 for a documented OpenAI field whose value this server cannot honour."""
+
+    default_code = "unsupported_parameter"
+
+
+class AuthenticationError(OpenAIError):
+    status = 401
+    type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class NotFoundError(OpenAIError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class MethodNotAllowedError(OpenAIError):
+    status = 405
+    type = "invalid_request_error"
+
+
+class RequestTooLargeError(OpenAIError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class ServerError(OpenAIError):
+    """500 for a failed generation. `x-should-retry: false` stops the SDK from silently running it again."""
+
+    status = 500
+    type = "server_error"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
+
+
+def model_not_found(model: str) -> NotFoundError:
+    return NotFoundError(
+        f"The model `{model}` does not exist or you do not have access to it.", param="model", code="model_not_found"
+    )

@@ -1,0 +1,187 @@
+"""Chat completions: validate and render, then produce `ChatCompletionChunk`s.
+
+The streamed and the non-streamed answers come from the same chunk iterator: a
+non-streamed request is the accumulation of its chunks (`accumulate_chunks`), so the
+two can never disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ChatCompletionTokenLogprob
+from openai.types.chat import chat_completion as completion_types
+from openai.types.chat import chat_completion_chunk as chunk_types
+from openai.types.chat.chat_completion_token_logprob import TopLogprob
+
+from localoai.chat_template import RenderedPrompt, render_chat
+from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
+from localoai.handlers.common import generation, new_id, sampling_params, token_budget
+from localoai.protocol.chat import ChatCompletionRequest
+from localoai.served import ServedModel
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    """A validated request, rendered to token ids, ready to generate."""
+
+    request: ChatCompletionRequest
+    prompt: RenderedPrompt
+    params: SamplingParams
+
+
+class ChatCompletions:
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+
+    def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
+        """Every check that can fail, before any generation starts."""
+        served = self.served
+        served.check_model(request.model)
+        prompt = render_chat(
+            served.tokenizer,
+            request.messages,
+            tools=request.tools if request.tool_choice != "none" else None,
+            add_generation_prompt=request.add_generation_prompt,
+            continue_final_message=request.continue_final_message,
+            template_kwargs=request.chat_template_kwargs,
+        )
+        budget = token_budget(
+            served,
+            len(prompt.token_ids),
+            request.max_new_tokens,
+            param="max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens",
+        )
+        logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        return PreparedChat(request, prompt, sampling_params(served, request, max_tokens=budget, logprobs=logprobs))
+
+    async def create(self, prepared: PreparedChat) -> ChatCompletion:
+        return accumulate_chunks([chunk async for chunk in self.chunks(prepared, include_usage=True)])
+
+    async def chunks(self, prepared: PreparedChat, *, include_usage: bool) -> AsyncIterator[ChatCompletionChunk]:
+        """The response as OpenAI streams it: a role chunk per choice, content deltas, usage last."""
+        request, served = prepared.request, self.served
+        with_ids = bool(request.return_token_ids)
+        header: dict[str, Any] = {
+            "id": new_id("chatcmpl-"),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": served.name,
+            "system_fingerprint": served.system_fingerprint,
+        }
+        if request.service_tier is not None:
+            header["service_tier"] = "default"
+        if include_usage:
+            header["usage"] = None
+
+        def chunk(choices: list[chunk_types.Choice], **extra: Any) -> ChatCompletionChunk:
+            return ChatCompletionChunk(**header, choices=choices, **extra)
+
+        first_extra = {"prompt_token_ids": prepared.prompt.token_ids} if with_ids else {}
+        yield chunk(
+            [
+                chunk_types.Choice(
+                    index=i, delta=chunk_types.ChoiceDelta(role="assistant", content=""), logprobs=None,
+                    finish_reason=None, **({"token_ids": []} if with_ids else {}),
+                )
+                for i in range(prepared.params.n)
+            ],
+            **first_extra,
+        )
+        completion_tokens = 0
+        async with generation(served, prepared.prompt.token_ids, prepared.params) as outputs:
+            async for item in outputs:
+                if not isinstance(item, list):
+                    continue
+                choices = []
+                for delta in item:
+                    completion_tokens += len(delta.token_ids)
+                    if delta.text or delta.finish_reason or with_ids or delta.logprobs:
+                        choices.append(self._choice(delta, with_ids=with_ids, logprobs=request.logprobs))
+                if choices:
+                    yield chunk(choices)
+        if include_usage:
+            prompt_tokens = len(prepared.prompt.token_ids)
+            usage = CompletionUsage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+            yield ChatCompletionChunk(**{**header, "usage": usage}, choices=[])
+
+    def _choice(self, delta: SampleDelta, *, with_ids: bool, logprobs: bool | None) -> chunk_types.Choice:
+        extra: dict[str, Any] = {"token_ids": delta.token_ids} if with_ids else {}
+        if delta.finish_reason is not None:
+            extra["stop_reason"] = delta.stop_reason
+        return chunk_types.Choice(
+            index=delta.index,
+            delta=chunk_types.ChoiceDelta(content=delta.text) if delta.text else chunk_types.ChoiceDelta(),
+            logprobs=chunk_types.ChoiceLogprobs(content=[self._logprob(e) for e in delta.logprobs], refusal=None)
+            if logprobs
+            else None,
+            finish_reason=_finish_reason(delta),
+            **extra,
+        )
+
+    def _logprob(self, entry: TokenLogprob) -> ChatCompletionTokenLogprob:
+        token_texts = self.served.token_texts
+        text, data = token_texts(entry.token_id)
+        top = []
+        for token_id, value in entry.top:
+            alt_text, alt_bytes = token_texts(token_id)
+            top.append(TopLogprob(token=alt_text, bytes=alt_bytes, logprob=value))
+        return ChatCompletionTokenLogprob(token=text, bytes=data, logprob=entry.logprob, top_logprobs=top)
+
+
+def _finish_reason(delta: SampleDelta) -> Any:
+    # "abort" is the engine's; OpenAI's enum has no such value, and an aborted sample ends by length.
+    return None if delta.finish_reason is None else ("length" if delta.finish_reason == "abort" else delta.finish_reason)
+
+
+def accumulate_chunks(chunks: Iterable[ChatCompletionChunk]) -> ChatCompletion:
+    """Fold a chunk stream into the `ChatCompletion` a non-streamed request returns."""
+    chunks = list(chunks)
+    first = chunks[0]
+    texts: dict[int, list[str]] = {}
+    logprobs: dict[int, list[ChatCompletionTokenLogprob] | None] = {}
+    token_ids: dict[int, list[int]] = {}
+    finish: dict[int, Any] = {}
+    stop_reasons: dict[int, Any] = {}
+    usage = None
+    for chunk in chunks:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts.setdefault(choice.index, []).append(choice.delta.content or "")
+            logprobs.setdefault(choice.index, None)
+            if choice.logprobs is not None:
+                logprobs[choice.index] = (logprobs[choice.index] or []) + list(choice.logprobs.content or [])
+            extra = choice.model_extra or {}
+            if "token_ids" in extra:
+                token_ids.setdefault(choice.index, []).extend(extra["token_ids"])
+            if choice.finish_reason is not None:
+                finish[choice.index] = choice.finish_reason
+                stop_reasons[choice.index] = extra.get("stop_reason")
+    choices = []
+    for index in sorted(texts):
+        extra: dict[str, Any] = {"stop_reason": stop_reasons.get(index)}
+        if index in token_ids:
+            extra["token_ids"] = token_ids[index]
+        choices.append(
+            completion_types.Choice(
+                index=index,
+                message=ChatCompletionMessage(role="assistant", content="".join(texts[index]), refusal=None),
+                finish_reason=finish.get(index, "length"),
+                logprobs=completion_types.ChoiceLogprobs(content=logprobs[index], refusal=None)
+                if logprobs[index] is not None
+                else None,
+                **extra,
+            )
+        )
+    header = first.model_dump(include={"id", "created", "model", "system_fingerprint", "service_tier"},
+                              exclude_unset=True)
+    top_extra = {k: v for k, v in (first.model_extra or {}).items() if k == "prompt_token_ids"}
+    return ChatCompletion(**header, object="chat.completion", choices=choices, usage=usage, **top_extra)

@@ -1,0 +1,106 @@
+"""What chat completions and completions share: turning request fields into
+`SamplingParams` (with the checks that need the model), running a generation, ids."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from localoai.engine.params import RequestDone, SamplingParams
+from localoai.engine.stream import RequestStream, StreamItem
+from localoai.errors import InvalidRequestError, ServerError
+from localoai.protocol.sampling import SamplingFields
+from localoai.served import ServedModel
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(12)}"
+
+
+def token_budget(served: ServedModel, prompt_tokens: int, requested: int | None, *, param: str) -> int:
+    """The completion's token budget; a 400 when the prompt plus it exceed the context window."""
+    window = served.context_length
+    if requested is None:
+        if prompt_tokens >= window:
+            raise _context_exceeded(window, prompt_tokens, 0, param="messages" if param != "max_tokens" else "prompt")
+        return window - prompt_tokens
+    if prompt_tokens + requested > window:
+        raise _context_exceeded(window, prompt_tokens, requested, param=param)
+    return requested
+
+
+def _context_exceeded(window: int, prompt: int, completion: int, *, param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"This model's maximum context length is {window} tokens. However, you requested "
+        f"{prompt + completion} tokens ({prompt} in the prompt, {completion} in the completion). "
+        "Please reduce the length of the prompt or the completion.",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
+def _token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> None:
+    for value in values:
+        if not 0 <= value < served.vocab_size:
+            raise InvalidRequestError(
+                f"Invalid value for '{param}': token id {value} is outside the vocabulary [0, {served.vocab_size}).",
+                param=param,
+                code="invalid_value",
+            )
+
+
+def sampling_params(
+    served: ServedModel,
+    request: SamplingFields,
+    *,
+    max_tokens: int,
+    n: int | None = None,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+) -> SamplingParams:
+    """Build the engine's parameters; OpenAI's defaults where a field is absent."""
+    bias = [(int(key), float(value)) for key, value in (request.logit_bias or {}).items()]
+    _token_ids(served, [token for token, _ in bias], param="logit_bias")
+    _token_ids(served, request.stop_token_ids or [], param="stop_token_ids")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        n=n if n is not None else request.n or 1,
+        temperature=float(request.temperature if request.temperature is not None else 1.0),
+        top_p=float(request.top_p if request.top_p is not None else 1.0),
+        top_k=max(request.top_k or 0, 0),
+        min_p=float(request.min_p or 0.0),
+        presence_penalty=float(request.presence_penalty or 0.0),
+        frequency_penalty=float(request.frequency_penalty or 0.0),
+        repetition_penalty=float(request.repetition_penalty or 1.0),
+        logit_bias=tuple(bias),
+        seed=request.seed,
+        stop=request.stop_sequences,
+        stop_token_ids=tuple(request.stop_token_ids or ()),
+        ignore_eos=bool(request.ignore_eos),
+        min_tokens=request.min_tokens or 0,
+        include_stop_str_in_output=bool(request.include_stop_str_in_output),
+        skip_special_tokens=request.skip_special_tokens is not False,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+    )
+
+
+@asynccontextmanager
+async def generation(
+    served: ServedModel, prompt_ids: list[int], params: SamplingParams
+) -> AsyncIterator[AsyncIterator[StreamItem]]:
+    """Submit a generation and iterate its outputs; leaving early (a disconnect) cancels it."""
+    stream = RequestStream()
+    served.engine.submit(prompt_ids, params, stream)
+    try:
+        yield _raise_on_failure(stream)
+    finally:
+        stream.cancel()
+
+
+async def _raise_on_failure(stream: RequestStream) -> AsyncIterator[StreamItem]:
+    async for item in stream:
+        if isinstance(item, RequestDone) and item.error is not None:
+            raise ServerError("The model failed while generating this response.") from item.error
+        yield item

@@ -1,0 +1,39 @@
+"""`/tokenize` and `/detokenize` (vLLM's shapes): the exact ids a prompt or conversation becomes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from localoai.chat_template import render_chat
+from localoai.errors import InvalidRequestError
+from localoai.protocol.tokenize import DetokenizeRequest, TokenizeRequest
+from localoai.served import ServedModel
+
+
+def tokenize(served: ServedModel, request: TokenizeRequest) -> dict[str, Any]:
+    served.check_model(request.model)
+    if request.messages is not None:
+        rendered = render_chat(
+            served.tokenizer,
+            request.messages,
+            tools=request.tools,
+            add_generation_prompt=request.add_generation_prompt,
+            continue_final_message=request.continue_final_message,
+            template_kwargs=request.chat_template_kwargs,
+        )
+        token_ids = rendered.token_ids
+        if request.add_special_tokens:
+            token_ids = served.tokenizer.build_inputs_with_special_tokens(token_ids)
+    else:
+        token_ids = served.encode(request.prompt or "", add_special_tokens=request.add_special_tokens is not False)
+    result: dict[str, Any] = {"count": len(token_ids), "max_model_len": served.context_length, "tokens": token_ids}
+    if request.return_token_strs:
+        result["token_strs"] = served.tokenizer.convert_ids_to_tokens(token_ids)
+    return result
+
+
+def detokenize(served: ServedModel, request: DetokenizeRequest) -> dict[str, Any]:
+    served.check_model(request.model)
+    if any(not 0 <= token < served.vocab_size for token in request.tokens):
+        raise InvalidRequestError(f"Token ids must be in [0, {served.vocab_size}).", param="tokens")
+    return {"prompt": served.decode(request.tokens, skip_special_tokens=False)}

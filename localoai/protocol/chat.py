@@ -1,0 +1,231 @@
+"""`POST /v1/chat/completions` request body, in the order of the OpenAI reference.
+
+Text is the only modality a local causal LM reads, so image, audio and file parts are
+refused by name; so are values that need features this server does not provide yet
+(constrained decoding for `response_format`/`tool_choice: required`, stored completions).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, StrictBool, StrictInt, model_validator
+
+from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.sampling import SamplingFields
+
+
+class TextPart(RequestModel):
+    type: Literal["text"]
+    text: str
+
+
+class RefusalPart(RequestModel):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class _RefusedPart(RequestModel):
+    """A content part of a modality this server cannot read: refused, naming the type."""
+
+    model_config = {**RequestModel.model_config, "extra": "allow"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        raise Unsupported(f"content parts of type '{kind}' are not supported: this server serves a text-only model")
+
+
+class ImagePart(_RefusedPart):
+    type: Literal["image_url"]
+
+
+class AudioPart(_RefusedPart):
+    type: Literal["input_audio"]
+
+
+class FilePart(_RefusedPart):
+    type: Literal["file"]
+
+
+UserPart = Annotated[Union[TextPart, ImagePart, AudioPart, FilePart], Field(discriminator="type")]
+AssistantPart = Annotated[Union[TextPart, RefusalPart], Field(discriminator="type")]
+
+
+class SystemMessage(RequestModel):
+    role: Literal["system"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class DeveloperMessage(RequestModel):
+    role: Literal["developer"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class UserMessage(RequestModel):
+    role: Literal["user"]
+    content: str | list[UserPart]
+    name: str | None = None
+
+
+class FunctionCall(RequestModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(RequestModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class AssistantMessage(RequestModel):
+    role: Literal["assistant"]
+    content: str | list[AssistantPart] | None = None
+    refusal: str | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    audio: None = None
+    function_call: None = None
+    # Carried by reasoning models' clients (vLLM / DeepSeek convention); passed to the template.
+    reasoning_content: str | None = None
+
+
+class ToolMessage(RequestModel):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+class FunctionMessage(RequestModel):
+    role: Literal["function"]
+    model_config = {**RequestModel.model_config, "extra": "allow"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        raise Unsupported("the deprecated 'function' role is not supported; send 'tool' messages instead")
+
+
+Message = Annotated[
+    Union[SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage, FunctionMessage],
+    Field(discriminator="role"),
+]
+
+
+class FunctionDefinition(RequestModel):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class FunctionTool(RequestModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedToolChoice(RequestModel):
+    type: Literal["function"]
+    function: dict[str, str]
+
+
+class ResponseFormatText(RequestModel):
+    type: Literal["text"]
+
+
+class JsonOutputFormat(RequestModel):
+    type: Literal["json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    audio: dict[str, Any] | None = None
+    function_call: Any = None
+    functions: list[Any] | None = None
+    logprobs: StrictBool | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    moderation: Any = None
+    parallel_tool_calls: StrictBool | None = None
+    prediction: Any = None
+    prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    reasoning_effort: str | None = None
+    response_format: ResponseFormatText | JsonOutputFormat | None = None
+    safety_identifier: str | None = None
+    store: StrictBool | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | dict[str, Any] | None = None
+    tools: list[FunctionTool] | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    verbosity: str | None = None
+    web_search_options: dict[str, Any] | None = None
+
+    # vLLM-style chat extras.
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: StrictBool = True
+    continue_final_message: StrictBool = False
+
+    @model_validator(mode="after")
+    def _field_policy(self) -> ChatCompletionRequest:
+        refusals = {
+            "audio": (self.audio is not None, "audio output is not supported: this server serves a text-only model"),
+            "modalities": (
+                self.modalities is not None and self.modalities != ["text"],
+                "only the 'text' modality is supported",
+            ),
+            "functions": (self.functions is not None, "the deprecated 'functions' field is not supported; use 'tools'"),
+            "function_call": (
+                self.function_call is not None,
+                "the deprecated 'function_call' field is not supported; use 'tool_choice'",
+            ),
+            "prediction": (self.prediction is not None, "predicted outputs are not supported"),
+            "moderation": (self.moderation is not None, "moderation is a hosted OpenAI feature and is not supported"),
+            "web_search_options": (
+                self.web_search_options is not None,
+                "web search is a hosted OpenAI tool and is not available on a local model",
+            ),
+            "response_format": (
+                isinstance(self.response_format, JsonOutputFormat),
+                "structured outputs (json_object / json_schema) are not supported yet; "
+                "they need constrained decoding, which this server does not provide yet",
+            ),
+            "tool_choice": (
+                self.tool_choice not in (None, "none", "auto"),
+                "only 'none' and 'auto' are supported; forcing a tool call needs constrained decoding, "
+                "which this server does not provide yet",
+            ),
+            "store": (self.store is True, "stored chat completions are not supported yet"),
+            "reasoning_effort": (
+                self.reasoning_effort is not None,
+                "reasoning_effort is not supported yet; use chat_template_kwargs (e.g. enable_thinking)",
+            ),
+            "verbosity": (self.verbosity is not None, "verbosity is not supported by this server"),
+        }
+        for field, (refused, why) in refusals.items():
+            if refused:
+                raise Unsupported(why, param=field)
+        for index, tool in enumerate(self.tools or []):
+            if tool.function.strict:
+                raise Unsupported(
+                    "strict function tools need constrained decoding, which this server does not provide yet",
+                    param=f"tools[{index}].function.strict",
+                )
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidParam("top_logprobs requires logprobs to be true", param="top_logprobs")
+        if self.continue_final_message and self.add_generation_prompt:
+            raise InvalidParam(
+                "continue_final_message and add_generation_prompt cannot both be true", param="continue_final_message"
+            )
+        return self
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -1,0 +1,119 @@
+"""The model a server serves: its public name, tokenizer, engine and identity.
+
+One `ServedModel` is shared by every handler. It loads a model from a local path when
+given one, finds the tokenizer beside it, and derives `system_fingerprint` from the
+model's identity and its weights version (bumped by trainers between updates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from localoai.engine.backend import TransformersBackend
+from localoai.engine.engine import Engine
+from localoai.errors import model_not_found
+from localoai.tokens import TokenTexts
+
+
+def load_model(source: Any, tokenizer: Any = None) -> tuple[Any, Any]:
+    """Accept a model object or a local model directory; find the tokenizer if not given."""
+    if isinstance(source, (str, os.PathLike)):
+        from transformers import AutoModelForCausalLM
+
+        path = os.fspath(source)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path!r} is not a local model directory (no model hub is used)")
+        source = AutoModelForCausalLM.from_pretrained(path)
+    if tokenizer is None:
+        tokenizer = _tokenizer_beside(source)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+    return source, tokenizer
+
+
+def _name_or_path(model: Any) -> str:
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name or "")
+
+
+def _tokenizer_beside(model: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    path = _name_or_path(model)
+    if path and os.path.isdir(path):
+        return AutoTokenizer.from_pretrained(path)
+    raise ValueError(
+        "No tokenizer given and the model's name_or_path is not a local directory holding one: "
+        "pass tokenizer=... to localoai.start()"
+    )
+
+
+def default_name(model: Any) -> str:
+    """The model's id: its hub name as loaded, the directory name for a local path."""
+    path = _name_or_path(model)
+    if path and os.path.isdir(path):
+        return os.path.basename(os.path.normpath(path))
+    return path or "localoai-model"
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None)
+        ids.update([value] if isinstance(value, int) else value or [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+@dataclass
+class ServedModel:
+    name: str
+    model: Any
+    tokenizer: Any
+    engine: Engine
+    created: int = field(default_factory=lambda: int(time.time()))
+    policy_version: int = 0
+    token_texts: TokenTexts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.token_texts = TokenTexts(self.tokenizer)
+        config = getattr(self.model, "config", None)
+        identity = f"{self.name}:{getattr(config, 'model_type', '')}:{sum(p.numel() for p in self.model.parameters())}"
+        self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]
+
+    @classmethod
+    def create(cls, model: Any, tokenizer: Any, name: str | None = None) -> ServedModel:
+        backend = TransformersBackend(model)
+        engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer))
+        return cls(name=name or default_name(model), model=model, tokenizer=tokenizer, engine=engine)
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.backend.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.backend.vocab_size
+
+    @property
+    def system_fingerprint(self) -> str:
+        return f"fp_{self._identity}_v{self.policy_version}"
+
+    def check_model(self, requested: str | None) -> None:
+        """404 for a model this server does not serve (checked before any work)."""
+        if requested is not None and requested != self.name:
+            raise model_not_found(requested)
+
+    def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])

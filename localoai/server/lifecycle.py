@@ -1,0 +1,219 @@
+"""`localoai.start(model)`: serve a model in this process, on a background thread.
+
+Hypercorn runs the Quart app on a daemon thread with its own event loop, so the notebook's
+main thread and loop stay free (a cell may call the server with the synchronous `openai`
+client) and a `KeyboardInterrupt` in the notebook does not reach it. Servers are kept in a
+registry by port: starting again on the same port (re-running a cell) stops the old one
+first. Shutdown is triggered on the server's own loop, never from a foreign thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import html
+import logging
+import os
+import socket
+import threading
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from localoai.server.sockets import bind, bind_first_free
+
+if TYPE_CHECKING:
+    import openai
+    from quart import Quart
+
+    from localoai.served import ServedModel
+
+logger = logging.getLogger("localoai.server")
+
+_registry: dict[int, Server] = {}
+_registry_lock = threading.Lock()
+START_TIMEOUT = 30.0
+
+
+class Server:
+    """A running server. Use `url`/`base_url`, `client()`, and `stop()` (or a `with` block)."""
+
+    def __init__(self, served: ServedModel, app: Quart, sock: socket.socket, *, api_key: str | None) -> None:
+        self.served = served
+        self.app = app
+        self.api_key = api_key
+        self._socket = sock
+        host, port = sock.getsockname()[:2]
+        self.host: str = host
+        self.port: int = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shutdown: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name=f"localoai-server-{port}", daemon=True)
+        self._stopped = False
+
+    # --- addresses and clients -------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def model(self) -> str:
+        """The model id clients send as `model`."""
+        return self.served.name
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self._stopped
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "localoai", **kwargs)
+
+    def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "localoai", **kwargs)
+
+    # --- lifecycle -------------------------------------------------------------------
+    def _start(self, timeout: float = START_TIMEOUT) -> None:
+        self.served.engine.start()
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._failure is not None:
+            failure = self._failure
+            self.stop()
+            raise RuntimeError(f"localoai server failed to start on {self.url}") from failure
+        self._check_answering(timeout)
+
+    def _serve(self) -> None:
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"fd://{os.dup(self._socket.fileno())}"]  # hypercorn closes the fd it is given
+        config.accesslog = None
+        config.errorlog = logging.getLogger("localoai.hypercorn")
+        config.graceful_timeout = 2.0
+        config.keep_alive_timeout = 75.0
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._shutdown = asyncio.Event()
+            self.app.before_serving(self._mark_ready)
+            await serve(self.app, config, shutdown_trigger=self._shutdown.wait)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced in the caller's thread by _start
+            self._failure = exc
+            logger.exception("server thread ended with an error")
+        finally:
+            self._ready.set()
+
+    async def _mark_ready(self) -> None:
+        self._ready.set()
+
+    def _check_answering(self, timeout: float) -> None:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as reply:
+            if reply.status != 200:
+                raise RuntimeError(f"localoai server on {self.url} answered {reply.status} to /health")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and release the port and threads. Safe to call more than once."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._loop is not None and self._shutdown is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._shutdown.set)
+            except RuntimeError:
+                pass  # the loop closed in between
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self.served.engine.stop()
+        self._socket.close()
+        with _registry_lock:
+            if _registry.get(self.port) is self:
+                del _registry[self.port]
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<localoai.Server {self.model!r} at {self.base_url} ({state})>"
+
+    def _repr_html_(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"<div><b>localoai</b> serving <code>{html.escape(self.model)}</code> "
+            f"({state}, policy version {self.served.policy_version})<br>"
+            f"base_url: <code>{html.escape(self.base_url)}</code></div>"
+        )
+
+
+def start(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    api_key: str | None = None,
+    name: str | None = None,
+    max_body_bytes: int | None = None,
+) -> Server:
+    """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
+    over the OpenAI API on a background thread, and return once it answers.
+
+    `port=None` takes 8000 or the next free port (re-using the port of a server this process
+    already runs for the same model name, which is replaced); `port=0` takes any free port; a
+    given port held by a server of this process is taken over from it.
+    """
+    from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
+    from localoai.served import ServedModel, load_model
+
+    model, tokenizer = load_model(model, tokenizer)
+    served = ServedModel.create(model, tokenizer, name)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
+    _stop_previous(port, served.name)
+    sock = bind_first_free(host) if port is None else bind(host, port)
+    app = create_app(served, api_key=api_key, max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    server = Server(served, app, sock, api_key=api_key)
+    server._start()
+    with _registry_lock:
+        _registry[server.port] = server
+    return server
+
+
+def _stop_previous(port: int | None, name: str) -> None:
+    with _registry_lock:
+        if port:
+            previous = [_registry[port]] if port in _registry else []
+        else:
+            previous = [server for server in _registry.values() if server.model == name]
+    for server in previous:
+        logger.info("replacing %r", server)
+        server.stop()
+
+
+def running_servers() -> list[Server]:
+    with _registry_lock:
+        return list(_registry.values())
+
+
+def stop_all() -> None:
+    for server in running_servers():
+        server.stop()
+
+
+atexit.register(stop_all)
