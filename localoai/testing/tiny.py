@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -20,7 +20,8 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
 
 # A ChatML template in the Qwen2.5/Hermes style, written for this project: tools go into the
-# system turn, assistant tool calls as <tool_call>{json}</tool_call>, tool results as user turns.
+# system turn, assistant tool calls as <tool_call>{json}</tool_call>, tool results as user turns,
+# and Qwen3's `enable_thinking=False` switch (an empty think block after the generation prompt).
 CHAT_TEMPLATE = """\
 {%- if tools %}
 {{- '<|im_start|>system\\n' }}
@@ -48,7 +49,10 @@ CHAT_TEMPLATE = """\
 {{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}
 {%- endif %}
 {%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
+{%- if add_generation_prompt %}
+{{- '<|im_start|>assistant\\n' }}
+{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}
+{%- endif %}
 """
 
 _WORDS = (
@@ -110,6 +114,7 @@ def build_tiny_model(
     max_position_embeddings: int = 2048,
     vocab_size: int = 1024,
     seed: int = 0,
+    **config_overrides: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Build a Qwen2-style model with random weights and its tokenizer.
 
@@ -133,6 +138,7 @@ def build_tiny_model(
         eos_token_id=im_end,
         pad_token_id=endoftext,
         bos_token_id=None,
+        **config_overrides,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -1,0 +1,3 @@
+from localoai.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Where every generation is kept, token-exact, for the HTTP API's stored objects and for trainers.
+
+    store = open_store("runs/exp1/store.sqlite3")     # or ":memory:", or None for the default
+    store.put(record)
+    for record in store.iterate(status="completed"): ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from localoai.store.base import CursorNotFound, Order, Store
+from localoai.store.records import CompletionTrace, GenerationRecord, RecordKind, RecordStatus
+from localoai.store.sqlite import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_PATH, SQLiteStore
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_PATH",
+    "CompletionTrace",
+    "CursorNotFound",
+    "GenerationRecord",
+    "Order",
+    "RecordKind",
+    "RecordStatus",
+    "SQLiteStore",
+    "Store",
+    "open_store",
+]
+
+
+def open_store(spec: str | Path | Store | None = None, **options: Any) -> Store:
+    """A store from what a user passes: `None` is the default file (`localoai-store/store.sqlite3`
+    under the working directory), `":memory:"` an in-memory store, any other string or path a
+    SQLite file (created with its directories), and a `Store` is used as is.
+
+    `options` (`max_entries`, `max_bytes`) go to `SQLiteStore`; they cannot apply to a given store.
+    """
+    if isinstance(spec, (str, Path)):
+        return SQLiteStore(spec, **options)
+    if spec is None:
+        return SQLiteStore(DEFAULT_PATH, **options)
+    if isinstance(spec, Store):
+        if options:
+            raise TypeError(f"options {sorted(options)} apply only when open_store creates the store")
+        return spec
+    raise TypeError(f"store must be a path, ':memory:', a Store or None; got {type(spec).__name__}")

@@ -1,0 +1,489 @@
+"""The default store: one SQLite database (standard library `sqlite3` only), bounded in size.
+
+A record is one row: the columns the filters use, indexed, and the record's JSON. Metadata
+pairs live in a side table indexed by (key, value), so a metadata filter is an index lookup,
+not a JSON parse of every row. Past `max_entries` or `max_bytes` the oldest records go.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from localoai.store.base import CursorNotFound, Order
+from localoai.store.records import GenerationRecord
+
+logger = logging.getLogger("localoai.store")
+
+DEFAULT_PATH = Path("localoai-store") / "store.sqlite3"
+DEFAULT_MAX_ENTRIES = 100_000
+DEFAULT_MAX_BYTES = 2 * 1024**3
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+"""How long a write waits for another process holding the database's write lock."""
+_BATCH = 256
+"""Records per read in `iterate`/`export_jsonl`: memory stays flat whatever the store holds."""
+
+_SCHEMA = """
+BEGIN IMMEDIATE;
+-- `seq` is an explicit AUTOINCREMENT key: it only ever grows (a deleted newest row's number is
+-- never reused) and VACUUM cannot renumber it, so it is a stable insertion order for cursors.
+CREATE TABLE IF NOT EXISTS generations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    episode_id TEXT,
+    created_at REAL NOT NULL,
+    policy_version INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+-- An index on one column also holds the rowid (`seq`), so "WHERE kind = ? ORDER BY seq DESC
+-- LIMIT 20" walks the index in order and stops after 20 rows.
+CREATE INDEX IF NOT EXISTS generations_kind ON generations (kind);
+CREATE INDEX IF NOT EXISTS generations_model ON generations (model);
+CREATE INDEX IF NOT EXISTS generations_status ON generations (status);
+CREATE INDEX IF NOT EXISTS generations_episode_id ON generations (episode_id);
+CREATE INDEX IF NOT EXISTS generations_created_at ON generations (created_at);
+CREATE TABLE IF NOT EXISTS generation_metadata (
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (seq, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS generation_metadata_pair ON generation_metadata (key, value, seq);
+-- Running totals kept by triggers: the size check after each write reads one row instead of
+-- counting the table, and they stay right when another process writes the same file.
+CREATE TABLE IF NOT EXISTS totals (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    entries INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    evicted INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals VALUES (1, 0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS generations_inserted AFTER INSERT ON generations BEGIN
+    UPDATE totals SET entries = entries + 1, bytes = bytes + NEW.size;
+END;
+CREATE TRIGGER IF NOT EXISTS generations_resized AFTER UPDATE OF size ON generations BEGIN
+    UPDATE totals SET bytes = bytes - OLD.size + NEW.size;
+END;
+CREATE TRIGGER IF NOT EXISTS generations_deleted AFTER DELETE ON generations BEGIN
+    UPDATE totals SET entries = entries - 1, bytes = bytes - OLD.size;
+    DELETE FROM generation_metadata WHERE seq = OLD.seq;
+END;
+PRAGMA user_version = 1;
+COMMIT;
+"""
+
+_UPSERT = """
+INSERT INTO generations (id, kind, model, status, episode_id, created_at, policy_version, size, record)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    kind = excluded.kind, model = excluded.model, status = excluded.status,
+    episode_id = excluded.episode_id, created_at = excluded.created_at,
+    policy_version = excluded.policy_version, size = excluded.size, record = excluded.record
+"""
+
+
+class SQLiteStore:
+    """A `Store` in one SQLite file, or in memory with `":memory:"`.
+
+    Threads: one connection, used under one lock (see `_connect`). Durability: WAL with
+    `synchronous=NORMAL` (see `_configure`). Bounds: `None` disables a limit; the record
+    just written is never evicted, so one record larger than `max_bytes` is kept alone.
+    """
+
+    def __init__(
+        self,
+        path: str | Path = DEFAULT_PATH,
+        *,
+        max_entries: int | None = DEFAULT_MAX_ENTRIES,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+    ) -> None:
+        for name, limit in (("max_entries", max_entries), ("max_bytes", max_bytes)):
+            if limit is not None and limit < 1:
+                raise ValueError(f"{name} must be at least 1, or None for no limit; got {limit}")
+        self.memory = str(path) == ":memory:"
+        self.path: Path | None = None if self.memory else Path(path).expanduser()
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._warned_full = False
+        self._conn: sqlite3.Connection | None = self._connect()
+        evicted = self._write(self._evict, -1)  # limits lower than when the file was written
+        self._log_eviction(*evicted)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({':memory:' if self.path is None else str(self.path)!r})"
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connection --------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # One connection shared by every thread, each call holding `_lock`, rather than one per
+        # thread: SQLite takes one writer at a time whatever we do, and the lock queues this
+        # process's writers in Python instead of letting them spin on SQLITE_BUSY; a per-thread
+        # connection would also outlive its thread unclosed (the server's executor threads come
+        # and go) and could not be closed by `close()`. An in-memory database then needs no
+        # shared cache (whose table locks fail at once with SQLITE_LOCKED, which `busy_timeout`
+        # does not retry): the one connection is the database, and lives as long as the store.
+        # Reads are short (one indexed lookup or one page), and JSON is encoded and parsed
+        # outside the lock, so the lock is held only while SQLite itself works.
+        if self.path is None:
+            conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # `timeout` is SQLite's busy_timeout: waits for other processes using the same file.
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
+            )
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        if self.path is not None:
+            # WAL: a commit appends the transaction to the -wal file with write(2), and readers
+            # keep reading the last committed state while a write is under way.
+            # synchronous=NORMAL: no fsync at commit, only when the WAL is checkpointed into the
+            # database. A committed record is then in the OS page cache as soon as `put` returns,
+            # so it survives the process being killed (SIGKILL, OOM killer, a crashed CUDA
+            # kernel): the next open replays the WAL. Only an OS crash or power loss can lose
+            # the last transactions before a checkpoint, and even then the database is consistent
+            # (never corrupt). FULL would fsync every put for that case, which costs
+            # milliseconds per write on most disks.
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning("store %s: SQLite refused WAL mode (journal_mode=%s)", self.path, mode)
+            conn.execute("PRAGMA synchronous = NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            where = self.path or ":memory:"
+            raise RuntimeError(f"store {where} has schema version {version}; this localoai reads {SCHEMA_VERSION}")
+        if version < SCHEMA_VERSION:
+            conn.executescript(_SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"{self!r} is closed")
+        return self._conn
+
+    def _write(self, work: Any, *args: Any) -> Any:
+        """Run `work(conn, *args)` in one write transaction, under the lock."""
+        with self._lock:
+            conn = self._connection()
+            # IMMEDIATE takes SQLite's write lock first (waiting up to busy_timeout for another
+            # process): a transaction that read first and then wanted to write could fail with
+            # SQLITE_BUSY at once instead of waiting.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn, *args)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            return result
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._connection()
+
+    # -- writes --------------------------------------------------------------------------
+
+    def put(self, record: GenerationRecord) -> None:
+        text = record.to_json()  # encoded before taking the lock
+        metadata = [(str(key), str(value)) for key, value in record.metadata.items()]
+        row = (
+            record.id,
+            record.kind,
+            record.model,
+            record.status,
+            record.episode_id,
+            float(record.created_at),
+            int(record.policy_version),
+            len(text),  # ASCII JSON: characters are bytes
+            text,
+        )
+        evicted = self._write(self._upsert, row, metadata)
+        self._log_eviction(*evicted)
+
+    def _upsert(
+        self, conn: sqlite3.Connection, row: tuple[Any, ...], metadata: builtins.list[tuple[str, str]]
+    ) -> tuple[int, int]:
+        conn.execute(_UPSERT, row)
+        # A replaced record keeps its `seq`, hence its place in every listing.
+        seq = conn.execute("SELECT seq FROM generations WHERE id = ?", (row[0],)).fetchone()[0]
+        conn.execute("DELETE FROM generation_metadata WHERE seq = ?", (seq,))
+        if metadata:
+            conn.executemany(
+                "INSERT INTO generation_metadata (seq, key, value) VALUES (?, ?, ?)",
+                [(seq, key, value) for key, value in metadata],
+            )
+        return self._evict(conn, seq)
+
+    def _evict(self, conn: sqlite3.Connection, keep_seq: int) -> tuple[int, int]:
+        """Delete the oldest records until both limits hold; never the record `keep_seq`."""
+        entries, total = conn.execute("SELECT entries, bytes FROM totals").fetchone()
+        over_entries = entries - self.max_entries if self.max_entries is not None else 0
+        over_bytes = total - self.max_bytes if self.max_bytes is not None else 0
+        if over_entries <= 0 and over_bytes <= 0:
+            return 0, 0
+        removed = freed = 0
+        cutoff = None
+        oldest = conn.execute("SELECT seq, size FROM generations WHERE seq != ? ORDER BY seq", (keep_seq,))
+        try:
+            for seq, size in oldest:
+                removed, freed, cutoff = removed + 1, freed + size, seq
+                if removed >= over_entries and freed >= over_bytes:
+                    break
+        finally:
+            oldest.close()
+        if cutoff is None:
+            return 0, 0
+        conn.execute("DELETE FROM generations WHERE seq <= ? AND seq != ?", (cutoff, keep_seq))
+        conn.execute("UPDATE totals SET evicted = evicted + ?", (removed,))
+        return removed, freed
+
+    def _log_eviction(self, removed: int, freed: int) -> None:
+        if not removed:
+            return
+        if not self._warned_full:
+            # Once per store at WARNING: the researcher must learn that data is being dropped.
+            self._warned_full = True
+            logger.warning(
+                "store %s is full (max_entries=%s, max_bytes=%s): evicting the oldest records; "
+                "export them first or raise the limits to keep them",
+                self.path or ":memory:",
+                self.max_entries,
+                self.max_bytes,
+            )
+        logger.debug("store %s: evicted %d records (%d bytes)", self.path or ":memory:", removed, freed)
+
+    def delete(self, id: str) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM generations WHERE id = ?", (id,)).rowcount > 0
+
+        return bool(self._write(work))
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, id: str) -> GenerationRecord | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT record FROM generations WHERE id = ?", (id,)).fetchone()
+        return None if row is None else GenerationRecord.from_json(row[0])
+
+    def list(
+        self,
+        *,
+        kind: str | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        episode_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 20,
+        order: Order = "desc",
+    ) -> builtins.list[GenerationRecord]:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        where, params = _filters(kind, model, status, episode_id, metadata)
+        # `before` alone wants the `limit` items nearest the cursor: read towards it, then flip.
+        backwards = before is not None and after is None
+        direction = _opposite(order) if backwards else _direction(order)
+        with self._reading() as conn:
+            _cursors(conn, where, params, order, after, before)
+            sql = f"SELECT record FROM generations{_where(where)} ORDER BY seq {direction} LIMIT ?"
+            rows = conn.execute(sql, [*params, limit]).fetchall()
+        if backwards:
+            rows.reverse()
+        return [GenerationRecord.from_json(text) for (text,) in rows]
+
+    def iterate(
+        self,
+        *,
+        kind: str | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        episode_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        order: Order = "asc",
+    ) -> Iterator[GenerationRecord]:
+        texts = self._texts(kind, model, status, episode_id, metadata, after, before, order)
+        return (GenerationRecord.from_json(text) for text in texts)
+
+    def _texts(
+        self,
+        kind: str | None,
+        model: str | None,
+        status: str | None,
+        episode_id: str | None,
+        metadata: Mapping[str, str] | None,
+        after: str | None,
+        before: str | None,
+        order: Order,
+    ) -> Iterator[str]:
+        """The matching records' JSON, a batch per lock hold; cursor ids are checked right away."""
+        where, params = _filters(kind, model, status, episode_id, metadata)
+        direction = _direction(order)
+        with self._reading() as conn:
+            _cursors(conn, where, params, order, after, before)
+        step = "seq > ?" if direction == "ASC" else "seq < ?"
+        sql = f"SELECT seq, record FROM generations{_where([*where, step])} ORDER BY seq {direction} LIMIT {_BATCH}"
+
+        def batches() -> Iterator[str]:
+            # Keyset paging on `seq`: no lock or SQLite cursor is held between batches, so the
+            # consumer may write to the store (or stop) at any point.
+            last = -1 if direction == "ASC" else 2**63 - 1
+            while True:
+                with self._reading() as conn:
+                    rows = conn.execute(sql, [*params, last]).fetchall()
+                for _, text in rows:
+                    yield text
+                if len(rows) < _BATCH:
+                    return
+                last = rows[-1][0]
+
+        return batches()
+
+    def count(
+        self,
+        *,
+        kind: str | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        episode_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        where, params = _filters(kind, model, status, episode_id, metadata)
+        with self._reading() as conn:
+            if not where:
+                return int(conn.execute("SELECT entries FROM totals").fetchone()[0])
+            return int(conn.execute(f"SELECT COUNT(*) FROM generations{_where(where)}", params).fetchone()[0])
+
+    def export_jsonl(
+        self,
+        path: str | Path,
+        *,
+        kind: str | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        episode_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        order: Order = "asc",
+    ) -> int:
+        """Written to a temporary file and renamed into place: a reader never sees half a file."""
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        texts = self._texts(kind, model, status, episode_id, metadata, after, before, order)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        written = 0
+        try:
+            with open(partial, "w", encoding="utf-8") as out:
+                for text in texts:  # the stored JSON as is: no parse and re-encode
+                    out.write(text)
+                    out.write("\n")
+                    written += 1
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return written
+
+    @property
+    def evicted(self) -> int:
+        """Records evicted over the database's life (kept in the file, so it survives restarts)."""
+        with self._reading() as conn:
+            return int(conn.execute("SELECT evicted FROM totals").fetchone()[0])
+
+    def stats(self) -> dict[str, int]:
+        """`bytes` counts the records' JSON; `file_bytes` the database pages (indexes included)."""
+        with self._reading() as conn:
+            entries, total, evicted = conn.execute("SELECT entries, bytes, evicted FROM totals").fetchone()
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return {"entries": entries, "bytes": total, "evicted": evicted, "file_bytes": pages * page_size}
+
+    def close(self) -> None:
+        """Closing the last connection checkpoints the WAL into the database file. Idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _filters(
+    kind: str | None,
+    model: str | None,
+    status: str | None,
+    episode_id: str | None,
+    metadata: Mapping[str, str] | None,
+) -> tuple[builtins.list[str], builtins.list[Any]]:
+    where: builtins.list[str] = []
+    params: builtins.list[Any] = []
+    for column, value in (("kind", kind), ("model", model), ("status", status), ("episode_id", episode_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    for key, value in (metadata or {}).items():
+        where.append("seq IN (SELECT seq FROM generation_metadata WHERE key = ? AND value = ?)")
+        params.extend((str(key), str(value)))
+    return where, params
+
+
+def _cursors(
+    conn: sqlite3.Connection,
+    where: builtins.list[str],
+    params: builtins.list[Any],
+    order: Order,
+    after: str | None,
+    before: str | None,
+) -> None:
+    """Add the `after`/`before` bounds to `where`: strictly past/short of the cursor in `order`."""
+    descending = _direction(order) == "DESC"
+    for param, cursor, past in (("after", after, True), ("before", before, False)):
+        if cursor is None:
+            continue
+        row = conn.execute("SELECT seq FROM generations WHERE id = ?", (cursor,)).fetchone()
+        if row is None:
+            raise CursorNotFound(param, cursor)
+        where.append("seq < ?" if past == descending else "seq > ?")
+        params.append(row[0])
+
+
+def _where(clauses: builtins.list[str]) -> str:
+    return f" WHERE {' AND '.join(clauses)}" if clauses else ""
+
+
+def _direction(order: str) -> str:
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
+    return order.upper()
+
+
+def _opposite(order: str) -> str:
+    return "ASC" if _direction(order) == "DESC" else "DESC"

@@ -1,0 +1,400 @@
+"""The generation store on its own (no server): records, filters, pagination, bounds, threads, kills."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localoai.store import CursorNotFound, GenerationRecord, SQLiteStore, Store, open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_record(i: int, **fields: Any) -> GenerationRecord:
+    prompt = [(i * 7 + k) % 50_000 for k in range(20)]
+    completion = [(i * 13 + k) % 50_000 for k in range(10)]
+    defaults: dict[str, Any] = {
+        "id": f"chatcmpl-{i:05d}",
+        "kind": "chat.completion",
+        "model": "tiny",
+        "created_at": 1_700_000_000.0 + i,
+        "request": {"model": "tiny", "messages": [{"role": "user", "content": f"question {i}"}]},
+        "prompt_text": f"<|user|>question {i}<|assistant|>",
+        "prompt_token_ids": prompt,
+        "completions": [
+            {
+                "completion_token_ids": completion,
+                "logprobs": [-0.1 * (k + 1) / 3 for k in range(len(completion))],
+                "text": f"answer {i}",
+                "finish_reason": "stop",
+            }
+        ],
+        "output": {"id": f"chatcmpl-{i:05d}", "object": "chat.completion"},
+        "sampling": {"temperature": 1.0, "max_tokens": 10},
+        "timings": {"queued": 0.001, "first_token": 0.01, "total": 0.05},
+    }
+    defaults.update(fields)
+    return GenerationRecord(**defaults)
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    spec = tmp_path / "store.sqlite3" if request.param == "file" else ":memory:"
+    with SQLiteStore(spec, max_entries=None, max_bytes=None) as opened:
+        yield opened
+
+
+def ids(records: list[GenerationRecord]) -> list[str]:
+    return [record.id for record in records]
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+def test_record_round_trip(store: SQLiteStore) -> None:
+    record = make_record(
+        1,
+        status="incomplete",
+        policy_version=3,
+        prompt_text="héllo \U0001f600 \ud800",  # a lone surrogate must not break the write
+        completions=[
+            {"completion_token_ids": [5, 6], "logprobs": [-1 / 3, -1e-300], "text": "x", "finish_reason": "length"},
+            {"completion_token_ids": [7], "logprobs": [-math.inf], "text": "", "finish_reason": None, "index": 1},
+        ],
+        error={"message": "boom", "type": "server_error"},
+        metadata={"run": "a", "step": "12"},
+        episode_id="ep-1",
+        store_visible=True,
+        previous_response_id="resp_0",
+    )
+    assert GenerationRecord.from_json(record.to_json()) == record
+    store.put(record)
+    loaded = store.get(record.id)
+    assert loaded == record
+    assert loaded is not None and loaded.completions[0]["logprobs"][0] == -1 / 3  # bit-exact
+    assert store.get("missing") is None
+
+
+def test_record_validation_and_forward_compatibility() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        make_record(0, kind="embedding")
+    with pytest.raises(ValueError, match="status"):
+        make_record(0, status="done")
+    with pytest.raises(ValueError, match="logprobs"):
+        make_record(0, completions=[{"completion_token_ids": [1, 2], "logprobs": [-1.0], "text": "", "finish_reason": None}])
+    data = json.loads(make_record(0).to_json()) | {"field_from_the_future": 1}
+    assert GenerationRecord.from_dict(data) == make_record(0)
+
+
+def test_put_replaces_and_keeps_its_place(store: SQLiteStore) -> None:
+    for i in range(3):
+        store.put(make_record(i, status="in_progress", metadata={"phase": "start"}))
+    store.put(make_record(0, status="completed", metadata={"phase": "end"}))
+    assert ids(store.list()) == ["chatcmpl-00002", "chatcmpl-00001", "chatcmpl-00000"]
+    assert store.count() == 3
+    assert store.count(status="completed") == 1
+    assert store.count(metadata={"phase": "start"}) == 2  # the replaced record's old metadata is gone
+    assert ids(store.list(metadata={"phase": "end"})) == ["chatcmpl-00000"]
+    assert store.stats()["bytes"] == sum(len(make_record(i).to_json()) for i in range(3)) + (
+        len(make_record(0, status="completed", metadata={"phase": "end"}).to_json()) - len(make_record(0).to_json())
+    ) + sum(
+        len(make_record(i, status="in_progress", metadata={"phase": "start"}).to_json()) - len(make_record(i).to_json())
+        for i in (1, 2)
+    )
+
+
+# -- listing -------------------------------------------------------------------------------------
+
+
+def test_list_filters_and_order(store: SQLiteStore) -> None:
+    for i in range(12):
+        store.put(
+            make_record(
+                i,
+                kind=("chat.completion", "text_completion", "response")[i % 3],
+                model="a" if i < 6 else "b",
+                status="failed" if i % 4 == 0 else "completed",
+                episode_id=f"ep-{i // 4}",
+            )
+        )
+    assert ids(store.list(limit=3)) == ["chatcmpl-00011", "chatcmpl-00010", "chatcmpl-00009"]
+    assert ids(store.list(limit=3, order="asc")) == ["chatcmpl-00000", "chatcmpl-00001", "chatcmpl-00002"]
+    assert ids(store.list(kind="response")) == ["chatcmpl-00011", "chatcmpl-00008", "chatcmpl-00005", "chatcmpl-00002"]
+    assert ids(store.list(model="a", status="failed", order="asc")) == ["chatcmpl-00000", "chatcmpl-00004"]
+    assert ids(store.list(episode_id="ep-2", kind="text_completion")) == ["chatcmpl-00010"]
+    assert store.count(model="b") == 6 and store.count(status="failed") == 3 and store.count(kind="nothing") == 0
+    assert store.list(limit=0) == []
+    assert [r.id for r in store.iterate(episode_id="ep-1")] == [f"chatcmpl-{i:05d}" for i in range(4, 8)]
+    assert [r.id for r in store.iterate(model="a", order="desc")][:2] == ["chatcmpl-00005", "chatcmpl-00004"]
+    with pytest.raises(ValueError):
+        store.list(order="newest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        store.list(limit=-1)
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+@pytest.mark.parametrize("limit", [1, 7, 20, 50, 100])
+def test_pagination_has_no_duplicates_or_gaps(store: SQLiteStore, order: str, limit: int) -> None:
+    for i in range(50):
+        store.put(make_record(i))
+    expected = [f"chatcmpl-{i:05d}" for i in range(50)]
+    if order == "desc":
+        expected.reverse()
+    assert ids(store.list(limit=100, order=order)) == expected  # type: ignore[arg-type]
+
+    forward: list[str] = []
+    after = None
+    while True:  # as an OpenAI client pages: after = the last id of the page
+        page = ids(store.list(after=after, limit=limit, order=order))  # type: ignore[arg-type]
+        assert len(page) <= limit
+        forward += page
+        if len(page) < limit:
+            break
+        after = page[-1]
+    assert forward == expected
+
+    backward: list[str] = []
+    before = expected[-1]
+    backward = [before]
+    while True:  # and back: before = the first id of the page
+        page = ids(store.list(before=before, limit=limit, order=order))  # type: ignore[arg-type]
+        backward = page + backward
+        if len(page) < limit:
+            break
+        before = page[0]
+    assert backward == expected
+
+    # Both cursors: the items strictly between them, the first `limit` from `after`'s side.
+    between = ids(store.list(after=expected[10], before=expected[30], limit=limit, order=order))  # type: ignore[arg-type]
+    assert between == expected[11:30][:limit]
+
+
+def test_unknown_cursor(store: SQLiteStore) -> None:
+    store.put(make_record(0))
+    with pytest.raises(CursorNotFound) as info:
+        store.list(after="chatcmpl-gone")
+    assert info.value.param == "after" and info.value.record_id == "chatcmpl-gone"
+    with pytest.raises(CursorNotFound):
+        store.iterate(before="chatcmpl-gone")  # raised at the call, not at the first next()
+
+
+def test_metadata_filter(store: SQLiteStore) -> None:
+    for i in range(20):
+        store.put(make_record(i, metadata={"run": f"r{i % 2}", "step": str(i // 5), 'odd.key "x"': "v" if i == 7 else "w"}))
+    store.put(make_record(99))  # no metadata at all
+    assert store.count(metadata={"run": "r1"}) == 10
+    assert ids(store.list(metadata={"run": "r0", "step": "1"}, order="asc")) == ["chatcmpl-00006", "chatcmpl-00008"]
+    assert ids(store.list(metadata={'odd.key "x"': "v"})) == ["chatcmpl-00007"]
+    assert store.count(metadata={"run": "r0", "step": "9"}) == 0
+    assert store.count(metadata={"missing": "r0"}) == 0
+    assert store.count(metadata={}) == 21
+    assert [r.id for r in store.iterate(metadata={"step": "3"}, model="tiny")] == [f"chatcmpl-{i:05d}" for i in range(15, 20)]
+
+
+def test_delete(store: SQLiteStore) -> None:
+    for i in range(5):
+        store.put(make_record(i, metadata={"k": "v"}))
+    assert store.delete("chatcmpl-00002") is True
+    assert store.delete("chatcmpl-00002") is False
+    assert store.get("chatcmpl-00002") is None
+    assert store.count() == 4 and store.count(metadata={"k": "v"}) == 4
+    assert ids(store.list(order="asc")) == ["chatcmpl-00000", "chatcmpl-00001", "chatcmpl-00003", "chatcmpl-00004"]
+    assert store.stats()["bytes"] == sum(len(make_record(i, metadata={"k": "v"}).to_json()) for i in (0, 1, 3, 4))
+    assert store.evicted == 0  # a delete is not an eviction
+
+
+def test_iterate_streams_in_batches_while_writing(store: SQLiteStore) -> None:
+    for i in range(600):  # more than two batches
+        store.put(make_record(i))
+    seen = []
+    for record in store.iterate():
+        seen.append(record.id)
+        if len(seen) == 10:
+            store.put(make_record(600))  # writing mid-iteration neither deadlocks nor fails
+    assert seen == [f"chatcmpl-{i:05d}" for i in range(601)]
+    assert len(list(store.iterate(order="desc", after="chatcmpl-00300"))) == 300
+
+
+# -- bounds ----------------------------------------------------------------------------------------
+
+
+def test_eviction_by_entries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "bounded.sqlite3"
+    with caplog.at_level(logging.DEBUG, logger="localoai.store"), SQLiteStore(path, max_entries=10) as store:
+        for i in range(25):
+            store.put(make_record(i))
+        assert store.count() == 10
+        assert ids(store.list(order="asc", limit=100)) == [f"chatcmpl-{i:05d}" for i in range(15, 25)]
+        assert store.evicted == 15 and store.stats()["evicted"] == 15
+        assert store.stats()["bytes"] == sum(len(make_record(i).to_json()) for i in range(15, 25))
+    warnings = [r for r in caplog.records if r.name == "localoai.store" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "evicting" in warnings[0].getMessage()
+    # The count lives in the file; lower limits on reopening apply at once.
+    with SQLiteStore(path, max_entries=4) as store:
+        assert store.count() == 4 and store.evicted == 21
+        assert ids(store.list(limit=1)) == ["chatcmpl-00024"]
+
+
+def test_eviction_by_bytes() -> None:
+    size = len(make_record(0).to_json())
+    with SQLiteStore(":memory:", max_entries=None, max_bytes=int(size * 5.5)) as store:
+        for i in range(20):
+            store.put(make_record(i))
+            stats = store.stats()
+            assert stats["bytes"] <= size * 5.5
+        assert stats == {**stats, "entries": 5, "evicted": 15}
+        assert store.get("chatcmpl-00014") is None and store.get("chatcmpl-00015") is not None
+        # A record larger than the whole budget evicts everything else but is kept itself.
+        big = make_record(100, prompt_text="x" * size * 10)
+        store.put(big)
+        assert ids(store.list()) == [big.id] and store.evicted == 20
+        # Growing an old record past the budget evicts the others, never the record written.
+        store.put(make_record(101))
+        store.put(make_record(102))
+        store.put(make_record(101, prompt_text="y" * size * 6))
+        assert store.get("chatcmpl-00101") is not None and store.count() == 1
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError):
+        SQLiteStore(":memory:", max_entries=0)
+    with pytest.raises(ValueError):
+        SQLiteStore(":memory:", max_bytes=-1)
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+
+def test_export_jsonl(store: SQLiteStore, tmp_path: Path) -> None:
+    for i in range(300):
+        store.put(make_record(i, status="completed" if i % 3 else "failed", metadata={"run": "x"}))
+    out = tmp_path / "exports" / "all.jsonl"
+    assert store.export_jsonl(out) == 300
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert [GenerationRecord.from_json(line) for line in lines] == list(store.iterate())
+    assert store.export_jsonl(out, status="failed", metadata={"run": "x"}, order="desc") == 100
+    first = GenerationRecord.from_json(out.read_text(encoding="utf-8").splitlines()[0])
+    assert first.id == "chatcmpl-00297" and first.status == "failed"
+    assert store.export_jsonl(out, model="nobody") == 0 and out.read_text() == ""
+    assert [p.name for p in out.parent.iterdir()] == ["all.jsonl"]  # no temporary file left
+
+
+# -- threads and processes ---------------------------------------------------------------------------
+
+
+def _write_concurrently(stores: list[SQLiteStore], threads: int, per_thread: int) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def writer(t: int) -> None:
+        try:
+            start.wait()
+            target = stores[t % len(stores)]
+            for k in range(per_thread):
+                target.put(make_record(t * 1000 + k, metadata={"thread": str(t)}))
+                if k % 10 == 0:
+                    target.list(limit=5)
+                    target.get(f"chatcmpl-{t * 1000:05d}")
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+
+
+def test_32_concurrent_writers(store: SQLiteStore) -> None:
+    _write_concurrently([store], threads=32, per_thread=50)
+    assert store.count() == 1600
+    assert len({r.id for r in store.iterate()}) == 1600
+    assert all(store.count(metadata={"thread": str(t)}) == 50 for t in range(32))
+
+
+def test_32_concurrent_writers_bounded(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "s.sqlite3", max_entries=500) as store:
+        _write_concurrently([store], threads=32, per_thread=50)
+        assert store.count() == 500 and store.evicted == 1100
+        assert len(list(store.iterate())) == 500
+
+
+def test_two_connections_to_one_file(tmp_path: Path) -> None:
+    """Two stores on one file (as two processes would be) wait on each other's write lock."""
+    path = tmp_path / "shared.sqlite3"
+    with SQLiteStore(path, max_entries=None) as one, SQLiteStore(path, max_entries=None) as two:
+        _write_concurrently([one, two], threads=16, per_thread=30)
+        assert one.count() == two.count() == 480
+
+
+def test_a_killed_process_loses_no_completed_write(tmp_path: Path) -> None:
+    path = tmp_path / "killed.sqlite3"
+    script = (
+        "import sys, time\n"
+        "from localoai.store import SQLiteStore\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from test_store import make_record\n"
+        f"store = SQLiteStore({str(path)!r})\n"
+        "for i in range(100):\n"
+        "    store.put(make_record(i, metadata={'i': str(i)}))\n"
+        "print('done', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "done"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert Path(f"{path}-wal").exists()  # the records are in the WAL, not yet checkpointed
+    with SQLiteStore(path) as store:
+        assert store.count() == 100
+        assert store.stats()["entries"] == 100
+        for i in range(100):
+            assert store.get(f"chatcmpl-{i:05d}") == make_record(i, metadata={"i": str(i)})
+
+
+# -- open_store ----------------------------------------------------------------------------------------
+
+
+def test_open_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    default = open_store(None)
+    assert isinstance(default, SQLiteStore) and isinstance(default, Store)
+    assert (tmp_path / "localoai-store" / "store.sqlite3").exists()
+    assert open_store(default) is default
+    default.close()
+    default.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        default.get("x")
+
+    memory = open_store(":memory:", max_entries=3)
+    assert isinstance(memory, SQLiteStore) and memory.path is None and memory.max_entries == 3
+    other = open_store(":memory:")
+    memory.put(make_record(1))
+    assert other.count() == 0  # every in-memory store is its own database
+    nested = open_store(tmp_path / "a" / "b" / "c.sqlite3")
+    assert (tmp_path / "a" / "b" / "c.sqlite3").exists()
+    with pytest.raises(TypeError):
+        open_store(memory, max_entries=1)
+    with pytest.raises(TypeError):
+        open_store(42)  # type: ignore[arg-type]
+    for opened in (memory, other, nested):
+        opened.close()
