@@ -252,6 +252,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def load_average() -> float | None:
+    """The 1-minute load average, to tell a quiet machine from a busy one (None where unknown)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else float("inf")
 
@@ -286,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from localoai.testing import build_tiny_model
 
     began = time.perf_counter()
+    load_before = load_average()
     model, tokenizer = build_tiny_model(hidden_size=args.hidden_size, num_layers=args.layers, num_heads=heads)
     parameters = sum(p.numel() for p in model.parameters())
     prompt_ids = prompt_token_ids(tokenizer, MESSAGES)
@@ -321,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interleaved(args.repeats, http.stream, direct.prefill_and_decode)
     finally:
         server.stop()
+    load_after = load_average()
 
     reference = direct.generated[0]
     ids_match = all(ids == reference for ids in direct.generated) and all(ids == reference for ids in http.generated)
@@ -362,7 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{'match' if prompt_match else 'DIFFER from'} apply_chat_template")
     verdict = "holds" if completion_ratio <= TARGET_RATIO else "does NOT hold"
     print(f"target HTTP/direct <= {TARGET_RATIO:.2f}x {verdict} ({completion_ratio:.3f}x)")
-    print(f"total run time {time.perf_counter() - began:.1f} s")
+    print(f"total run time {time.perf_counter() - began:.1f} s; 1-minute load average {load_before} before, "
+          f"{load_after} after (this run itself keeps up to {threads} cores busy)")
+    if load_before is not None and load_before > 0.5:
+        print("warning: the machine was busy before this run started; other processes skew both sides")
 
     if args.json:
         figures = {
@@ -372,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "prompt_tokens": len(prompt_ids), "generated_tokens": TOKENS, "repeats": args.repeats,
                 "warmup": args.warmup, "threads": threads, "usable_cores": usable_cores(),
                 "torch": torch.__version__, "transformers": transformers.__version__,
-                "python": platform.python_version(),
+                "python": platform.python_version(), "load_average_before": load_before,
+                "load_average_after": load_after,
             },
             "completion": {
                 "http": completion_http.as_ms(), "direct_generate": completion_direct.as_ms(),

@@ -25,12 +25,6 @@ MODEL = "tiny"  # the session server's name (tests/conftest.py)
 MESSAGES = [{"role": "user", "content": "hi"}]
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
-UNION_TAG_BUG = (
-    "localoai/protocol/base.py:41-53,59: format_location keeps pydantic's union-member tags "
-    "(type names such as 'float'/'str' and discriminator values such as 'user') as if they were "
-    "field names, and _error_from_validation reports errors()[0], the first union branch's error"
-)
-
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -74,7 +68,6 @@ class Case:
     code: str | None = "invalid_value"
     message: str | None = None  # a substring the message must contain
     path: str = "/v1/chat/completions"
-    bug: str | None = None  # the package bug that makes `param`/`message` wrong
 
     def send(self, http: httpx.Client) -> httpx.Response:
         if isinstance(self.body, bytes):
@@ -99,7 +92,7 @@ CASES: list[Case] = [
     Case("unknown-field", chat(frobnicate=1), param="frobnicate", code="unrecognized_argument",
          message="Unrecognized request argument supplied: frobnicate"),
     # Wrong types (the models are strict: no coercion).
-    Case("temperature-string", chat(temperature="1"), param="temperature", bug=UNION_TAG_BUG),
+    Case("temperature-string", chat(temperature="1"), param="temperature"),
     Case("n-float", chat(n=1.9), param="n"),
     Case("max_tokens-string", chat(max_tokens="10"), param="max_tokens"),
     Case("stream-string", chat(stream="yes"), param="stream"),
@@ -116,11 +109,11 @@ CASES: list[Case] = [
     Case("top_logprobs-without-logprobs", chat(top_logprobs=2), param="top_logprobs",
          message="requires logprobs"),
     Case("completions-logprobs-6", completion(logprobs=6), param="logprobs", path="/v1/completions"),
-    Case("logit_bias-value-200", chat(logit_bias={"5": 200}), param="logit_bias"),
+    Case("logit_bias-value-200", chat(logit_bias={"5": 200}), param="logit_bias.5"),  # names the entry
     Case("logit_bias-key-not-int", chat(logit_bias={"hello": 1}), param="logit_bias", message="token ids"),
     Case("logit_bias-outside-vocab", chat(logit_bias={"999999": 1}), param="logit_bias",
          message="outside the vocabulary"),
-    Case("stop-5-sequences", chat(stop=["a", "b", "c", "d", "e"]), param="stop", bug=UNION_TAG_BUG),
+    Case("stop-5-sequences", chat(stop=["a", "b", "c", "d", "e"]), param="stop"),
     Case("stop-empty-string", chat(stop=""), param="stop", message="must not be empty"),
     Case("stop-empty-in-list", chat(stop=["x", ""]), param="stop", message="must not be empty"),
     Case("max_tokens-beyond-context", chat(max_tokens=5000), param="max_tokens", code="context_length_exceeded",
@@ -134,7 +127,7 @@ CASES: list[Case] = [
          message="wizard"),
     Case("image_url-part",
          chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
-         param="messages[0].content[0]", code="unsupported_parameter", message="image_url", bug=UNION_TAG_BUG),
+         param="messages[0].content[0]", code="unsupported_parameter", message="image_url"),
     # Unknown model.
     Case("unknown-model", chat(model="no-such-model"), status=404, param="model", code="model_not_found",
          message="no-such-model"),
@@ -168,10 +161,7 @@ CASES: list[Case] = [
 def _params(check: str) -> list[Any]:
     out = []
     for case in CASES:
-        marks = []
-        if check == "details" and case.bug:
-            marks.append(pytest.mark.xfail(reason=case.bug, strict=True))
-        out.append(pytest.param(case, id=case.id, marks=marks))
+        out.append(pytest.param(case, id=case.id))
     return out
 
 
@@ -364,12 +354,6 @@ def test_auth_is_checked_before_routing(secured: Any) -> None:
     assert assert_envelope(httpx.get(f"{secured.url}/v1/models", timeout=60), 401)["code"] == "invalid_api_key"
 
 
-@pytest.mark.xfail(
-    reason="localoai/server/lifecycle.py:200 (_stop_previous): `if port:` treats port=0 ('any free port') "
-    "like port=None, so start(..., port=0) -- what running_server() uses -- stops every running server "
-    "with the same model name",
-    strict=True,
-)
 def test_second_server_on_any_port_leaves_same_named_server_running(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     with running_server(model, tokenizer, name="errors-twin") as first:

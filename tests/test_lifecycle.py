@@ -23,8 +23,8 @@ from localoai.testing import build_tiny_model, running_server
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _our_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("localoai-")]
+def _our_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("localoai-")}
 
 
 def _port_is_free(port: int) -> bool:
@@ -84,15 +84,15 @@ def test_default_port_is_8000_or_next_and_rerun_keeps_it(tiny: Any) -> None:
 
 def test_no_threads_left_after_stop(tiny: Any) -> None:
     model, tokenizer = tiny
-    before = set(_our_threads())
+    before = _our_threads()
     with running_server(model, tokenizer, name="threads") as server:
         server.client().chat.completions.create(model="threads", messages=[{"role": "user", "content": "x"}],
                                                 max_tokens=2)
-        assert len(set(_our_threads()) - before) == 2  # one server thread, one engine thread
+        assert len(_our_threads() - before) == 2  # one server thread, one engine thread
     deadline = time.monotonic() + 5
-    while set(_our_threads()) - before and time.monotonic() < deadline:
+    while _our_threads() - before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert set(_our_threads()) - before == set()
+    assert _our_threads() - before == set()
 
 
 def test_disconnect_mid_stream_cancels_generation_and_server_stays_healthy() -> None:
@@ -184,3 +184,12 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for heading in ("chat completion", "streamed chat completion", "tool-using exchange", "stopped"):
         assert f"== {heading}" in result.stdout
+
+
+def test_keyboard_interrupt_in_the_main_thread_does_not_stop_the_server(server: Any) -> None:
+    import signal
+
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)  # what the notebook's "interrupt kernel" delivers
+    assert server.running
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200

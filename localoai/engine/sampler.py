@@ -59,7 +59,7 @@ class Sampler:
         if self._bias is not None:
             logits = logits + self._bias
         if step < params.min_tokens and self._eos.numel():
-            logits[:, self._eos] = float("-inf")
+            logits = logits.index_fill(-1, self._eos, float("-inf"))  # out of place: never touch the model's output
         if params.greedy:
             tokens = logits.argmax(dim=-1)
         else:

@@ -197,10 +197,12 @@ def start(
 
 def _stop_previous(port: int | None, name: str) -> None:
     with _registry_lock:
-        if port:
-            previous = [_registry[port]] if port in _registry else []
-        else:
+        if port is None:  # a re-run cell: replace the server of the same model, keep its port
             previous = [server for server in _registry.values() if server.model == name]
+        elif port == 0:  # explicitly a new server on any free port
+            previous = []
+        else:
+            previous = [_registry[port]] if port in _registry else []
     for server in previous:
         logger.info("replacing %r", server)
         server.stop()

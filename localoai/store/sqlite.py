@@ -119,7 +119,11 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._warned_full = False
         self._conn: sqlite3.Connection | None = self._connect()
-        evicted = self._write(self._evict, -1)  # limits lower than when the file was written
+        try:
+            evicted = self._write(self._evict, -1)  # limits lower than when the file was written
+        except BaseException:
+            self.close()
+            raise
         self._log_eviction(*evicted)
 
     def __repr__(self) -> str:
@@ -136,21 +140,20 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         # One connection shared by every thread, each call holding `_lock`, rather than one per
         # thread: SQLite takes one writer at a time whatever we do, and the lock queues this
-        # process's writers in Python instead of letting them spin on SQLITE_BUSY; a per-thread
-        # connection would also outlive its thread unclosed (the server's executor threads come
-        # and go) and could not be closed by `close()`. An in-memory database then needs no
-        # shared cache (whose table locks fail at once with SQLITE_LOCKED, which `busy_timeout`
-        # does not retry): the one connection is the database, and lives as long as the store.
-        # Reads are short (one indexed lookup or one page), and JSON is encoded and parsed
-        # outside the lock, so the lock is held only while SQLite itself works.
+        # process's writers in Python instead of having them sleep-and-retry on SQLITE_BUSY;
+        # per-thread connections would each belong to their thread (the server's executor
+        # threads come and go), so `close()` could not close them. An in-memory database then
+        # needs no shared cache (whose table locks fail at once with SQLITE_LOCKED, which
+        # `busy_timeout` does not retry): the one connection is the database and lives as long
+        # as the store. The cost: this process's reads wait for its writes instead of running
+        # beside them as WAL allows; both are short (one indexed lookup, one page, one upsert),
+        # and JSON is encoded and parsed outside the lock, which is held only while SQLite works.
         if self.path is None:
             conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # `timeout` is SQLite's busy_timeout: waits for other processes using the same file.
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
-            )
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
         try:
             self._configure(conn)
         except BaseException:
