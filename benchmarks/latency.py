@@ -154,12 +154,11 @@ class Direct:
             cache = self.cache_class(config=self.model.config)
             output = self.model(input_ids=self.input_ids, past_key_values=cache, use_cache=True)
             token = output.logits[:, -1, :].argmax(dim=-1)
-            token_id = int(token)  # the first token is known here: what a server could send first
+            token.item()  # the first token is known here: the earliest a server could send it
             prefilled = time.perf_counter()
             output = self.model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True)
-            int(output.logits[:, -1, :].argmax(dim=-1))
+            output.logits[:, -1, :].argmax(dim=-1).item()
             done = time.perf_counter()
-        del token_id
         self.prefill_times.append(prefilled - started)
         self.prefill_decode_times.append(done - started)
         self.decode_step_times.append(done - prefilled)

@@ -3,7 +3,8 @@
     python benchmarks/store_bench.py [--records 10000] [--writers 32] [--memory]
 
 Records are the size a short chat turn leaves (~200 prompt ids, ~100 completion ids and
-logprobs, the request and response JSON). Prints medians; the whole run takes seconds.
+logprobs, the request and response JSON); one in ten is `store_visible`. Prints medians; the
+whole run takes seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from localoai.store import GenerationRecord, SQLiteStore  # noqa: E402
+from localoai.store import GenerationRecord, Recorder, SQLiteStore  # noqa: E402
 
 
 def realistic_record(i: int, rng: random.Random, prefix: str = "chatcmpl-") -> GenerationRecord:
@@ -65,6 +66,7 @@ def realistic_record(i: int, rng: random.Random, prefix: str = "chatcmpl-") -> G
         timings={"queued": 0.0004, "first_token": 0.021, "total": 0.61},
         metadata={"run": f"run-{i % 8}", "step": str(i // 100)},
         episode_id=f"ep-{i // 4}",
+        store_visible=i % 10 == 3,
     )
 
 
@@ -135,7 +137,12 @@ def main() -> None:
                 "list(limit=20, metadata={'run': 'run-3'})",
                 f"{median_us(lambda: store.list(limit=20, metadata={'run': 'run-3'}), 200):.0f} µs",
             ),
+            (
+                "list(limit=20, kind='chat.completion', visible=True)",
+                f"{median_us(lambda: store.list(limit=20, kind='chat.completion', visible=True), 200):.0f} µs",
+            ),
             ("count() (no filter)", f"{median_us(store.count, 200):.0f} µs"),
+            ("count(visible=True)", f"{median_us(lambda: store.count(visible=True), 50) / 1e3:.2f} ms"),
             ("count(status='incomplete')", f"{median_us(lambda: store.count(status='incomplete'), 50) / 1e3:.2f} ms"),
             (
                 "count(metadata={'run': 'run-3'})",
@@ -161,6 +168,7 @@ def main() -> None:
                 f"p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.2f} ms",
             )
         )
+        rows.append(recorder_row(store, args.per_writer * 10, rng))
         store.close()
 
     kind = "in memory" if args.memory else "SQLite file, WAL, synchronous=NORMAL"
@@ -174,6 +182,29 @@ def main() -> None:
     print("|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
+
+
+def recorder_row(store: SQLiteStore, n: int, rng: random.Random) -> tuple[str, str]:
+    """What the server's event loop pays per record (`record()` only queues), and the write rate."""
+    records = [realistic_record(i, rng, "rec-") for i in range(n)]
+    recorder = Recorder(store)
+    calls = []
+    start = time.perf_counter()
+    for record in records:
+        called = time.perf_counter()
+        recorder.record(record)
+        calls.append(time.perf_counter() - called)
+    assert recorder.flush(timeout=600)
+    wall = time.perf_counter() - start
+    recorder.close()
+    assert recorder.failed == 0
+    return (
+        f"Recorder: {n:,} x record(), then flush()",
+        (
+            f"record() p50 {statistics.median(calls) * 1e6:.1f} µs, max {max(calls) * 1e6:.0f} µs; "
+            f"{n / wall:,.0f} records/s written"
+        ),
+    )
 
 
 def _median_get(store: SQLiteStore, ids: list[str], rng: random.Random) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import Engine
 from localoai.errors import model_not_found
+from localoai.store import Recorder, Store, open_store
 from localoai.tokens import TokenTexts
 
 
@@ -79,6 +80,8 @@ class ServedModel:
     model: Any
     tokenizer: Any
     engine: Engine
+    store: Store
+    recorder: Recorder
     created: int = field(default_factory=lambda: int(time.time()))
     policy_version: int = 0
     token_texts: TokenTexts = field(init=False)
@@ -90,10 +93,18 @@ class ServedModel:
         self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]
 
     @classmethod
-    def create(cls, model: Any, tokenizer: Any, name: str | None = None) -> ServedModel:
+    def create(cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None) -> ServedModel:
+        """`store`: a path, `":memory:"`, a `Store`, or None for `localoai-store/store.sqlite3`."""
         backend = TransformersBackend(model)
         engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer))
-        return cls(name=name or default_name(model), model=model, tokenizer=tokenizer, engine=engine)
+        opened = open_store(store)
+        return cls(name=name or default_name(model), model=model, tokenizer=tokenizer, engine=engine,
+                   store=opened, recorder=Recorder(opened))
+
+    def close(self) -> None:
+        """Stop generating, then write every record still queued."""
+        self.engine.stop()
+        self.recorder.close()
 
     @property
     def context_length(self) -> int:

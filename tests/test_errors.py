@@ -149,7 +149,6 @@ CASES: list[Case] = [
     refused("modalities", ["text", "audio"]),
     refused("response_format", {"type": "json_object"}),
     refused("tool_choice", "required"),
-    refused("store", True),
     refused("web_search_options", {}),
     refused("prediction", {"type": "content", "content": "hello"}),
     refused("functions", [{"name": "f", "parameters": {}}]),
@@ -197,7 +196,7 @@ def test_bad_request_error_details(http: httpx.Client, case: Case) -> None:
     [
         ("POST", "/v1/no-such-route", 404, "unknown_url"),
         ("GET", "/no-such-page", 404, "unknown_url"),
-        ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
+        ("PUT", "/v1/chat/completions", 405, "method_not_allowed"),
         ("PUT", "/v1/completions", 405, "method_not_allowed"),
         ("GET", "/v1/models/no-such-model", 404, "model_not_found"),
     ],

@@ -236,9 +236,9 @@ def test_unknown_field_message() -> None:
 
 
 def test_refused_field_is_unsupported_error() -> None:
-    error = error_of(ChatCompletionRequest, chat(store=True))
+    error = error_of(ChatCompletionRequest, chat(verbosity="high"))
     assert isinstance(error, UnsupportedFieldError)
-    assert error.message.startswith("Unsupported value for 'store': ")
+    assert error.message.startswith("Unsupported value for 'verbosity': ")
 
 
 def test_out_of_range_message_shows_value() -> None:

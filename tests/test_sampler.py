@@ -47,7 +47,8 @@ def test_greedy_picks_argmax_per_row() -> None:
     logits = torch.tensor([[0.1, 2.0, -1.0, 0.5], [3.0, 0.0, 0.0, 2.9], [-5.0, -4.0, -6.0, -3.5]])
     tokens, logprobs = make(4, n=3, temperature=0.0).sample(logits, 0)
     assert tokens.tolist() == [1, 0, 3]
-    assert logprobs is None  # not asked for
+    # Always computed (every trace keeps the sampled tokens' logprobs): greedy reports temperature 1.
+    assert torch.allclose(logprobs, torch.log_softmax(logits, dim=-1))
 
 
 def test_top_k_1_equals_greedy() -> None:

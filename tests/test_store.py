@@ -1,22 +1,35 @@
-"""The generation store on its own (no server): records, filters, pagination, bounds, threads, kills."""
+"""The generation store on its own (no server): records, filters, pagination, bounds, threads, kills,
+and the recorder that writes to it off the event loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from localoai.store import CursorNotFound, GenerationRecord, SQLiteStore, Store, open_store
+from localoai.store import (
+    CursorNotFound,
+    GenerationRecord,
+    Recorder,
+    RecordFilter,
+    RecordFilterArgs,
+    SQLiteStore,
+    Store,
+    open_store,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,6 +212,110 @@ def test_metadata_filter(store: SQLiteStore) -> None:
     assert step_3 == [f"chatcmpl-{i:05d}" for i in range(15, 20)]
 
 
+def test_record_filter() -> None:
+    assert set(RecordFilterArgs.__annotations__) == {f.name for f in dataclasses.fields(RecordFilter)}
+    given = {"run": 1}
+    where = RecordFilter(kind="response", visible=True, metadata=given)  # type: ignore[arg-type]
+    given["run"] = 2  # the filter keeps its own copy, as strings
+    assert where.metadata == {"run": "1"}
+    assert RecordFilter(metadata={}) == RecordFilter() and RecordFilter().metadata is None
+    assert hash(where) == hash(RecordFilter(kind="response", visible=True, metadata={"run": "1"}))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        where.kind = "chat.completion"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="visible"):
+        RecordFilter(visible="false")  # type: ignore[arg-type]
+    with SQLiteStore(":memory:") as store:
+        store.put(make_record(0, kind="response", store_visible=True, metadata={"run": "1"}))
+        assert store.count(**vars(where)) == 1  # a filter built once passes on as keywords
+        with pytest.raises(TypeError, match="visble"):
+            store.list(visble=True)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="visible"):
+            store.count(visible=1)  # type: ignore[arg-type]
+
+
+def test_visible_filter(store: SQLiteStore, tmp_path: Path) -> None:
+    for i in range(30):
+        kind = "chat.completion" if i % 2 else "response"
+        store.put(make_record(i, kind=kind, store_visible=i % 3 == 0, metadata={"run": f"r{i % 5}"}))
+    visible = [f"chatcmpl-{i:05d}" for i in range(30) if i % 3 == 0]
+    hidden = [f"chatcmpl-{i:05d}" for i in range(30) if i % 3 != 0]
+    assert ids(store.list(visible=True, limit=100, order="asc")) == visible
+    assert ids(store.list(visible=False, limit=100, order="asc")) == hidden
+    assert ids(store.list(visible=None, limit=100, order="asc")) == sorted(visible + hidden)
+    assert store.count(visible=True) == 10 and store.count(visible=False) == 20 and store.count() == 30
+    assert [r.id for r in store.iterate(visible=True, order="desc")] == visible[::-1]
+    assert all(r.store_visible for r in store.iterate(visible=True))
+    # Combined with the other filters, as GET /v1/chat/completions lists.
+    chat_visible = ids(store.list(kind="chat.completion", visible=True, limit=100, order="asc"))
+    assert chat_visible == ["chatcmpl-00003", "chatcmpl-00009", "chatcmpl-00015", "chatcmpl-00021", "chatcmpl-00027"]
+    assert store.count(kind="chat.completion", visible=True) == 5
+    assert ids(store.list(kind="response", visible=True, metadata={"run": "r0"})) == ["chatcmpl-00000"]
+    hidden_chat = ids(store.list(kind="chat.completion", visible=False, metadata={"run": "r0"}))
+    assert hidden_chat == ["chatcmpl-00025", "chatcmpl-00005"]
+
+    out = tmp_path / "visible.jsonl"
+    assert store.export_jsonl(out, visible=True) == 10
+    assert [GenerationRecord.from_json(line).id for line in out.read_text().splitlines()] == visible
+    assert store.export_jsonl(out, visible=False, kind="response", order="desc") == 10
+
+    # Replacing a record moves it between the two sets, in place.
+    store.put(make_record(1, kind="chat.completion", store_visible=True, metadata={"run": "r1"}))
+    assert ids(store.list(visible=True, limit=2, order="asc")) == ["chatcmpl-00000", "chatcmpl-00001"]
+    assert store.count(visible=True) == 11 and store.count(visible=False) == 19
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+@pytest.mark.parametrize("limit", [1, 3, 7, 40])
+def test_pagination_with_visible_filter(store: SQLiteStore, order: str, limit: int) -> None:
+    for i in range(40):  # hidden records between the visible ones, and a run of hidden at each end
+        store.put(make_record(i, store_visible=i % 4 == 1 and 2 < i < 37))
+    expected = [f"chatcmpl-{i:05d}" for i in range(40) if i % 4 == 1 and 2 < i < 37]
+    if order == "desc":
+        expected.reverse()
+    forward: list[str] = []
+    after = None
+    while True:
+        page = ids(store.list(visible=True, kind="chat.completion", after=after, limit=limit, order=order))  # type: ignore[arg-type]
+        forward += page
+        if len(page) < limit:
+            break
+        after = page[-1]
+    assert forward == expected
+    before = expected[-1]
+    backward = [before]
+    while True:
+        page = ids(store.list(visible=True, before=before, limit=limit, order=order))  # type: ignore[arg-type]
+        backward = page + backward
+        if len(page) < limit:
+            break
+        before = page[0]
+    assert backward == expected
+    # A cursor may be a record the filter excludes: the page starts from its place.
+    hidden = "chatcmpl-00020"
+    after_hidden = ids(store.list(visible=True, after=hidden, limit=100, order=order))  # type: ignore[arg-type]
+    assert after_hidden == [i for i in expected if (i > hidden if order == "asc" else i < hidden)]
+    assert [r.id for r in store.iterate(visible=True, after=expected[0], order=order)] == expected[1:]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        (RecordFilter(visible=True), "generations_visible"),
+        (RecordFilter(visible=False), "generations_visible"),
+        (RecordFilter(visible=True, kind="chat.completion"), "generations_visible_kind"),
+    ],
+)
+def test_visible_listings_walk_an_index_in_order(where: RecordFilter, index: str) -> None:
+    """A page reads ~`limit` rows, never sorts every match (which would read every record's JSON)."""
+    from localoai.store.sqlite import _filters
+
+    with SQLiteStore(":memory:") as store:
+        clauses, params = _filters(where)
+        sql = f"SELECT record FROM generations WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT 20"
+        plan = " ".join(row[-1] for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert f"INDEX {index} (" in plan and "TEMP B-TREE" not in plan, plan
+
+
 def test_delete(store: SQLiteStore) -> None:
     for i in range(5):
         store.put(make_record(i, metadata={"k": "v"}))
@@ -268,6 +385,37 @@ def test_limits_are_checked() -> None:
         SQLiteStore(":memory:", max_entries=0)
     with pytest.raises(ValueError):
         SQLiteStore(":memory:", max_bytes=-1)
+
+
+# -- schema ------------------------------------------------------------------------------------------
+
+
+def test_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(generations)")}
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(generations)")}
+    conn.close()
+    assert "visible" in columns and {"generations_visible", "generations_visible_kind"} <= indexes
+    with SQLiteStore(path) as store:  # reopening a current file is fine
+        assert store.count() == 0
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_other_schema_versions_are_refused(tmp_path: Path, version: int) -> None:
+    path = tmp_path / f"v{version}.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE generations (seq INTEGER PRIMARY KEY, id TEXT)")  # as version 1 had, roughly
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match=f"schema version {version}; this localoai reads only version 2"):
+        SQLiteStore(path)
+    with sqlite3.connect(path) as conn:  # untouched
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == version
+    conn.close()
 
 
 # -- export ----------------------------------------------------------------------------------------
@@ -395,3 +543,180 @@ def test_open_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         open_store(42)  # type: ignore[arg-type]
     for opened in (memory, other, nested):
         opened.close()
+
+
+# -- recorder ----------------------------------------------------------------------------------------
+
+
+class FlakyStore(SQLiteStore):
+    """Fails the first `fails` puts, as a transient error (a full disk freed, a lock timeout) would."""
+
+    def __init__(self, *args: Any, fails: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fails = fails
+        self.attempts: list[str] = []
+
+    def put(self, record: GenerationRecord) -> None:
+        self.attempts.append(record.id)
+        if self.fails > 0:
+            self.fails -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        super().put(record)
+
+
+class PoisonStore(SQLiteStore):
+    """Always fails on records whose metadata says so; writes every other record."""
+
+    def put(self, record: GenerationRecord) -> None:
+        if record.metadata.get("poison"):
+            raise ValueError(f"cannot store {record.id}")
+        super().put(record)
+
+
+class GatedStore(SQLiteStore):
+    """Each put waits for `gate`: a store stuck behind another process's write lock."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def put(self, record: GenerationRecord) -> None:
+        assert self.gate.wait(10)
+        super().put(record)
+
+
+@pytest.fixture
+def recorders() -> Iterator[list[Recorder]]:
+    """Recorders a test makes, closed afterwards even when it fails."""
+    made: list[Recorder] = []
+    yield made
+    for recorder in made:
+        recorder.close(timeout=5)
+
+
+def recorder_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "localoai-recorder"]
+
+
+def test_recorder_writes_from_many_threads(store: SQLiteStore, recorders: list[Recorder]) -> None:
+    recorder = Recorder(store)
+    recorders.append(recorder)
+    assert isinstance(recorder.store, Store)
+    thread = recorder._thread
+    assert thread.name == "localoai-recorder" and thread.daemon and thread.is_alive()
+    start = threading.Barrier(8)
+
+    def produce(t: int) -> None:
+        start.wait()
+        for k in range(125):
+            recorder.record(make_record(t * 1000 + k, metadata={"thread": str(t)}))
+
+    producers = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+    for producer in producers:
+        producer.start()
+    for producer in producers:
+        producer.join()
+    assert recorder.flush() is True
+    assert store.count() == 1000 and recorder.pending == 0 and recorder.failed == 0
+    assert all(store.count(metadata={"thread": str(t)}) == 125 for t in range(8))
+    assert store.get("chatcmpl-07124") == make_record(7124, metadata={"thread": "7"})
+    assert recorder.flush() is True  # nothing queued: at once
+
+
+def test_recorder_keeps_the_order_of_records(store: SQLiteStore, recorders: list[Recorder]) -> None:
+    recorder = Recorder(store)
+    recorders.append(recorder)
+    recorder.record(make_record(1, status="in_progress"))
+    recorder.record(make_record(2))
+    recorder.record(make_record(1, status="completed", store_visible=True))  # replaces, keeps its place
+    assert recorder.flush()
+    assert ids(store.list(order="asc")) == ["chatcmpl-00001", "chatcmpl-00002"]
+    assert ids(store.list(status="completed", visible=True)) == ["chatcmpl-00001"]
+
+
+def test_recorder_close(caplog: pytest.LogCaptureFixture) -> None:
+    with SQLiteStore(":memory:") as store:
+        recorder = Recorder(store)
+        thread = recorder._thread
+        for i in range(50):
+            recorder.record(make_record(i))
+        assert recorder.close() is True  # flushes first
+        assert store.count() == 50 and not thread.is_alive()
+        assert recorder.close() is True and recorder.close(timeout=0) is True  # idempotent
+        assert recorder.flush() is True
+        with caplog.at_level(logging.DEBUG, logger="localoai.store"):
+            recorder.record(make_record(50))  # written here, on this thread
+        assert store.get("chatcmpl-00050") == make_record(50)
+        assert any("closed" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+        assert recorder.failed == 0
+
+
+def test_recorder_never_blocks_and_flush_times_out(tmp_path: Path, recorders: list[Recorder]) -> None:
+    with GatedStore(tmp_path / "gated.sqlite3") as store:
+        recorder = Recorder(store)
+        recorders.append(recorder)
+        start = time.perf_counter()
+        for i in range(100):
+            recorder.record(make_record(i))
+        assert time.perf_counter() - start < 1.0  # the store is stuck, the caller is not
+        assert recorder.flush(timeout=0.05) is False
+        assert recorder.pending > 0 and store.count() == 0
+        store.gate.set()
+        assert recorder.flush(timeout=10) is True
+        assert store.count() == 100 and recorder.pending == 0
+        recorder.close()
+
+
+def test_recorder_close_times_out_and_keeps_writing(
+    tmp_path: Path, recorders: list[Recorder], caplog: pytest.LogCaptureFixture
+) -> None:
+    with GatedStore(tmp_path / "gated.sqlite3") as store:
+        recorder = Recorder(store)
+        recorders.append(recorder)
+        for i in range(10):
+            recorder.record(make_record(i))
+        with caplog.at_level(logging.WARNING, logger="localoai.store"):
+            assert recorder.close(timeout=0.05) is False
+        assert any("still queued" in r.getMessage() for r in caplog.records)
+        store.gate.set()
+        assert recorder.close(timeout=10) is True
+        assert store.count() == 10
+
+
+def test_recorder_retries_a_failed_write(
+    tmp_path: Path, recorders: list[Recorder], caplog: pytest.LogCaptureFixture
+) -> None:
+    with FlakyStore(tmp_path / "flaky.sqlite3", fails=1) as store:
+        recorder = Recorder(store)
+        recorders.append(recorder)
+        with caplog.at_level(logging.WARNING, logger="localoai.store"):
+            recorder.record(make_record(1))
+            recorder.record(make_record(2))
+            assert recorder.flush()
+        assert store.attempts == ["chatcmpl-00001", "chatcmpl-00001", "chatcmpl-00002"]
+        assert ids(store.list(order="asc")) == ["chatcmpl-00001", "chatcmpl-00002"]
+        assert recorder.failed == 0
+        assert [r.levelno for r in caplog.records if r.name == "localoai.store"] == [logging.WARNING]
+
+
+def test_recorder_counts_a_record_it_cannot_write(
+    tmp_path: Path, recorders: list[Recorder], caplog: pytest.LogCaptureFixture
+) -> None:
+    with PoisonStore(tmp_path / "poison.sqlite3") as poisoned:
+        recorder = Recorder(poisoned)
+        recorders.append(recorder)
+        with caplog.at_level(logging.WARNING, logger="localoai.store"):
+            recorder.record(make_record(1, metadata={"poison": "yes"}))
+            recorder.record(make_record(2))  # after the failure: the thread is still writing
+            assert recorder.flush()
+        assert recorder.failed == 1
+        assert recorder._thread.is_alive() and recorder_threads()
+        assert ids(poisoned.list()) == ["chatcmpl-00002"]
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "chatcmpl-00001" in errors[0].getMessage()
+        assert errors[0].exc_info is not None and errors[0].exc_info[0] is ValueError
+        recorder.close()
+        # After close, the same rules apply to the synchronous writes: counted, never raised.
+        recorder.record(make_record(3, metadata={"poison": "yes"}))
+        recorder.record(make_record(4))
+        assert recorder.failed == 2 and poisoned.count() == 2

@@ -115,9 +115,9 @@ class Engine:
             if stream.cancelled:
                 return done
             tokens, logprobs = sampler.sample(logits, step)
-            entries = token_logprobs(logprobs, tokens, params.logprobs or 0) if logprobs is not None else None
+            entries = token_logprobs(logprobs, tokens, params.logprobs or 0)
             deltas = [
-                self._advance(sample, int(token), entries[sample.index] if entries else None, stop_ids, params)
+                self._advance(sample, int(token), entries[sample.index], stop_ids, params)
                 for sample, token in zip(samples, tokens.tolist())
                 if not sample.finished
             ]
@@ -133,13 +133,13 @@ class Engine:
         self,
         sample: _Sample,
         token: int,
-        logprob: TokenLogprob | None,
+        logprob: TokenLogprob,
         stop_ids: set[int],
         params: SamplingParams,
     ) -> SampleDelta:
         """Take one sampled token into a sample; finish it on a stop token, stop string or length."""
         sample.generated += 1
-        delta = SampleDelta(sample.index, [token], "", [logprob] if logprob else [])
+        delta = SampleDelta(sample.index, [token], "", [logprob])
         if token in stop_ids and sample.generated > params.min_tokens:
             delta.text = sample.stops.feed(sample.detokenizer.push(token) + sample.detokenizer.flush())[0]
             delta.text += sample.stops.flush()

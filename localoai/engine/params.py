@@ -30,7 +30,8 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None
-    """`None`: no logprobs; `k >= 0`: the sampled token's logprob and the top `k` alternatives."""
+    """How many top alternatives to report per token. The sampled token's own logprob is always
+    computed (every generation's trace keeps it); whether a response shows it is the handler's call."""
     prompt_logprobs: int | None = None
     """As `logprobs`, for every prompt token after the first (the legacy endpoint's `echo`)."""
 

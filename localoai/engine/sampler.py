@@ -46,8 +46,8 @@ class Sampler:
                 self._bias[token_id] = bias
         self._eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
 
-    def sample(self, logits: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pick the next token of every row; also return the logprobs they were drawn from if asked."""
+    def sample(self, logits: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick the next token of every row; also return the logprobs they were drawn from."""
         params = self.params
         logits = logits.float()
         if self._seen is not None:
@@ -66,7 +66,7 @@ class Sampler:
             logits = self._filter(logits / params.temperature)
             probs = torch.softmax(logits, dim=-1)
             tokens = torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(-1)
-        logprobs = torch.log_softmax(logits, dim=-1) if params.logprobs is not None else None
+        logprobs = torch.log_softmax(logits, dim=-1)
         self._observe(tokens)
         return tokens, logprobs
 

@@ -7,8 +7,10 @@ two can never disagree.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,8 @@ from openai.types.chat.chat_completion_token_logprob import TopLogprob
 
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
-from localoai.handlers.common import generation, new_id, sampling_params, token_budget
+from localoai.handlers.common import Generation, new_id, sampling_params, token_budget
+from localoai.handlers.recording import record_generation
 from localoai.protocol.chat import ChatCompletionRequest
 from localoai.served import ServedModel
 
@@ -82,7 +85,7 @@ class ChatCompletions:
             return ChatCompletionChunk(**header, choices=choices, **extra)
 
         first_extra = {"prompt_token_ids": prepared.prompt.token_ids} if with_ids else {}
-        yield chunk(
+        opening = chunk(
             [
                 chunk_types.Choice(
                     index=i, delta=chunk_types.ChoiceDelta(role="assistant", content=""), logprobs=None,
@@ -92,26 +95,56 @@ class ChatCompletions:
             ],
             **first_extra,
         )
-        completion_tokens = 0
-        async with generation(served, prepared.prompt.token_ids, prepared.params) as outputs:
-            async for item in outputs:
-                if not isinstance(item, list):
-                    continue
-                choices = []
-                for delta in item:
-                    completion_tokens += len(delta.token_ids)
-                    if delta.text or delta.finish_reason or with_ids or delta.logprobs:
-                        choices.append(self._choice(delta, with_ids=with_ids, logprobs=request.logprobs))
-                if choices:
-                    yield chunk(choices)
-        if include_usage:
+        sent = [opening]
+        generation: Generation | None = None
+        recorded = False
+        try:
+            yield opening
+            async with Generation.running(served, prepared.prompt.token_ids, prepared.params) as generation:
+                async for item in generation:
+                    if not isinstance(item, list):
+                        continue
+                    choices = [
+                        self._choice(delta, with_ids=with_ids, logprobs=request.logprobs)
+                        for delta in item
+                        if delta.text or delta.finish_reason or with_ids or request.logprobs
+                    ]
+                    if choices:
+                        sent.append(chunk(choices))
+                        yield sent[-1]
             prompt_tokens = len(prepared.prompt.token_ids)
+            completion_tokens = sum(len(sample.token_ids) for sample in generation.samples)
             usage = CompletionUsage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
             )
-            yield ChatCompletionChunk(**{**header, "usage": usage}, choices=[])
+            sent.append(ChatCompletionChunk(**{**header, "usage": usage}, choices=[]))
+            recorded = True
+            await asyncio.wrap_future(self._record(prepared, header, generation, sent))
+            if include_usage:
+                yield sent[-1]
+        finally:
+            if not recorded:  # failed or cancelled: recorded as it stands, without waiting
+                self._record(prepared, header, generation, sent)
+
+    def _record(
+        self, prepared: PreparedChat, header: dict[str, Any], generation: Generation | None,
+        sent: list[ChatCompletionChunk],
+    ) -> Future[bool]:
+        return record_generation(
+            self.served,
+            record_id=header["id"],
+            kind="chat.completion",
+            created=header["created"],
+            request=prepared.request,
+            prompt_text=prepared.prompt.text,
+            prompt_token_ids=prepared.prompt.token_ids,
+            generation=generation,
+            output=accumulate_chunks(sent),
+            metadata=prepared.request.metadata,
+            visible=bool(prepared.request.store),
+        )
 
     def _choice(self, delta: SampleDelta, *, with_ids: bool, logprobs: bool | None) -> chunk_types.Choice:
         extra: dict[str, Any] = {"token_ids": delta.token_ids} if with_ids else {}

@@ -1,17 +1,21 @@
 """What chat completions and completions share: turning request fields into
-`SamplingParams` (with the checks that need the model), running a generation, ids."""
+`SamplingParams` (with the checks that need the model), running a generation and keeping
+its trace, ids."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
-from localoai.engine.params import RequestDone, SamplingParams
-from localoai.engine.stream import RequestStream, StreamItem
+from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams
+from localoai.engine.stream import RequestStream
 from localoai.errors import InvalidRequestError, ServerError
 from localoai.protocol.sampling import SamplingFields
 from localoai.served import ServedModel
+from localoai.store.records import CompletionTrace, RecordStatus
 
 
 def new_id(prefix: str) -> str:
@@ -86,21 +90,67 @@ def sampling_params(
     )
 
 
-@asynccontextmanager
-async def generation(
-    served: ServedModel, prompt_ids: list[int], params: SamplingParams
-) -> AsyncIterator[AsyncIterator[StreamItem]]:
-    """Submit a generation and iterate its outputs; leaving early (a disconnect) cancels it."""
-    stream = RequestStream()
-    served.engine.submit(prompt_ids, params, stream)
-    try:
-        yield _raise_on_failure(stream)
-    finally:
-        stream.cancel()
+@dataclass
+class SampleTrace:
+    """What one sample produced, token for token, as the engine reported it."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def as_record(self, index: int) -> CompletionTrace:
+        return CompletionTrace(index=index, completion_token_ids=self.token_ids, logprobs=self.logprobs,
+                               text="".join(self.text), finish_reason=self.finish_reason)
 
 
-async def _raise_on_failure(stream: RequestStream) -> AsyncIterator[StreamItem]:
-    async for item in stream:
-        if isinstance(item, RequestDone) and item.error is not None:
-            raise ServerError("The model failed while generating this response.") from item.error
-        yield item
+class Generation:
+    """One submitted generation: iterate its outputs, and it keeps the trace as they go by.
+
+    Leaving its `running()` block before the end (a client disconnect, a failure) cancels the
+    generation on the engine; `status` then says how it ended.
+    """
+
+    def __init__(self, served: ServedModel, prompt_ids: list[int], params: SamplingParams) -> None:
+        self.params = params
+        self.samples = [SampleTrace() for _ in range(params.n)]
+        self.timings: dict[str, float] = {}
+        self.status: RecordStatus = "in_progress"
+        self.error: dict[str, Any] | None = None
+        self._stream = RequestStream()
+        served.engine.submit(prompt_ids, params, self._stream)
+
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls, served: ServedModel, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[Generation]:
+        generation = cls(served, prompt_ids, params)
+        try:
+            yield generation
+        finally:
+            if generation.status == "in_progress":
+                generation._stream.cancel()
+                generation.status = "cancelled"
+
+    async def __aiter__(self) -> AsyncIterator[list[SampleDelta] | PromptLogprobs]:
+        async for item in self._stream:
+            if isinstance(item, RequestDone):
+                self.timings = item.timings
+                if item.error is not None:
+                    self.status = "failed"
+                    self.error = {"type": type(item.error).__name__, "message": str(item.error)}
+                    raise ServerError("The model failed while generating this response.") from item.error
+                self.status = "completed"
+                return
+            if isinstance(item, list):
+                for delta in item:
+                    sample = self.samples[delta.index]
+                    sample.token_ids.extend(delta.token_ids)
+                    sample.logprobs.extend(entry.logprob for entry in delta.logprobs)
+                    sample.text.append(delta.text)
+                    sample.finish_reason = delta.finish_reason or sample.finish_reason
+            yield item
+
+    def traces(self, first_index: int = 0) -> list[CompletionTrace]:
+        return [sample.as_record(first_index + i) for i, sample in enumerate(self.samples)]

@@ -8,8 +8,10 @@ the `n` with the highest total logprob (non-streamed only, as OpenAI requires).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,8 @@ from openai.types.completion_choice import Logprobs
 
 from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
 from localoai.errors import InvalidRequestError
-from localoai.handlers.common import generation, new_id, sampling_params, token_budget
+from localoai.handlers.common import Generation, new_id, sampling_params, token_budget
+from localoai.handlers.recording import record_generation
 from localoai.protocol.completions import CompletionRequest
 from localoai.served import ServedModel
 
@@ -35,6 +38,16 @@ class PreparedCompletion:
     request: CompletionRequest
     prompts: list[PreparedPrompt]
 
+    @property
+    def ranked(self) -> bool:
+        """`best_of > n`: more samples are decoded than returned, the best by total logprob."""
+        return self.prompts[0].params.n > (self.request.n or 1)
+
+    @property
+    def shows_logprobs(self) -> bool:
+        # Ranking needs the samples' logprobs even when the caller did not ask for them.
+        return self.request.logprobs is not None or self.ranked
+
 
 class Completions:
     def __init__(self, served: ServedModel) -> None:
@@ -45,8 +58,6 @@ class Completions:
         served.check_model(request.model)
         n = request.n or 1
         decoded = max(n, request.best_of or n)
-        # Ranking best_of samples needs their logprobs even when the caller did not ask for them.
-        logprobs = request.logprobs if request.logprobs is not None else (0 if decoded > n else None)
         prompts = []
         for prompt in request.prompts:
             if isinstance(prompt, str):
@@ -66,7 +77,7 @@ class Completions:
                 request,
                 max_tokens=budget,
                 n=decoded,
-                logprobs=logprobs,
+                logprobs=request.logprobs,
                 prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None else None,
             )
             prompts.append(PreparedPrompt(text=text, token_ids=token_ids, params=params))
@@ -74,13 +85,13 @@ class Completions:
 
     async def create(self, prepared: PreparedCompletion) -> Completion:
         completion = accumulate_completion([c async for c in self.chunks(prepared, include_usage=True)])
-        n, decoded = prepared.request.n or 1, prepared.prompts[0].params.n
-        if decoded > n:
-            completion = _keep_best(completion, n, decoded, keep_logprobs=prepared.request.logprobs is not None)
+        if prepared.ranked:
+            completion = _keep_best(completion, prepared.request.n or 1, prepared.prompts[0].params.n,
+                                    keep_logprobs=prepared.request.logprobs is not None)
         return completion
 
     async def chunks(self, prepared: PreparedCompletion, *, include_usage: bool) -> AsyncIterator[Completion]:
-        request, served = prepared.request, self.served
+        served = self.served
         header: dict[str, Any] = {
             "id": new_id("cmpl-"),
             "object": "text_completion",
@@ -90,36 +101,67 @@ class Completions:
         }
         if include_usage:
             header["usage"] = None
-        prompt_tokens = completion_tokens = 0
-        for prompt_number, prompt in enumerate(prepared.prompts):
-            samples = prompt.params.n
-            prompt_tokens += len(prompt.token_ids)
-            offsets = [0] * samples  # characters already sent per sample, for text_offset
-            echo_pending = bool(request.echo)
-            async with generation(served, prompt.token_ids, prompt.params) as outputs:
-                async for item in outputs:
+        usage = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        for number in range(len(prepared.prompts)):
+            async for chunk in self._prompt_chunks(prepared, number, header, usage):
+                yield chunk
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        if include_usage:
+            yield Completion(**{**header, "usage": usage}, choices=[])
+
+    async def _prompt_chunks(
+        self, prepared: PreparedCompletion, number: int, header: dict[str, Any], usage: CompletionUsage
+    ) -> AsyncIterator[Completion]:
+        """The chunks of one prompt's samples, counted into `usage`; the generation is recorded as it ends."""
+        request, prompt = prepared.request, prepared.prompts[number]
+        samples = prompt.params.n
+        base = number * samples
+        offsets = [0] * samples  # characters already sent per sample, for text_offset
+        echo_pending = bool(request.echo)
+        sent: list[Completion] = []
+        generation: Generation | None = None
+        recorded = False
+        try:
+            async with Generation.running(self.served, prompt.token_ids, prompt.params) as generation:
+                async for item in generation:
                     if isinstance(item, PromptLogprobs) or (echo_pending and isinstance(item, list)):
                         entries = item.entries if isinstance(item, PromptLogprobs) else None
-                        echoed = [self._echo_choice(prompt_number * samples + i, prompt, entries, request)
-                                  for i in range(samples)]
-                        for i, choice in enumerate(echoed):
-                            offsets[i] = len(choice.text)
+                        echoed = [self._echo_choice(base + i, prompt, entries, request) for i in range(samples)]
+                        offsets = [len(choice.text) for choice in echoed]
                         echo_pending = False
-                        yield Completion(**header, choices=echoed)
-                    if not isinstance(item, list):
-                        continue
-                    choices = []
-                    for delta in item:
-                        completion_tokens += len(delta.token_ids)
-                        choices.append(self._choice(prompt_number * samples, delta, offsets, request))
-                    yield Completion(**header, choices=choices)
-        if include_usage:
-            usage = CompletionUsage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            )
-            yield Completion(**{**header, "usage": usage}, choices=[])
+                        sent.append(Completion(**header, choices=echoed))
+                        yield sent[-1]
+                    if isinstance(item, list):
+                        choices = [self._choice(base, delta, offsets, request, prepared.shows_logprobs)
+                                   for delta in item]
+                        sent.append(Completion(**header, choices=choices))
+                        yield sent[-1]
+            usage.prompt_tokens += len(prompt.token_ids)
+            usage.completion_tokens += sum(len(sample.token_ids) for sample in generation.samples)
+            recorded = True
+            await asyncio.wrap_future(self._record(prepared, number, header, generation, sent))
+        finally:
+            if not recorded:  # failed or cancelled: recorded as it stands, without waiting
+                self._record(prepared, number, header, generation, sent)
+
+    def _record(
+        self, prepared: PreparedCompletion, number: int, header: dict[str, Any], generation: Generation | None,
+        sent: list[Completion],
+    ) -> Future[bool]:
+        """One record per prompt: `cmpl-...`, or `cmpl-...:N` for the Nth of several prompts."""
+        prompt = prepared.prompts[number]
+        return record_generation(
+            self.served,
+            record_id=header["id"] if len(prepared.prompts) == 1 else f"{header['id']}:{number}",
+            kind="text_completion",
+            created=header["created"],
+            request=prepared.request,
+            prompt_text=prompt.text,
+            prompt_token_ids=prompt.token_ids,
+            generation=generation,
+            output=accumulate_completion(sent) if sent else None,
+            first_index=number * prompt.params.n,
+        )
 
     def _echo_choice(
         self, index: int, prompt: PreparedPrompt, entries: list[TokenLogprob | None] | None, request: CompletionRequest
@@ -132,12 +174,14 @@ class Completions:
             logprobs = self._logprobs(prompt.token_ids, entries, start=0)
         return _choice(index=index, text=prompt.text, logprobs=logprobs, finish_reason=None, **extra)
 
-    def _choice(self, base: int, delta: SampleDelta, offsets: list[int], request: CompletionRequest) -> CompletionChoice:
+    def _choice(
+        self, base: int, delta: SampleDelta, offsets: list[int], request: CompletionRequest, shows_logprobs: bool
+    ) -> CompletionChoice:
         extra: dict[str, Any] = {"token_ids": delta.token_ids} if request.return_token_ids else {}
         if delta.finish_reason is not None:
             extra["stop_reason"] = delta.stop_reason
         logprobs = None
-        if request.logprobs is not None or delta.logprobs:
+        if shows_logprobs:
             logprobs = self._logprobs(delta.token_ids, delta.logprobs, start=offsets[delta.index])
         offsets[delta.index] += len(delta.text)
         finish = None if delta.finish_reason is None else ("length" if delta.finish_reason == "abort" else delta.finish_reason)

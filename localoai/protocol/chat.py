@@ -202,7 +202,6 @@ class ChatCompletionRequest(SamplingFields):
                 "only 'none' and 'auto' are supported; forcing a tool call needs constrained decoding, "
                 "which this server does not provide yet",
             ),
-            "store": (self.store is True, "stored chat completions are not supported yet"),
             "reasoning_effort": (
                 self.reasoning_effort is not None,
                 "reasoning_effort is not supported yet; use chat_template_kwargs (e.g. enable_thinking)",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from quart import Quart
 
     from localoai.served import ServedModel
+    from localoai.store import Store
 
 logger = logging.getLogger("localoai.server")
 
@@ -66,6 +67,11 @@ class Server:
     def model(self) -> str:
         """The model id clients send as `model`."""
         return self.served.name
+
+    @property
+    def store(self) -> Store:
+        """Every generation this server made, with its trace (see `localoai.store.Store`)."""
+        return self.served.store
 
     @property
     def running(self) -> bool:
@@ -136,7 +142,7 @@ class Server:
                 pass  # the loop closed in between
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
-        self.served.engine.stop()
+        self.served.close()
         self._socket.close()
         with _registry_lock:
             if _registry.get(self.port) is self:
@@ -170,6 +176,7 @@ def start(
     api_key: str | None = None,
     name: str | None = None,
     max_body_bytes: int | None = None,
+    store: Any = None,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -177,12 +184,15 @@ def start(
     `port=None` takes 8000 or the next free port (re-using the port of a server this process
     already runs for the same model name, which is replaced); `port=0` takes any free port; a
     given port held by a server of this process is taken over from it.
+
+    Every generation is stored with its token-exact trace in `store`: a SQLite path, `":memory:"`,
+    a `localoai.store.Store`, or None for `localoai-store/store.sqlite3` under the working directory.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.served import ServedModel, load_model
 
     model, tokenizer = load_model(model, tokenizer)
-    served = ServedModel.create(model, tokenizer, name)
+    served = ServedModel.create(model, tokenizer, name, store)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)

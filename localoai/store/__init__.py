@@ -3,6 +3,10 @@
     store = open_store("runs/exp1/store.sqlite3")     # or ":memory:", or None for the default
     store.put(record)
     for record in store.iterate(status="completed"): ...
+    store.list(kind="chat.completion", visible=True, limit=20)   # what the HTTP API may return
+
+    recorder = Recorder(store)                         # the server writes through this, off its loop
+    recorder.record(record)
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from localoai.store.base import CursorNotFound, Order, Store
+from localoai.store.base import CursorNotFound, Order, RecordFilter, RecordFilterArgs, Store
+from localoai.store.recorder import Recorder
 from localoai.store.records import CompletionTrace, GenerationRecord, RecordKind, RecordStatus
 from localoai.store.sqlite import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_PATH, SQLiteStore
 
@@ -22,8 +27,11 @@ __all__ = [
     "CursorNotFound",
     "GenerationRecord",
     "Order",
+    "RecordFilter",
+    "RecordFilterArgs",
     "RecordKind",
     "RecordStatus",
+    "Recorder",
     "SQLiteStore",
     "Store",
     "open_store",

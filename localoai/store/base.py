@@ -1,20 +1,64 @@
 """What any generation store offers: the server writes records, the HTTP API and trainers read them.
 
-Filters are shared by `list`, `iterate`, `count` and `export_jsonl`; every one given must
-match (`metadata`: every key/value pair). Order is insertion order: a record keeps its
-place when `put` replaces it, so pagination stays stable while records are updated.
+Filters are shared by `list`, `iterate`, `count` and `export_jsonl`, given as keyword arguments
+(`kind=`, `model=`, `status=`, `episode_id=`, `visible=`, `metadata=`) and gathered into one
+`RecordFilter`; every one given must match (`metadata`: every key/value pair). Order is insertion
+order: a record keeps its place when `put` replaces it, so pagination stays stable while records
+are updated.
 """
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, runtime_checkable
 
 from localoai.store.records import GenerationRecord
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+; only type checkers read this
+
 Order = Literal["asc", "desc"]
+
+
+class RecordFilterArgs(TypedDict, total=False):
+    """The filter keywords the listing methods take, for type checkers (`**filters: Unpack[...]`).
+
+    Must name exactly `RecordFilter`'s fields (a test checks this)."""
+
+    kind: str | None
+    model: str | None
+    status: str | None
+    episode_id: str | None
+    visible: bool | None
+    metadata: Mapping[str, str] | None
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Which records a listing covers; `None` (or empty `metadata`) means "any".
+
+    One value object so a store builds its query from one place, and a caller can build a filter
+    once and pass it on as `store.list(**vars(where))`. `visible` matches
+    `GenerationRecord.store_visible`: `True` for what the HTTP API may return.
+    """
+
+    kind: str | None = None
+    model: str | None = None
+    status: str | None = None
+    episode_id: str | None = None
+    visible: bool | None = None
+    metadata: Mapping[str, str] | None = field(default=None, hash=False)  # a dict has no hash
+    """Copied to a plain `dict[str, str]` (keys and values as `str`), or `None` when empty."""
+
+    def __post_init__(self) -> None:
+        # A string "false" from a query string would match nothing, silently: refuse it here.
+        if self.visible is not None and not isinstance(self.visible, bool):
+            raise TypeError(f"visible must be True, False or None, not {self.visible!r}")
+        pairs = {str(key): str(value) for key, value in self.metadata.items()} if self.metadata else None
+        object.__setattr__(self, "metadata", pairs or None)  # a copy: the caller's dict may change
 
 
 class CursorNotFound(LookupError):
@@ -46,58 +90,38 @@ class Store(Protocol):
     def list(
         self,
         *,
-        kind: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        episode_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
         after: str | None = None,
         before: str | None = None,
         limit: int = 20,
         order: Order = "desc",
+        **filters: Unpack[RecordFilterArgs],
     ) -> builtins.list[GenerationRecord]:
         """One page, as OpenAI's list endpoints: `desc` is newest first; `after` gives the items
         that follow that id in the chosen order, `before` the `limit` items just preceding it.
-        Raises `CursorNotFound` for an unknown cursor id."""
+        Raises `CursorNotFound` for an unknown cursor id, `TypeError` for an unknown filter."""
         ...
 
     def iterate(
         self,
         *,
-        kind: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        episode_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
         after: str | None = None,
         before: str | None = None,
         order: Order = "asc",
+        **filters: Unpack[RecordFilterArgs],
     ) -> Iterator[GenerationRecord]:
         """Every matching record, read in batches (never all at once); oldest first by default."""
         ...
 
-    def count(
-        self,
-        *,
-        kind: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        episode_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> int: ...
+    def count(self, **filters: Unpack[RecordFilterArgs]) -> int: ...
 
     def export_jsonl(
         self,
         path: str | Path,
         *,
-        kind: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        episode_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
         after: str | None = None,
         before: str | None = None,
         order: Order = "asc",
+        **filters: Unpack[RecordFilterArgs],
     ) -> int:
         """Write the matching records as JSON lines (one `to_json()` per line); the count written."""
         ...

@@ -12,26 +12,33 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from localoai.store.base import CursorNotFound, Order
+from localoai.store.base import CursorNotFound, Order, RecordFilter
 from localoai.store.records import GenerationRecord
+
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+    from localoai.store.base import RecordFilterArgs
 
 logger = logging.getLogger("localoai.store")
 
 DEFAULT_PATH = Path("localoai-store") / "store.sqlite3"
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_BYTES = 2 * 1024**3
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""`PRAGMA user_version` of the files this code writes. Version 1 (no `visible` column) was never
+released, so it is refused rather than migrated."""
 BUSY_TIMEOUT_S = 60.0
 """How long a write waits for another process holding the database's write lock."""
 _BATCH = 256
 """Records per read in `iterate`/`export_jsonl`: memory stays flat whatever the store holds."""
 
-_SCHEMA = """
+_SCHEMA = f"""
 BEGIN IMMEDIATE;
 -- `seq` is an explicit AUTOINCREMENT key: it only ever grows (a deleted newest row's number is
 -- never reused) and VACUUM cannot renumber it, so it is a stable insertion order for cursors.
@@ -42,6 +49,7 @@ CREATE TABLE IF NOT EXISTS generations (
     model TEXT NOT NULL,
     status TEXT NOT NULL,
     episode_id TEXT,
+    visible INTEGER NOT NULL, -- GenerationRecord.store_visible: 1 when the HTTP API may return it
     created_at REAL NOT NULL,
     policy_version INTEGER NOT NULL,
     size INTEGER NOT NULL,
@@ -54,6 +62,12 @@ CREATE INDEX IF NOT EXISTS generations_model ON generations (model);
 CREATE INDEX IF NOT EXISTS generations_status ON generations (status);
 CREATE INDEX IF NOT EXISTS generations_episode_id ON generations (episode_id);
 CREATE INDEX IF NOT EXISTS generations_created_at ON generations (created_at);
+-- `visible` keeps a `visible` filter in `seq` order (a page reads 20 rows, an export never sorts).
+-- The HTTP API lists "visible = 1 AND kind = ?": the partial index makes that one ordered range even
+-- when most visible records are of another kind, and costs nothing for hidden records (most puts).
+-- A query must spell `visible = 1` literally to use it (see `_filters`).
+CREATE INDEX IF NOT EXISTS generations_visible ON generations (visible);
+CREATE INDEX IF NOT EXISTS generations_visible_kind ON generations (kind) WHERE visible = 1;
 CREATE TABLE IF NOT EXISTS generation_metadata (
     seq INTEGER NOT NULL,
     key TEXT NOT NULL,
@@ -80,16 +94,16 @@ CREATE TRIGGER IF NOT EXISTS generations_deleted AFTER DELETE ON generations BEG
     UPDATE totals SET entries = entries - 1, bytes = bytes - OLD.size;
     DELETE FROM generation_metadata WHERE seq = OLD.seq;
 END;
-PRAGMA user_version = 1;
+PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
 
 _UPSERT = """
-INSERT INTO generations (id, kind, model, status, episode_id, created_at, policy_version, size, record)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO generations (id, kind, model, status, episode_id, visible, created_at, policy_version, size, record)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     kind = excluded.kind, model = excluded.model, status = excluded.status,
-    episode_id = excluded.episode_id, created_at = excluded.created_at,
+    episode_id = excluded.episode_id, visible = excluded.visible, created_at = excluded.created_at,
     policy_version = excluded.policy_version, size = excluded.size, record = excluded.record
 """
 
@@ -129,7 +143,7 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore({':memory:' if self.path is None else str(self.path)!r})"
 
-    def __enter__(self) -> SQLiteStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,11 +192,15 @@ class SQLiteStore:
                 logger.warning("store %s: SQLite refused WAL mode (journal_mode=%s)", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            where = self.path or ":memory:"
-            raise RuntimeError(f"store {where} has schema version {version}; this localoai reads {SCHEMA_VERSION}")
-        if version < SCHEMA_VERSION:
+        if version == 0:  # a new database (two processes creating it at once is fine: IF NOT EXISTS)
             conn.executescript(_SCHEMA)
+        elif version != SCHEMA_VERSION:
+            # No migration: version 1 was never released, and a newer file needs a newer localoai.
+            raise RuntimeError(
+                f"store {self.path or ':memory:'} has schema version {version}; this localoai reads only "
+                f"version {SCHEMA_VERSION} and does not convert files: use another store path, or move "
+                "this file away"
+            )
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -222,6 +240,7 @@ class SQLiteStore:
             record.model,
             record.status,
             record.episode_id,
+            1 if record.store_visible else 0,
             float(record.created_at),
             int(record.policy_version),
             len(text),  # ASCII JSON: characters are bytes
@@ -298,19 +317,15 @@ class SQLiteStore:
     def list(
         self,
         *,
-        kind: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        episode_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
         after: str | None = None,
         before: str | None = None,
         limit: int = 20,
         order: Order = "desc",
+        **filters: Unpack[RecordFilterArgs],
     ) -> builtins.list[GenerationRecord]:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        where, params = _filters(kind, model, status, episode_id, metadata)
+        where, params = _filters(RecordFilter(**filters))
         # `before` alone wants the `limit` items nearest the cursor: read towards it, then flip.
         backwards = before is not None and after is None
         direction = _opposite(order) if backwards else _direction(order)
@@ -325,31 +340,17 @@ class SQLiteStore:
     def iterate(
         self,
         *,
-        kind: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        episode_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
         after: str | None = None,
         before: str | None = None,
         order: Order = "asc",
+        **filters: Unpack[RecordFilterArgs],
     ) -> Iterator[GenerationRecord]:
-        texts = self._texts(kind, model, status, episode_id, metadata, after, before, order)
+        texts = self._texts(RecordFilter(**filters), after, before, order)
         return (GenerationRecord.from_json(text) for text in texts)
 
-    def _texts(
-        self,
-        kind: str | None,
-        model: str | None,
-        status: str | None,
-        episode_id: str | None,
-        metadata: Mapping[str, str] | None,
-        after: str | None,
-        before: str | None,
-        order: Order,
-    ) -> Iterator[str]:
+    def _texts(self, matching: RecordFilter, after: str | None, before: str | None, order: Order) -> Iterator[str]:
         """The matching records' JSON, a batch per lock hold; cursor ids are checked right away."""
-        where, params = _filters(kind, model, status, episode_id, metadata)
+        where, params = _filters(matching)
         direction = _direction(order)
         with self._reading() as conn:
             _cursors(conn, where, params, order, after, before)
@@ -371,16 +372,8 @@ class SQLiteStore:
 
         return batches()
 
-    def count(
-        self,
-        *,
-        kind: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        episode_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> int:
-        where, params = _filters(kind, model, status, episode_id, metadata)
+    def count(self, **filters: Unpack[RecordFilterArgs]) -> int:
+        where, params = _filters(RecordFilter(**filters))
         with self._reading() as conn:
             if not where:
                 return int(conn.execute("SELECT entries FROM totals").fetchone()[0])
@@ -390,19 +383,15 @@ class SQLiteStore:
         self,
         path: str | Path,
         *,
-        kind: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        episode_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
         after: str | None = None,
         before: str | None = None,
         order: Order = "asc",
+        **filters: Unpack[RecordFilterArgs],
     ) -> int:
         """Written to a temporary file and renamed into place: a reader never sees half a file."""
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        texts = self._texts(kind, model, status, episode_id, metadata, after, before, order)
+        texts = self._texts(RecordFilter(**filters), after, before, order)
         partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         written = 0
         try:
@@ -439,23 +428,28 @@ class SQLiteStore:
                 self._conn = None
 
 
-def _filters(
-    kind: str | None,
-    model: str | None,
-    status: str | None,
-    episode_id: str | None,
-    metadata: Mapping[str, str] | None,
-) -> tuple[builtins.list[str], builtins.list[Any]]:
-    where: builtins.list[str] = []
+def _filters(where: RecordFilter) -> tuple[builtins.list[str], builtins.list[Any]]:
+    """The SQL of a filter: the one place where `RecordFilter` fields become WHERE clauses.
+
+    Lists, so `_cursors` can append the cursor bounds."""
+    clauses: builtins.list[str] = []
     params: builtins.list[Any] = []
-    for column, value in (("kind", kind), ("model", model), ("status", status), ("episode_id", episode_id)):
+    for column, value in (
+        ("kind", where.kind),
+        ("model", where.model),
+        ("status", where.status),
+        ("episode_id", where.episode_id),
+    ):
         if value is not None:
-            where.append(f"{column} = ?")
+            clauses.append(f"{column} = ?")
             params.append(value)
-    for key, value in (metadata or {}).items():
-        where.append("seq IN (SELECT seq FROM generation_metadata WHERE key = ? AND value = ?)")
-        params.extend((str(key), str(value)))
-    return where, params
+    if where.visible is not None:
+        # A literal, not a parameter: only then may SQLite use the partial index `WHERE visible = 1`.
+        clauses.append("visible = 1" if where.visible else "visible = 0")
+    for key, value in (where.metadata or {}).items():  # already `str` (RecordFilter copies them)
+        clauses.append("seq IN (SELECT seq FROM generation_metadata WHERE key = ? AND value = ?)")
+        params.extend((key, value))
+    return clauses, params
 
 
 def _cursors(

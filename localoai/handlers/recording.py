@@ -1,0 +1,64 @@
+"""Every generation becomes a `GenerationRecord` in the store, whatever the request's `store`
+flag says (that flag only decides what the HTTP API may return later).
+
+Records are handed to the server's `Recorder`, which writes them on its own thread, so the
+event loop never blocks on SQLite; a completed request awaits its write before its last byte,
+so whatever a client received is durable and retrievable. A request that fails or is cancelled
+is recorded too, with its status and the tokens produced so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import Future
+from typing import Any
+
+from pydantic import BaseModel
+
+from localoai.handlers.common import Generation
+from localoai.protocol.base import RequestModel
+from localoai.served import ServedModel
+from localoai.store.records import GenerationRecord, RecordKind
+
+
+def record_generation(
+    served: ServedModel,
+    *,
+    record_id: str,
+    kind: RecordKind,
+    created: float,
+    request: RequestModel,
+    prompt_text: str,
+    prompt_token_ids: list[int],
+    generation: Generation | None,
+    output: BaseModel | None,
+    first_index: int = 0,
+    metadata: dict[str, str] | None = None,
+    visible: bool = False,
+) -> Future[bool]:
+    """Queue the record; the future resolves once it is written (see `Recorder.record`)."""
+    status = generation.status if generation is not None else "cancelled"
+    return served.recorder.record(
+        GenerationRecord(
+            id=record_id,
+            kind=kind,
+            model=served.name,
+            created_at=created,
+            policy_version=served.policy_version,
+            status="failed" if status == "in_progress" else status,
+            request=request.model_dump(mode="json", exclude_unset=True),
+            prompt_text=prompt_text,
+            prompt_token_ids=list(prompt_token_ids),
+            completions=generation.traces(first_index) if generation is not None else [],
+            output=output.model_dump(mode="json", exclude_unset=True) if output is not None else {},
+            sampling=_sampling(generation),
+            timings=generation.timings if generation is not None else {},
+            error=generation.error if generation is not None else None,
+            metadata=dict(metadata or {}),
+            store_visible=visible,
+        )
+    )
+
+
+def _sampling(generation: Generation | None) -> dict[str, Any]:
+    return dataclasses.asdict(generation.params) if generation is not None else {}

@@ -1,0 +1,95 @@
+"""Stored chat completions: list, retrieve, update metadata, delete, and their messages.
+
+Only completions created with `store: true` are visible here, as on OpenAI; the store keeps
+every generation regardless, for traces. Store reads run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from localoai.errors import NotFoundError
+from localoai.protocol.stored import ListQuery
+from localoai.served import ServedModel
+from localoai.store import CursorNotFound, GenerationRecord
+
+KIND = "chat.completion"
+
+
+def _not_found(completion_id: str) -> NotFoundError:
+    return NotFoundError(f"No chat completion found with id '{completion_id}'.", param="completion_id",
+                         code="not_found")
+
+
+def _as_object(record: GenerationRecord) -> dict[str, Any]:
+    return {**record.output, "metadata": record.metadata}
+
+
+def _page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    shown = data[:limit]
+    return {
+        "object": "list",
+        "data": shown,
+        "first_id": shown[0]["id"] if shown else None,
+        "last_id": shown[-1]["id"] if shown else None,
+        "has_more": len(data) > limit,
+    }
+
+
+class StoredChatCompletions:
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+
+    async def _visible(self, completion_id: str) -> GenerationRecord:
+        record = await asyncio.to_thread(self.served.store.get, completion_id)
+        if record is None or record.kind != KIND or not record.store_visible:
+            raise _not_found(completion_id)
+        return record
+
+    async def list(self, query: ListQuery) -> dict[str, Any]:
+        def read() -> list[GenerationRecord]:
+            return self.served.store.list(kind=KIND, visible=True, model=query.model, metadata=query.metadata,
+                                          after=query.after, limit=query.limit + 1, order=query.order)
+
+        try:
+            records = await asyncio.to_thread(read)
+        except CursorNotFound:
+            raise _not_found(query.after or "") from None
+        return _page([_as_object(record) for record in records], query.limit)
+
+    async def retrieve(self, completion_id: str) -> dict[str, Any]:
+        return _as_object(await self._visible(completion_id))
+
+    async def update(self, completion_id: str, metadata: dict[str, str] | None) -> dict[str, Any]:
+        record = await self._visible(completion_id)
+        record.metadata = dict(metadata or {})
+        await asyncio.to_thread(self.served.store.put, record)
+        return _as_object(record)
+
+    async def delete(self, completion_id: str) -> dict[str, Any]:
+        await self._visible(completion_id)
+        await asyncio.to_thread(self.served.store.delete, completion_id)
+        return {"id": completion_id, "object": "chat.completion.deleted", "deleted": True}
+
+    async def messages(self, completion_id: str, query: ListQuery) -> dict[str, Any]:
+        record = await self._visible(completion_id)
+        messages = [_store_message(completion_id, i, m) for i, m in enumerate(record.request.get("messages", []))]
+        if query.order == "desc":
+            messages.reverse()
+        if query.after is not None:
+            ids = [message["id"] for message in messages]
+            if query.after not in ids:
+                raise NotFoundError(f"No message found with id '{query.after}'.", param="after", code="not_found")
+            messages = messages[ids.index(query.after) + 1 :]
+        return _page(messages, query.limit)
+
+
+def _store_message(completion_id: str, index: int, message: dict[str, Any]) -> dict[str, Any]:
+    """A request message as OpenAI returns it from storage: with an id, text parts also joined."""
+    stored = {"id": f"{completion_id}-{index}", **message}
+    content = message.get("content")
+    if isinstance(content, list):
+        stored["content_parts"] = content
+        stored["content"] = "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return stored

@@ -1,0 +1,144 @@
+"""Writes records on one background thread, so the server's event loop never waits for SQLite.
+
+    recorder = Recorder(store)
+    written = recorder.record(record)   # returns at once: the record is queued
+    written.result()                    # True once it is in the store (False if it failed)
+    recorder.flush()          # waits until everything queued so far is in the store
+    recorder.close()          # flushes and stops the thread (the store stays open)
+
+A `put` can wait seconds (another process holding the write lock, a WAL checkpoint); on the
+event loop that would stall every request. One writer thread also keeps writes in the order
+they were recorded, so a later record with the same id replaces an earlier one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+
+from localoai.store.base import Store
+from localoai.store.records import GenerationRecord
+
+logger = logging.getLogger("localoai.store")
+
+
+class _Flush:
+    """A marker in the queue: the thread sets `done` on reaching it, so all before it is written.
+
+    (The queue's other sentinel, `None`, ends the thread; `close` queues it last.)"""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class Recorder:
+    """Puts records into `store` on a daemon thread named "localoai-recorder".
+
+    The caller hands a record over: it must not change it after `record()` (the thread encodes it
+    later). A write that raises is retried once; if that fails too it is logged with its traceback
+    and counted in `failed`, and the thread goes on with the next record. The recorder does not own
+    the store: close the recorder first, then the store.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.failed = 0
+        """Records that could not be written (two attempts failed); each was logged."""
+        # Unbounded: put never blocks.
+        self._queue: queue.Queue[tuple[GenerationRecord, Future[bool]] | _Flush | None] = queue.Queue()
+        # Held while checking `_closed` and queueing, so no record can land behind the sentinel.
+        self._lock = threading.Lock()
+        self._failed_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="localoai-recorder", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"pending={self.pending}"
+        return f"Recorder({self.store!r}, {state}, failed={self.failed})"
+
+    @property
+    def pending(self) -> int:
+        """About how many records (and flush markers) wait in the queue."""
+        return self._queue.qsize()
+
+    def record(self, record: GenerationRecord) -> Future[bool]:
+        """Queue `record` for writing; never blocks. After `close` it is written here instead.
+
+        The future resolves to True once the record is in the store, False if writing failed:
+        the server awaits it before a response's last byte, so what a client got is durable."""
+        written: Future[bool] = Future()
+        with self._lock:
+            if not self._closed:
+                self._queue.put_nowait((record, written))
+                return written
+        logger.debug("recorder closed: writing %s synchronously", record.id)
+        written.set_result(self._write(record))
+        return written
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every record queued before this call is written (or failed); False on timeout."""
+        with self._lock:
+            marker = None if self._closed else _Flush()
+            if marker is not None:
+                self._queue.put_nowait(marker)
+        if marker is None:
+            # The sentinel is queued: the thread ends once everything before it is written.
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Write everything queued and stop the thread; idempotent. False if `timeout` passed first
+        (the thread then keeps writing the rest in the background)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put_nowait(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("recorder: %d records still queued after %ss; still writing them", self.pending, timeout)
+            return False
+        return True
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, _Flush):
+                item.done.set()
+                continue
+            record, written = item
+            try:
+                written.set_result(self._write(record))
+            except Exception:  # noqa: BLE001 - `_write` handles store errors; this is for anything else
+                self._count_failure()
+                logger.exception("recorder: could not write %r", record)
+                written.set_result(False)
+
+    def _write(self, record: GenerationRecord) -> bool:
+        """Put, retrying once (a transient error must not lose the record); never raises."""
+        try:
+            self.store.put(record)
+            return True
+        except Exception as error:  # noqa: BLE001 - retried below
+            logger.warning("recorder: writing %s failed (%r); retrying once", record.id, error)
+        try:
+            self.store.put(record)
+            return True
+        except Exception:  # noqa: BLE001 - the thread must survive any store error
+            self._count_failure()
+            logger.exception("recorder: writing %s failed twice; the record is lost", record.id)
+            return False
+
+    def _count_failure(self) -> None:
+        # `record()` after `close` writes on the caller's thread, maybe while this one still runs.
+        with self._failed_lock:
+            self.failed += 1
