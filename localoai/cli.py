@@ -12,7 +12,7 @@ from collections.abc import Sequence
 def _serve(args: argparse.Namespace) -> int:
     from localoai.server import start
 
-    server = start(args.path, host=args.host, port=args.port, api_key=args.api_key, name=args.name)
+    server = start(args.path, host=args.host, port=args.port, api_key=args.api_key, name=args.name, store=args.store)
     print(f"localoai serving {server.model!r} at {server.base_url} (Ctrl+C to stop)", flush=True)
     _wait_for_interrupt()
     server.stop()
@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="default: 8000 or the next free port")
     serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
     serve.add_argument("--name", default=None, help="the model id clients send (default: the directory name)")
+    serve.add_argument("--store", default=None,
+                       help="SQLite file keeping every generation (default: localoai-store/store.sqlite3; ':memory:')")
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="build a tiny model locally, serve it and drive it with the openai SDK")

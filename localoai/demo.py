@@ -1,7 +1,8 @@
 """The demo behind `python -m localoai demo`: a tiny local model, served and driven with the openai SDK.
 
 It needs no GPU and no model hub. The model's weights are random, so what it says is noise;
-what the demo shows is the plumbing: chat, streaming, a tool-using exchange, exact token ids.
+what the demo shows is the plumbing: chat, streaming, a tool-using exchange, exact token ids,
+and the stored token-exact trace of a generation.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ WEATHER_TOOL = {
 
 def _say(title: str, body: Any = "") -> None:
     print(f"\n== {title}")
-    if body != "":
-        print(body if isinstance(body, str) else json.dumps(body, indent=2))
+    if isinstance(body, dict):
+        for key, value in body.items():
+            print(f"  {key}: {value!r}" if isinstance(value, str) else f"  {key}: {value}")
+    elif body != "":
+        print(body if isinstance(body, str) else json.dumps(body))
 
 
 def run_demo(port: int | None = None, keep_running: bool = False) -> Server:
     started = time.perf_counter()
     model, tokenizer = build_tiny_model(hidden_size=128, num_layers=2)
-    server = start(model, tokenizer, port=port)
+    server = start(model, tokenizer, port=port, store=":memory:")
     _say("server", f"{server!r}\nbuilt and started in {time.perf_counter() - started:.1f}s "
                    f"(a random-weight model: its words are noise, the plumbing is real)")
     client = server.client()
@@ -87,6 +91,18 @@ def run_demo(port: int | None = None, keep_running: bool = False) -> Server:
         "prompt tokens": rendered["count"],
         "model's answer after the tool result": answer.choices[0].message.content,
     })
+
+    trace = server.store.get(reply.id)
+    if trace is not None:
+        _say("the stored trace of the first chat completion (every generation is kept)", {
+            "status": trace.status,
+            "prompt_text": trace.prompt_text,
+            "completion_token_ids": trace.completions[0]["completion_token_ids"],
+            "sampled-token logprobs": [round(v, 3) for v in trace.completions[0]["logprobs"]],
+            "policy_version": trace.policy_version,
+            "timings (s)": {k: round(v, 4) for k, v in trace.timings.items()},
+        })
+        _say("records in the store", server.store.count())
 
     _say("point any OpenAI client here", f"base_url={server.base_url}  model={server.model!r}  api_key=<anything>")
     if not keep_running:

@@ -166,7 +166,8 @@ def test_cli_serves_a_local_directory(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "localoai", "serve", str(tmp_path / "cli-model"),
-                                "--port", str(port), "--api-key", "k"], env=env, stdout=subprocess.PIPE, text=True)
+                                "--port", str(port), "--api-key", "k", "--store", str(tmp_path / "cli.sqlite3")],
+                               env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert "serving 'cli-model'" in (process.stdout.readline() if process.stdout else "")
         reply = httpx.post(f"http://127.0.0.1:{port}/v1/completions", headers={"Authorization": "Bearer k"},
@@ -182,7 +183,7 @@ def test_demo_runs(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "localoai", "demo", "--port", "0"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for heading in ("chat completion", "streamed chat completion", "tool-using exchange", "stopped"):
+    for heading in ("chat completion", "streamed chat completion", "tool-using exchange", "the stored trace", "stopped"):
         assert f"== {heading}" in result.stdout
 
 
