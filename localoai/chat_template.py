@@ -95,5 +95,22 @@ def render_chat(
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"Could not render the messages with the chat template: {exc}",
                                   param="messages") from None
+    _check_nothing_dropped(messages, text)
     token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return RenderedPrompt(text=text, token_ids=list(token_ids))
+
+
+def _check_nothing_dropped(messages: Sequence[Message], text: str) -> None:
+    """A template that has no place for a message (Phi-3.5 has no `tool` role) drops it silently;
+    the model would then answer a conversation the caller did not send. User and tool content is
+    never legitimately rewritten by a template, so its absence from the prompt is a refusal."""
+    for index, message in enumerate(messages):
+        if message.role in ("user", "tool"):
+            content = _text(message.content).strip()
+            if content and content not in text:
+                raise InvalidRequestError(
+                    f"This model's chat template does not render messages[{index}] (role '{message.role}'): "
+                    "its content would be silently dropped from the prompt.",
+                    param=f"messages[{index}]",
+                    code="unsupported_by_chat_template",
+                )

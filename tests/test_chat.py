@@ -233,3 +233,25 @@ def test_models_endpoints(client: openai.OpenAI, server: Any) -> None:
     assert model.id == server.model and model.object == "model" and model.owned_by == "localoai"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("not-this-one")
+
+
+def test_a_message_the_template_would_drop_is_refused(tiny: Any) -> None:
+    """A template with no place for tool turns (Phi-3.5 is one) must not silently lose the tool result."""
+    import copy
+
+    import httpx
+
+    from localoai.testing import running_server
+
+    model, tokenizer = tiny
+    no_tools = copy.copy(tokenizer)
+    no_tools.chat_template = "{% for m in messages %}{% if m.role != 'tool' %}{{ m.role }}: {{ m.content }}\n{% endif %}{% endfor %}"
+    with running_server(model, no_tools, name="no-tool-role") as limited:
+        reply = httpx.post(f"{limited.base_url}/chat/completions", json={"model": "no-tool-role", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": None, "tool_calls": [
+                             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                         {"role": "tool", "tool_call_id": "c1", "content": "the result"}]})
+        error = reply.json()["error"]
+        assert reply.status_code == 400 and error["param"] == "messages[2]"
+        assert error["code"] == "unsupported_by_chat_template"

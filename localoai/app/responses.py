@@ -3,6 +3,9 @@
 Streams are validated before the first byte (the route prepares the request first); a
 failure after that is sent as an SSE `error` event, which the `openai` SDK raises as an
 `APIError`, instead of breaking the connection.
+
+Two framings: chat and completions send `data:` lines ending with `data: [DONE]`; the Responses
+API sends typed events (`event: <type>` before each `data:` line) and no `[DONE]` marker.
 """
 
 from __future__ import annotations
@@ -36,30 +39,34 @@ def error_response(error: OpenAIError) -> Response:
     return json_response(error.to_dict(), status=error.status, headers=error.headers)
 
 
-def sse_event(payload: BaseModel | dict[str, Any] | str) -> bytes:
+def sse_event(payload: BaseModel | dict[str, Any] | str, *, event: str | None = None) -> bytes:
     data = payload if isinstance(payload, str) else _encode(payload)
-    return f"data: {data}\n\n".encode()
+    name = f"event: {event}\n" if event is not None else ""
+    return f"{name}data: {data}\n\n".encode()
 
 
-async def _sse_body(events: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
+async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool) -> AsyncIterator[bytes]:
     try:
         async for event in events:
-            yield sse_event(event)
+            yield sse_event(event, event=getattr(event, "type", None) if typed else None)
     except asyncio.CancelledError:  # the client went away; the generation was cancelled with it
         raise
     except OpenAIError as exc:
         if exc.__cause__ is not None:
             logger.error("stream failed", exc_info=exc.__cause__)
-        yield sse_event(exc.to_dict())
+        yield sse_event(exc.to_dict(), event="error" if typed else None)
     except Exception:
         logger.exception("stream failed")
-        yield sse_event(ServerError("The server failed while streaming this response.").to_dict())
-    yield sse_event("[DONE]")
+        failure = ServerError("The server failed while streaming this response.")
+        yield sse_event(failure.to_dict(), event="error" if typed else None)
+    if not typed:
+        yield sse_event("[DONE]")
 
 
-def sse_response(events: AsyncIterator[BaseModel]) -> Response:
+def sse_response(events: AsyncIterator[BaseModel], *, typed: bool = False) -> Response:
+    """`typed`: name each event after its `type` and send no `[DONE]` (the Responses API's framing)."""
     response = Response(
-        _sse_body(events),
+        _sse_body(events, typed=typed),
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -35,9 +35,19 @@ def record_generation(
     first_index: int = 0,
     metadata: dict[str, str] | None = None,
     visible: bool = False,
+    previous_response_id: str | None = None,
+    input_items: list[dict[str, Any]] | None = None,
 ) -> Future[bool]:
-    """Queue the record; the future resolves once it is written (see `Recorder.record`)."""
+    """Queue the record; the future resolves once it is written (see `Recorder.record`).
+
+    `input_items` (responses): the resolved input items, replayed chain first, each with its id.
+    They are kept in the record's `request["input_items"]` (not an OpenAI request field), which is
+    what `GET /v1/responses/{id}/input_items` lists and what a later `previous_response_id` replays.
+    """
     status = generation.status if generation is not None else "cancelled"
+    body = request.model_dump(mode="json", exclude_unset=True)
+    if input_items is not None:
+        body["input_items"] = input_items
     return served.recorder.record(
         GenerationRecord(
             id=record_id,
@@ -46,7 +56,7 @@ def record_generation(
             created_at=created,
             policy_version=served.policy_version,
             status="failed" if status == "in_progress" else status,
-            request=request.model_dump(mode="json", exclude_unset=True),
+            request=body,
             prompt_text=prompt_text,
             prompt_token_ids=list(prompt_token_ids),
             completions=generation.traces(first_index) if generation is not None else [],
@@ -56,6 +66,7 @@ def record_generation(
             error=generation.error if generation is not None else None,
             metadata=dict(metadata or {}),
             store_visible=visible,
+            previous_response_id=previous_response_id,
         )
     )
 

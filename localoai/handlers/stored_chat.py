@@ -26,7 +26,7 @@ def _as_object(record: GenerationRecord) -> dict[str, Any]:
     return {**record.output, "metadata": record.metadata}
 
 
-def _page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+def list_page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
     shown = data[:limit]
     return {
         "object": "list",
@@ -56,7 +56,7 @@ class StoredChatCompletions:
             records = await asyncio.to_thread(read)
         except CursorNotFound:
             raise _not_found(query.after or "") from None
-        return _page([_as_object(record) for record in records], query.limit)
+        return list_page([_as_object(record) for record in records], query.limit)
 
     async def retrieve(self, completion_id: str) -> dict[str, Any]:
         return _as_object(await self._visible(completion_id))
@@ -82,7 +82,7 @@ class StoredChatCompletions:
             if query.after not in ids:
                 raise NotFoundError(f"No message found with id '{query.after}'.", param="after", code="not_found")
             messages = messages[ids.index(query.after) + 1 :]
-        return _page(messages, query.limit)
+        return list_page(messages, query.limit)
 
 
 def _store_message(completion_id: str, index: int, message: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from localoai.app.responses import json_response, sse_response
+from localoai.handlers.responses import Responses
+from localoai.handlers.stored_responses import StoredResponses
+from localoai.protocol.base import parse_request
+from localoai.protocol.responses import (
+    InputTokensRequest,
+    ResponseCreateRequest,
+    parse_input_items_query,
+    parse_retrieve_query,
+)
+
+
+def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
+    routes = Blueprint("responses", __name__)
+
+    @routes.post("/v1/responses")
+    async def create() -> Response:
+        prepared = await responses.prepare(parse_request(ResponseCreateRequest, await request.get_data()))
+        if prepared.request.stream:
+            return sse_response(responses.events(prepared), typed=True)
+        return json_response(await responses.create(prepared))
+
+    @routes.post("/v1/responses/input_tokens")
+    async def input_tokens() -> Response:
+        body = parse_request(InputTokensRequest, await request.get_data())
+        return json_response(await responses.count_input_tokens(body))
+
+    @routes.get("/v1/responses/<response_id>")
+    async def retrieve(response_id: str) -> Response:
+        parse_retrieve_query(request.args)
+        return json_response(await stored.retrieve(response_id))
+
+    @routes.delete("/v1/responses/<response_id>")
+    async def delete(response_id: str) -> Response:
+        return json_response(await stored.delete(response_id))
+
+    @routes.get("/v1/responses/<response_id>/input_items")
+    async def input_items(response_id: str) -> Response:
+        query, include = parse_input_items_query(request.args)
+        return json_response(await stored.input_items(response_id, query, include))
+
+    return routes

@@ -1,0 +1,137 @@
+"""Responses input items: each gets an id and the shape OpenAI lists it in (`ResponseItem`), and the
+list renders through the chat template as chat messages.
+
+The stored item list (`stored_items`) is the one form every later step reads: the prompt is
+rendered from it, `input_items` lists it, and a later `previous_response_id` replays it.
+
+Rendering (`chat_messages`): `instructions` and every `system`/`developer` message are merged into
+ONE leading system message (chat templates expect at most one, first); `function_call` items
+become assistant `tool_calls` (attached to the assistant message just before them, if any) and
+`function_call_output` items `tool` messages. `reasoning` items are accepted and listed but not
+rendered: the chat template has no slot for an earlier turn's reasoning, and what a template does
+with it is model-specific; rendering them belongs to reasoning parsing (its own issue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from localoai.handlers.common import new_id
+from localoai.protocol.chat import FunctionTool as ChatFunctionTool
+from localoai.protocol.chat import Message
+from localoai.protocol.responses import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionTool,
+    InputItem,
+    MessageItem,
+    ReasoningItem,
+)
+
+_MESSAGES = TypeAdapter(list[Message])
+
+
+def stored_items(given: str | Sequence[InputItem]) -> list[dict[str, Any]]:
+    """This request's input as OpenAI lists input items: with ids (new ones where the client sent
+    none), a status, and message content always as a list of parts."""
+    if isinstance(given, str):
+        given = [MessageItem(role="user", content=given)]
+    items: list[dict[str, Any]] = []
+    for item in given:
+        if isinstance(item, MessageItem):
+            items.append({
+                "id": item.id or new_id("msg_"),
+                "type": "message",
+                "role": item.role,
+                "content": _parts(item),
+                "status": item.status or "completed",
+            })
+        elif isinstance(item, FunctionCallItem):
+            items.append({
+                "id": item.id or new_id("fc_"),
+                "type": "function_call",
+                "call_id": item.call_id,
+                "name": item.name,
+                "arguments": item.arguments,
+                "status": item.status or "completed",
+            })
+        elif isinstance(item, FunctionCallOutputItem):
+            output = item.output if isinstance(item.output, str) else [
+                part.model_dump(mode="json", exclude_none=True) for part in item.output
+            ]
+            items.append({
+                "id": item.id or new_id("fco_"),
+                "type": "function_call_output",
+                "call_id": item.call_id,
+                "output": output,
+                "status": item.status or "completed",
+            })
+        elif isinstance(item, ReasoningItem):
+            items.append({**item.model_dump(mode="json", exclude_none=True), "id": item.id or new_id("rs_")})
+        else:  # the protocol's allow-list and this function must name the same types
+            raise TypeError(f"unhandled input item {type(item).__name__}")
+    return items
+
+
+def _parts(item: MessageItem) -> list[dict[str, Any]]:
+    if isinstance(item.content, str):
+        if item.role == "assistant":
+            return [{"type": "output_text", "text": item.content, "annotations": []}]
+        return [{"type": "input_text", "text": item.content}]
+    return [part.model_dump(mode="json", exclude_none=True) for part in item.content]
+
+
+def _text(content: str | list[dict[str, Any]]) -> str:
+    """Parts joined as chat completions join text parts."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", part.get("refusal", "")) for part in content)
+
+
+def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]]) -> list[Message]:
+    """Stored items (and this request's `instructions`) as the chat messages the template renders."""
+    system: list[str] = [instructions] if instructions else []
+    messages: list[dict[str, Any]] = []
+    for item in items:
+        kind = item["type"]
+        if kind == "message":
+            if item["role"] in ("system", "developer"):
+                system.append(_text(item["content"]))
+            else:
+                messages.append({"role": item["role"], "content": _text(item["content"])})
+        elif kind == "function_call":
+            call = {"id": item["call_id"], "type": "function",
+                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+            if messages and messages[-1]["role"] == "assistant":
+                messages[-1].setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _text(item["output"])})
+        # "reasoning": listed, not rendered (see the module docstring)
+    if system:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
+    return _MESSAGES.validate_python(messages)
+
+
+def chat_tools(tools: Sequence[FunctionTool] | None) -> list[ChatFunctionTool] | None:
+    """Responses' flat function tools in the chat shape the template is written for."""
+    if not tools:
+        return None
+    return [
+        ChatFunctionTool.model_validate({
+            "type": "function",
+            "function": tool.model_dump(include={"name", "description", "parameters"}, exclude_none=True),
+        })
+        for tool in tools
+    ]
+
+
+def without_encrypted_reasoning(item: dict[str, Any]) -> dict[str, Any]:
+    """A reasoning item as listed when `reasoning.encrypted_content` was not included (as OpenAI)."""
+    if item.get("type") != "reasoning" or "encrypted_content" not in item:
+        return item
+    return {key: value for key, value in item.items() if key != "encrypted_content"}

@@ -1,0 +1,58 @@
+"""Stored responses: retrieve, delete, and the input items a response was generated from.
+
+Only responses created with `store` true (the default) are visible here, as on OpenAI; the store
+keeps every generation regardless, for traces. Store reads run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from localoai.errors import NotFoundError
+from localoai.handlers.response_items import without_encrypted_reasoning
+from localoai.handlers.stored_chat import list_page
+from localoai.protocol.stored import ListQuery
+from localoai.served import ServedModel
+from localoai.store import GenerationRecord
+
+KIND = "response"
+
+
+def _not_found(response_id: str) -> NotFoundError:
+    return NotFoundError(f"Response with id '{response_id}' not found.", param="response_id", code="not_found")
+
+
+class StoredResponses:
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+
+    async def _visible(self, response_id: str) -> GenerationRecord:
+        record = await asyncio.to_thread(self.served.store.get, response_id)
+        if record is None or record.kind != KIND or not record.store_visible:
+            raise _not_found(response_id)
+        return record
+
+    async def retrieve(self, response_id: str) -> dict[str, Any]:
+        return (await self._visible(response_id)).output
+
+    async def delete(self, response_id: str) -> dict[str, Any]:
+        await self._visible(response_id)
+        await asyncio.to_thread(self.served.store.delete, response_id)
+        return {"id": response_id, "object": "response", "deleted": True}
+
+    async def input_items(self, response_id: str, query: ListQuery, include: list[str]) -> dict[str, Any]:
+        """Every item the response was generated from: the replayed `previous_response_id` chain
+        first, then the request's own input (instructions are not an item, as on OpenAI)."""
+        record = await self._visible(response_id)
+        items = list(record.request.get("input_items", []))
+        if "reasoning.encrypted_content" not in include:
+            items = [without_encrypted_reasoning(item) for item in items]
+        if query.order == "desc":
+            items.reverse()
+        if query.after is not None:
+            ids = [item["id"] for item in items]
+            if query.after not in ids:
+                raise NotFoundError(f"No input item found with id '{query.after}'.", param="after", code="not_found")
+            items = items[ids.index(query.after) + 1 :]
+        return list_page(items, query.limit)

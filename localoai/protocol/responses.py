@@ -1,0 +1,404 @@
+"""`POST /v1/responses` (and `/v1/responses/input_tokens`) request bodies, in the order of the
+OpenAI reference, with the field policy.
+
+Input items are allow-listed by `type` (a message may omit it): an unknown type is refused naming
+its index, and a known one this server cannot use (hosted tool calls, `item_reference`) is refused
+naming it, never silently dropped. Hosted tools (web search, file search, code interpreter,
+computer use, image generation, MCP, ...) are refused by name: a local model has none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, StrictBool, StrictInt, Tag, model_validator
+
+from localoai.errors import InvalidRequestError, UnsupportedFieldError
+from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.sampling import Number
+from localoai.protocol.stored import ListQuery, parse_list_query
+
+# -- content parts -------------------------------------------------------------------------
+
+
+class InputTextPart(RequestModel):
+    type: Literal["input_text"]
+    text: str
+    prompt_cache_breakpoint: dict[str, Any] | None = None  # a caching hint: changes no output
+
+
+class OutputTextPart(RequestModel):
+    """An earlier assistant turn's text, as the API returned it (annotations and logprobs kept)."""
+
+    type: Literal["output_text"]
+    text: str
+    annotations: list[dict[str, Any]] = []
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class RefusalPart(RequestModel):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class _RefusedPart(RequestModel):
+    """A part of a modality a text-only model cannot read: refused, naming its type."""
+
+    model_config = {**RequestModel.model_config, "extra": "allow"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        raise Unsupported(f"content parts of type '{kind}' are not supported: this server serves a text-only model")
+
+
+class InputImagePart(_RefusedPart):
+    type: Literal["input_image"]
+
+
+class InputFilePart(_RefusedPart):
+    type: Literal["input_file"]
+
+
+class InputAudioPart(_RefusedPart):
+    type: Literal["input_audio"]
+
+
+ContentPart = Annotated[
+    Union[InputTextPart, OutputTextPart, RefusalPart, InputImagePart, InputFilePart, InputAudioPart],
+    Field(discriminator="type"),
+]
+ToolOutputPart = Annotated[Union[InputTextPart, InputImagePart, InputFilePart], Field(discriminator="type")]
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+# -- input items ---------------------------------------------------------------------------
+
+
+class MessageItem(RequestModel):
+    type: Literal["message"] = "message"  # an "easy" message may omit it
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[ContentPart]
+    id: str | None = None
+    status: ItemStatus | None = None
+    phase: Literal["commentary", "final_answer"] | None = None
+
+    @model_validator(mode="after")
+    def _parts_fit_the_role(self) -> MessageItem:
+        allowed = ("output_text", "refusal") if self.role == "assistant" else ("input_text",)
+        for index, part in enumerate(self.content if isinstance(self.content, list) else []):
+            if part.type not in allowed:
+                raise InvalidParam(
+                    f"'{part.type}' parts are not allowed in {self.role} messages; use {' or '.join(allowed)}",
+                    param=f"content[{index}].type",
+                )
+        return self
+
+
+class FunctionCallItem(RequestModel):
+    """A tool call the model made in an earlier turn (the client runs it)."""
+
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class FunctionCallOutputItem(RequestModel):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[ToolOutputPart]
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class SummaryText(RequestModel):
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningText(RequestModel):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningItem(RequestModel):
+    """Reasoning from an earlier turn. Agents (Codex) send these back on every turn, so they are
+    accepted and listed as input items; they are not rendered (see `handlers.response_items`)."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[SummaryText] = []
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+    status: ItemStatus | None = None
+
+
+def _item_type(item: Any) -> str | None:
+    if isinstance(item, Mapping):
+        return item.get("type") or "message"  # an "easy" message may omit its type
+    return getattr(item, "type", None) or "message"
+
+
+InputItem = Annotated[
+    Union[
+        Annotated[MessageItem, Tag("message")],
+        Annotated[FunctionCallItem, Tag("function_call")],
+        Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+        Annotated[ReasoningItem, Tag("reasoning")],
+    ],
+    Discriminator(_item_type),
+]
+INPUT_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning"})
+
+# Item types of the OpenAI reference that belong to hosted tools (or to features not built yet).
+HOSTED_ITEM_TYPES = frozenset({
+    "file_search_call", "computer_call", "computer_call_output", "web_search_call", "image_generation_call",
+    "code_interpreter_call", "local_shell_call", "local_shell_call_output", "shell_call", "shell_call_output",
+    "apply_patch_call", "apply_patch_call_output", "mcp_list_tools", "mcp_approval_request",
+    "mcp_approval_response", "mcp_call", "custom_tool_call", "custom_tool_call_output", "tool_search_call",
+    "tool_search_output", "additional_tools", "configuration_update", "compaction", "compaction_trigger",
+    "program", "program_output",
+})
+
+# -- tools and text ------------------------------------------------------------------------
+
+
+class FunctionTool(RequestModel):
+    type: Literal["function"]
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    # Responses default `strict` to true, so nearly every client sends it. It is accepted because it
+    # cannot change a result yet: no function_call items are produced until tool-call parsing lands
+    # (the model's tool-call text is returned as output_text); it will need constrained decoding.
+    strict: StrictBool | None = None
+
+
+HOSTED_TOOLS = frozenset({
+    "web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26", "file_search",
+    "code_interpreter", "computer_use_preview", "computer", "computer_use", "image_generation", "mcp",
+    "local_shell", "shell", "apply_patch", "tool_search", "programmatic_tool_calling",
+})
+
+
+class TextFormat(RequestModel):
+    type: Literal["text", "json_object", "json_schema"]
+    model_config = {**RequestModel.model_config, "extra": "allow"}  # json_schema's own fields; refused below
+
+
+class TextConfig(RequestModel):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningConfig(RequestModel):
+    effort: str | None = None
+    summary: str | None = None
+    generate_summary: str | None = None
+
+
+class StreamOptions(RequestModel):
+    include_obfuscation: StrictBool | None = None  # obfuscation pads events; omitting it changes no content
+
+
+# `include` values honoured: this server returns no reasoning items of its own, and keeps the
+# `encrypted_content` of reasoning input items only when asked (as OpenAI does).
+HONOURED_INCLUDES = frozenset({"reasoning.encrypted_content"})
+KNOWN_INCLUDES = frozenset({
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+    "reasoning.encrypted_content", "message.output_text.logprobs",
+})
+
+
+def check_includes(include: list[str] | None, *, param: str = "include") -> None:
+    for index, value in enumerate(include or []):
+        if value in HONOURED_INCLUDES:
+            continue
+        if value == "message.output_text.logprobs":
+            why = "output logprobs are not supported on /v1/responses yet; use /v1/chat/completions with logprobs"
+        elif value in KNOWN_INCLUDES:
+            why = f"'{value}' belongs to a hosted tool or an input modality this server does not provide"
+        else:
+            why = f"unknown include value '{value}'"
+        raise Unsupported(why, param=f"{param}[{index}]")
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+class ResponseInputFields(RequestModel):
+    """What decides the prompt: shared by create and `input_tokens` so both render the same."""
+
+    model: str | None = None
+    conversation: Any = None
+    input: str | list[InputItem] = []
+    instructions: str | None = None
+    parallel_tool_calls: StrictBool | None = None
+    previous_response_id: str | None = None
+    reasoning: ReasoningConfig | None = None
+    text: TextConfig | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    tools: list[FunctionTool] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+
+    # vLLM-style extra (in `extra_body`): passed to the chat template, e.g. {"enable_thinking": false}.
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _allow_listed(cls, data: Any) -> Any:
+        """Refuse unknown input items and hosted tools by name, before pydantic tries the union."""
+        if not isinstance(data, Mapping):
+            return data
+        items = data.get("input")
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(item, Mapping):
+                continue
+            kind = _item_type(item)
+            if kind in INPUT_ITEM_TYPES:
+                continue
+            if kind == "item_reference":
+                raise Unsupported("item references are not supported yet; send the item itself, or use "
+                                  "previous_response_id", param=f"input[{index}]")
+            if kind in HOSTED_ITEM_TYPES:
+                raise Unsupported(f"input items of type '{kind}' are not supported: they belong to a hosted "
+                                  "tool or a feature this server does not provide", param=f"input[{index}].type")
+            raise InvalidParam(f"unknown input item type {kind!r} at index {index}", param=f"input[{index}].type")
+        tools = data.get("tools")
+        for index, tool in enumerate(tools if isinstance(tools, list) else []):
+            kind = tool.get("type") if isinstance(tool, Mapping) else None
+            if kind in HOSTED_TOOLS:
+                raise Unsupported(f"'{kind}' is a hosted OpenAI tool and is not available on a local model; "
+                                  "only function tools are supported", param=f"tools[{index}].type")
+            if kind not in ("function", None):
+                raise Unsupported(f"tools of type {kind!r} are not supported; only function tools are",
+                                  param=f"tools[{index}].type")
+        return data
+
+    @model_validator(mode="after")
+    def _field_policy(self) -> ResponseInputFields:
+        fmt = self.text.format if self.text is not None else None
+        refusals = {
+            "conversation": (self.conversation is not None,
+                             "the Conversations API is not supported yet; use previous_response_id"),
+            "text.format": (
+                fmt is not None and fmt.type != "text",
+                "structured outputs (json_object / json_schema) are not supported yet; "
+                "they need constrained decoding, which this server does not provide yet",
+            ),
+            "text.verbosity": (self.text is not None and self.text.verbosity is not None,
+                               "verbosity is not supported by this server"),
+            "tool_choice": (
+                self.tool_choice not in (None, "none", "auto"),
+                "only 'none' and 'auto' are supported; forcing a tool call needs constrained decoding, "
+                "which this server does not provide yet",
+            ),
+            "reasoning": (
+                self.reasoning is not None and any(
+                    v is not None for v in (self.reasoning.effort, self.reasoning.summary,
+                                            self.reasoning.generate_summary)),
+                "reasoning settings are not supported yet; use chat_template_kwargs (e.g. enable_thinking) "
+                "until reasoning parsing lands",
+            ),
+            "truncation": (self.truncation == "auto",
+                           "truncation 'auto' is not supported; the request fails when the input exceeds "
+                           "the context window ('disabled')"),
+        }
+        for field, (refused, why) in refusals.items():
+            if refused:
+                raise Unsupported(why, param=field)
+        return self
+
+
+class ResponseCreateRequest(ResponseInputFields):
+    model: str
+    background: StrictBool | None = None
+    include: list[str] | None = None
+    max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tool_calls: Annotated[StrictInt, Field(ge=1)] | None = None  # no tool calls are produced yet
+    metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
+    prompt: Any = None
+    prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    store: StrictBool | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: Annotated[Number, Field(ge=0.0, le=2.0)] | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    top_p: Annotated[Number, Field(ge=0.0, le=1.0)] | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _create_policy(self) -> ResponseCreateRequest:
+        if self.background:
+            raise Unsupported("background responses are not supported yet", param="background")
+        if self.prompt is not None:
+            raise Unsupported("prompt templates are stored on OpenAI's platform and are not available here",
+                              param="prompt")
+        if self.top_logprobs:
+            raise Unsupported("output logprobs are not supported on /v1/responses yet; "
+                              "use /v1/chat/completions with logprobs", param="top_logprobs")
+        check_includes(self.include)
+        if self.stream_options is not None and not self.stream:
+            raise InvalidParam("stream_options is only allowed when stream is true", param="stream_options")
+        return self
+
+
+class InputTokensRequest(ResponseInputFields):
+    """`POST /v1/responses/input_tokens`: the same input fields; `model` is optional."""
+
+    personality: str | None = None
+
+    @model_validator(mode="after")
+    def _no_personality(self) -> InputTokensRequest:
+        if self.personality is not None:
+            raise Unsupported("personality presets are not supported by this server", param="personality")
+        return self
+
+
+# -- query strings -------------------------------------------------------------------------
+
+INPUT_ITEMS_FIELDS = frozenset({"after", "limit", "order"})
+
+
+def parse_include(args: Any) -> list[str]:
+    """`include` as the SDK sends it in a query string (`include[]=a&include[]=b`), checked."""
+    values = [*args.getlist("include[]"), *args.getlist("include")]
+    try:
+        check_includes(values)
+    except Unsupported as exc:
+        raise UnsupportedFieldError(f"Unsupported value for '{exc.param}': {exc}", param=exc.param) from None
+    return values
+
+
+def parse_input_items_query(args: Any) -> tuple[ListQuery, list[str]]:
+    """`after` / `limit` / `order` (newest first by default, as OpenAI) and `include`."""
+    include = parse_include(args)
+    rest = {key: value for key, value in args.items() if key not in ("include", "include[]")}
+    query = parse_list_query(rest, allowed=INPUT_ITEMS_FIELDS)
+    if "order" not in rest:
+        query = query.model_copy(update={"order": "desc"})
+    return query, include
+
+
+def parse_retrieve_query(args: Any) -> list[str]:
+    include = parse_include(args)
+    for key, value in args.items():
+        if key in ("include", "include[]"):
+            continue
+        if key == "stream" and value.lower() in ("true", "1"):
+            raise UnsupportedFieldError("Unsupported value for 'stream': streaming a stored response is not "
+                                        "supported yet", param="stream")
+        if key not in ("stream", "include_obfuscation"):
+            raise InvalidRequestError(f"Unrecognized query parameter: {key}", param=key,
+                                      code="unrecognized_argument")
+    return include
+
