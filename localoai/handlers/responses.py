@@ -157,7 +157,7 @@ class Responses:
             "temperature": float(prepared.params.temperature),
             "text": {"format": {"type": "text"}, "verbosity": "medium"},
             "tool_choice": request.tool_choice or "auto",
-            "tools": [FunctionTool.model_validate(tool.model_dump(exclude_none=True)) for tool in request.tools or []],
+            "tools": [FunctionTool.model_validate(tool.model_dump()) for tool in request.tools or []],
             "top_logprobs": 0,
             "top_p": float(prepared.params.top_p),
             "truncation": request.truncation or "disabled",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from localoai.errors import NotFoundError
+from localoai.errors import InvalidRequestError, NotFoundError
 from localoai.handlers.response_items import without_encrypted_reasoning
 from localoai.handlers.stored_chat import list_page
 from localoai.protocol.stored import ListQuery
@@ -40,6 +40,12 @@ class StoredResponses:
         await self._visible(response_id)
         await asyncio.to_thread(self.served.store.delete, response_id)
         return {"id": response_id, "object": "response", "deleted": True}
+
+    async def cancel(self, response_id: str) -> dict[str, Any]:
+        """Only background responses can be cancelled (as on OpenAI), and there are none yet."""
+        await self._visible(response_id)
+        raise InvalidRequestError("Only responses created with background=true can be cancelled; this server "
+                                  "does not run background responses yet.", param="response_id")
 
     async def input_items(self, response_id: str, query: ListQuery, include: list[str]) -> dict[str, Any]:
         """Every item the response was generated from: the replayed `previous_response_id` chain

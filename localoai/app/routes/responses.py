@@ -38,6 +38,10 @@ def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
     async def delete(response_id: str) -> Response:
         return json_response(await stored.delete(response_id))
 
+    @routes.post("/v1/responses/<response_id>/cancel")
+    async def cancel(response_id: str) -> Response:
+        return json_response(await stored.cancel(response_id))
+
     @routes.get("/v1/responses/<response_id>/input_items")
     async def input_items(response_id: str) -> Response:
         query, include = parse_input_items_query(request.args)

@@ -1,0 +1,330 @@
+"""The Responses API through the official `openai` SDK against a live server on a real tiny model,
+plus raw HTTP for the SSE framing and the error envelopes.
+
+The session model decodes greedily into the same token forever, so a greedy response is always
+`incomplete`; the completed path (which `responses.stream().get_final_response()` needs) runs on a
+module server whose end-of-sequence ids include that token, and which can be made to fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import torch
+
+from localoai.testing import running_server
+
+TOOL = {"type": "function", "name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": False}
+STREAM_ORDER = ["response.created", "response.in_progress", "response.output_item.added",
+                "response.content_part.added"]
+CLOSING = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
+
+
+def create(client: openai.OpenAI, server: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("input", "hello")
+    kwargs.setdefault("max_output_tokens", 4)
+    return client.responses.create(model=server.model, **kwargs)
+
+
+def rendered(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ending(tiny: tuple[Any, Any]) -> Iterator[tuple[Any, threading.Event]]:
+    """A server whose model ends on the token it decodes greedily (so responses complete), and
+    fails in its forward pass while the returned event is set."""
+    model, tokenizer = tiny
+    model = copy.deepcopy(model)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    with torch.no_grad():
+        greedy = int(model(torch.tensor([list(ids)])).logits[0, -1].argmax())
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), greedy]
+    fail = threading.Event()
+
+    def hook(module: Any, args: Any) -> None:
+        if fail.is_set():
+            raise RuntimeError("injected failure")
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        with running_server(model, tokenizer, name="ending") as running:
+            yield running, fail
+    finally:
+        handle.remove()
+
+
+# --- create -------------------------------------------------------------------------------
+
+
+def test_create_with_a_string_hits_max_output_tokens(client: openai.OpenAI, server: Any) -> None:
+    reply = create(client, server, temperature=0, top_p=0.5, instructions="be terse", metadata={"run": "1"},
+                   user="u1", truncation="disabled", parallel_tool_calls=False)
+    assert reply.object == "response" and reply.id.startswith("resp_") and reply.model == "tiny"
+    assert reply.status == "incomplete" and reply.incomplete_details.reason == "max_output_tokens"
+    [message] = reply.output
+    assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
+    assert message.status == "incomplete"
+    [part] = message.content
+    assert part.type == "output_text" and part.annotations == [] and part.logprobs == []
+    assert reply.output_text == part.text and part.text
+    assert reply.usage.output_tokens == 4
+    assert reply.usage.total_tokens == reply.usage.input_tokens + 4
+    assert reply.usage.input_tokens_details.cached_tokens == 0
+    assert reply.usage.output_tokens_details.reasoning_tokens == 0
+    # the request's settings are echoed, as OpenAI does
+    assert (reply.instructions, reply.metadata, reply.temperature, reply.top_p) == ("be terse", {"run": "1"}, 0, 0.5)
+    assert (reply.max_output_tokens, reply.store, reply.truncation, reply.user) == (4, True, "disabled", "u1")
+    assert (reply.tool_choice, reply.tools, reply.parallel_tool_calls) == ("auto", [], False)
+    assert reply.text.format.type == "text" and reply.previous_response_id is None and reply.error is None
+    record = server.store.get(reply.id)
+    assert record.kind == "response" and record.store_visible and record.metadata == {"run": "1"}
+    assert record.output == reply.model_dump(mode="json", exclude_unset=True)
+    assert record.completions[0]["text"] == reply.output_text
+    assert len(record.prompt_token_ids) == reply.usage.input_tokens
+
+
+def test_instructions_and_developer_messages_are_one_system_message(
+        client: openai.OpenAI, server: Any, tiny: Any) -> None:
+    _, tokenizer = tiny
+    reply = create(client, server, instructions="rule one", input=[
+        {"role": "developer", "content": "rule two"},
+        {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "rule three"}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "hi"}, {"type": "input_text", "text": "there"}]},
+    ])
+    expected = rendered(tokenizer, [{"role": "system", "content": "rule one\n\nrule two\n\nrule three"},
+                                    {"role": "user", "content": "hi\nthere"}])
+    assert server.store.get(reply.id).prompt_text == expected
+
+
+def test_item_lists_with_assistant_turns_and_tool_calls_are_rendered(
+        client: openai.OpenAI, server: Any, tiny: Any) -> None:
+    _, tokenizer = tiny
+    reply = create(client, server, tools=[TOOL], input=[
+        {"role": "user", "content": "weather in paris?"},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Let me check.", "annotations": []}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "21 celsius"},
+        {"role": "user", "content": "and so?"},
+    ])
+    prompt = server.store.get(reply.id).prompt_text
+    assert '"name": "get_weather"' in prompt and "<tools>" in prompt
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "paris"}}</tool_call>' in prompt
+    assert "<tool_response>\n21 celsius\n</tool_response>" in prompt
+    chat_tool = {"type": "function", "function": {k: TOOL[k] for k in ("name", "description", "parameters")}}
+    assert prompt == rendered(tokenizer, [
+        {"role": "user", "content": "weather in paris?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [{"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": {"city": "paris"}}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 celsius"},
+        {"role": "user", "content": "and so?"},
+    ], tools=[chat_tool])
+    assert [tool.name for tool in reply.tools] == ["get_weather"]
+    no_tools = create(client, server, tools=[TOOL], tool_choice="none")
+    assert "<tools>" not in server.store.get(no_tools.id).prompt_text and no_tools.tool_choice == "none"
+
+
+def test_reasoning_items_are_accepted_listed_and_not_rendered(client: openai.OpenAI, server: Any) -> None:
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "think hard"}],
+                 "encrypted_content": "opaque"}
+    reply = create(client, server, input=[{"role": "user", "content": "hi"}, reasoning])
+    assert "think hard" not in server.store.get(reply.id).prompt_text
+    items = client.responses.input_items.list(reply.id, order="asc").data
+    assert items[1].type == "reasoning" and items[1].id == "rs_1" and items[1].encrypted_content is None
+    included = client.responses.input_items.list(reply.id, order="asc", include=["reasoning.encrypted_content"])
+    assert included.data[1].encrypted_content == "opaque"
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+
+def test_stream_events_and_the_non_streamed_response_agree(client: openai.OpenAI, server: Any) -> None:
+    events = list(create(client, server, temperature=0, stream=True))
+    types = [event.type for event in events]
+    assert types[:4] == STREAM_ORDER and types[-4:] == [*CLOSING, "response.incomplete"]
+    assert set(types[4:-4]) == {"response.output_text.delta"} and len(types[4:-4]) >= 1
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    final = events[-1].response
+    assert "".join(event.delta for event in events[4:-4]) == final.output_text
+    assert {event.response.id for event in events if hasattr(event, "response")} == {final.id}
+    assert events[2].item.id == events[3].item_id == final.output[0].id
+    retrieved = client.responses.retrieve(final.id)
+    assert retrieved.model_dump(mode="json") == final.model_dump(mode="json")
+    # the non-streamed answer is the same response (greedy: the same text)
+    full = create(client, server, temperature=0)
+    assert full.output_text == final.output_text and full.usage == final.usage and full.status == final.status
+
+
+def test_sse_framing_is_typed_events_without_done(server: Any) -> None:
+    body = {"model": server.model, "input": "hi", "max_output_tokens": 2, "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/responses", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = response.read().decode()
+    messages = [block for block in text.split("\n\n") if block]
+    assert all(block.startswith("event: response.") and "\ndata: {" in block for block in messages)
+    assert "[DONE]" not in text
+
+
+def test_sdk_stream_accumulates_to_the_stored_response(client: openai.OpenAI, ending: Any) -> None:
+    server, _ = ending
+    owned = server.client(max_retries=0)
+    with owned.responses.stream(model=server.model, input="hello", max_output_tokens=8, temperature=0) as stream:
+        types = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert types[:4] == STREAM_ORDER and types[-4:] == [*CLOSING, "response.completed"]
+    assert set(types[4:-4]) <= {"response.output_text.delta"}
+    assert final.status == "completed" and final.completed_at is not None and final.incomplete_details is None
+    assert final.output[0].status == "completed"
+    retrieved = owned.responses.retrieve(final.id)
+    parsed = {"output": {"__all__": {"content": {"__all__": {"parsed"}}}}}  # the SDK's own addition
+    assert retrieved.model_dump(mode="json") == final.model_dump(mode="json", exclude=parsed)
+
+
+def test_failure_after_the_stream_began_is_response_failed(ending: Any) -> None:
+    server, fail = ending
+    owned = server.client(max_retries=0)
+    fail.set()
+    try:
+        events = list(owned.responses.create(model=server.model, input="hi", max_output_tokens=3, stream=True))
+        with pytest.raises(openai.InternalServerError):
+            owned.responses.create(model=server.model, input="hi", max_output_tokens=3)
+    finally:
+        fail.clear()
+    assert events[-1].type == "response.failed" and events[0].type == "response.created"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error.code == "server_error"
+    assert "injected" not in failed.error.message
+    assert server.store.get(failed.id).status == "failed"
+
+
+# --- previous_response_id -------------------------------------------------------------------
+
+
+def test_three_turn_chain_renders_the_whole_conversation(client: openai.OpenAI, server: Any, tiny: Any) -> None:
+    _, tokenizer = tiny
+    first = create(client, server, input="turn one", instructions="old rules", max_output_tokens=2)
+    second = create(client, server, input="turn two", previous_response_id=first.id, max_output_tokens=2)
+    third = create(client, server, input=[{"role": "user", "content": "turn three"}], instructions="new rules",
+                   previous_response_id=second.id, max_output_tokens=2)
+    assert third.previous_response_id == second.id and third.instructions == "new rules"
+    record = server.store.get(third.id)
+    assert record.previous_response_id == second.id
+    assert record.prompt_text == rendered(tokenizer, [
+        {"role": "system", "content": "new rules"},  # instructions are not carried over
+        {"role": "user", "content": "turn one"},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "turn two"},
+        {"role": "assistant", "content": second.output_text},
+        {"role": "user", "content": "turn three"},
+    ])
+    items = client.responses.input_items.list(third.id, order="asc").data
+    assert [item.type for item in items] == ["message"] * 5
+    assert [item.role for item in items] == ["user", "assistant", "user", "assistant", "user"]
+    assert items[1].id == first.output[0].id and items[3].id == second.output[0].id
+    counted = client.responses.input_tokens.count(model=server.model, input="turn three",
+                                                   instructions="new rules", previous_response_id=second.id)
+    assert counted.input_tokens == third.usage.input_tokens == len(record.prompt_token_ids)
+
+
+def test_unknown_previous_response_is_404(server: Any) -> None:
+    response = httpx.post(f"{server.base_url}/responses",
+                          json={"model": server.model, "input": "x", "previous_response_id": "resp_missing"})
+    assert response.status_code == 404
+    assert response.json()["error"]["param"] == "previous_response_id"
+
+
+# --- stored responses -----------------------------------------------------------------------
+
+
+def test_retrieve_delete_and_404s(client: openai.OpenAI, server: Any) -> None:
+    reply = create(client, server, max_output_tokens=2)
+    assert client.responses.retrieve(reply.id).output_text == reply.output_text
+    with pytest.raises(openai.BadRequestError, match="background"):
+        client.responses.cancel(reply.id)
+    deleted = httpx.delete(f"{server.base_url}/responses/{reply.id}")
+    assert deleted.json() == {"id": reply.id, "object": "response", "deleted": True}
+    for call in (lambda: client.responses.retrieve(reply.id), lambda: client.responses.delete(reply.id),
+                 lambda: client.responses.input_items.list(reply.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    chat = client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "x"}],
+                                          max_tokens=1, store=True)
+    missing = httpx.get(f"{server.base_url}/responses/{chat.id}")
+    assert missing.status_code == 404 and set(missing.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_store_false_is_recorded_but_not_retrievable(client: openai.OpenAI, server: Any) -> None:
+    reply = create(client, server, store=False, max_output_tokens=2)
+    assert reply.store is False
+    record = server.store.get(reply.id)
+    assert record is not None and not record.store_visible
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(reply.id)
+    with pytest.raises(openai.NotFoundError):
+        create(client, server, previous_response_id=reply.id)
+
+
+def test_input_items_pagination(client: openai.OpenAI, server: Any) -> None:
+    given = [{"role": "user", "content": f"message {i}"} for i in range(5)]
+    reply = create(client, server, input=given, max_output_tokens=1)
+    newest = client.responses.input_items.list(reply.id, limit=2)  # desc by default, as OpenAI
+    assert [item.content[0].text for item in newest.data] == ["message 4", "message 3"] and newest.has_more
+    rest = client.responses.input_items.list(reply.id, limit=10, after=newest.data[-1].id)
+    assert [item.content[0].text for item in rest.data] == ["message 2", "message 1", "message 0"]
+    assert not rest.has_more
+    ascending = [item.content[0].text for item in client.responses.input_items.list(reply.id, order="asc", limit=2)]
+    assert ascending == [f"message {i}" for i in range(5)]  # the SDK follows the cursor
+    assert all(item.id.startswith("msg_") for item in newest.data)
+    bad = httpx.get(f"{server.base_url}/responses/{reply.id}/input_items", params={"after": "msg_nope"})
+    assert bad.status_code == 404 and bad.json()["error"]["param"] == "after"
+
+
+def test_input_tokens_is_the_generation_prompt_length(client: openai.OpenAI, server: Any) -> None:
+    fields: dict[str, Any] = {"input": [{"role": "developer", "content": "d"}, {"role": "user", "content": "u"}],
+                              "instructions": "i", "tools": [TOOL]}
+    counted = client.responses.input_tokens.count(model=server.model, **fields)
+    assert counted.object == "response.input_tokens"
+    assert counted.input_tokens == create(client, server, max_output_tokens=1, **fields).usage.input_tokens
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fields", "param", "named"), [
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type", "web_search"),
+    ({"tools": [TOOL, {"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools[1].type",
+     "code_interpreter"),
+    ({"tools": [{"type": "mcp", "server_label": "x"}]}, "tools[0].type", "mcp"),
+    ({"input": [{"role": "user", "content": "x"}, {"type": "telepathy"}]}, "input[1].type", "index 1"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "item references"),
+    ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type", "web_search_call"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0]",
+     "input_image"),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format", "json_schema"),
+    ({"tool_choice": "required"}, "tool_choice", "constrained decoding"),
+    ({"background": True}, "background", "not supported yet"),
+    ({"conversation": "conv_1"}, "conversation", "Conversations"),
+    ({"truncation": "auto"}, "truncation", "auto"),
+    ({"include": ["file_search_call.results"]}, "include[0]", "file_search_call.results"),
+    ({"reasoning": {"effort": "high"}}, "reasoning", "chat_template_kwargs"),
+    ({"seed": 1}, "seed", "Unrecognized"),
+])
+def test_refused_requests_name_what_is_refused(server: Any, fields: dict[str, Any], param: str, named: str) -> None:
+    body = {"model": server.model, "input": "x", "max_output_tokens": 1, **fields}
+    response = httpx.post(f"{server.base_url}/responses", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and named in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_unknown_model_is_404(server: Any) -> None:
+    response = httpx.post(f"{server.base_url}/responses", json={"model": "nope", "input": "x"})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
