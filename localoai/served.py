@@ -17,6 +17,7 @@ from typing import Any
 from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import Engine
 from localoai.errors import model_not_found
+from localoai.parsers.tool_calls import ToolParser, tool_parser_for
 from localoai.store import Recorder, Store, open_store
 from localoai.tokens import TokenTexts
 
@@ -84,6 +85,8 @@ class ServedModel:
     recorder: Recorder
     created: int = field(default_factory=lambda: int(time.time()))
     policy_version: int = 0
+    tool_parser_class: type[ToolParser] | None = None
+    """The format the model writes tool calls in, chosen from its chat template (or forced)."""
     token_texts: TokenTexts = field(init=False)
 
     def __post_init__(self) -> None:
@@ -93,13 +96,23 @@ class ServedModel:
         self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]
 
     @classmethod
-    def create(cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None) -> ServedModel:
-        """`store`: a path, `":memory:"`, a `Store`, or None for `localoai-store/store.sqlite3`."""
+    def create(
+        cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None, tool_parser: str | None = None
+    ) -> ServedModel:
+        """`store`: a path, `":memory:"`, a `Store`, or None for `localoai-store/store.sqlite3`.
+        `tool_parser`: a parser name (`"hermes"`), `"none"` to return tool-call markup as text, or
+        None to choose from the chat template."""
         backend = TransformersBackend(model)
         engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer))
         opened = open_store(store)
+        parser = None if tool_parser == "none" else tool_parser_for(getattr(tokenizer, "chat_template", None),
+                                                                       tool_parser)
         return cls(name=name or default_name(model), model=model, tokenizer=tokenizer, engine=engine,
-                   store=opened, recorder=Recorder(opened))
+                   store=opened, recorder=Recorder(opened), tool_parser_class=type(parser) if parser else None)
+
+    def tool_parser(self, tool_names: Sequence[str]) -> ToolParser | None:
+        """A parser for one request, knowing which tools were offered."""
+        return self.tool_parser_class(tool_names=tool_names) if self.tool_parser_class else None
 
     def close(self) -> None:
         """Stop generating, then write every record still queued."""

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from openai.types import CompletionUsage
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ChatCompletionTokenLogprob
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionTokenLogprob,
+)
+from openai.types.chat.chat_completion_message_function_tool_call import Function
 from openai.types.chat import chat_completion as completion_types
 from openai.types.chat import chat_completion_chunk as chunk_types
 from openai.types.chat.chat_completion_token_logprob import TopLogprob
@@ -24,6 +31,7 @@ from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
 from localoai.handlers.common import Generation, new_id, sampling_params, token_budget
 from localoai.handlers.recording import record_generation
+from localoai.parsers.tool_calls import ToolCallStream, ToolParser
 from localoai.protocol.chat import ChatCompletionRequest
 from localoai.served import ServedModel
 
@@ -35,6 +43,8 @@ class PreparedChat:
     request: ChatCompletionRequest
     prompt: RenderedPrompt
     params: SamplingParams
+    tool_parser: ToolParser | None = None
+    """Set when tools are offered (and not `tool_choice: none`) and the model's format is known."""
 
 
 class ChatCompletions:
@@ -60,7 +70,10 @@ class ChatCompletions:
             param="max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens",
         )
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
-        return PreparedChat(request, prompt, sampling_params(served, request, max_tokens=budget, logprobs=logprobs))
+        offered = request.tools if request.tool_choice != "none" else None
+        parser = served.tool_parser([tool.function.name for tool in offered]) if offered else None
+        params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs)
+        return PreparedChat(request, prompt, params, parser)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:
         return accumulate_chunks([chunk async for chunk in self.chunks(prepared, include_usage=True)])
@@ -98,6 +111,8 @@ class ChatCompletions:
         sent = [opening]
         generation: Generation | None = None
         recorded = False
+        tool_calls = [_ToolCalls(prepared.tool_parser.stream()) for _ in range(prepared.params.n)] \
+            if prepared.tool_parser else None
         try:
             yield opening
             async with Generation.running(served, prepared.prompt.token_ids, prepared.params) as generation:
@@ -105,13 +120,16 @@ class ChatCompletions:
                     if not isinstance(item, list):
                         continue
                     choices = [
-                        self._choice(delta, with_ids=with_ids, logprobs=request.logprobs)
+                        choice
                         for delta in item
-                        if delta.text or delta.finish_reason or with_ids or request.logprobs
+                        if (choice := self._choice(delta, with_ids=with_ids, logprobs=request.logprobs,
+                                                   tool_calls=tool_calls[delta.index] if tool_calls else None))
                     ]
                     if choices:
                         sent.append(chunk(choices))
                         yield sent[-1]
+            for sample, calls in zip(generation.samples, tool_calls or []):
+                sample.tool_parse_error = calls.stream.error
             prompt_tokens = len(prepared.prompt.token_ids)
             completion_tokens = sum(len(sample.token_ids) for sample in generation.samples)
             usage = CompletionUsage(
@@ -146,17 +164,31 @@ class ChatCompletions:
             visible=bool(prepared.request.store),
         )
 
-    def _choice(self, delta: SampleDelta, *, with_ids: bool, logprobs: bool | None) -> chunk_types.Choice:
+    def _choice(
+        self, delta: SampleDelta, *, with_ids: bool, logprobs: bool | None, tool_calls: _ToolCalls | None
+    ) -> chunk_types.Choice | None:
+        """The chunk choice for one sample's step; None when it has nothing to say."""
+        content: str | None = delta.text
+        calls: list[chunk_types.ChoiceDeltaToolCall] | None = None
+        finish = _finish_reason(delta)
+        if tool_calls is not None:
+            content, calls = tool_calls.shape(delta.text, finished=delta.finish_reason is not None)
+            if finish == "stop" and tool_calls.called:
+                finish = "tool_calls"
+        if not (content or calls or finish or with_ids or logprobs):
+            return None
         extra: dict[str, Any] = {"token_ids": delta.token_ids} if with_ids else {}
         if delta.finish_reason is not None:
             extra["stop_reason"] = delta.stop_reason
         return chunk_types.Choice(
             index=delta.index,
-            delta=chunk_types.ChoiceDelta(content=delta.text) if delta.text else chunk_types.ChoiceDelta(),
+            delta=chunk_types.ChoiceDelta(content=content or None, tool_calls=calls)
+            if content or calls
+            else chunk_types.ChoiceDelta(),
             logprobs=chunk_types.ChoiceLogprobs(content=[self._logprob(e) for e in delta.logprobs], refusal=None)
             if logprobs
             else None,
-            finish_reason=_finish_reason(delta),
+            finish_reason=finish,
             **extra,
         )
 
@@ -168,6 +200,36 @@ class ChatCompletions:
             alt_text, alt_bytes = token_texts(token_id)
             top.append(TopLogprob(token=alt_text, bytes=alt_bytes, logprob=value))
         return ChatCompletionTokenLogprob(token=text, bytes=data, logprob=entry.logprob, top_logprobs=top)
+
+
+class _ToolCalls:
+    """One sample's tool-call stream: text in, OpenAI's content and tool-call deltas out."""
+
+    def __init__(self, stream: ToolCallStream) -> None:
+        self.stream = stream
+        self.called = False
+
+    def shape(self, text: str, *, finished: bool) -> tuple[str, list[chunk_types.ChoiceDeltaToolCall] | None]:
+        parsed = self.stream.feed(text) if text else []
+        if finished:
+            parsed += self.stream.finish()
+        content = "".join(part.content for part in parsed if part.content)
+        # One entry per call per chunk; fields a delta does not carry are left out, not null:
+        # the SDK's accumulator would overwrite the call's id, type and name with a null.
+        merged: dict[int, dict[str, Any]] = {}
+        for part in parsed:
+            if part.index is None:
+                continue
+            call = merged.setdefault(part.index, {"index": part.index, "function": {}})
+            if part.id is not None:
+                call.update(id=part.id, type="function")
+            if part.name is not None:
+                call["function"]["name"] = part.name
+            if part.arguments is not None:
+                call["function"]["arguments"] = call["function"].get("arguments", "") + part.arguments
+        calls = [chunk_types.ChoiceDeltaToolCall(**call) for call in merged.values()]
+        self.called = self.called or bool(calls)
+        return content, calls or None
 
 
 def _finish_reason(delta: SampleDelta) -> Any:
@@ -184,11 +246,18 @@ def accumulate_chunks(chunks: Iterable[ChatCompletionChunk]) -> ChatCompletion:
     token_ids: dict[int, list[int]] = {}
     finish: dict[int, Any] = {}
     stop_reasons: dict[int, Any] = {}
+    calls: dict[int, dict[int, dict[str, Any]]] = {}
     usage = None
     for chunk in chunks:
         usage = chunk.usage or usage
         for choice in chunk.choices:
             texts.setdefault(choice.index, []).append(choice.delta.content or "")
+            for call in choice.delta.tool_calls or []:
+                merged = calls.setdefault(choice.index, {}).setdefault(call.index, {"arguments": []})
+                merged.setdefault("id", call.id)
+                if call.function is not None:
+                    merged.setdefault("name", call.function.name)
+                    merged["arguments"].append(call.function.arguments or "")
             logprobs.setdefault(choice.index, None)
             if choice.logprobs is not None:
                 logprobs[choice.index] = (logprobs[choice.index] or []) + list(choice.logprobs.content or [])
@@ -203,10 +272,20 @@ def accumulate_chunks(chunks: Iterable[ChatCompletionChunk]) -> ChatCompletion:
         extra: dict[str, Any] = {"stop_reason": stop_reasons.get(index)}
         if index in token_ids:
             extra["token_ids"] = token_ids[index]
+        tool_calls = [
+            ChatCompletionMessageFunctionToolCall(
+                id=call["id"], type="function", function=Function(name=call["name"], arguments="".join(call["arguments"]))
+            )
+            for _, call in sorted(calls.get(index, {}).items())
+        ]
+        content = "".join(texts[index])
+        message = ChatCompletionMessage(role="assistant", content=content or (None if tool_calls else ""), refusal=None)
+        if tool_calls:
+            message.tool_calls = tool_calls
         choices.append(
             completion_types.Choice(
                 index=index,
-                message=ChatCompletionMessage(role="assistant", content="".join(texts[index]), refusal=None),
+                message=message,
                 finish_reason=finish.get(index, "length"),
                 logprobs=completion_types.ChoiceLogprobs(content=logprobs[index], refusal=None)
                 if logprobs[index] is not None

@@ -98,10 +98,15 @@ class SampleTrace:
     logprobs: list[float] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    tool_parse_error: str | None = None
+    """Why tool-call markup in the output could not be parsed (it was returned as text)."""
 
     def as_record(self, index: int) -> CompletionTrace:
-        return CompletionTrace(index=index, completion_token_ids=self.token_ids, logprobs=self.logprobs,
-                               text="".join(self.text), finish_reason=self.finish_reason)
+        trace = CompletionTrace(index=index, completion_token_ids=self.token_ids, logprobs=self.logprobs,
+                                text="".join(self.text), finish_reason=self.finish_reason)
+        if self.tool_parse_error is not None:
+            trace["tool_parse_error"] = self.tool_parse_error
+        return trace
 
 
 class Generation:

@@ -78,8 +78,11 @@ class FunctionCall(RequestModel):
 
 class ToolCall(RequestModel):
     id: str
-    type: Literal["function"]
+    # The SDK's stream helpers (`chat.completions.stream(...).get_final_completion()`) accumulate
+    # tool calls with the stream's `index` and without `type`; agents send those messages back as is.
+    type: Literal["function"] = "function"
     function: FunctionCall
+    index: StrictInt | None = None
 
 
 class AssistantMessage(RequestModel):

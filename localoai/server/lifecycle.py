@@ -177,6 +177,7 @@ def start(
     name: str | None = None,
     max_body_bytes: int | None = None,
     store: Any = None,
+    tool_parser: str | None = None,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -187,12 +188,14 @@ def start(
 
     Every generation is stored with its token-exact trace in `store`: a SQLite path, `":memory:"`,
     a `localoai.store.Store`, or None for `localoai-store/store.sqlite3` under the working directory.
+    `tool_parser` names the model's tool-call format (`"hermes"`), `"none"` returns tool-call markup
+    as plain text; None chooses from the chat template.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.served import ServedModel, load_model
 
     model, tokenizer = load_model(model, tokenizer)
-    served = ServedModel.create(model, tokenizer, name, store)
+    served = ServedModel.create(model, tokenizer, name, store, tool_parser)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)

@@ -31,6 +31,7 @@ class CompletionTrace(_CompletionTraceRequired, total=False):
     """One sample of a generation. Further keys (e.g. `stop_reason`) are kept as given."""
 
     index: int
+    tool_parse_error: str  # why tool-call markup could not be parsed (it went back to the caller as text)
 
 
 @dataclass
