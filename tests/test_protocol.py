@@ -194,8 +194,6 @@ def test_tokenize_and_detokenize_requests() -> None:
         (ChatCompletionRequest, chat(messages=[{"content": "x"}]), "messages[0]", "invalid_value"),
         (ChatCompletionRequest, chat(tools=[{"type": "function", "function": {"name": "has space"}}]),
          "tools[0].function.name", "invalid_value"),
-        (ChatCompletionRequest, chat(tools=[{"type": "function", "function": {"name": "f", "strict": True}}]),
-         "tools[0].function.strict", "unsupported_parameter"),
         (ChatCompletionRequest, chat(reasoning_effort="high"), "reasoning_effort", "unsupported_parameter"),
         (ChatCompletionRequest, chat(verbosity="low"), "verbosity", "unsupported_parameter"),
         (ChatCompletionRequest, chat(moderation={}), "moderation", "unsupported_parameter"),
@@ -298,3 +296,10 @@ def test_image_part_refusal_message_is_reported() -> None:
     error = error_of(ChatCompletionRequest, body)
     assert isinstance(error, UnsupportedFieldError)
     assert "image_url" in error.message
+
+
+def test_strict_function_tools_are_accepted_as_agents_send_them() -> None:
+    """openai-agents marks every function tool `strict`; accepted (not yet enforced, see README)."""
+    request = parse_request(ChatCompletionRequest, chat(tools=[
+        {"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "object"}}}]))
+    assert request.tools is not None and request.tools[0].function.strict is True

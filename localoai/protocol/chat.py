@@ -214,12 +214,6 @@ class ChatCompletionRequest(SamplingFields):
         for field, (refused, why) in refusals.items():
             if refused:
                 raise Unsupported(why, param=field)
-        for index, tool in enumerate(self.tools or []):
-            if tool.function.strict:
-                raise Unsupported(
-                    "strict function tools need constrained decoding, which this server does not provide yet",
-                    param=f"tools[{index}].function.strict",
-                )
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParam("top_logprobs requires logprobs to be true", param="top_logprobs")
         if self.continue_final_message and self.add_generation_prompt:
