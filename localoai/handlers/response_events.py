@@ -1,12 +1,24 @@
-"""The Responses streaming events of a one-message response, built as the SDK's own types.
+"""The Responses streaming events of a response, built as the SDK's own types.
 
 `ResponseEvents` holds the little state a stream needs (the response's echoed settings, the
-message id, the text so far) and builds each event; `sequence_number` is stamped in one place
-(`_event`), so the numbers always increase by one. No I/O: every builder is testable alone.
+output items so far, which of them is still open) and builds each event; `sequence_number` is
+stamped in one place (`_event`), so the numbers always increase by one. No I/O: every builder
+is testable alone.
 
-The order is OpenAI's, which the SDK's `responses.stream()` accumulator checks strictly:
-created, in_progress, output_item.added, content_part.added, output_text.delta..., output_text.done,
-content_part.done, output_item.done, then completed / incomplete (or failed).
+Output items are streamed one after the other, as OpenAI does: an item is added, filled, and done
+before the next one is added, so `output_index` is the item's position in `Response.output`.
+A `message` item is opened lazily, by the first content text (a response that is only tool calls
+has none); a `function_call` item by the first piece of a parsed call. The order, which the SDK's
+`responses.stream()` accumulator checks strictly:
+
+    created, in_progress,
+    per message:       output_item.added, content_part.added, output_text.delta...,
+                       output_text.done, content_part.done, output_item.done
+    per function call: output_item.added (empty arguments, in_progress),
+                       function_call_arguments.delta..., function_call_arguments.done, output_item.done
+    then completed / incomplete (or failed).
+
+A response with no output at all (the model ended at once) still has one, empty, message.
 """
 
 from __future__ import annotations
@@ -23,6 +35,9 @@ from openai.types.responses import (
     ResponseContentPartDoneEvent,
     ResponseCreatedEvent,
     ResponseFailedEvent,
+    ResponseFunctionCallArgumentsDeltaEvent,
+    ResponseFunctionCallArgumentsDoneEvent,
+    ResponseFunctionToolCall,
     ResponseIncompleteEvent,
     ResponseInProgressEvent,
     ResponseOutputItemAddedEvent,
@@ -36,8 +51,11 @@ from openai.types.responses import (
 )
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
+from localoai.handlers.common import new_id
+from localoai.parsers.tool_calls import StreamDelta
+
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
-MessageStatus = Literal["in_progress", "completed", "incomplete"]
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
 def usage(input_tokens: int, output_tokens: int) -> ResponseUsage:
@@ -51,31 +69,65 @@ def usage(input_tokens: int, output_tokens: int) -> ResponseUsage:
 
 
 @dataclass
+class _Message:
+    id: str
+    text: list[str] = field(default_factory=list)
+    status: ItemStatus = "in_progress"
+
+    def part(self) -> ResponseOutputText:
+        return ResponseOutputText(type="output_text", text="".join(self.text), annotations=[], logprobs=[])
+
+    def item(self, status: ItemStatus | None = None, *, with_part: bool = True) -> ResponseOutputMessage:
+        return ResponseOutputMessage(id=self.id, type="message", role="assistant", status=status or self.status,
+                                     content=[self.part()] if with_part else [])
+
+
+@dataclass
+class _FunctionCall:
+    id: str
+    call_id: str
+    name: str
+    arguments: list[str] = field(default_factory=list)
+    status: ItemStatus = "in_progress"
+
+    def item(self, status: ItemStatus | None = None) -> ResponseFunctionToolCall:
+        return ResponseFunctionToolCall(id=self.id, type="function_call", call_id=self.call_id, name=self.name,
+                                        arguments="".join(self.arguments), status=status or self.status)
+
+
+@dataclass
 class ResponseEvents:
     """Builds the events of one response. `settings` are the `Response` fields echoed from the
     request (id, model, instructions, temperature, tools, ...), the same on every event."""
 
     settings: dict[str, Any]
-    message_id: str
     sequence: int = 0
-    text: list[str] = field(default_factory=list)
+    items: list[_Message | _FunctionCall] = field(default_factory=list)
+    """The output items so far, in `output_index` order; only the last one may still be open."""
 
     def _event(self, event_type: type[Any], **fields: Any) -> Any:
         event = event_type(sequence_number=self.sequence, **fields)
         self.sequence += 1
         return event
 
+    @property
+    def _open(self) -> _Message | _FunctionCall | None:
+        last = self.items[-1] if self.items else None
+        return last if last is not None and last.status == "in_progress" else None
+
     # -- objects ---------------------------------------------------------------------------
 
     def response(self, status: str, output: list[Any], **fields: Any) -> Response:
         return Response(**{**self.settings, "status": status, "output": output, **fields})
 
-    def part(self) -> ResponseOutputText:
-        return ResponseOutputText(type="output_text", text="".join(self.text), annotations=[], logprobs=[])
+    def output(self) -> list[Any]:
+        """The output items as they stand; one still open is `incomplete`."""
+        return [item.item("incomplete" if item.status == "in_progress" else None) for item in self.items]
 
-    def message(self, status: MessageStatus, *, with_part: bool = True) -> ResponseOutputMessage:
-        return ResponseOutputMessage(id=self.message_id, type="message", role="assistant", status=status,
-                                     content=[self.part()] if with_part else [])
+    @property
+    def text(self) -> str:
+        """All content text so far (every message item's)."""
+        return "".join("".join(item.text) for item in self.items if isinstance(item, _Message))
 
     # -- events, in stream order -----------------------------------------------------------
 
@@ -86,31 +138,50 @@ class ResponseEvents:
         return self._event(ResponseInProgressEvent, type="response.in_progress",
                            response=self.response("in_progress", []))
 
-    def message_added(self) -> ResponseOutputItemAddedEvent:
-        return self._event(ResponseOutputItemAddedEvent, type="response.output_item.added", output_index=0,
-                           item=self.message("in_progress", with_part=False))
+    def text_delta(self, delta: str) -> list[ResponseStreamEvent]:
+        """Content text: opens a message item first when none is open (closing an open call)."""
+        events: list[ResponseStreamEvent] = []
+        message = self._open
+        if not isinstance(message, _Message):
+            if self.items:  # a message after a call: the whitespace that separated them is not text
+                delta = delta.lstrip()
+            if not delta:
+                return events
+            events += self._close()
+            events += self._open_message()
+            message = self.items[-1]
+            assert isinstance(message, _Message)
+        message.text.append(delta)
+        events.append(self._event(ResponseTextDeltaEvent, type="response.output_text.delta", item_id=message.id,
+                                  output_index=len(self.items) - 1, content_index=0, delta=delta, logprobs=[]))
+        return events
 
-    def part_added(self) -> ResponseContentPartAddedEvent:
-        return self._event(ResponseContentPartAddedEvent, type="response.content_part.added", item_id=self.message_id,
-                           output_index=0, content_index=0, part=self.part())
-
-    def text_delta(self, delta: str) -> ResponseTextDeltaEvent:
-        self.text.append(delta)
-        return self._event(ResponseTextDeltaEvent, type="response.output_text.delta", item_id=self.message_id,
-                           output_index=0, content_index=0, delta=delta, logprobs=[])
+    def call_delta(self, piece: StreamDelta) -> list[ResponseStreamEvent]:
+        """A piece of a parsed tool call: the first (with `id` and `name`) opens a function_call
+        item, closing whatever was open; later ones are argument fragments of the open call."""
+        events: list[ResponseStreamEvent] = []
+        if piece.id is not None:
+            events += self._close()
+            call = _FunctionCall(id=new_id("fc_"), call_id=piece.id, name=piece.name or "")
+            self.items.append(call)
+            events.append(self._event(ResponseOutputItemAddedEvent, type="response.output_item.added",
+                                      output_index=len(self.items) - 1, item=call.item()))
+        call = self._open
+        if not isinstance(call, _FunctionCall):
+            raise ValueError("a tool-call fragment arrived before its call was opened")
+        if piece.arguments:
+            call.arguments.append(piece.arguments)
+            events.append(self._event(ResponseFunctionCallArgumentsDeltaEvent,
+                                      type="response.function_call_arguments.delta", item_id=call.id,
+                                      output_index=len(self.items) - 1, delta=piece.arguments))
+        return events
 
     def finished(self, response_usage: ResponseUsage, *, incomplete: bool) -> list[ResponseStreamEvent]:
-        """The closing events: the text, part and message done, then `completed` or `incomplete`."""
-        status: MessageStatus = "incomplete" if incomplete else "completed"
-        ids = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
-        closing = [
-            self._event(ResponseTextDoneEvent, type="response.output_text.done", text="".join(self.text),
-                        logprobs=[], **ids),
-            self._event(ResponseContentPartDoneEvent, type="response.content_part.done", part=self.part(), **ids),
-            self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=0,
-                        item=self.message(status)),
-        ]
-        output = [self.message(status)]
+        """The closing events: the open item done (an empty message first if there is no output
+        at all), then `completed` or `incomplete`."""
+        closing: list[ResponseStreamEvent] = self._open_message() if not self.items else []
+        closing += self._close("incomplete" if incomplete else "completed")
+        output = self.output()
         if incomplete:
             response = self.response("incomplete", output, usage=response_usage,
                                      incomplete_details={"reason": "max_output_tokens"})
@@ -121,14 +192,51 @@ class ResponseEvents:
         return closing
 
     def failed(self, message: str) -> ResponseFailedEvent:
-        """A failure after the stream began: the text so far, as an incomplete message, and the error."""
-        response = self.response("failed", [self.message("incomplete")],
-                                 error={"code": "server_error", "message": message})
+        """A failure after the stream began: the output so far (an open item incomplete), and the error."""
+        response = self.response("failed", self.output(), error={"code": "server_error", "message": message})
         return self._event(ResponseFailedEvent, type="response.failed", response=response)
 
     def snapshot(self, status: str) -> Response:
         """The response as it stands (a cancelled stream is recorded with this)."""
-        return self.response(status, [self.message("incomplete")] if self.text else [])
+        return self.response(status, self.output())
+
+    # -- opening and closing items ---------------------------------------------------------
+
+    def _open_message(self) -> list[ResponseStreamEvent]:
+        message = _Message(id=new_id("msg_"))
+        self.items.append(message)
+        index = len(self.items) - 1
+        return [
+            self._event(ResponseOutputItemAddedEvent, type="response.output_item.added", output_index=index,
+                        item=message.item(with_part=False)),
+            self._event(ResponseContentPartAddedEvent, type="response.content_part.added", item_id=message.id,
+                        output_index=index, content_index=0, part=message.part()),
+        ]
+
+    def _close(self, message_status: ItemStatus = "completed") -> list[ResponseStreamEvent]:
+        """The open item's done events (none when nothing is open). A message ends with the
+        response's status; a call is complete once parsed, whatever ends the response."""
+        item = self._open
+        if item is None:
+            return []
+        index = len(self.items) - 1
+        if isinstance(item, _FunctionCall):
+            item.status = "completed"
+            return [
+                self._event(ResponseFunctionCallArgumentsDoneEvent, type="response.function_call_arguments.done",
+                            item_id=item.id, output_index=index, arguments="".join(item.arguments)),
+                self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
+                            item=item.item()),
+            ]
+        item.status = message_status
+        ids = {"item_id": item.id, "output_index": index, "content_index": 0}
+        return [
+            self._event(ResponseTextDoneEvent, type="response.output_text.done", text="".join(item.text),
+                        logprobs=[], **ids),
+            self._event(ResponseContentPartDoneEvent, type="response.content_part.done", part=item.part(), **ids),
+            self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
+                        item=item.item()),
+        ]
 
 
 def final_response(events: Iterable[ResponseStreamEvent]) -> Response:

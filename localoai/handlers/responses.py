@@ -1,6 +1,12 @@
 """Responses: resolve the input (replaying `previous_response_id`), render it, then produce the
 Responses stream events; `input_tokens` counts the same rendering.
 
+When function tools are offered (and `tool_choice` is not "none"), the model's text runs through
+the served model's tool-call parser, as on chat completions: content goes to `message` items, each
+parsed call becomes a `function_call` item (`call_id` is the parser's `call_...` id), and markup
+that does not parse stays in the content, its reason kept in the sample's trace
+(`tool_parse_error`).
+
 The streamed and the non-streamed answers come from the same event iterator: a non-streamed
 request returns the response its terminal event carries (`final_response`), so the two can
 never disagree. Every response is recorded (kind "response"), its resolved input items with it,
@@ -21,12 +27,13 @@ from openai.types.responses.input_token_count_response import InputTokenCountRes
 from openai.types.shared import Reasoning
 
 from localoai.chat_template import RenderedPrompt, render_chat
-from localoai.engine.params import SamplingParams
+from localoai.engine.params import SampleDelta, SamplingParams
 from localoai.errors import NotFoundError, ServerError
 from localoai.handlers.common import Generation, new_id, token_budget
 from localoai.handlers.recording import record_generation
 from localoai.handlers.response_events import ResponseEvents, final_response, usage
 from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
+from localoai.parsers.tool_calls import StreamDelta, ToolCallStream, ToolParser
 from localoai.protocol.responses import InputTokensRequest, ResponseCreateRequest, ResponseInputFields
 from localoai.served import ServedModel
 
@@ -42,6 +49,8 @@ class PreparedResponse:
     items: list[dict[str, Any]]
     prompt: RenderedPrompt
     params: SamplingParams
+    tool_parser: ToolParser | None = None
+    """Set when function tools are offered (and not `tool_choice: none`) and the model's format is known."""
 
 
 def previous_not_found(response_id: str) -> NotFoundError:
@@ -64,7 +73,9 @@ class Responses:
             temperature=float(request.temperature if request.temperature is not None else 1.0),
             top_p=float(request.top_p if request.top_p is not None else 1.0),
         )
-        return PreparedResponse(request, items, prompt, params)
+        offered = request.tools if request.tool_choice != "none" else None
+        parser = self.served.tool_parser([tool.name for tool in offered]) if offered else None
+        return PreparedResponse(request, items, prompt, params, parser)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
         self.served.check_model(request.model)
@@ -98,21 +109,20 @@ class Responses:
     async def events(self, prepared: PreparedResponse) -> AsyncIterator[ResponseStreamEvent]:
         """The response as OpenAI streams it; a failure after the first event is `response.failed`."""
         served = self.served
-        build = ResponseEvents(settings=self._settings(prepared), message_id=new_id("msg_"))
+        build = ResponseEvents(settings=self._settings(prepared))
+        calls = prepared.tool_parser.stream() if prepared.tool_parser else None
         generation: Generation | None = None
         recorded = False
         try:
             yield build.created()
             yield build.in_progress()
-            yield build.message_added()
-            yield build.part_added()
             try:
                 async with Generation.running(served, prepared.prompt.token_ids, prepared.params) as generation:
                     async for item in generation:
                         if isinstance(item, list):
                             for delta in item:
-                                if delta.text:
-                                    yield build.text_delta(delta.text)
+                                for event in _shaped(build, calls, delta):
+                                    yield event
             except ServerError:  # the engine failed; its cause is in the record and the log
                 recorded = True
                 failed = build.failed(FAILED)
@@ -120,6 +130,10 @@ class Responses:
                 yield failed
                 return
             sample = generation.samples[0]
+            if calls is not None:
+                for event in _parsed(build, calls.finish()):  # nothing left if the last delta ended it
+                    yield event
+                sample.tool_parse_error = calls.error
             closing = build.finished(
                 usage(len(prepared.prompt.token_ids), len(sample.token_ids)),
                 incomplete=sample.finish_reason != "stop",  # "length" (or the engine's "abort")
@@ -184,3 +198,23 @@ class Responses:
             previous_response_id=request.previous_response_id,
             input_items=prepared.items,
         )
+
+
+def _shaped(build: ResponseEvents, calls: ToolCallStream | None, delta: SampleDelta) -> list[ResponseStreamEvent]:
+    """The events for one step of the sample: its text as content, or through the tool-call parser."""
+    if calls is None:
+        return build.text_delta(delta.text) if delta.text else []
+    parsed = calls.feed(delta.text) if delta.text else []
+    if delta.finish_reason is not None:
+        parsed += calls.finish()
+    return _parsed(build, parsed)
+
+
+def _parsed(build: ResponseEvents, parsed: list[StreamDelta]) -> list[ResponseStreamEvent]:
+    events: list[ResponseStreamEvent] = []
+    for piece in parsed:
+        if piece.index is not None:
+            events += build.call_delta(piece)
+        elif piece.content:
+            events += build.text_delta(piece.content)
+    return events

@@ -172,9 +172,9 @@ class FunctionTool(RequestModel):
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    # Responses default `strict` to true, so nearly every client sends it. It is accepted because it
-    # cannot change a result yet: no function_call items are produced until tool-call parsing lands
-    # (the model's tool-call text is returned as output_text); it will need constrained decoding.
+    # Responses default `strict` to true, so nearly every client sends it. It is accepted but not
+    # enforced: a call's arguments are what the model wrote (parsed as JSON, never checked against
+    # `parameters`); guaranteeing the schema needs constrained decoding, which this server lacks.
     strict: StrictBool | None = None
 
 
@@ -320,7 +320,7 @@ class ResponseCreateRequest(ResponseInputFields):
     background: StrictBool | None = None
     include: list[str] | None = None
     max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    max_tool_calls: Annotated[StrictInt, Field(ge=1)] | None = None  # no tool calls are produced yet
+    max_tool_calls: Annotated[StrictInt, Field(ge=1)] | None = None  # limits hosted tool calls: none here
     metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
     prompt: Any = None
     prompt_cache_key: str | None = None
