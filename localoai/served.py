@@ -18,7 +18,7 @@ from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import Engine
 from localoai.errors import model_not_found
 from localoai.parsers.tool_calls import ToolParser, tool_parser_for
-from localoai.store import Recorder, Store, open_store
+from localoai.store import ConversationStore, Recorder, Store, open_store
 from localoai.tokens import TokenTexts
 
 
@@ -88,9 +88,12 @@ class ServedModel:
     tool_parser_class: type[ToolParser] | None = None
     """The format the model writes tool calls in, chosen from its chat template (or forced)."""
     token_texts: TokenTexts = field(init=False)
+    conversations: ConversationStore = field(init=False)
+    """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
 
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tokenizer)
+        self.conversations = ConversationStore.beside(self.store)
         config = getattr(self.model, "config", None)
         identity = f"{self.name}:{getattr(config, 'model_type', '')}:{sum(p.numel() for p in self.model.parameters())}"
         self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]
@@ -118,6 +121,7 @@ class ServedModel:
         """Stop generating, then write every record still queued."""
         self.engine.stop()
         self.recorder.close()
+        self.conversations.close()
 
     @property
     def context_length(self) -> int:

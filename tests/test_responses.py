@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -310,7 +311,7 @@ def test_input_tokens_is_the_generation_prompt_length(client: openai.OpenAI, ser
      "input_image"),
     ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format", "json_schema"),
     ({"tool_choice": "required"}, "tool_choice", "constrained decoding"),
-    ({"background": True}, "background", "not supported yet"),
+    ({"background": True, "store": False}, "background", "store"),
     ({"conversation": "conv_1"}, "conversation", "Conversations"),
     ({"truncation": "auto"}, "truncation", "auto"),
     ({"include": ["file_search_call.results"]}, "include[0]", "file_search_call.results"),
@@ -328,3 +329,147 @@ def test_refused_requests_name_what_is_refused(server: Any, fields: dict[str, An
 def test_unknown_model_is_404(server: Any) -> None:
     response = httpx.post(f"{server.base_url}/responses", json={"model": "nope", "input": "x"})
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+# --- background -----------------------------------------------------------------------------
+
+RUNNING = ("queued", "in_progress")
+
+
+def settled(client: openai.OpenAI, response_id: str, timeout: float = 30.0) -> Any:
+    """Poll a background response until it is no longer queued or in progress."""
+    deadline = time.monotonic() + timeout
+    while (reply := client.responses.retrieve(response_id)).status in RUNNING:
+        assert time.monotonic() < deadline, f"{response_id} still {reply.status}"
+        time.sleep(0.02)
+    return reply
+
+
+def test_background_response_is_polled_to_its_final_state(ending: Any) -> None:
+    server, _ = ending
+    owned = server.client(max_retries=0)
+    queued = owned.responses.create(model=server.model, input="hello", max_output_tokens=8, temperature=0,
+                                    background=True, metadata={"run": "bg"})
+    assert queued.status == "queued" and queued.background is True and queued.output == [] and queued.usage is None
+    final = settled(owned, queued.id)
+    assert final.status == "completed" and final.background is True and final.id == queued.id
+    assert final.usage.output_tokens >= 1 and final.output[0].status == "completed"
+    assert final.metadata == {"run": "bg"} and final.created_at == queued.created_at
+    assert owned.responses.retrieve(final.id).model_dump(mode="json") == final.model_dump(mode="json")
+    record = server.store.get(final.id)
+    assert record.status == "completed" and record.store_visible
+    # the same response as a foreground request (greedy)
+    foreground = owned.responses.create(model=server.model, input="hello", max_output_tokens=8, temperature=0)
+    assert foreground.output_text == final.output_text and foreground.background is False
+    # a finished response cannot be cancelled
+    with pytest.raises(openai.BadRequestError, match="completed"):
+        owned.responses.cancel(final.id)
+
+
+def test_background_stream_sends_the_task_events(ending: Any) -> None:
+    server, _ = ending
+    owned = server.client(max_retries=0)
+    events = list(owned.responses.create(model=server.model, input="hello", max_output_tokens=8, temperature=0,
+                                         background=True, stream=True))
+    types = [event.type for event in events]
+    assert types[:4] == STREAM_ORDER and types[-4:] == [*CLOSING, "response.completed"]
+    assert events[0].response.status == "queued" and events[0].response.background is True
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    final = events[-1].response
+    assert owned.responses.retrieve(final.id).model_dump(mode="json") == final.model_dump(mode="json")
+
+
+def test_cancel_stops_a_long_background_response(client: openai.OpenAI, server: Any) -> None:
+    limit = 1500  # greedy, the session model never ends: it would run to the limit
+    queued = create(client, server, background=True, temperature=0, max_output_tokens=limit)
+    assert client.responses.retrieve(queued.id).status in RUNNING  # recorded before the create returned
+    time.sleep(0.3)
+    started = time.monotonic()
+    cancelled = client.responses.cancel(queued.id)
+    assert time.monotonic() - started < 2.0
+    assert cancelled.status == "cancelled" and cancelled.id == queued.id and cancelled.background is True
+    record = server.store.get(queued.id)
+    assert record.status == "cancelled"
+    produced = len(record.completions[0]["completion_token_ids"])
+    assert 0 < produced < limit
+    time.sleep(0.5)  # the engine really stopped: nothing more is produced or recorded
+    record = server.store.get(queued.id)
+    assert record.status == "cancelled" and len(record.completions[0]["completion_token_ids"]) == produced
+    retrieved = client.responses.retrieve(queued.id)
+    assert retrieved.model_dump(mode="json") == cancelled.model_dump(mode="json")
+    if retrieved.output:  # the text so far, its item incomplete
+        assert retrieved.output[0].status == "incomplete" and retrieved.output_text == record.completions[0]["text"]
+    # cancelling again answers the same cancelled response
+    assert client.responses.cancel(queued.id).model_dump(mode="json") == cancelled.model_dump(mode="json")
+    # and the engine is free: a new request is served at once
+    assert create(client, server, max_output_tokens=2).status == "incomplete"
+
+
+def test_cancel_errors(client: openai.OpenAI, server: Any) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.responses.cancel("resp_missing")
+    foreground = create(client, server, max_output_tokens=1)
+    with pytest.raises(openai.BadRequestError, match="background=true"):
+        client.responses.cancel(foreground.id)
+    done = settled(client, create(client, server, background=True, max_output_tokens=2).id)
+    assert done.status == "incomplete"
+    with pytest.raises(openai.BadRequestError, match="incomplete"):
+        client.responses.cancel(done.id)
+    with pytest.raises(openai.BadRequestError, match="store"):
+        create(client, server, background=True, store=False)
+
+
+def test_deleting_a_running_background_response_stops_it(client: openai.OpenAI, server: Any) -> None:
+    queued = create(client, server, background=True, temperature=0, max_output_tokens=1500)
+    client.responses.delete(queued.id)
+    time.sleep(0.3)  # the task would have written its record again by now
+    assert server.store.get(queued.id) is None
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(queued.id)
+
+
+# --- logprobs -------------------------------------------------------------------------------
+
+LOGPROBS = ["message.output_text.logprobs"]
+
+
+def test_output_text_logprobs(client: openai.OpenAI, server: Any) -> None:
+    reply = create(client, server, temperature=0, include=LOGPROBS, top_logprobs=3)
+    assert reply.top_logprobs == 3
+    [part] = reply.output[0].content
+    assert len(part.logprobs) == reply.usage.output_tokens == 4
+    assert "".join(entry.token for entry in part.logprobs) == part.text
+    for entry in part.logprobs:
+        assert entry.logprob <= 0 and bytes(entry.bytes).decode() == entry.token
+        assert len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the best alternative is the token
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+        assert [top.logprob for top in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs),
+                                                                      reverse=True)
+    # the same numbers as chat completions' logprobs for the same prompt
+    chat = client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hello"}],
+                                          max_tokens=4, temperature=0, logprobs=True, top_logprobs=3)
+    assert [(e.token, e.bytes) for e in chat.choices[0].logprobs.content] == \
+        [(e.token, e.bytes) for e in part.logprobs]
+    assert [e.logprob for e in chat.choices[0].logprobs.content] == \
+        pytest.approx([e.logprob for e in part.logprobs], abs=1e-4)
+    # top_logprobs alone, or the include without top_logprobs
+    assert create(client, server, top_logprobs=2).output[0].content[0].logprobs == []
+    bare = create(client, server, include=LOGPROBS).output[0].content[0].logprobs
+    assert len(bare) == 4 and all(entry.top_logprobs == [] for entry in bare)
+    assert server.store.get(reply.id).output == reply.model_dump(mode="json", exclude_unset=True)
+
+
+def test_streamed_logprobs_go_with_their_deltas(client: openai.OpenAI, server: Any) -> None:
+    events = list(create(client, server, temperature=0, include=LOGPROBS, top_logprobs=2, stream=True))
+    deltas = [event for event in events if event.type == "response.output_text.delta"]
+    streamed = [entry for event in deltas for entry in event.logprobs]
+    assert len(streamed) == 4 and all(len(entry.top_logprobs) == 2 for entry in streamed)
+    for event in deltas:
+        assert "".join(entry.token for entry in event.logprobs) == event.delta
+    [part] = events[-1].response.output[0].content
+    assert [(e.token, e.logprob) for e in part.logprobs] == [(e.token, e.logprob) for e in streamed]
+    [done] = [event for event in events if event.type == "response.output_text.done"]
+    assert [e.token for e in done.logprobs] == [e.token for e in streamed]
+    plain = list(create(client, server, stream=True))
+    assert all(event.logprobs == [] for event in plain if event.type == "response.output_text.delta")

@@ -720,3 +720,31 @@ def test_recorder_counts_a_record_it_cannot_write(
         recorder.record(make_record(3, metadata={"poison": "yes"}))
         recorder.record(make_record(4))
         assert recorder.failed == 2 and poisoned.count() == 2
+
+
+def test_recorder_survives_a_waiter_that_went_away() -> None:
+    """A client that disconnects while its handler awaits the write cancels the future; the record is
+    still written and the writer thread lives on."""
+    from localoai.store import GenerationRecord, Recorder, SQLiteStore
+
+    store = SQLiteStore(":memory:")
+    recorder = Recorder(store)
+    gate = threading.Event()
+    original_put = store.put
+
+    def slow_put(record: GenerationRecord) -> None:
+        gate.wait(5)
+        original_put(record)
+
+    store.put = slow_put  # type: ignore[method-assign]
+    first = recorder.record(GenerationRecord(id="held", kind="chat.completion", model="m"))
+    abandoned = recorder.record(GenerationRecord(id="abandoned", kind="chat.completion", model="m"))
+    assert abandoned.cancel()  # the waiter went away before its turn came
+    gate.set()
+    assert first.result(timeout=5) is True
+    assert recorder.flush(timeout=5)
+    later = recorder.record(GenerationRecord(id="later", kind="chat.completion", model="m"))
+    assert later.result(timeout=5) is True
+    assert store.get("abandoned") is not None and store.get("later") is not None
+    assert recorder.failed == 0
+    recorder.close()

@@ -6,9 +6,10 @@ from quart import Quart
 
 from localoai.app.auth import require_api_key
 from localoai.app.errors import register_error_handlers
-from localoai.app.routes import chat, completions, models, responses, stored_chat, tokenize
+from localoai.app.routes import chat, completions, conversations, models, responses, stored_chat, tokenize
 from localoai.handlers.chat import ChatCompletions
 from localoai.handlers.completions import Completions
+from localoai.handlers.conversations import Conversations
 from localoai.handlers.responses import Responses
 from localoai.handlers.stored_chat import StoredChatCompletions
 from localoai.handlers.stored_responses import StoredResponses
@@ -28,5 +29,6 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
     app.register_blueprint(stored_chat.blueprint(StoredChatCompletions(served)))
     app.register_blueprint(completions.blueprint(Completions(served)))
     app.register_blueprint(responses.blueprint(Responses(served), StoredResponses(served)))
+    app.register_blueprint(conversations.blueprint(Conversations(served)))
     app.register_blueprint(tokenize.blueprint(served))
     return app

@@ -29,7 +29,7 @@ from openai.types.chat.chat_completion_token_logprob import TopLogprob
 
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
-from localoai.handlers.common import Generation, new_id, sampling_params, token_budget
+from localoai.handlers.common import Generation, new_id, sampling_params, token_budget, token_logprob
 from localoai.handlers.recording import record_generation
 from localoai.parsers.tool_calls import ToolCallStream, ToolParser
 from localoai.protocol.chat import ChatCompletionRequest
@@ -139,7 +139,8 @@ class ChatCompletions:
             )
             sent.append(ChatCompletionChunk(**{**header, "usage": usage}, choices=[]))
             recorded = True
-            await asyncio.wrap_future(self._record(prepared, header, generation, sent))
+            # Shielded: a disconnect during the wait must not cancel the write itself.
+            await asyncio.shield(asyncio.wrap_future(self._record(prepared, header, generation, sent)))
             if include_usage:
                 yield sent[-1]
         finally:
@@ -193,13 +194,9 @@ class ChatCompletions:
         )
 
     def _logprob(self, entry: TokenLogprob) -> ChatCompletionTokenLogprob:
-        token_texts = self.served.token_texts
-        text, data = token_texts(entry.token_id)
-        top = []
-        for token_id, value in entry.top:
-            alt_text, alt_bytes = token_texts(token_id)
-            top.append(TopLogprob(token=alt_text, bytes=alt_bytes, logprob=value))
-        return ChatCompletionTokenLogprob(token=text, bytes=data, logprob=entry.logprob, top_logprobs=top)
+        fields = token_logprob(self.served, entry)
+        top = [TopLogprob(**alternative) for alternative in fields.pop("top_logprobs")]
+        return ChatCompletionTokenLogprob(**fields, top_logprobs=top)
 
 
 class _ToolCalls:

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams
+from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams, TokenLogprob
 from localoai.engine.stream import RequestStream
 from localoai.errors import InvalidRequestError, ServerError
 from localoai.protocol.sampling import SamplingFields
@@ -20,6 +20,17 @@ from localoai.store.records import CompletionTrace, RecordStatus
 
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
+
+
+def token_logprob(served: ServedModel, entry: TokenLogprob) -> dict[str, Any]:
+    """One sampled token's logprob as OpenAI shows it (chat completions and Responses alike):
+    `token`, `bytes`, `logprob` and `top_logprobs` (each alternative's token, bytes and logprob)."""
+    text, data = served.token_texts(entry.token_id)
+    top = []
+    for token_id, value in entry.top:
+        alt_text, alt_bytes = served.token_texts(token_id)
+        top.append({"token": alt_text, "bytes": alt_bytes, "logprob": value})
+    return {"token": text, "bytes": data, "logprob": entry.logprob, "top_logprobs": top}
 
 
 def token_budget(served: ServedModel, prompt_tokens: int, requested: int | None, *, param: str) -> int:

@@ -139,7 +139,8 @@ class Completions:
             usage.prompt_tokens += len(prompt.token_ids)
             usage.completion_tokens += sum(len(sample.token_ids) for sample in generation.samples)
             recorded = True
-            await asyncio.wrap_future(self._record(prepared, number, header, generation, sent))
+            # Shielded: a disconnect during the wait must not cancel the write itself.
+            await asyncio.shield(asyncio.wrap_future(self._record(prepared, number, header, generation, sent)))
         finally:
             if not recorded:  # failed or cancelled: recorded as it stands, without waiting
                 self._record(prepared, number, header, generation, sent)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from localoai.handlers.common import Generation
 from localoai.protocol.base import RequestModel
 from localoai.served import ServedModel
-from localoai.store.records import GenerationRecord, RecordKind
+from localoai.store.records import GenerationRecord, RecordKind, RecordStatus
 
 
 def record_generation(
@@ -37,14 +37,20 @@ def record_generation(
     visible: bool = False,
     previous_response_id: str | None = None,
     input_items: list[dict[str, Any]] | None = None,
+    status: RecordStatus | None = None,
 ) -> Future[bool]:
     """Queue the record; the future resolves once it is written (see `Recorder.record`).
 
     `input_items` (responses): the resolved input items, replayed chain first, each with its id.
     They are kept in the record's `request["input_items"]` (not an OpenAI request field), which is
     what `GET /v1/responses/{id}/input_items` lists and what a later `previous_response_id` replays.
+
+    `status`: the record's status when it is not the generation's (a background response is
+    recorded "in_progress" before its generation starts).
     """
-    status = generation.status if generation is not None else "cancelled"
+    if status is None:
+        status = generation.status if generation is not None else "cancelled"
+        status = "failed" if status == "in_progress" else status
     body = request.model_dump(mode="json", exclude_unset=True)
     if input_items is not None:
         body["input_items"] = input_items
@@ -55,7 +61,7 @@ def record_generation(
             model=served.name,
             created_at=created,
             policy_version=served.policy_version,
-            status="failed" if status == "in_progress" else status,
+            status=status,
             request=body,
             prompt_text=prompt_text,
             prompt_token_ids=list(prompt_token_ids),

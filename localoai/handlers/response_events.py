@@ -19,6 +19,10 @@ has none); a `function_call` item by the first piece of a parsed call. The order
     then completed / incomplete (or failed).
 
 A response with no output at all (the model ended at once) still has one, empty, message.
+
+Logprobs (`include: ["message.output_text.logprobs"]`) come in as `common.token_logprob` dicts,
+with the text they belong to: the `output_text` part keeps every one (token, bytes, logprob,
+top_logprobs), the delta and done events carry them without `bytes`, as the SDK types define.
 """
 
 from __future__ import annotations
@@ -68,14 +72,23 @@ def usage(input_tokens: int, output_tokens: int) -> ResponseUsage:
     )
 
 
+def _event_logprobs(logprobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Logprobs as the text delta / done events carry them: no `bytes`."""
+    return [{"token": entry["token"], "logprob": entry["logprob"],
+             "top_logprobs": [{"token": top["token"], "logprob": top["logprob"]} for top in entry["top_logprobs"]]}
+            for entry in logprobs]
+
+
 @dataclass
 class _Message:
     id: str
     text: list[str] = field(default_factory=list)
     status: ItemStatus = "in_progress"
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
     def part(self) -> ResponseOutputText:
-        return ResponseOutputText(type="output_text", text="".join(self.text), annotations=[], logprobs=[])
+        return ResponseOutputText(type="output_text", text="".join(self.text), annotations=[],
+                                  logprobs=self.logprobs)
 
     def item(self, status: ItemStatus | None = None, *, with_part: bool = True) -> ResponseOutputMessage:
         return ResponseOutputMessage(id=self.id, type="message", role="assistant", status=status or self.status,
@@ -131,15 +144,17 @@ class ResponseEvents:
 
     # -- events, in stream order -----------------------------------------------------------
 
-    def created(self) -> ResponseCreatedEvent:
-        return self._event(ResponseCreatedEvent, type="response.created", response=self.response("in_progress", []))
+    def created(self, status: str = "in_progress") -> ResponseCreatedEvent:
+        """`status`: "queued" for a background response."""
+        return self._event(ResponseCreatedEvent, type="response.created", response=self.response(status, []))
 
     def in_progress(self) -> ResponseInProgressEvent:
         return self._event(ResponseInProgressEvent, type="response.in_progress",
                            response=self.response("in_progress", []))
 
-    def text_delta(self, delta: str) -> list[ResponseStreamEvent]:
-        """Content text: opens a message item first when none is open (closing an open call)."""
+    def text_delta(self, delta: str, logprobs: list[dict[str, Any]] | None = None) -> list[ResponseStreamEvent]:
+        """Content text (with its tokens' logprobs when they are included): opens a message item
+        first when none is open (closing an open call)."""
         events: list[ResponseStreamEvent] = []
         message = self._open
         if not isinstance(message, _Message):
@@ -152,8 +167,10 @@ class ResponseEvents:
             message = self.items[-1]
             assert isinstance(message, _Message)
         message.text.append(delta)
+        message.logprobs += logprobs or []
         events.append(self._event(ResponseTextDeltaEvent, type="response.output_text.delta", item_id=message.id,
-                                  output_index=len(self.items) - 1, content_index=0, delta=delta, logprobs=[]))
+                                  output_index=len(self.items) - 1, content_index=0, delta=delta,
+                                  logprobs=_event_logprobs(logprobs or [])))
         return events
 
     def call_delta(self, piece: StreamDelta) -> list[ResponseStreamEvent]:
@@ -232,7 +249,7 @@ class ResponseEvents:
         ids = {"item_id": item.id, "output_index": index, "content_index": 0}
         return [
             self._event(ResponseTextDoneEvent, type="response.output_text.done", text="".join(item.text),
-                        logprobs=[], **ids),
+                        logprobs=_event_logprobs(item.logprobs), **ids),
             self._event(ResponseContentPartDoneEvent, type="response.content_part.done", part=item.part(), **ids),
             self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
                         item=item.item()),

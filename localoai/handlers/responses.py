@@ -11,11 +11,25 @@ The streamed and the non-streamed answers come from the same event iterator: a n
 request returns the response its terminal event carries (`final_response`), so the two can
 never disagree. Every response is recorded (kind "response"), its resolved input items with it,
 so that a chain of any length can be replayed from the store.
+
+`background: true` runs the same event iterator in an asyncio task on the server loop (kept in
+`Responses.background` by response id until it ends): the create call answers at once with the
+`queued` response, recorded "in_progress" so that `GET /v1/responses/{id}` can poll it; the
+task records it again as it starts and when it ends. `cancel` cancels the task, which leaves the
+`Generation` block (the engine stops at its next decode step) and records the response
+`cancelled`. A streamed background response sends the task's events; a client that goes away
+stops reading them, not the task.
+
+With `include: ["message.output_text.logprobs"]` the engine reports `top_logprobs` alternatives
+and each text delta carries its tokens' logprobs (`common.token_logprob`, as chat shows them).
+Tokens without text (a partial character) lend theirs to the next text; with tools, a step's
+logprobs go with the content text of that step only (tool-call markup has none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
@@ -28,14 +42,22 @@ from openai.types.shared import Reasoning
 
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.engine.params import SampleDelta, SamplingParams
-from localoai.errors import NotFoundError, ServerError
-from localoai.handlers.common import Generation, new_id, token_budget
+from localoai.errors import InvalidRequestError, NotFoundError, ServerError
+from localoai.handlers.common import Generation, new_id, token_budget, token_logprob
 from localoai.handlers.recording import record_generation
 from localoai.handlers.response_events import ResponseEvents, final_response, usage
 from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
 from localoai.parsers.tool_calls import StreamDelta, ToolCallStream, ToolParser
-from localoai.protocol.responses import InputTokensRequest, ResponseCreateRequest, ResponseInputFields
+from localoai.protocol.responses import (
+    OUTPUT_LOGPROBS,
+    InputTokensRequest,
+    ResponseCreateRequest,
+    ResponseInputFields,
+)
 from localoai.served import ServedModel
+from localoai.store.records import RecordStatus
+
+logger = logging.getLogger(__name__)
 
 KIND = "response"
 FAILED = "The model failed while generating this response."
@@ -53,6 +75,33 @@ class PreparedResponse:
     """Set when function tools are offered (and not `tool_choice: none`) and the model's format is known."""
 
 
+@dataclass
+class _Run:
+    """One response as it is generated: its event builder and, once submitted, its generation."""
+
+    prepared: PreparedResponse
+    build: ResponseEvents
+    generation: Generation | None = None
+    cancelled_write: Future[bool] | None = None
+    """The write of the `cancelled` record, when the run was cancelled."""
+
+    @property
+    def id(self) -> str:
+        return str(self.build.settings["id"])
+
+
+@dataclass
+class _Background:
+    run: _Run
+    task: asyncio.Task[None]
+
+
+def _written(write: Future[bool]) -> Any:
+    """Await a record's write; cancelling the waiter must not cancel the write (the recorder's
+    future would then be resolved twice)."""
+    return asyncio.shield(asyncio.wrap_future(write))
+
+
 def previous_not_found(response_id: str) -> NotFoundError:
     return NotFoundError(f"Previous response with id '{response_id}' not found.", param="previous_response_id",
                          code="previous_response_not_found")
@@ -61,6 +110,8 @@ def previous_not_found(response_id: str) -> NotFoundError:
 class Responses:
     def __init__(self, served: ServedModel) -> None:
         self.served = served
+        self.background: dict[str, _Background] = {}
+        """Background responses still running, by response id; each removes itself when it ends."""
 
     async def prepare(self, request: ResponseCreateRequest) -> PreparedResponse:
         """Every check that can fail, before any generation starts."""
@@ -72,6 +123,7 @@ class Responses:
             max_tokens=budget,
             temperature=float(request.temperature if request.temperature is not None else 1.0),
             top_p=float(request.top_p if request.top_p is not None else 1.0),
+            logprobs=(request.top_logprobs or 0) if OUTPUT_LOGPROBS in (request.include or []) else None,
         )
         offered = request.tools if request.tool_choice != "none" else None
         parser = self.served.tool_parser([tool.name for tool in offered]) if offered else None
@@ -98,6 +150,9 @@ class Responses:
         record = await asyncio.to_thread(self.served.store.get, response_id)
         if record is None or record.kind != KIND or not record.store_visible:
             raise previous_not_found(response_id)
+        if record.status == "in_progress":
+            raise InvalidRequestError(f"Previous response with id '{response_id}' is still in progress.",
+                                      param="previous_response_id")
         return [*record.request.get("input_items", []), *record.output.get("output", [])]
 
     async def create(self, prepared: PreparedResponse) -> Response:
@@ -106,27 +161,82 @@ class Responses:
             raise ServerError(FAILED)
         return final_response(events)
 
-    async def events(self, prepared: PreparedResponse) -> AsyncIterator[ResponseStreamEvent]:
+    def events(self, prepared: PreparedResponse) -> AsyncIterator[ResponseStreamEvent]:
         """The response as OpenAI streams it; a failure after the first event is `response.failed`."""
-        served = self.served
-        build = ResponseEvents(settings=self._settings(prepared))
+        return self._stream(self._run(prepared))
+
+    def _run(self, prepared: PreparedResponse) -> _Run:
+        return _Run(prepared, ResponseEvents(settings=self._settings(prepared)))
+
+    # -- background ------------------------------------------------------------------------
+
+    async def start_background(
+        self, prepared: PreparedResponse, *, stream: bool = False,
+    ) -> tuple[Response, AsyncIterator[ResponseStreamEvent] | None]:
+        """Start a background response: the `queued` response (recorded before this returns, so
+        it can be polled), and with `stream` the events of the task as it runs."""
+        run = self._run(prepared)
+        queued = run.build.response("queued", [])
+        write = self._record(run, queued, status="in_progress")  # written before any of the task's
+        sink: asyncio.Queue[ResponseStreamEvent | None] | None = asyncio.Queue() if stream else None
+        task = asyncio.create_task(self._background(run, sink), name=f"response {run.id}")
+        self.background[run.id] = _Background(run, task)  # registered before a cancel can see the record
+        await _written(write)
+        return queued, (_drained(sink) if sink is not None else None)
+
+    async def _background(self, run: _Run, sink: asyncio.Queue[ResponseStreamEvent | None] | None) -> None:
+        try:
+            async for event in self._stream(run):
+                if event.type == "response.in_progress":  # pollers see it start
+                    self._record(run, event.response, status="in_progress")  # type: ignore[union-attr]
+                if sink is not None:
+                    sink.put_nowait(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a task's failure has no caller to go to; it is recorded
+            logger.exception("background response %s failed", run.id)
+        finally:
+            self.background.pop(run.id, None)
+            if sink is not None:
+                sink.put_nowait(None)
+
+    async def cancel(self, response_id: str) -> None:
+        """Stop a background response running here (no-op otherwise): its task is cancelled, the
+        engine stops at its next decode step, and the `cancelled` record is written before this
+        returns. What the client gets back is the stored response (see `StoredResponses.cancel`)."""
+        running = self.background.get(response_id)
+        if running is None or running.task.done():
+            return
+        running.task.cancel()
+        await asyncio.wait({running.task})
+        if running.run.cancelled_write is not None:
+            await _written(running.run.cancelled_write)
+
+    # -- the event stream ------------------------------------------------------------------
+
+    async def _stream(self, run: _Run) -> AsyncIterator[ResponseStreamEvent]:
+        served, prepared, build = self.served, run.prepared, run.build
         calls = prepared.tool_parser.stream() if prepared.tool_parser else None
-        generation: Generation | None = None
+        with_logprobs = prepared.params.logprobs is not None
+        pending: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
         recorded = False
         try:
-            yield build.created()
+            yield build.created("queued" if build.settings["background"] else "in_progress")
             yield build.in_progress()
             try:
                 async with Generation.running(served, prepared.prompt.token_ids, prepared.params) as generation:
+                    run.generation = generation
                     async for item in generation:
                         if isinstance(item, list):
                             for delta in item:
-                                for event in _shaped(build, calls, delta):
+                                if with_logprobs:
+                                    pending += [token_logprob(served, entry) for entry in delta.logprobs]
+                                for event in _shaped(build, calls, delta, pending):
                                     yield event
             except ServerError:  # the engine failed; its cause is in the record and the log
                 recorded = True
                 failed = build.failed(FAILED)
-                await asyncio.wrap_future(self._record(prepared, build, generation, failed.response))
+                await _written(self._record(run, failed.response))
                 yield failed
                 return
             sample = generation.samples[0]
@@ -139,12 +249,12 @@ class Responses:
                 incomplete=sample.finish_reason != "stop",  # "length" (or the engine's "abort")
             )
             recorded = True
-            await asyncio.wrap_future(self._record(prepared, build, generation, closing[-1].response))
+            await _written(self._record(run, closing[-1].response))
             for event in closing:
                 yield event
         finally:
             if not recorded:  # cancelled: recorded as it stands, without waiting
-                self._record(prepared, build, generation, build.snapshot("cancelled"))
+                run.cancelled_write = self._record(run, build.snapshot("cancelled"))
 
     def _settings(self, prepared: PreparedResponse) -> dict[str, Any]:
         """The `Response` fields echoed from the request, with OpenAI's defaults."""
@@ -154,7 +264,7 @@ class Responses:
             "object": "response",
             "created_at": int(time.time()),
             "model": self.served.name,
-            "background": False,
+            "background": request.background is True,
             "error": None,
             "incomplete_details": None,
             "instructions": request.instructions,
@@ -172,49 +282,67 @@ class Responses:
             "text": {"format": {"type": "text"}, "verbosity": "medium"},
             "tool_choice": request.tool_choice or "auto",
             "tools": [FunctionTool.model_validate(tool.model_dump()) for tool in request.tools or []],
-            "top_logprobs": 0,
+            "top_logprobs": request.top_logprobs or 0,
             "top_p": float(prepared.params.top_p),
             "truncation": request.truncation or "disabled",
             "usage": None,
             "user": request.user,
         }
 
-    def _record(
-        self, prepared: PreparedResponse, build: ResponseEvents, generation: Generation | None, response: Response,
-    ) -> Future[bool]:
-        request = prepared.request
+    def _record(self, run: _Run, response: Response, *, status: RecordStatus | None = None) -> Future[bool]:
+        request = run.prepared.request
         return record_generation(
             self.served,
-            record_id=build.settings["id"],
+            record_id=run.id,
             kind=KIND,
-            created=build.settings["created_at"],
+            created=run.build.settings["created_at"],
             request=request,
-            prompt_text=prepared.prompt.text,
-            prompt_token_ids=prepared.prompt.token_ids,
-            generation=generation,
+            prompt_text=run.prepared.prompt.text,
+            prompt_token_ids=run.prepared.prompt.token_ids,
+            generation=run.generation,
             output=response,
             metadata=request.metadata,
             visible=request.store is not False,
             previous_response_id=request.previous_response_id,
-            input_items=prepared.items,
+            input_items=run.prepared.items,
+            status=status,
         )
 
 
-def _shaped(build: ResponseEvents, calls: ToolCallStream | None, delta: SampleDelta) -> list[ResponseStreamEvent]:
-    """The events for one step of the sample: its text as content, or through the tool-call parser."""
+async def _drained(sink: asyncio.Queue[ResponseStreamEvent | None]) -> AsyncIterator[ResponseStreamEvent]:
+    """A background task's events as it sends them, until it ends."""
+    while (event := await sink.get()) is not None:
+        yield event
+
+
+def _shaped(
+    build: ResponseEvents, calls: ToolCallStream | None, delta: SampleDelta, pending: list[dict[str, Any]],
+) -> list[ResponseStreamEvent]:
+    """The events for one step of the sample: its text as content, or through the tool-call parser.
+    `pending` (the logprobs not sent yet) is emptied once text carries them."""
     if calls is None:
-        return build.text_delta(delta.text) if delta.text else []
+        if not delta.text:
+            return []
+        events = build.text_delta(delta.text, pending[:])
+        pending.clear()
+        return events
     parsed = calls.feed(delta.text) if delta.text else []
     if delta.finish_reason is not None:
         parsed += calls.finish()
-    return _parsed(build, parsed)
+    events = _parsed(build, parsed, pending[:])
+    pending.clear()
+    return events
 
 
-def _parsed(build: ResponseEvents, parsed: list[StreamDelta]) -> list[ResponseStreamEvent]:
+def _parsed(
+    build: ResponseEvents, parsed: list[StreamDelta], logprobs: list[dict[str, Any]] | None = None,
+) -> list[ResponseStreamEvent]:
+    """Events for parsed pieces; `logprobs` go with the first content piece."""
     events: list[ResponseStreamEvent] = []
     for piece in parsed:
         if piece.index is not None:
             events += build.call_delta(piece)
         elif piece.content:
-            events += build.text_delta(piece.content)
+            events += build.text_delta(piece.content, logprobs)
+            logprobs = None
     return events

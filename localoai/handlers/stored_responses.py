@@ -7,6 +7,7 @@ keeps every generation regardless, for traces. Store reads run in a worker threa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from localoai.errors import InvalidRequestError, NotFoundError
@@ -42,10 +43,23 @@ class StoredResponses:
         return {"id": response_id, "object": "response", "deleted": True}
 
     async def cancel(self, response_id: str) -> dict[str, Any]:
-        """Only background responses can be cancelled (as on OpenAI), and there are none yet."""
-        await self._visible(response_id)
-        raise InvalidRequestError("Only responses created with background=true can be cancelled; this server "
-                                  "does not run background responses yet.", param="response_id")
+        """The response after a cancel, as OpenAI answers: only background responses can be
+        cancelled; one cancelled already is returned unchanged, one that ended otherwise is a 400.
+        (A running one was stopped by `Responses.cancel` just before; a record still "in_progress"
+        here belongs to no task, the server having stopped while it ran: it is marked cancelled.)"""
+        record = await self._visible(response_id)
+        output = record.output
+        if not output.get("background"):
+            raise InvalidRequestError("Only responses created with background=true can be cancelled.",
+                                      param="response_id")
+        if output.get("status") == "cancelled":
+            return output
+        if record.status != "in_progress":
+            raise InvalidRequestError(f"Cannot cancel a response in status '{output.get('status')}'.",
+                                      param="response_id")
+        output = {**output, "status": "cancelled"}
+        await asyncio.to_thread(self.served.store.put, dataclasses.replace(record, status="cancelled", output=output))
+        return output
 
     async def input_items(self, response_id: str, query: ListQuery, include: list[str]) -> dict[str, Any]:
         """Every item the response was generated from: the replayed `previous_response_id` chain

@@ -206,8 +206,10 @@ class StreamOptions(RequestModel):
 
 
 # `include` values honoured: this server returns no reasoning items of its own, and keeps the
-# `encrypted_content` of reasoning input items only when asked (as OpenAI does).
-HONOURED_INCLUDES = frozenset({"reasoning.encrypted_content"})
+# `encrypted_content` of reasoning input items only when asked (as OpenAI does);
+# `message.output_text.logprobs` adds token logprobs (`top_logprobs` alternatives) to output text.
+HONOURED_INCLUDES = frozenset({"reasoning.encrypted_content", "message.output_text.logprobs"})
+OUTPUT_LOGPROBS = "message.output_text.logprobs"
 KNOWN_INCLUDES = frozenset({
     "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
     "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs",
@@ -219,9 +221,7 @@ def check_includes(include: list[str] | None, *, param: str = "include") -> None
     for index, value in enumerate(include or []):
         if value in HONOURED_INCLUDES:
             continue
-        if value == "message.output_text.logprobs":
-            why = "output logprobs are not supported on /v1/responses yet; use /v1/chat/completions with logprobs"
-        elif value in KNOWN_INCLUDES:
+        if value in KNOWN_INCLUDES:
             why = f"'{value}' belongs to a hosted tool or an input modality this server does not provide"
         else:
             why = f"unknown include value '{value}'"
@@ -338,14 +338,12 @@ class ResponseCreateRequest(ResponseInputFields):
 
     @model_validator(mode="after")
     def _create_policy(self) -> ResponseCreateRequest:
-        if self.background:
-            raise Unsupported("background responses are not supported yet", param="background")
+        if self.background and self.store is False:
+            raise InvalidParam("background responses must be stored: background=true requires store to be "
+                               "true (or omitted)", param="background")
         if self.prompt is not None:
             raise Unsupported("prompt templates are stored on OpenAI's platform and are not available here",
                               param="prompt")
-        if self.top_logprobs:
-            raise Unsupported("output logprobs are not supported on /v1/responses yet; "
-                              "use /v1/chat/completions with logprobs", param="top_logprobs")
         check_includes(self.include)
         if self.stream_options is not None and not self.stream:
             raise InvalidParam("stream_options is only allowed when stream is true", param="stream_options")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from localoai.store.base import CursorNotFound, Order, RecordFilter, RecordFilterArgs, Store
+from localoai.store.conversations import ConversationNotFound, ConversationStore, DuplicateItemId
 from localoai.store.recorder import Recorder
 from localoai.store.records import CompletionTrace, GenerationRecord, RecordKind, RecordStatus
 from localoai.store.sqlite import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_PATH, SQLiteStore
@@ -24,7 +25,10 @@ __all__ = [
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_PATH",
     "CompletionTrace",
+    "ConversationNotFound",
+    "ConversationStore",
     "CursorNotFound",
+    "DuplicateItemId",
     "GenerationRecord",
     "Order",
     "RecordFilter",

@@ -77,7 +77,7 @@ class Recorder:
                 self._queue.put_nowait((record, written))
                 return written
         logger.debug("recorder closed: writing %s synchronously", record.id)
-        written.set_result(self._write(record))
+        _resolve(written, self._write(record))
         return written
 
     def flush(self, timeout: float | None = 10.0) -> bool:
@@ -117,11 +117,12 @@ class Recorder:
                 continue
             record, written = item
             try:
-                written.set_result(self._write(record))
+                ok = self._write(record)
             except Exception:  # noqa: BLE001 - `_write` handles store errors; this is for anything else
                 self._count_failure()
                 logger.exception("recorder: could not write %r", record)
-                written.set_result(False)
+                ok = False
+            _resolve(written, ok)
 
     def _write(self, record: GenerationRecord) -> bool:
         """Put, retrying once (a transient error must not lose the record); never raises."""
@@ -142,3 +143,9 @@ class Recorder:
         # `record()` after `close` writes on the caller's thread, maybe while this one still runs.
         with self._failed_lock:
             self.failed += 1
+
+
+def _resolve(written: Future[bool], ok: bool) -> None:
+    """Tell the waiter; a waiter that went away (its future was cancelled) must not stop the writer."""
+    if written.set_running_or_notify_cancel():
+        written.set_result(ok)

@@ -20,6 +20,9 @@ def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
     @routes.post("/v1/responses")
     async def create() -> Response:
         prepared = await responses.prepare(parse_request(ResponseCreateRequest, await request.get_data()))
+        if prepared.request.background:
+            queued, events = await responses.start_background(prepared, stream=bool(prepared.request.stream))
+            return sse_response(events, typed=True) if events is not None else json_response(queued)
         if prepared.request.stream:
             return sse_response(responses.events(prepared), typed=True)
         return json_response(await responses.create(prepared))
@@ -36,10 +39,14 @@ def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
 
     @routes.delete("/v1/responses/<response_id>")
     async def delete(response_id: str) -> Response:
+        await stored.retrieve(response_id)  # a 404 first, for what is not visible
+        await responses.cancel(response_id)  # a running background response stops before it goes
         return json_response(await stored.delete(response_id))
 
     @routes.post("/v1/responses/<response_id>/cancel")
     async def cancel(response_id: str) -> Response:
+        await stored.retrieve(response_id)
+        await responses.cancel(response_id)  # stops it if it is running here in the background
         return json_response(await stored.cancel(response_id))
 
     @routes.get("/v1/responses/<response_id>/input_items")
