@@ -225,3 +225,31 @@ def test_store_is_thread_safe() -> None:
         mine = [item["id"] for item in items if item["id"].startswith(f"w{worker}-")]
         assert mine == [f"w{worker}-{i}" for i in range(25)]
     store.close()
+
+
+def test_responses_in_a_conversation_grow_it(client: Any, server: Any) -> None:
+    """`conversation` on responses.create: the conversation's items are the context, and the new
+    input and the output are appended once the response finishes."""
+    conversation = client.conversations.create(items=[{"type": "message", "role": "user", "content": "hello"}])
+    first = client.responses.create(model=server.model, conversation=conversation.id, input="and then?",
+                                    max_output_tokens=3)
+    assert first.conversation is not None and first.conversation.id == conversation.id
+    items = list(client.conversations.items.list(conversation.id, order="asc"))
+    assert [item.type for item in items] == ["message", "message", "message"]
+    assert [item.role for item in items] == ["user", "user", "assistant"]
+    assert items[-1].id == first.output[0].id
+
+    second = client.responses.create(model=server.model, conversation={"id": conversation.id}, input="more",
+                                     max_output_tokens=3)
+    assert second.usage.input_tokens > first.usage.input_tokens  # the whole conversation is in the prompt
+    record = server.store.get(second.id)
+    assert "hello" in record.prompt_text and "and then?" in record.prompt_text and "more" in record.prompt_text
+    assert len(list(client.conversations.items.list(conversation.id))) == 5
+
+    with pytest.raises(openai.BadRequestError) as both:
+        client.responses.create(model=server.model, conversation=conversation.id, previous_response_id=first.id,
+                                input="x", max_output_tokens=2)
+    assert both.value.body["param"] == "conversation"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.responses.create(model=server.model, conversation="conv_missing", input="x", max_output_tokens=2)
+    assert missing.value.body["param"] == "conversation"

@@ -312,7 +312,6 @@ def test_input_tokens_is_the_generation_prompt_length(client: openai.OpenAI, ser
     ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format", "json_schema"),
     ({"tool_choice": "required"}, "tool_choice", "constrained decoding"),
     ({"background": True, "store": False}, "background", "store"),
-    ({"conversation": "conv_1"}, "conversation", "Conversations"),
     ({"truncation": "auto"}, "truncation", "auto"),
     ({"include": ["file_search_call.results"]}, "include[0]", "file_search_call.results"),
     ({"reasoning": {"effort": "high"}}, "reasoning", "chat_template_kwargs"),

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from localoai.parsers import HermesToolParser, ParseResult, StreamDelta, ToolCallStream, tool_parser_for
+from localoai.parsers import HermesToolParser, ParseResult, StreamDelta, ToolCallStream, ToolParser, tool_parser_for
 from localoai.testing.tiny import CHAT_TEMPLATE
 
 TOOLS = ("get_weather", "search")
@@ -194,7 +194,10 @@ class Streamed:
     deltas: list[StreamDelta]
 
 
-def run_stream(stream: ToolCallStream, chunks: list[str]) -> Streamed:
+HEX_ID = r"call_[0-9a-f]{24}"
+
+
+def run_stream(stream: ToolCallStream, chunks: list[str], id_pattern: str = HEX_ID) -> Streamed:
     deltas = [delta for chunk in chunks for delta in stream.feed(chunk)] + stream.finish()
     content: list[str] = []
     ids: list[str] = []
@@ -208,7 +211,7 @@ def run_stream(stream: ToolCallStream, chunks: list[str]) -> Streamed:
             continue
         assert delta.index is not None and delta.arguments is not None
         if delta.index == len(ids):  # the first delta of a call
-            assert delta.id is not None and re.fullmatch(r"call_[0-9a-f]{24}", delta.id)
+            assert delta.id is not None and re.fullmatch(id_pattern, delta.id)
             assert delta.name
             ids.append(delta.id)
             names.append(delta.name)
@@ -236,21 +239,24 @@ def test_parse_golden(case: Case) -> None:
     assert len({call.id for call in result.tool_calls}) == len(result.tool_calls)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
-def test_stream_agrees_with_parse_at_every_split(case: Case) -> None:
+def assert_stream_agrees_at_every_split(parser: ToolParser, text: str, id_pattern: str = HEX_ID) -> None:
     """Every split into two and into three chunks, and one character at a time."""
-    parser = HermesToolParser(TOOLS)
-    expected = parser.parse(case.text)
-    text, n = case.text, len(case.text)
+    expected = parser.parse(text)
+    n = len(text)
     splits: list[list[str]] = [[text], list(text)]
     splits += [[text[:i], text[i:]] for i in range(n + 1)]
     splits += [[text[:i], text[i:j], text[j:]] for i in range(1, n) for j in range(i + 1, n)]
     for chunks in splits:
-        streamed = run_stream(parser.stream(), chunks)
+        streamed = run_stream(parser.stream(), chunks, id_pattern)
         where = f"chunks={chunks!r}"
         assert streamed.content == expected.content, where
         assert streamed.calls == calls_of(expected), where
         assert streamed.error == expected.error, where
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_stream_agrees_with_parse_at_every_split(case: Case) -> None:
+    assert_stream_agrees_at_every_split(HermesToolParser(TOOLS), case.text)
 
 
 def test_stream_shape_and_early_content() -> None:
@@ -342,7 +348,12 @@ def test_tool_parser_for_by_name_and_no_match() -> None:
         ("Qwen-Qwen2.5-7B-Instruct.jinja", "hermes"),
         ("Qwen-Qwen3-0.6B.jinja", "hermes"),
         ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", "hermes"),
-        ("meta-llama-Llama-3.1-8B-Instruct.jinja", None),
+        ("meta-llama-Llama-3.1-8B-Instruct.jinja", "llama3_json"),
+        ("meta-llama-Llama-3.2-3B-Instruct.jinja", "llama3_json"),
+        ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral"),
+        ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "deepseek"),
+        ("microsoft-Phi-3.5-mini-instruct.jinja", None),
+        ("openai-gpt-oss-120b.jinja", None),  # harmony: not built yet
     ],
 )
 def test_tool_parser_for_real_templates(shared_fixtures: Path, filename: str, expected: str | None) -> None:

@@ -55,6 +55,7 @@ from localoai.protocol.responses import (
     ResponseInputFields,
 )
 from localoai.served import ServedModel
+from localoai.store.conversations import ConversationNotFound
 from localoai.store.records import RecordStatus
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class PreparedResponse:
     prompt: RenderedPrompt
     params: SamplingParams
     tool_parser: ToolParser | None = None
+    new_items_from: int = 0
+    """Where this request's own items start in `items` (before: the replayed chain or conversation)."""
     """Set when function tools are offered (and not `tool_choice: none`) and the model's format is known."""
 
 
@@ -116,7 +119,7 @@ class Responses:
     async def prepare(self, request: ResponseCreateRequest) -> PreparedResponse:
         """Every check that can fail, before any generation starts."""
         self.served.check_model(request.model)
-        items, prompt = await self._render(request)
+        items, prompt, new_from = await self._render(request)
         budget = token_budget(self.served, len(prompt.token_ids), request.max_output_tokens,
                               param="max_output_tokens")
         params = SamplingParams(
@@ -127,23 +130,55 @@ class Responses:
         )
         offered = request.tools if request.tool_choice != "none" else None
         parser = self.served.tool_parser([tool.name for tool in offered]) if offered else None
-        return PreparedResponse(request, items, prompt, params, parser)
+        return PreparedResponse(request, items, prompt, params, parser, new_from)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
         self.served.check_model(request.model)
-        _, prompt = await self._render(request)
+        _, prompt, _ = await self._render(request)
         return InputTokenCountResponse(object="response.input_tokens", input_tokens=len(prompt.token_ids))
 
-    async def _render(self, request: ResponseInputFields) -> tuple[list[dict[str, Any]], RenderedPrompt]:
-        earlier = await self._replay(request.previous_response_id) if request.previous_response_id else []
-        items = earlier + stored_items(request.input)
+    async def _render(self, request: ResponseInputFields) -> tuple[list[dict[str, Any]], RenderedPrompt, int]:
+        """The full item list (what came before, then this request's items), its rendering, and
+        where this request's items start."""
+        if request.conversation_id is not None:
+            earlier = await self._conversation(request.conversation_id)
+        else:
+            earlier = await self._replay(request.previous_response_id) if request.previous_response_id else []
+        new = stored_items(request.input)
+        if request.conversation_id is not None:
+            taken = {item.get("id") for item in earlier}
+            for index, item in enumerate(new):
+                if item.get("id") in taken:  # refused now: appending after generation must not fail
+                    raise InvalidRequestError(f"The conversation already has an item with id '{item['id']}'.",
+                                              param=f"input[{index}].id")
+        items = earlier + new
         prompt = render_chat(
             self.served.tokenizer,
             chat_messages(request.instructions, items),  # instructions are never carried over
             tools=chat_tools(request.tools) if request.tool_choice != "none" else None,
             template_kwargs=request.chat_template_kwargs,
         )
-        return items, prompt
+        return items, prompt, len(earlier)
+
+    async def _conversation(self, conversation_id: str) -> list[dict[str, Any]]:
+        try:
+            return await asyncio.to_thread(self.served.conversations.items, conversation_id)
+        except ConversationNotFound:
+            raise NotFoundError(f"Conversation with id '{conversation_id}' not found.", param="conversation",
+                                code="not_found") from None
+
+    async def _append_to_conversation(self, run: _Run, response: Response) -> None:
+        """A finished response's own input items and its output join its conversation."""
+        prepared = run.prepared
+        conversation_id = prepared.request.conversation_id
+        if conversation_id is None:
+            return
+        output = [item.model_dump(mode="json", exclude_none=True) for item in response.output]
+        try:
+            await asyncio.to_thread(self.served.conversations.add_items, conversation_id,
+                                    prepared.items[prepared.new_items_from :] + output)
+        except Exception:  # noqa: BLE001 - the response stands; the log says why the conversation did not grow
+            logger.exception("could not append response %s to conversation %s", run.id, conversation_id)
 
     async def _replay(self, response_id: str) -> list[dict[str, Any]]:
         """A stored response's full input (its own chain included) followed by its output."""
@@ -250,6 +285,7 @@ class Responses:
             )
             recorded = True
             await _written(self._record(run, closing[-1].response))
+            await self._append_to_conversation(run, closing[-1].response)  # type: ignore[union-attr]
             for event in closing:
                 yield event
         finally:
@@ -273,6 +309,7 @@ class Responses:
             "metadata": request.metadata or {},
             "parallel_tool_calls": request.parallel_tool_calls is not False,
             "previous_response_id": request.previous_response_id,
+            "conversation": {"id": request.conversation_id} if request.conversation_id else None,
             "prompt_cache_key": request.prompt_cache_key,
             "reasoning": Reasoning(effort=None, summary=None),
             "safety_identifier": request.safety_identifier,

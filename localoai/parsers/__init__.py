@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from localoai.parsers.tool_calls import (
     TOOL_PARSERS,
+    DeepSeekToolParser,
+    Llama3JsonToolParser,
+    MistralToolParser,
+    PythonicToolParser,
     HermesToolCallStream,
     HermesToolParser,
     ParsedToolCall,
@@ -19,6 +23,10 @@ from localoai.parsers.tool_calls import (
 
 __all__ = [
     "TOOL_PARSERS",
+    "DeepSeekToolParser",
+    "Llama3JsonToolParser",
+    "MistralToolParser",
+    "PythonicToolParser",
     "HermesToolCallStream",
     "HermesToolParser",
     "ParsedToolCall",

@@ -231,11 +231,15 @@ def check_includes(include: list[str] | None, *, param: str = "include") -> None
 # -- requests ------------------------------------------------------------------------------
 
 
+class ConversationRef(RequestModel):
+    id: str
+
+
 class ResponseInputFields(RequestModel):
     """What decides the prompt: shared by create and `input_tokens` so both render the same."""
 
     model: str | None = None
-    conversation: Any = None
+    conversation: str | ConversationRef | None = None
     input: str | list[InputItem] = []
     instructions: str | None = None
     parallel_tool_calls: StrictBool | None = None
@@ -248,6 +252,10 @@ class ResponseInputFields(RequestModel):
 
     # vLLM-style extra (in `extra_body`): passed to the chat template, e.g. {"enable_thinking": false}.
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
 
     @model_validator(mode="before")
     @classmethod
@@ -283,9 +291,9 @@ class ResponseInputFields(RequestModel):
     @model_validator(mode="after")
     def _field_policy(self) -> ResponseInputFields:
         fmt = self.text.format if self.text is not None else None
+        if self.conversation is not None and self.previous_response_id is not None:
+            raise InvalidParam("conversation and previous_response_id cannot both be given", param="conversation")
         refusals = {
-            "conversation": (self.conversation is not None,
-                             "the Conversations API is not supported yet; use previous_response_id"),
             "text.format": (
                 fmt is not None and fmt.type != "text",
                 "structured outputs (json_object / json_schema) are not supported yet; "
