@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.content import RefusalPart, RefusedPart
 from localoai.protocol.sampling import SamplingFields
 
 
@@ -20,32 +21,15 @@ class TextPart(RequestModel):
     text: str
 
 
-class RefusalPart(RequestModel):
-    type: Literal["refusal"]
-    refusal: str
-
-
-class _RefusedPart(RequestModel):
-    """A content part of a modality this server cannot read: refused, naming the type."""
-
-    model_config = {**RequestModel.model_config, "extra": "allow"}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        raise Unsupported(f"content parts of type '{kind}' are not supported: this server serves a text-only model")
-
-
-class ImagePart(_RefusedPart):
+class ImagePart(RefusedPart):
     type: Literal["image_url"]
 
 
-class AudioPart(_RefusedPart):
+class AudioPart(RefusedPart):
     type: Literal["input_audio"]
 
 
-class FilePart(_RefusedPart):
+class FilePart(RefusedPart):
     type: Literal["file"]
 
 

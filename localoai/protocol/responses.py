@@ -16,6 +16,7 @@ from pydantic import Discriminator, Field, StrictBool, StrictInt, Tag, model_val
 
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.content import RefusalPart, RefusedPart
 from localoai.protocol.sampling import Number
 from localoai.protocol.stored import ListQuery, parse_list_query
 
@@ -37,32 +38,15 @@ class OutputTextPart(RequestModel):
     logprobs: list[dict[str, Any]] | None = None
 
 
-class RefusalPart(RequestModel):
-    type: Literal["refusal"]
-    refusal: str
-
-
-class _RefusedPart(RequestModel):
-    """A part of a modality a text-only model cannot read: refused, naming its type."""
-
-    model_config = {**RequestModel.model_config, "extra": "allow"}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        raise Unsupported(f"content parts of type '{kind}' are not supported: this server serves a text-only model")
-
-
-class InputImagePart(_RefusedPart):
+class InputImagePart(RefusedPart):
     type: Literal["input_image"]
 
 
-class InputFilePart(_RefusedPart):
+class InputFilePart(RefusedPart):
     type: Literal["input_file"]
 
 
-class InputAudioPart(_RefusedPart):
+class InputAudioPart(RefusedPart):
     type: Literal["input_audio"]
 
 

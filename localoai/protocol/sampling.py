@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
-from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.base import InvalidParam, RequestModel
 
 Number = StrictFloat | StrictInt
 MAX_STOP_SEQUENCES = 4
