@@ -45,6 +45,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -237,6 +238,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--heads", type=int, default=None, help="attention heads (default: hidden size / 64)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: usable cores)")
+    parser.add_argument(
+        "--store", choices=("disk", "memory"), default="disk",
+        help="where the server records generations: a SQLite file as by default, but in a temporary "
+             "directory (disk), or ':memory:' (memory)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object of the figures at the end")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
@@ -251,12 +257,35 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def load_average() -> float | None:
-    """The 1-minute load average, to tell a quiet machine from a busy one (None where unknown)."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
+class OtherLoad:
+    """How much CPU other processes took while this run measured (Linux; `None` elsewhere).
+
+    Both sides are timed on a shared machine: the busy time of every CPU (`/proc/stat`) minus
+    this process's own CPU time, as a share of all the CPU time there was. Near 0 means the
+    figures describe this process alone; a large share means both sides were slowed.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as stat:
+                ticks = [int(value) for value in stat.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        own = sum(os.times()[:2])
+        return time.perf_counter(), busy, own
+
+    def share(self) -> float | None:
+        end = self._sample()
+        if self._start is None or end is None or end[0] <= self._start[0]:
+            return None
+        wall = end[0] - self._start[0]
+        other = (end[1] - self._start[1]) - (end[2] - self._start[2])
+        return max(0.0, other / (wall * (os.cpu_count() or 1)))
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -293,7 +322,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from localoai.testing import build_tiny_model
 
     began = time.perf_counter()
-    load_before = load_average()
     model, tokenizer = build_tiny_model(hidden_size=args.hidden_size, num_layers=args.layers, num_heads=heads)
     parameters = sum(p.numel() for p in model.parameters())
     prompt_ids = prompt_token_ids(tokenizer, MESSAGES)
@@ -306,7 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({threads} threads), transformers {transformers.__version__}, python {platform.python_version()}"
     )
 
-    server = localoai.start(model, tokenizer, port=0)
+    scratch = tempfile.TemporaryDirectory(prefix="localoai-latency-", ignore_cleanup_errors=True)
+    store = str(Path(scratch.name) / "store.sqlite3") if args.store == "disk" else ":memory:"
+    server = localoai.start(model, tokenizer, port=0, store=store)
+    other_load = OtherLoad()
     try:
         direct = Direct(model, prompt_ids)
         http = Http(server.client(max_retries=0), server.model)
@@ -329,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         interleaved(args.repeats, http.stream, direct.prefill_and_decode)
     finally:
         server.stop()
-    load_after = load_average()
+        scratch.cleanup()
+    other_share = other_load.share()
 
     reference = direct.generated[0]
     ids_match = all(ids == reference for ids in direct.generated) and all(ids == reference for ids in http.generated)
@@ -346,35 +378,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     completion_ratio = ratio(completion_http.median, completion_direct.median)
     ttft_ratio = ratio(ttft_text.median, prefill_decode.median)
     interval_ratio = ratio(interval.median, decode_step.median)
-    per_token_http = completion_http.median / TOKENS
-    per_token_direct = completion_direct.median / TOKENS
+
+    def row(label: str, served: Summary, reference: Summary, scale: float = 1.0) -> tuple[str, str, str, str]:
+        def cell(summary: Summary) -> str:
+            return f"{summary.median * scale * 1e3:.2f} ms ({summary.minimum * scale * 1e3:.2f})"
+
+        return label, cell(served), cell(reference), f"{ratio(served.median, reference.median):.3f}x"
 
     print()
-    print(f"median of {args.repeats} interleaved runs per side ({args.warmup} warm-up runs each first)")
+    print(f"median (minimum) of {args.repeats} interleaved runs per side, after {args.warmup} warm-up runs each")
     print(table([
-        (f"{TOKENS}-token greedy completion", ms(completion_http), ms(completion_direct), f"{completion_ratio:.3f}x"),
-        ("  per generated token", f"{per_token_http * 1e3:.2f} ms", f"{per_token_direct * 1e3:.2f} ms",
-         f"{ratio(per_token_http, per_token_direct):.3f}x"),
-        ("time to first token (stream, first text)", ms(ttft_text), ms(prefill_decode), f"{ttft_ratio:.3f}x"),
-        ("  first token chunk / prefill only", ms(ttft_token), ms(prefill), f"{ratio(ttft_token.median, prefill.median):.3f}x"),
-        ("per-token interval (stream) / decode step", f"{interval.median * 1e3:.2f} ms", f"{decode_step.median * 1e3:.2f} ms",
-         f"{interval_ratio:.3f}x"),
+        row(f"{TOKENS}-token greedy completion / generate()", completion_http, completion_direct),
+        row("  the same, per generated token", completion_http, completion_direct, 1 / TOKENS),
+        row("time to first text (stream) / prefill + 1 decode", ttft_text, prefill_decode),
+        row("time to first token chunk / prefill only", ttft_token, prefill),
+        row("per-token interval (stream) / 1 decode step", interval, decode_step),
     ]))
     print()
-    print(f"spread (min / q1 / q3): HTTP completion {completion_http.minimum * 1e3:.1f} / {completion_http.q1 * 1e3:.1f} / "
-          f"{completion_http.q3 * 1e3:.1f} ms; generate {completion_direct.minimum * 1e3:.1f} / "
-          f"{completion_direct.q1 * 1e3:.1f} / {completion_direct.q3 * 1e3:.1f} ms")
-    print(f"direct reference for time to first token: prefill + one decode step; first text chunk measured "
-          f"from before the request to the first chunk with delta.content")
     print(f"token ids: HTTP and generate() {'MATCH' if ids_match else 'DIFFER'} "
           f"({len(http.generated) + len(direct.generated)} runs compared); server prompt ids "
           f"{'match' if prompt_match else 'DIFFER from'} apply_chat_template")
     verdict = "holds" if completion_ratio <= TARGET_RATIO else "does NOT hold"
     print(f"target HTTP/direct <= {TARGET_RATIO:.2f}x {verdict} ({completion_ratio:.3f}x)")
-    print(f"total run time {time.perf_counter() - began:.1f} s; 1-minute load average {load_before} before, "
-          f"{load_after} after (this run itself keeps up to {threads} cores busy)")
-    if load_before is not None and load_before > 0.5:
-        print("warning: the machine was busy before this run started; other processes skew both sides")
+    contention = "unknown" if other_share is None else f"{other_share:.1%}"
+    print(f"total run time {time.perf_counter() - began:.1f} s; CPU taken by other processes while measuring: "
+          f"{contention} of the machine")
+    if other_share is not None and other_share > 0.05:
+        print("warning: the machine was busy with other work during this run; both sides were slowed by it")
 
     if args.json:
         figures = {
@@ -382,10 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config": {
                 "hidden_size": args.hidden_size, "layers": args.layers, "heads": heads, "parameters": parameters,
                 "prompt_tokens": len(prompt_ids), "generated_tokens": TOKENS, "repeats": args.repeats,
-                "warmup": args.warmup, "threads": threads, "usable_cores": usable_cores(),
+                "warmup": args.warmup, "store": args.store, "threads": threads, "usable_cores": usable_cores(),
                 "torch": torch.__version__, "transformers": transformers.__version__,
-                "python": platform.python_version(), "load_average_before": load_before,
-                "load_average_after": load_after,
+                "python": platform.python_version(),
+                "other_processes_cpu_share": None if other_share is None else round(other_share, 4),
             },
             "completion": {
                 "http": completion_http.as_ms(), "direct_generate": completion_direct.as_ms(),
