@@ -14,19 +14,24 @@ model object with the *same* prompt token ids:
    pass over the prompt (prefill) plus one decode step, and the median interval between
    consecutive token chunks against one direct decode step.
 
-Method. The two sides of each comparison are *interleaved*: run i times A then B, run i+1
-times B then A (A B B A A B ...). On a small, shared CPU the speed drifts during a run
-(frequency scaling, the page cache, other tenants, allocator warm-up); interleaving spreads
-the drift evenly over both sides instead of charging it to whichever ran second, and
-alternating the order cancels any effect of "running right after the other one". Both sides
-get the same warm-up runs first (the first calls pay for lazy initialisation). Figures are
-*medians* with the minimum and the interquartile range beside them: a latency distribution
-has a long right tail (a GC pause, a context switch, a noisy neighbour), and a mean would let
-one such outlier move the result, while the median describes the typical request. The
-garbage collector is run between measurements, never inside one.
+Method. The two sides of each comparison are *interleaved*: pair i runs A then B, pair i+1
+runs B then A (A B B A A B ...). On a small, shared CPU the speed drifts during a run
+(frequency scaling, caches, other tenants, allocator warm-up); interleaving spreads the drift
+evenly over both sides instead of charging it to whichever ran second, and alternating the
+order cancels any effect of "running right after the other one". Both sides get the same
+warm-up runs first (the first calls pay for lazy initialisation). Figures are *medians*, with
+the minimum beside them (and the quartiles in `--json`): a latency distribution has a long
+right tail (a GC pause, a context switch, a noisy neighbour), and a mean would let one such
+outlier move the result, while the median describes the typical request. The garbage
+collector runs before every measurement, never inside one; so every request arrives after a
+short idle gap, as an interactive request would, not hard on the heels of the previous one.
 
 `torch.set_num_threads` is set once, before the model is built and the server starts; the
 server's engine thread inherits it, so both sides use the same number of intra-op threads.
+The server records every generation (its default); `--store disk` (the default here) gives it
+a SQLite file in a temporary directory, as the default `localoai-store/` would be, without
+leaving one behind. On Linux the run also reports how much CPU *other* processes took while it
+measured, since on a shared 2-core machine that skews both sides.
 
 Run it from the repository root:
 
@@ -301,10 +306,6 @@ def table(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def ms(summary: Summary) -> str:
-    return f"{summary.median * 1e3:.1f} ms"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     threads = args.threads or usable_cores()
@@ -333,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"machine: {platform.machine()}, {usable_cores()} usable cores, torch {torch.__version__} "
         f"({threads} threads), transformers {transformers.__version__}, python {platform.python_version()}"
     )
+    print(f"server: localoai.start(model, tokenizer, port=0), generations recorded to a {args.store} store")
 
     scratch = tempfile.TemporaryDirectory(prefix="localoai-latency-", ignore_cleanup_errors=True)
     store = str(Path(scratch.name) / "store.sqlite3") if args.store == "disk" else ":memory:"

@@ -312,7 +312,7 @@ def test_visible_listings_walk_an_index_in_order(where: RecordFilter, index: str
     with SQLiteStore(":memory:") as store:
         clauses, params = _filters(where)
         sql = f"SELECT record FROM generations WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT 20"
-        plan = " ".join(row[-1] for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        plan = " ".join(row[-1] for row in store._db._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params))
     assert f"INDEX {index} (" in plan and "TEMP B-TREE" not in plan, plan
 
 

@@ -14,7 +14,7 @@ before conversations existed gains them on first open; their own schema version 
 
 Threads: its own connection to the file, with the record store's pragmas (WAL,
 `synchronous=NORMAL`, busy timeout), used under one lock: the same trade-offs as `SQLiteStore`
-(see `SQLiteStore._connect`), without reaching into that store's private connection. WAL lets the
+(see `localoai.store.database`), without reaching into that store's private connection. WAL lets the
 two connections read beside each other; their writes queue on SQLite's write lock. With
 `":memory:"` the connection is its own in-memory database, living as long as this store.
 """
@@ -26,15 +26,14 @@ import json
 import logging
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from localoai.store.base import CursorNotFound, Order, Store
-from localoai.store.sqlite import BUSY_TIMEOUT_S, SQLiteStore
+from localoai.store.database import Database
+from localoai.store.sqlite import SQLiteStore
 
 logger = logging.getLogger("localoai.store")
 
@@ -95,8 +94,7 @@ class ConversationStore:
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.memory = str(path) == ":memory:"
         self.path: Path | None = None if self.memory else Path(path).expanduser()
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = self._connect()
+        self._db = Database(self.path, create=self._create)
 
     @classmethod
     def beside(cls, store: Store) -> ConversationStore:
@@ -113,60 +111,18 @@ class ConversationStore:
 
     # -- connection --------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        if self.path is None:
-            conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            if self.path is not None:  # as SQLiteStore._configure (the journal mode is the file's anyway)
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)  # IF NOT EXISTS throughout: safe on every open, in any process
-            version = conn.execute("SELECT version FROM conversation_schema").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"store {self.path or ':memory:'} has conversation schema version {version}; this localoai "
-                    f"reads only version {SCHEMA_VERSION}: use another store path, or move this file away"
-                )
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError(f"{self!r} is closed")
-        return self._conn
-
-    def _write(self, work: Any, *args: Any) -> Any:
-        """Run `work(conn, *args)` in one write transaction, under the lock; an exception rolls
-        the whole call back (so a refused item leaves nothing written)."""
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn, *args)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
-            return result
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._connection()
+    def _create(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA)  # IF NOT EXISTS throughout: safe on every open, in any process
+        version = conn.execute("SELECT version FROM conversation_schema").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"store {self.path or ':memory:'} has conversation schema version {version}; this localoai "
+                f"reads only version {SCHEMA_VERSION}: use another store path, or move this file away"
+            )
 
     def close(self) -> None:
         """Idempotent. An in-memory store's conversations are gone afterwards."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
     # -- conversations -------------------------------------------------------------------
 
@@ -193,11 +149,11 @@ class ConversationStore:
                          (conversation["id"], conversation["created_at"], meta))
             _insert_items(conn, conversation["id"], 0, rows)
 
-        self._write(work)
+        self._db.write(work)
         return conversation
 
     def get(self, conversation_id: str) -> dict[str, Any] | None:
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             row = conn.execute("SELECT id, created_at, metadata FROM conversations WHERE id = ?",
                                (conversation_id,)).fetchone()
         return None if row is None else _conversation(row)
@@ -210,7 +166,7 @@ class ConversationStore:
             conn.execute("UPDATE conversations SET metadata = ? WHERE id = ?", (meta, conversation_id))
             return _conversation_row(conn, conversation_id)
 
-        return _conversation(self._write(work))
+        return _conversation(self._db.write(work))
 
     def delete(self, conversation_id: str) -> bool:
         """Delete a conversation and its items; False when there was none."""
@@ -219,7 +175,7 @@ class ConversationStore:
             conn.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
             return conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
 
-        return bool(self._write(work))
+        return bool(self._db.write(work))
 
     # -- items ---------------------------------------------------------------------------
 
@@ -234,12 +190,12 @@ class ConversationStore:
                 raise ConversationNotFound(conversation_id)
             _insert_items(conn, conversation_id, row[0], rows)
 
-        self._write(work)
+        self._db.write(work)
         return [dict(item) for item in items]
 
     def get_item(self, conversation_id: str, item_id: str) -> dict[str, Any] | None:
         """One item, or None. Raises `ConversationNotFound`."""
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             _conversation_row(conn, conversation_id)
             row = conn.execute("SELECT item FROM conversation_items WHERE conversation_id = ? AND id = ?",
                                (conversation_id, item_id)).fetchone()
@@ -255,7 +211,7 @@ class ConversationStore:
                                    (conversation_id, item_id)).rowcount
             return row if deleted else None
 
-        row = self._write(work)
+        row = self._db.write(work)
         return None if row is None else _conversation(row)
 
     def list_items(
@@ -268,7 +224,7 @@ class ConversationStore:
         if order not in ("asc", "desc"):
             raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
         descending = order == "desc"
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             _conversation_row(conn, conversation_id)
             where, params = "conversation_id = ?", [conversation_id]
             if after is not None:
@@ -286,7 +242,7 @@ class ConversationStore:
     def items(self, conversation_id: str) -> builtins.list[dict[str, Any]]:
         """Every item, oldest first (what a response in this conversation renders).
         Raises `ConversationNotFound`."""
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             _conversation_row(conn, conversation_id)
             rows = conn.execute("SELECT item FROM conversation_items WHERE conversation_id = ? ORDER BY position",
                                 (conversation_id,)).fetchall()

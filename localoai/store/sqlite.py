@@ -13,11 +13,11 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localoai.store.base import CursorNotFound, Order, RecordFilter
+from localoai.store.database import Database
 from localoai.store.records import GenerationRecord
 
 if TYPE_CHECKING:
@@ -33,8 +33,6 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 SCHEMA_VERSION = 2
 """`PRAGMA user_version` of the files this code writes. Version 1 (no `visible` column) was never
 released, so it is refused rather than migrated."""
-BUSY_TIMEOUT_S = 60.0
-"""How long a write waits for another process holding the database's write lock."""
 _BATCH = 256
 """Records per read in `iterate`/`export_jsonl`: memory stays flat whatever the store holds."""
 
@@ -111,8 +109,8 @@ ON CONFLICT (id) DO UPDATE SET
 class SQLiteStore:
     """A `Store` in one SQLite file, or in memory with `":memory:"`.
 
-    Threads: one connection, used under one lock (see `_connect`). Durability: WAL with
-    `synchronous=NORMAL` (see `_configure`). Bounds: `None` disables a limit; the record
+    Threads: one connection, used under one lock; durability: WAL with `synchronous=NORMAL`
+    (both explained in `localoai.store.database`). Bounds: `None` disables a limit; the record
     just written is never evicted, so one record larger than `max_bytes` is kept alone.
     """
 
@@ -130,11 +128,10 @@ class SQLiteStore:
         self.path: Path | None = None if self.memory else Path(path).expanduser()
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
         self._warned_full = False
-        self._conn: sqlite3.Connection | None = self._connect()
+        self._db = Database(self.path, create=self._create)
         try:
-            evicted = self._write(self._evict, -1)  # limits lower than when the file was written
+            evicted = self._db.write(self._evict, -1)  # limits lower than when the file was written
         except BaseException:
             self.close()
             raise
@@ -151,46 +148,7 @@ class SQLiteStore:
 
     # -- connection --------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        # One connection shared by every thread, each call holding `_lock`, rather than one per
-        # thread: SQLite takes one writer at a time whatever we do, and the lock queues this
-        # process's writers in Python instead of having them sleep-and-retry on SQLITE_BUSY;
-        # per-thread connections would each belong to their thread (the server's executor
-        # threads come and go), so `close()` could not close them. An in-memory database then
-        # needs no shared cache (whose table locks fail at once with SQLITE_LOCKED, which
-        # `busy_timeout` does not retry): the one connection is the database and lives as long
-        # as the store. The cost: this process's reads wait for its writes instead of running
-        # beside them as WAL allows; both are short (one indexed lookup, one page, one upsert),
-        # and JSON is encoded and parsed outside the lock, which is held only while SQLite works.
-        if self.path is None:
-            conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # `timeout` is SQLite's busy_timeout: waits for other processes using the same file.
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
-        try:
-            self._configure(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _configure(self, conn: sqlite3.Connection) -> None:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        if self.path is not None:
-            # WAL: a commit appends the transaction to the -wal file with write(2), and readers
-            # keep reading the last committed state while a write is under way.
-            # synchronous=NORMAL: no fsync at commit, only when the WAL is checkpointed into the
-            # database. A committed record is then in the OS page cache as soon as `put` returns,
-            # so it survives the process being killed (SIGKILL, OOM killer, a crashed CUDA
-            # kernel): the next open replays the WAL. Only an OS crash or power loss can lose
-            # the last transactions before a checkpoint, and even then the database is consistent
-            # (never corrupt). FULL would fsync every put for that case, which costs
-            # milliseconds per write on most disks.
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                logger.warning("store %s: SQLite refused WAL mode (journal_mode=%s)", self.path, mode)
-            conn.execute("PRAGMA synchronous = NORMAL")
+    def _create(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:  # a new database (two processes creating it at once is fine: IF NOT EXISTS)
             conn.executescript(_SCHEMA)
@@ -201,33 +159,6 @@ class SQLiteStore:
                 f"version {SCHEMA_VERSION} and does not convert files: use another store path, or move "
                 "this file away"
             )
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError(f"{self!r} is closed")
-        return self._conn
-
-    def _write(self, work: Any, *args: Any) -> Any:
-        """Run `work(conn, *args)` in one write transaction, under the lock."""
-        with self._lock:
-            conn = self._connection()
-            # IMMEDIATE takes SQLite's write lock first (waiting up to busy_timeout for another
-            # process): a transaction that read first and then wanted to write could fail with
-            # SQLITE_BUSY at once instead of waiting.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn, *args)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
-            return result
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._connection()
 
     # -- writes --------------------------------------------------------------------------
 
@@ -246,7 +177,7 @@ class SQLiteStore:
             len(text),  # ASCII JSON: characters are bytes
             text,
         )
-        evicted = self._write(self._upsert, row, metadata)
+        evicted = self._db.write(self._upsert, row, metadata)
         self._log_eviction(*evicted)
 
     def _upsert(
@@ -305,12 +236,12 @@ class SQLiteStore:
         def work(conn: sqlite3.Connection) -> bool:
             return conn.execute("DELETE FROM generations WHERE id = ?", (id,)).rowcount > 0
 
-        return bool(self._write(work))
+        return bool(self._db.write(work))
 
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, id: str) -> GenerationRecord | None:
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             row = conn.execute("SELECT record FROM generations WHERE id = ?", (id,)).fetchone()
         return None if row is None else GenerationRecord.from_json(row[0])
 
@@ -329,7 +260,7 @@ class SQLiteStore:
         # `before` alone wants the `limit` items nearest the cursor: read towards it, then flip.
         backwards = before is not None and after is None
         direction = _opposite(order) if backwards else _direction(order)
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             _cursors(conn, where, params, order, after, before)
             sql = f"SELECT record FROM generations{_where(where)} ORDER BY seq {direction} LIMIT ?"
             rows = conn.execute(sql, [*params, limit]).fetchall()
@@ -352,7 +283,7 @@ class SQLiteStore:
         """The matching records' JSON, a batch per lock hold; cursor ids are checked right away."""
         where, params = _filters(matching)
         direction = _direction(order)
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             _cursors(conn, where, params, order, after, before)
         step = "seq > ?" if direction == "ASC" else "seq < ?"
         sql = f"SELECT seq, record FROM generations{_where([*where, step])} ORDER BY seq {direction} LIMIT {_BATCH}"
@@ -362,7 +293,7 @@ class SQLiteStore:
             # consumer may write to the store (or stop) at any point.
             last = -1 if direction == "ASC" else 2**63 - 1
             while True:
-                with self._reading() as conn:
+                with self._db.reading() as conn:
                     rows = conn.execute(sql, [*params, last]).fetchall()
                 for _, text in rows:
                     yield text
@@ -374,7 +305,7 @@ class SQLiteStore:
 
     def count(self, **filters: Unpack[RecordFilterArgs]) -> int:
         where, params = _filters(RecordFilter(**filters))
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             if not where:
                 return int(conn.execute("SELECT entries FROM totals").fetchone()[0])
             return int(conn.execute(f"SELECT COUNT(*) FROM generations{_where(where)}", params).fetchone()[0])
@@ -409,12 +340,12 @@ class SQLiteStore:
     @property
     def evicted(self) -> int:
         """Records evicted over the database's life (kept in the file, so it survives restarts)."""
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             return int(conn.execute("SELECT evicted FROM totals").fetchone()[0])
 
     def stats(self) -> dict[str, int]:
         """`bytes` counts the records' JSON; `file_bytes` the database pages (indexes included)."""
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             entries, total, evicted = conn.execute("SELECT entries, bytes, evicted FROM totals").fetchone()
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -422,10 +353,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Closing the last connection checkpoints the WAL into the database file. Idempotent."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
 
 def _filters(where: RecordFilter) -> tuple[builtins.list[str], builtins.list[Any]]:
