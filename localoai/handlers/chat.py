@@ -114,8 +114,8 @@ class ChatCompletions:
         tool_calls = [_ToolCalls(prepared.tool_parser.stream()) for _ in range(prepared.params.n)] \
             if prepared.tool_parser else None
         try:
-            yield opening
             async with Generation.running(served, prepared.prompt.token_ids, prepared.params) as generation:
+                yield opening  # after submitting: the prefill runs while the role chunk goes out
                 async for item in generation:
                     if not isinstance(item, list):
                         continue
