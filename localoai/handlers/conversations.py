@@ -14,7 +14,7 @@ from typing import Any
 
 from localoai.errors import InvalidRequestError, NotFoundError
 from localoai.handlers.response_items import stored_items, without_encrypted_reasoning
-from localoai.handlers.stored_chat import list_page
+from localoai.handlers.stored import list_page
 from localoai.protocol.conversations import ConversationCreateRequest, ItemsCreateRequest
 from localoai.protocol.stored import ListQuery
 from localoai.served import ServedModel

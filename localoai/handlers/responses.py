@@ -45,6 +45,7 @@ from localoai.engine.params import SampleDelta, SamplingParams
 from localoai.errors import InvalidRequestError, NotFoundError, ServerError
 from localoai.handlers.common import Generation, new_id, token_budget, token_logprob
 from localoai.handlers.recording import record_generation
+from localoai.handlers.stored import visible_record
 from localoai.handlers.response_events import ResponseEvents, final_response, usage
 from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
 from localoai.parsers.tool_calls import StreamDelta, ToolCallStream, ToolParser
@@ -182,8 +183,8 @@ class Responses:
 
     async def _replay(self, response_id: str) -> list[dict[str, Any]]:
         """A stored response's full input (its own chain included) followed by its output."""
-        record = await asyncio.to_thread(self.served.store.get, response_id)
-        if record is None or record.kind != KIND or not record.store_visible:
+        record = await visible_record(self.served, response_id, KIND)
+        if record is None:
             raise previous_not_found(response_id)
         if record.status == "in_progress":
             raise InvalidRequestError(f"Previous response with id '{response_id}' is still in progress.",

@@ -1,7 +1,6 @@
 """Stored chat completions: list, retrieve, update metadata, delete, and their messages.
 
-Only completions created with `store: true` are visible here, as on OpenAI; the store keeps
-every generation regardless, for traces. Store reads run in a worker thread.
+Only completions created with `store: true` are visible here (see `handlers/stored.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ import asyncio
 from typing import Any
 
 from localoai.errors import NotFoundError
+from localoai.handlers.stored import list_page, visible_record
 from localoai.protocol.stored import ListQuery
 from localoai.served import ServedModel
 from localoai.store import CursorNotFound, GenerationRecord
@@ -26,24 +26,13 @@ def _as_object(record: GenerationRecord) -> dict[str, Any]:
     return {**record.output, "metadata": record.metadata}
 
 
-def list_page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
-    shown = data[:limit]
-    return {
-        "object": "list",
-        "data": shown,
-        "first_id": shown[0]["id"] if shown else None,
-        "last_id": shown[-1]["id"] if shown else None,
-        "has_more": len(data) > limit,
-    }
-
-
 class StoredChatCompletions:
     def __init__(self, served: ServedModel) -> None:
         self.served = served
 
     async def _visible(self, completion_id: str) -> GenerationRecord:
-        record = await asyncio.to_thread(self.served.store.get, completion_id)
-        if record is None or record.kind != KIND or not record.store_visible:
+        record = await visible_record(self.served, completion_id, KIND)
+        if record is None:
             raise _not_found(completion_id)
         return record
 

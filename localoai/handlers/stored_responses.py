@@ -1,7 +1,6 @@
 """Stored responses: retrieve, delete, and the input items a response was generated from.
 
-Only responses created with `store` true (the default) are visible here, as on OpenAI; the store
-keeps every generation regardless, for traces. Store reads run in a worker thread.
+Only responses created with `store` true (the default) are visible here (see `handlers/stored.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from typing import Any
 
 from localoai.errors import InvalidRequestError, NotFoundError
 from localoai.handlers.response_items import without_encrypted_reasoning
-from localoai.handlers.stored_chat import list_page
+from localoai.handlers.stored import list_page, visible_record
 from localoai.protocol.stored import ListQuery
 from localoai.served import ServedModel
 from localoai.store import GenerationRecord
@@ -29,8 +28,8 @@ class StoredResponses:
         self.served = served
 
     async def _visible(self, response_id: str) -> GenerationRecord:
-        record = await asyncio.to_thread(self.served.store.get, response_id)
-        if record is None or record.kind != KIND or not record.store_visible:
+        record = await visible_record(self.served, response_id, KIND)
+        if record is None:
             raise _not_found(response_id)
         return record
 
