@@ -16,6 +16,9 @@ has none); a `function_call` item by the first piece of a parsed call. The order
                        output_text.done, content_part.done, output_item.done
     per function call: output_item.added (empty arguments, in_progress),
                        function_call_arguments.delta..., function_call_arguments.done, output_item.done
+    per client tool call (custom, local_shell, shell, apply_patch; see `client_tools`), once whole:
+                       output_item.added, its type's events (custom_tool_call_input.delta / .done,
+                       shell_call_command.added / .delta / .done), output_item.done
     then completed / incomplete (or failed).
 
 A response with no output at all (the model ended at once) still has one, empty, message.
@@ -55,6 +58,7 @@ from openai.types.responses import (
 )
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
+from localoai.handlers.client_tools import ClientToolCall, ClientToolType
 from localoai.handlers.common import new_id
 from localoai.parsers.tool_calls import StreamDelta
 
@@ -115,8 +119,17 @@ class ResponseEvents:
 
     settings: dict[str, Any]
     sequence: int = 0
-    items: list[_Message | _FunctionCall] = field(default_factory=list)
+    items: list[_Message | _FunctionCall | ClientToolCall | _Whole] = field(default_factory=list)
     """The output items so far, in `output_index` order; only the last one may still be open."""
+    client_tools: dict[str, ClientToolType] = field(default_factory=dict)
+    """Offered client-executed tools by the name the model calls them: their calls become their own item types."""
+    call_errors: list[str] = field(default_factory=list)
+    """Why a client tool's call came back as a plain `function_call` (its arguments did not fit)."""
+    item_ids: list[str] = field(default_factory=list)
+    """Ids for the next output items, in order (a replay reuses the stored ones); new ones when empty."""
+
+    def _item_id(self, prefix: str) -> str:
+        return self.item_ids.pop(0) if self.item_ids else new_id(prefix)
 
     def _event(self, event_type: type[Any], **fields: Any) -> Any:
         event = event_type(sequence_number=self.sequence, **fields)
@@ -124,7 +137,7 @@ class ResponseEvents:
         return event
 
     @property
-    def _open(self) -> _Message | _FunctionCall | None:
+    def _open(self) -> _Message | _FunctionCall | ClientToolCall | _Whole | None:
         last = self.items[-1] if self.items else None
         return last if last is not None and last.status == "in_progress" else None
 
@@ -135,7 +148,7 @@ class ResponseEvents:
 
     def output(self) -> list[Any]:
         """The output items as they stand; one still open is `incomplete`."""
-        return [item.item("incomplete" if item.status == "in_progress" else None) for item in self.items]
+        return [_output_item(item, "incomplete" if item.status == "in_progress" else None) for item in self.items]
 
     @property
     def text(self) -> str:
@@ -179,11 +192,19 @@ class ResponseEvents:
         events: list[ResponseStreamEvent] = []
         if piece.id is not None:
             events += self._close()
-            call = _FunctionCall(id=new_id("fc_"), call_id=piece.id, name=piece.name or "")
-            self.items.append(call)
-            events.append(self._event(ResponseOutputItemAddedEvent, type="response.output_item.added",
-                                      output_index=len(self.items) - 1, item=call.item()))
+            kind = self.client_tools.get(piece.name or "")
+            if kind is not None:  # its events go out when it closes, whole
+                self.items.append(ClientToolCall(kind=kind, call_id=piece.id, name=piece.name or "",
+                                                 id=self.item_ids.pop(0) if self.item_ids else ""))
+            else:
+                call = _FunctionCall(id=self._item_id("fc_"), call_id=piece.id, name=piece.name or "")
+                self.items.append(call)
+                events.append(self._event(ResponseOutputItemAddedEvent, type="response.output_item.added",
+                                          output_index=len(self.items) - 1, item=call.item()))
         call = self._open
+        if isinstance(call, ClientToolCall):
+            call.arguments.append(piece.arguments or "")
+            return events
         if not isinstance(call, _FunctionCall):
             raise ValueError("a tool-call fragment arrived before its call was opened")
         if piece.arguments:
@@ -208,6 +229,32 @@ class ResponseEvents:
             closing.append(self._event(ResponseCompletedEvent, type="response.completed", response=response))
         return closing
 
+    def whole_item(self, item: Any) -> list[ResponseStreamEvent]:
+        """An output item that is streamed whole (added, then done): a replayed item of a type
+        with no deltas of its own here."""
+        events = self._close()
+        self.items.append(_Whole(item))
+        index = len(self.items) - 1
+        return [*events,
+                self._event(ResponseOutputItemAddedEvent, type="response.output_item.added", output_index=index,
+                            item=item),
+                self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
+                            item=item)]
+
+    def ended(self, response: Response) -> list[ResponseStreamEvent]:
+        """The closing events of a replayed response: the open item done with the response's
+        status, then its terminal event carrying `response` as it was stored (none for a response
+        that was cancelled: OpenAI has no event for that)."""
+        incomplete = response.status in ("incomplete", "cancelled", "failed")
+        closing = self._open_message() if response.output and not self.items else []  # one empty message
+        closing += self._close("incomplete" if incomplete else "completed")
+        terminal = {"completed": (ResponseCompletedEvent, "response.completed"),
+                    "incomplete": (ResponseIncompleteEvent, "response.incomplete"),
+                    "failed": (ResponseFailedEvent, "response.failed")}.get(response.status or "")
+        if terminal is not None:
+            closing.append(self._event(terminal[0], type=terminal[1], response=response))
+        return closing
+
     def failed(self, message: str) -> ResponseFailedEvent:
         """A failure after the stream began: the output so far (an open item incomplete), and the error."""
         response = self.response("failed", self.output(), error={"code": "server_error", "message": message})
@@ -220,7 +267,7 @@ class ResponseEvents:
     # -- opening and closing items ---------------------------------------------------------
 
     def _open_message(self) -> list[ResponseStreamEvent]:
-        message = _Message(id=new_id("msg_"))
+        message = _Message(id=self._item_id("msg_"))
         self.items.append(message)
         index = len(self.items) - 1
         return [
@@ -237,6 +284,18 @@ class ResponseEvents:
         if item is None:
             return []
         index = len(self.items) - 1
+        if isinstance(item, ClientToolCall):
+            try:
+                return item.closing_events(index, self._event)
+            except ValueError as exc:  # not a valid item of its type: a plain function call, traced
+                self.call_errors.append(str(exc))
+                item = self.items[index] = _as_function_call(item)
+                added = self._event(ResponseOutputItemAddedEvent, type="response.output_item.added",
+                                    output_index=index, item=item.item().model_copy(update={"arguments": ""}))
+                delta = self._event(ResponseFunctionCallArgumentsDeltaEvent,
+                                    type="response.function_call_arguments.delta", item_id=item.id,
+                                    output_index=index, delta="".join(item.arguments))
+                return [added, delta, *self._close()]
         if isinstance(item, _FunctionCall):
             item.status = "completed"
             return [
@@ -254,6 +313,30 @@ class ResponseEvents:
             self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
                         item=item.item()),
         ]
+
+
+@dataclass
+class _Whole:
+    """An item streamed whole; it is never open."""
+
+    whole: Any
+    status: str = "completed"
+
+    def item(self, status: ItemStatus | None = None) -> Any:
+        return self.whole
+
+
+def _as_function_call(call: ClientToolCall) -> _FunctionCall:
+    return _FunctionCall(id=new_id("fc_"), call_id=call.call_id, name=call.name, arguments=call.arguments)
+
+
+def _output_item(item: _Message | _FunctionCall | ClientToolCall | _Whole, status: ItemStatus | None) -> Any:
+    if isinstance(item, ClientToolCall):
+        try:
+            return item.item(status)
+        except ValueError:
+            return _as_function_call(item).item(status)
+    return item.item(status)
 
 
 def final_response(events: Iterable[ResponseStreamEvent]) -> Response:

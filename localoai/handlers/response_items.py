@@ -7,7 +7,8 @@ rendered from it, `input_items` lists it, and a later `previous_response_id` rep
 Rendering (`chat_messages`): `instructions` and every `system`/`developer` message are merged into
 ONE leading system message (chat templates expect at most one, first); `function_call` items
 become assistant `tool_calls` (attached to the assistant message just before them, if any) and
-`function_call_output` items `tool` messages. `reasoning` items are accepted and listed but not
+`function_call_output` items `tool` messages, and so do the calls and outputs of tools the client
+executes (`custom_tool_call`, `shell_call`, ...; see `client_tools`). `reasoning` items are accepted and listed but not
 rendered: the chat template has no slot for an earlier turn's reasoning, and what a template does
 with it is model-specific; rendering them belongs to reasoning parsing (its own issue).
 """
@@ -19,13 +20,13 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from localoai.handlers.client_tools import CLIENT_ITEMS, chat_tool_call, function_definition, stored_item, tool_result
 from localoai.handlers.common import new_id
 from localoai.protocol.chat import FunctionTool as ChatFunctionTool
 from localoai.protocol.chat import Message
 from localoai.protocol.responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
-    FunctionTool,
     InputItem,
     MessageItem,
     ReasoningItem,
@@ -71,6 +72,8 @@ def stored_items(given: str | Sequence[InputItem]) -> list[dict[str, Any]]:
             })
         elif isinstance(item, ReasoningItem):
             items.append({**item.model_dump(mode="json", exclude_none=True), "id": item.id or new_id("rs_")})
+        elif isinstance(item, CLIENT_ITEMS):
+            items.append(stored_item(item))
         else:  # the protocol's allow-list and this function must name the same types
             raise TypeError(f"unhandled input item {type(item).__name__}")
     return items
@@ -103,28 +106,38 @@ def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]]) -> 
             else:
                 messages.append({"role": item["role"], "content": _text(item["content"])})
         elif kind == "function_call":
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
-            if messages and messages[-1]["role"] == "assistant":
-                messages[-1].setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            _add_tool_call(messages, {"id": item["call_id"], "type": "function",
+                                      "function": {"name": item["name"], "arguments": item["arguments"]}})
+        elif (call := chat_tool_call(item)) is not None:
+            _add_tool_call(messages, call)
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _text(item["output"])})
+        elif (result := tool_result(item)) is not None:
+            messages.append({"role": "tool", "tool_call_id": result[0], "content": result[1]})
         # "reasoning": listed, not rendered (see the module docstring)
     if system:
         messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return _MESSAGES.validate_python(messages)
 
 
-def chat_tools(tools: Sequence[FunctionTool] | None) -> list[ChatFunctionTool] | None:
-    """Responses' flat function tools in the chat shape the template is written for."""
+def _add_tool_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
+    """A call joins the assistant message just before it, if any (one turn, several calls)."""
+    if messages and messages[-1]["role"] == "assistant":
+        messages[-1].setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def chat_tools(tools: Sequence[Any] | None) -> list[ChatFunctionTool] | None:
+    """Responses' flat function tools in the chat shape the template is written for; the tools the
+    client executes as the functions they are offered as (see `client_tools`)."""
     if not tools:
         return None
     return [
         ChatFunctionTool.model_validate({
             "type": "function",
-            "function": tool.model_dump(include={"name", "description", "parameters"}, exclude_none=True),
+            "function": function_definition(tool)
+            or tool.model_dump(include={"name", "description", "parameters"}, exclude_none=True),
         })
         for tool in tools
     ]

@@ -3,7 +3,9 @@ Responses stream events; `input_tokens` counts the same rendering.
 
 When function tools are offered (and `tool_choice` is not "none"), the model's text runs through
 the served model's tool-call parser, as on chat completions: content goes to `message` items, each
-parsed call becomes a `function_call` item (`call_id` is the parser's `call_...` id), and markup
+parsed call becomes a `function_call` item (`call_id` is the parser's `call_...` id; a call of a
+tool the client executes, `custom` / `local_shell` / `shell` / `apply_patch`, becomes that tool's
+own item type, see `client_tools`), and markup
 that does not parse stays in the content, its reason kept in the sample's trace
 (`tool_parse_error`).
 
@@ -36,19 +38,22 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from openai.types.responses import FunctionTool, Response, ResponseStreamEvent
+from openai.types.responses import Response, ResponseStreamEvent, Tool
 from openai.types.responses.input_token_count_response import InputTokenCountResponse
 from openai.types.shared import Reasoning
+from pydantic import TypeAdapter
 
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.engine.params import SampleDelta, SamplingParams
 from localoai.errors import InvalidRequestError, NotFoundError, ServerError
+from localoai.handlers.client_tools import client_tool_types
 from localoai.handlers.common import Generation, new_id, token_budget, token_logprob
 from localoai.handlers.recording import record_generation
 from localoai.handlers.stored import visible_record
 from localoai.handlers.response_events import ResponseEvents, final_response, usage
 from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
 from localoai.parsers.tool_calls import StreamDelta, ToolCallStream, ToolParser
+from localoai.protocol.client_tools import offered_name
 from localoai.protocol.responses import (
     OUTPUT_LOGPROBS,
     InputTokensRequest,
@@ -62,6 +67,7 @@ from localoai.store.records import RecordStatus
 logger = logging.getLogger(__name__)
 
 KIND = "response"
+_TOOL: TypeAdapter[Tool] = TypeAdapter(Tool)
 FAILED = "The model failed while generating this response."
 
 
@@ -130,7 +136,7 @@ class Responses:
             logprobs=(request.top_logprobs or 0) if OUTPUT_LOGPROBS in (request.include or []) else None,
         )
         offered = request.tools if request.tool_choice != "none" else None
-        parser = self.served.tool_parser([tool.name for tool in offered]) if offered else None
+        parser = self.served.tool_parser([offered_name(tool) for tool in offered]) if offered else None
         return PreparedResponse(request, items, prompt, params, parser, new_from)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
@@ -202,7 +208,8 @@ class Responses:
         return self._stream(self._run(prepared))
 
     def _run(self, prepared: PreparedResponse) -> _Run:
-        return _Run(prepared, ResponseEvents(settings=self._settings(prepared)))
+        client_tools = client_tool_types(prepared.request.tools) if prepared.tool_parser else {}
+        return _Run(prepared, ResponseEvents(settings=self._settings(prepared), client_tools=client_tools))
 
     # -- background ------------------------------------------------------------------------
 
@@ -248,6 +255,22 @@ class Responses:
         if running.run.cancelled_write is not None:
             await _written(running.run.cancelled_write)
 
+    async def cancel_all(self) -> None:
+        """Cancel every background response still running: the server is stopping, and a record
+        left `in_progress` would never end. Each is recorded `cancelled` before this returns."""
+        for response_id in list(self.background):
+            await self.cancel(response_id)
+
+    async def finished(self, response_id: str) -> None:
+        """Wait until a background response running here has ended and its record is written (at
+        once when none runs). Cancelling the waiter leaves the response running."""
+        running = self.background.get(response_id)
+        if running is None:
+            return
+        await asyncio.wait({running.task})
+        if running.run.cancelled_write is not None:
+            await _written(running.run.cancelled_write)
+
     # -- the event stream ------------------------------------------------------------------
 
     async def _stream(self, run: _Run) -> AsyncIterator[ResponseStreamEvent]:
@@ -279,7 +302,7 @@ class Responses:
             if calls is not None:
                 for event in _parsed(build, calls.finish()):  # nothing left if the last delta ended it
                     yield event
-                sample.tool_parse_error = calls.error
+                sample.tool_parse_error = "; ".join(filter(None, [calls.error, *build.call_errors])) or None
             closing = build.finished(
                 usage(len(prepared.prompt.token_ids), len(sample.token_ids)),
                 incomplete=sample.finish_reason != "stop",  # "length" (or the engine's "abort")
@@ -319,7 +342,7 @@ class Responses:
             "temperature": float(prepared.params.temperature),
             "text": {"format": {"type": "text"}, "verbosity": "medium"},
             "tool_choice": request.tool_choice or "auto",
-            "tools": [FunctionTool.model_validate(tool.model_dump()) for tool in request.tools or []],
+            "tools": [_TOOL.validate_python(tool.model_dump(exclude_none=True)) for tool in request.tools or []],
             "top_logprobs": request.top_logprobs or 0,
             "top_p": float(prepared.params.top_p),
             "truncation": request.truncation or "disabled",

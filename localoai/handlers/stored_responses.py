@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+from openai.types.responses import Response, ResponseStreamEvent
 
 from localoai.errors import InvalidRequestError, NotFoundError
 from localoai.handlers.response_items import without_encrypted_reasoning
+from localoai.handlers.response_replay import item_events, opening_events, replay_builder
 from localoai.handlers.stored import list_page, visible_record
 from localoai.protocol.stored import ListQuery
 from localoai.served import ServedModel
@@ -35,6 +39,34 @@ class StoredResponses:
 
     async def retrieve(self, response_id: str) -> dict[str, Any]:
         return (await self._visible(response_id)).output
+
+    async def stream(
+        self, response_id: str, starting_after: int | None, finished: Callable[[str], Awaitable[None]],
+    ) -> AsyncIterator[ResponseStreamEvent]:
+        """The response's events, replayed from the store (see `response_replay`); only those after
+        `starting_after`. A background response still running sends its opening events at once and
+        the rest once `finished` says it ended."""
+        record = await self._visible(response_id)  # a 404 before the stream starts
+        response = Response.model_validate(record.output)
+        build = replay_builder(response)
+
+        async def events() -> AsyncIterator[ResponseStreamEvent]:
+            ended = response
+            for event in opening_events(build, response):
+                if starting_after is None or event.sequence_number > starting_after:
+                    yield event
+            if record.status == "in_progress":
+                await finished(response_id)
+                latest = await visible_record(self.served, response_id, KIND)
+                if latest is None:  # deleted meanwhile
+                    return
+                ended = Response.model_validate(latest.output)
+                build.item_ids = [item.id for item in ended.output if item.id]
+            for event in item_events(build, ended):
+                if starting_after is None or event.sequence_number > starting_after:
+                    yield event
+
+        return events()
 
     async def delete(self, response_id: str) -> dict[str, Any]:
         await self._visible(response_id)

@@ -10,12 +10,31 @@ computer use, image generation, MCP, ...) are refused by name: a local model has
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, StrictBool, StrictInt, Tag, model_validator
 
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.client_tools import (
+    CLIENT_CALL_ITEMS,
+    CLIENT_TOOL_TYPES,
+    ApplyPatchCallItem,
+    ApplyPatchCallOutputItem,
+    ApplyPatchTool,
+    CustomTool,
+    CustomToolCallItem,
+    CustomToolCallOutputItem,
+    LocalShellCallItem,
+    LocalShellCallOutputItem,
+    LocalShellTool,
+    ShellCallItem,
+    ShellCallOutputItem,
+    ShellTool,
+    check_shell_environment,
+    offered_name,
+)
 from localoai.protocol.content import RefusalPart, RefusedPart
 from localoai.protocol.sampling import Number
 from localoai.protocol.stored import ListQuery, parse_list_query
@@ -133,19 +152,25 @@ InputItem = Annotated[
         Annotated[FunctionCallItem, Tag("function_call")],
         Annotated[FunctionCallOutputItem, Tag("function_call_output")],
         Annotated[ReasoningItem, Tag("reasoning")],
+        Annotated[CustomToolCallItem, Tag("custom_tool_call")],
+        Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")],
+        Annotated[LocalShellCallItem, Tag("local_shell_call")],
+        Annotated[LocalShellCallOutputItem, Tag("local_shell_call_output")],
+        Annotated[ShellCallItem, Tag("shell_call")],
+        Annotated[ShellCallOutputItem, Tag("shell_call_output")],
+        Annotated[ApplyPatchCallItem, Tag("apply_patch_call")],
+        Annotated[ApplyPatchCallOutputItem, Tag("apply_patch_call_output")],
     ],
     Discriminator(_item_type),
 ]
-INPUT_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning"})
+INPUT_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning", *CLIENT_CALL_ITEMS})
 
 # Item types of the OpenAI reference that belong to hosted tools (or to features not built yet).
 HOSTED_ITEM_TYPES = frozenset({
     "file_search_call", "computer_call", "computer_call_output", "web_search_call", "image_generation_call",
-    "code_interpreter_call", "local_shell_call", "local_shell_call_output", "shell_call", "shell_call_output",
-    "apply_patch_call", "apply_patch_call_output", "mcp_list_tools", "mcp_approval_request",
-    "mcp_approval_response", "mcp_call", "custom_tool_call", "custom_tool_call_output", "tool_search_call",
-    "tool_search_output", "additional_tools", "configuration_update", "compaction", "compaction_trigger",
-    "program", "program_output",
+    "code_interpreter_call", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
+    "tool_search_call", "tool_search_output", "additional_tools", "configuration_update", "compaction",
+    "compaction_trigger", "program", "program_output",
 })
 
 # -- tools and text ------------------------------------------------------------------------
@@ -165,8 +190,11 @@ class FunctionTool(RequestModel):
 HOSTED_TOOLS = frozenset({
     "web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26", "file_search",
     "code_interpreter", "computer_use_preview", "computer", "computer_use", "image_generation", "mcp",
-    "local_shell", "shell", "apply_patch", "tool_search", "programmatic_tool_calling",
+    "tool_search", "programmatic_tool_calling",
 })
+Tool = Annotated[
+    Union[FunctionTool, CustomTool, LocalShellTool, ShellTool, ApplyPatchTool], Field(discriminator="type")
+]
 
 
 class TextFormat(RequestModel):
@@ -231,7 +259,7 @@ class ResponseInputFields(RequestModel):
     reasoning: ReasoningConfig | None = None
     text: TextConfig | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
-    tools: list[FunctionTool] | None = None
+    tools: list[Tool] | None = None
     truncation: Literal["auto", "disabled"] | None = None
 
     # vLLM-style extra (in `extra_body`): passed to the chat template, e.g. {"enable_thinking": false}.
@@ -266,10 +294,12 @@ class ResponseInputFields(RequestModel):
             kind = tool.get("type") if isinstance(tool, Mapping) else None
             if kind in HOSTED_TOOLS:
                 raise Unsupported(f"'{kind}' is a hosted OpenAI tool and is not available on a local model; "
-                                  "only function tools are supported", param=f"tools[{index}].type")
-            if kind not in ("function", None):
-                raise Unsupported(f"tools of type {kind!r} are not supported; only function tools are",
-                                  param=f"tools[{index}].type")
+                                  "only tools the client executes (function, custom, local_shell, shell, "
+                                  "apply_patch) are supported", param=f"tools[{index}].type")
+            if kind == "shell":
+                check_shell_environment(tool, param=f"tools[{index}].environment")
+            if kind not in ("function", None, *CLIENT_TOOL_TYPES):
+                raise Unsupported(f"tools of type {kind!r} are not supported", param=f"tools[{index}].type")
         return data
 
     @model_validator(mode="after")
@@ -277,6 +307,12 @@ class ResponseInputFields(RequestModel):
         fmt = self.text.format if self.text is not None else None
         if self.conversation is not None and self.previous_response_id is not None:
             raise InvalidParam("conversation and previous_response_id cannot both be given", param="conversation")
+        names: set[str] = set()
+        for index, tool in enumerate(self.tools or []):
+            name = offered_name(tool)
+            if name in names:
+                raise InvalidParam(f"tool names must be unique: '{name}' is offered twice", param=f"tools[{index}]")
+            names.add(name)
         refusals = {
             "text.format": (
                 fmt is not None and fmt.type != "text",
@@ -379,16 +415,33 @@ def parse_input_items_query(args: Any) -> tuple[ListQuery, list[str]]:
     return query, include
 
 
-def parse_retrieve_query(args: Any) -> list[str]:
+@dataclass(frozen=True)
+class RetrieveQuery:
+    include: list[str]
+    stream: bool = False
+    starting_after: int | None = None
+    """With `stream`: only the events after this sequence number."""
+
+
+def parse_retrieve_query(args: Any) -> RetrieveQuery:
     include = parse_include(args)
+    stream, starting_after = False, None
     for key, value in args.items():
-        if key in ("include", "include[]"):
+        if key in ("include", "include[]", "include_obfuscation"):
             continue
-        if key == "stream" and value.lower() in ("true", "1"):
-            raise UnsupportedFieldError("Unsupported value for 'stream': streaming a stored response is not "
-                                        "supported yet", param="stream")
-        if key not in ("stream", "include_obfuscation"):
+        if key == "stream":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise InvalidRequestError(f"Invalid value for 'stream': {value!r} is not a boolean", param="stream")
+            stream = value.lower() in ("true", "1")
+        elif key == "starting_after":
+            if not value.isdigit():
+                raise InvalidRequestError(f"Invalid value for 'starting_after': {value!r} is not a sequence number",
+                                          param="starting_after")
+            starting_after = int(value)
+        else:
             raise InvalidRequestError(f"Unrecognized query parameter: {key}", param=key,
                                       code="unrecognized_argument")
-    return include
+    if starting_after is not None and not stream:
+        raise InvalidRequestError("starting_after is only allowed when stream is true", param="starting_after")
+    return RetrieveQuery(include, stream, starting_after)
 

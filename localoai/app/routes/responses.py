@@ -34,7 +34,9 @@ def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
 
     @routes.get("/v1/responses/<response_id>")
     async def retrieve(response_id: str) -> Response:
-        parse_retrieve_query(request.args)
+        query = parse_retrieve_query(request.args)
+        if query.stream:
+            return sse_response(await stored.stream(response_id, query.starting_after, responses.finished), typed=True)
         return json_response(await stored.retrieve(response_id))
 
     @routes.delete("/v1/responses/<response_id>")
@@ -53,5 +55,9 @@ def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
     async def input_items(response_id: str) -> Response:
         query, include = parse_input_items_query(request.args)
         return json_response(await stored.input_items(response_id, query, include))
+
+    @routes.after_app_serving
+    async def cancel_background() -> None:
+        await responses.cancel_all()  # the server is stopping: no background response stays in_progress
 
     return routes
