@@ -342,7 +342,8 @@ class Responses:
             "temperature": float(prepared.params.temperature),
             "text": {"format": {"type": "text"}, "verbosity": "medium"},
             "tool_choice": request.tool_choice or "auto",
-            "tools": [_TOOL.validate_python(tool.model_dump(exclude_none=True)) for tool in request.tools or []],
+            "tools": [_TOOL.validate_python(tool.model_dump(exclude_none=tool.type != "function"))
+                      for tool in request.tools or []],
             "top_logprobs": request.top_logprobs or 0,
             "top_p": float(prepared.params.top_p),
             "truncation": request.truncation or "disabled",
