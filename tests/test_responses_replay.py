@@ -95,8 +95,10 @@ def test_replay_rebuilds_calls_and_other_items_with_their_ids() -> None:
     reasoning = {"type": "reasoning", "id": "rs_1", "summary": []}
     with_reasoning = final.model_copy(update={"output": [openai.types.responses.ResponseReasoningItem(**reasoning),
                                                          *final.output]})
-    types = [event.type for event in replay_events(with_reasoning)]
-    assert types[2:4] == ["response.output_item.added", "response.output_item.done"]
+    again = replay_events(with_reasoning)
+    assert [event.type for event in again[2:4]] == ["response.output_item.added", "response.output_item.done"]
+    assert again[-1].response.output == with_reasoning.output
+    assert [event.item for event in again if event.type == "response.output_item.done"] == with_reasoning.output
 
 
 @pytest.mark.parametrize("status", ["completed", "incomplete"])

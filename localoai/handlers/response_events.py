@@ -233,6 +233,8 @@ class ResponseEvents:
         """An output item that is streamed whole (added, then done): a replayed item of a type
         with no deltas of its own here."""
         events = self._close()
+        if self.item_ids and self.item_ids[0] == getattr(item, "id", None):
+            self.item_ids.pop(0)  # its id is its own, not the next item's
         self.items.append(_Whole(item))
         index = len(self.items) - 1
         return [*events,
