@@ -97,5 +97,5 @@ def test_soak(tiny: tuple[Any, Any]) -> None:
 
         assert engine.stats() == {"waiting": 0, "running": 0, "rows": 0}
         gc.collect()
-        assert not [obj for obj in gc.get_objects() if isinstance(obj, RequestStream)]
+        assert not [obj for obj in gc.get_objects() if type(obj) is RequestStream]
         assert rss_bytes() - baseline_rss < 150 * 2**20

@@ -42,6 +42,8 @@ class Backend(Protocol):
     vocab_size: int
     context_length: int
     device: torch.device
+    batches: bool
+    """Whether rows of different requests can share a batch; when not, requests decode one at a time."""
 
     def generation_mode(self) -> contextlib.AbstractContextManager[None]:
         """Everything the model needs around generation (eval mode, no autograd)."""
@@ -55,9 +57,32 @@ class Backend(Protocol):
         """Read several sequences of equal length from scratch (a cache rebuilt after a weight update)."""
         ...
 
-    def can_join(self, state: Rows) -> bool:
-        """Whether this state can be merged with others into one batch."""
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+        """Read several prompts in one forward pass; prompt i gets `samples[i]` rows."""
         ...
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+        if len(prompts) == 1:
+            return self.prefill(prompts[0], samples[0])
+        width = max(len(prompt) for prompt in prompts)
+        lengths = torch.tensor([len(prompt) for prompt in prompts], device=self.device)
+        input_ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long,
+                                 device=self.device)
+        mask = (torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self._cache_class(config=self.model.config)
+        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+        repeat = torch.repeat_interleave(torch.arange(len(prompts), device=self.device),
+                                         torch.tensor(list(samples), device=self.device))
+        padding = (mask == 0)[repeat][:, None, :, None]
+        for layer in cache.layers:
+            # Padding columns are masked, but zeroed as well so no value computed there can reach a row.
+            layer.keys = layer.keys.index_select(0, repeat).masked_fill(padding, 0.0)
+            layer.values = layer.values.index_select(0, repeat).masked_fill(padding, 0.0)
+        rows = Rows(cache, [len(prompts[int(i)]) for i in repeat.tolist()])
+        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
+
 
     def join(self, batch: Rows | None, new: Rows) -> Rows:
         """The rows of `batch` followed by those of `new`, as one batch."""
@@ -89,11 +114,13 @@ class TransformersBackend:
 
         self.model = model
         self._cache_class = DynamicCache
-        self._plain_layer = DynamicLayer
         config = model.config
         self.context_length = _context_length(config)
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        # Sliding-window, static, quantized or linear-attention layers keep their own bookkeeping
+        # that left-padding would break; such models decode one request at a time.
+        self.batches = all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
 
     @contextlib.contextmanager
     def generation_mode(self) -> Iterator[None]:
@@ -125,10 +152,27 @@ class TransformersBackend:
         output = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return Prefill(Rows(cache, [input_ids.shape[1]] * len(rows)), output.logits[:, -1, :])
 
-    def can_join(self, state: Rows) -> bool:
-        # Sliding-window, static, quantized or linear-attention layers keep their own bookkeeping
-        # that left-padding would break; such models decode one request at a time.
-        return all(type(layer) is self._plain_layer for layer in state.cache.layers)
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+        if len(prompts) == 1:
+            return self.prefill(prompts[0], samples[0])
+        width = max(len(prompt) for prompt in prompts)
+        lengths = torch.tensor([len(prompt) for prompt in prompts], device=self.device)
+        input_ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long,
+                                 device=self.device)
+        mask = (torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self._cache_class(config=self.model.config)
+        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+        repeat = torch.repeat_interleave(torch.arange(len(prompts), device=self.device),
+                                         torch.tensor(list(samples), device=self.device))
+        padding = (mask == 0)[repeat][:, None, :, None]
+        for layer in cache.layers:
+            # Padding columns are masked, but zeroed as well so no value computed there can reach a row.
+            layer.keys = layer.keys.index_select(0, repeat).masked_fill(padding, 0.0)
+            layer.values = layer.values.index_select(0, repeat).masked_fill(padding, 0.0)
+        rows = Rows(cache, [len(prompts[int(i)]) for i in repeat.tolist()])
+        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
 
     def join(self, batch: Rows | None, new: Rows) -> Rows:
         if batch is None:

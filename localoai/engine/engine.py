@@ -211,31 +211,54 @@ class Engine:
         self._scatter(logits)
 
     def _admit(self) -> None:
-        """Prefill waiting requests while their rows fit, and join them into the batch."""
-        while True:
-            with self._condition:
-                self._purge_cancelled_waiting()
-                rows = len(self._batch.lengths) if self._batch is not None else 0
-                if not self._waiting or (rows and rows + self._waiting[0].rows > self.max_batch_size):
-                    return
-                if self._batch is not None and not self.backend.can_join(self._batch):
-                    return
-                request = self._waiting.popleft()
-                self._running.append(request)
+        """Take waiting requests while their rows fit, prefill them (in one forward pass when they
+        need no prompt logprobs), and join them into the batch."""
+        admitted = self._take_admissible()
+        together = [request for request in admitted if request.params.prompt_logprobs is None]
+        groups = [[request] for request in admitted if request.params.prompt_logprobs is not None]
+        for group in ([together] if together else []) + groups:
             try:
-                prefill = self.backend.prefill(request.prompt_ids, request.rows,
-                                               prompt_logits=request.params.prompt_logprobs is not None)
-                if prefill.prompt_logits is not None:
-                    request.stream.put(PromptLogprobs(_prompt_logprobs(request.prompt_ids, prefill.prompt_logits,
-                                                                      request.params.prompt_logprobs or 0)))
-                request.admit(self.tokenizer, self.eos_token_ids, prefill.next_logits, self.policy_version)
+                if group[0].params.prompt_logprobs is not None:
+                    request = group[0]
+                    prefill = self.backend.prefill(request.prompt_ids, request.rows, prompt_logits=True)
+                    assert prefill.prompt_logits is not None
+                    request.stream.put(PromptLogprobs(_prompt_logprobs(
+                        request.prompt_ids, prefill.prompt_logits, request.params.prompt_logprobs or 0)))
+                else:
+                    prefill = self.backend.prefill_many([r.prompt_ids for r in group], [r.rows for r in group])
             except Exception as exc:
                 logger.exception("prefill failed")
-                with self._condition:
-                    self._running.remove(request)
-                request.finish(exc)
+                self._forget(group, exc)
                 continue
+            row = 0
+            for request in group:
+                request.admit(self.tokenizer, self.eos_token_ids, prefill.next_logits[row:row + request.rows],
+                              self.policy_version)
+                row += request.rows
             self._batch = self.backend.join(self._batch, prefill.state)
+
+    def _take_admissible(self) -> list[Request]:
+        """Move the waiting requests that fit into the batch to the running list, in order."""
+        with self._condition:
+            self._purge_cancelled_waiting()
+            rows = len(self._batch.lengths) if self._batch is not None else 0
+            taken: list[Request] = []
+            while self._waiting:
+                needed = self._waiting[0].rows
+                if (rows or taken) and (rows + needed > self.max_batch_size or not self.backend.batches):
+                    break
+                taken.append(self._waiting.popleft())
+                rows += needed
+            # Rows join in the order the prefills are joined: batched ones first, then the others.
+            self._running.extend(r for r in taken if r.params.prompt_logprobs is None)
+            self._running.extend(r for r in taken if r.params.prompt_logprobs is not None)
+            return taken
+
+    def _forget(self, requests: list[Request], error: BaseException) -> None:
+        with self._condition:
+            self._running = [r for r in self._running if r not in requests]
+        for request in requests:
+            request.finish(error)
 
     def _drop(self, *, cancelled_only: bool) -> list[int]:
         """Remove cancelled (and, unless `cancelled_only`, finished) requests and their rows; return
