@@ -66,6 +66,22 @@ class RequestTooLargeError(OpenAIError):
     default_code = "request_too_large"
 
 
+class RateLimitError(OpenAIError):
+    """429 when the engine's queue is full; `Retry-After` says when to try again (the SDK honours it)."""
+
+    status = 429
+    type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class ServerError(OpenAIError):
     """500 for a failed generation. `x-should-retry: false` stops the SDK from silently running it again."""
 

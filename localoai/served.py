@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localoai.engine.backend import TransformersBackend
-from localoai.engine.engine import Engine
+from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
 from localoai.errors import model_not_found
 from localoai.parsers.tool_calls import ToolParser, tool_parser_for
 from localoai.store import ConversationStore, Recorder, Store, open_store
@@ -84,7 +84,6 @@ class ServedModel:
     store: Store
     recorder: Recorder
     created: int = field(default_factory=lambda: int(time.time()))
-    policy_version: int = 0
     tool_parser_class: type[ToolParser] | None = None
     """The format the model writes tool calls in, chosen from its chat template (or forced)."""
     token_texts: TokenTexts = field(init=False)
@@ -100,13 +99,15 @@ class ServedModel:
 
     @classmethod
     def create(
-        cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None, tool_parser: str | None = None
+        cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None, tool_parser: str | None = None,
+        *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     ) -> ServedModel:
         """`store`: a path, `":memory:"`, a `Store`, or None for `localoai-store/store.sqlite3`.
         `tool_parser`: a parser name (`"hermes"`), `"none"` to return tool-call markup as text, or
-        None to choose from the chat template."""
+        None to choose from the chat template. `max_batch_size` / `max_queued_requests`: see `Engine`."""
         backend = TransformersBackend(model)
-        engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer))
+        engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer), max_batch_size=max_batch_size,
+                        max_queued_requests=max_queued_requests)
         opened = open_store(store)
         parser = None if tool_parser == "none" else tool_parser_for(getattr(tokenizer, "chat_template", None),
                                                                        tool_parser)
@@ -130,6 +131,17 @@ class ServedModel:
     @property
     def vocab_size(self) -> int:
         return self.engine.backend.vocab_size
+
+    @property
+    def policy_version(self) -> int:
+        """The weights' version (the engine's: it tags every token with it)."""
+        return self.engine.policy_version
+
+    @policy_version.setter
+    def policy_version(self, version: int) -> None:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"policy_version must be an int, not {type(version).__name__}")
+        self.engine.policy_version = version
 
     @property
     def system_fingerprint(self) -> str:

@@ -6,7 +6,7 @@ from quart import Quart
 
 from localoai.app.auth import require_api_key
 from localoai.app.errors import register_error_handlers
-from localoai.app.routes import chat, completions, conversations, models, responses, stored_chat, tokenize
+from localoai.app.routes import admin, chat, completions, conversations, models, responses, stored_chat, tokenize
 from localoai.handlers.chat import ChatCompletions
 from localoai.handlers.completions import Completions
 from localoai.handlers.conversations import Conversations
@@ -24,6 +24,7 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
     register_error_handlers(app)
     if api_key:
         require_api_key(app, api_key)
+    app.register_blueprint(admin.blueprint(served))
     app.register_blueprint(models.blueprint(served))
     app.register_blueprint(chat.blueprint(ChatCompletions(served)))
     app.register_blueprint(stored_chat.blueprint(StoredChatCompletions(served)))

@@ -1,8 +1,12 @@
 """The model-facing side of the engine, behind a small interface.
 
-The engine only needs to prefill a prompt and decode one step at a time with a KV cache;
-anything that can do that (another framework, a remote worker) can stand behind `Backend`.
-`TransformersBackend` runs a `transformers` (or PEFT-wrapped) causal LM in-process.
+The engine needs to read prompts (prefill) and then decode one step at a time for a batch
+of rows that changes between steps: rows of a new request join, rows of a finished one
+leave. Anything that can do that (another framework, a remote worker) can stand behind
+`Backend`. `TransformersBackend` runs a `transformers` (or PEFT-wrapped) causal LM in-process
+over a `DynamicCache` left-padded to a common width, with an attention mask and per-row
+position ids; a row's keys were computed at its true positions, so padding changes nothing
+but which columns are masked.
 """
 
 from __future__ import annotations
@@ -16,10 +20,19 @@ import torch
 
 
 @dataclass
-class Prefill:
-    """The result of reading a prompt: a decode state and the logits of the next token per sample."""
+class Rows:
+    """A decode state over some rows: the KV cache (left-padded to a common width) and how many
+    real tokens each row holds."""
 
-    state: Any
+    cache: Any
+    lengths: list[int]
+
+
+@dataclass
+class Prefill:
+    """The result of reading a prompt: its rows' decode state and the logits of the next token per row."""
+
+    state: Rows
     next_logits: torch.Tensor
     prompt_logits: torch.Tensor | None = None
     """Logits at every prompt position (row 0 only), when asked for prompt logprobs."""
@@ -29,15 +42,58 @@ class Backend(Protocol):
     vocab_size: int
     context_length: int
     device: torch.device
+    batches: bool
+    """Whether rows of different requests can share a batch; when not, requests decode one at a time."""
 
     def generation_mode(self) -> contextlib.AbstractContextManager[None]:
         """Everything the model needs around generation (eval mode, no autograd)."""
         ...
 
-    def prefill(self, prompt_ids: Sequence[int], samples: int, *, prompt_logits: bool = False) -> Prefill: ...
+    def prefill(self, prompt_ids: Sequence[int], samples: int, *, prompt_logits: bool = False) -> Prefill:
+        """Read one prompt once; its state has `samples` rows sharing that prefill."""
+        ...
 
-    def decode(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per sample; return the next logits, shape (samples, vocab)."""
+    def prefill_rows(self, rows: Sequence[Sequence[int]]) -> Prefill:
+        """Read several sequences of equal length from scratch (a cache rebuilt after a weight update)."""
+        ...
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+        """Read several prompts in one forward pass; prompt i gets `samples[i]` rows."""
+        ...
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+        if len(prompts) == 1:
+            return self.prefill(prompts[0], samples[0])
+        width = max(len(prompt) for prompt in prompts)
+        lengths = torch.tensor([len(prompt) for prompt in prompts], device=self.device)
+        input_ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long,
+                                 device=self.device)
+        mask = (torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self._cache_class(config=self.model.config)
+        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+        repeat = torch.repeat_interleave(torch.arange(len(prompts), device=self.device),
+                                         torch.tensor(list(samples), device=self.device))
+        padding = (mask == 0)[repeat][:, None, :, None]
+        for layer in cache.layers:
+            # Padding columns are masked, but zeroed as well so no value computed there can reach a row.
+            layer.keys = layer.keys.index_select(0, repeat).masked_fill(padding, 0.0)
+            layer.values = layer.values.index_select(0, repeat).masked_fill(padding, 0.0)
+        rows = Rows(cache, [len(prompts[int(i)]) for i in repeat.tolist()])
+        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
+
+
+    def join(self, batch: Rows | None, new: Rows) -> Rows:
+        """The rows of `batch` followed by those of `new`, as one batch."""
+        ...
+
+    def keep(self, batch: Rows, rows: Sequence[int]) -> Rows:
+        """Only the given rows of `batch`, in that order."""
+        ...
+
+    def decode(self, batch: Rows, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row; return the next logits, shape (rows, vocab)."""
         ...
 
 
@@ -54,6 +110,7 @@ class TransformersBackend:
 
     def __init__(self, model: Any) -> None:
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         self.model = model
         self._cache_class = DynamicCache
@@ -61,6 +118,9 @@ class TransformersBackend:
         self.context_length = _context_length(config)
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        # Sliding-window, static, quantized or linear-attention layers keep their own bookkeeping
+        # that left-padding would break; such models decode one request at a time.
+        self.batches = all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
 
     @contextlib.contextmanager
     def generation_mode(self) -> Iterator[None]:
@@ -84,8 +144,79 @@ class TransformersBackend:
         next_logits = logits[-1:].expand(samples, -1)
         if samples > 1:
             cache.batch_repeat_interleave(samples)
-        return Prefill(state=cache, next_logits=next_logits, prompt_logits=logits if prompt_logits else None)
+        return Prefill(Rows(cache, [len(prompt_ids)] * samples), next_logits, logits if prompt_logits else None)
 
-    def decode(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
-        output = self.model(input_ids=tokens.view(-1, 1).to(self.device), past_key_values=state, use_cache=True)
+    def prefill_rows(self, rows: Sequence[Sequence[int]]) -> Prefill:
+        cache = self._cache_class(config=self.model.config)
+        input_ids = torch.tensor([list(row) for row in rows], dtype=torch.long, device=self.device)
+        output = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return Prefill(Rows(cache, [input_ids.shape[1]] * len(rows)), output.logits[:, -1, :])
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+        if len(prompts) == 1:
+            return self.prefill(prompts[0], samples[0])
+        width = max(len(prompt) for prompt in prompts)
+        lengths = torch.tensor([len(prompt) for prompt in prompts], device=self.device)
+        input_ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long,
+                                 device=self.device)
+        mask = (torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self._cache_class(config=self.model.config)
+        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+        repeat = torch.repeat_interleave(torch.arange(len(prompts), device=self.device),
+                                         torch.tensor(list(samples), device=self.device))
+        padding = (mask == 0)[repeat][:, None, :, None]
+        for layer in cache.layers:
+            # Padding columns are masked, but zeroed as well so no value computed there can reach a row.
+            layer.keys = layer.keys.index_select(0, repeat).masked_fill(padding, 0.0)
+            layer.values = layer.values.index_select(0, repeat).masked_fill(padding, 0.0)
+        rows = Rows(cache, [len(prompts[int(i)]) for i in repeat.tolist()])
+        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
+
+    def join(self, batch: Rows | None, new: Rows) -> Rows:
+        if batch is None:
+            return new
+        width = max(_width(batch), _width(new))
+        for into, layer in zip(batch.cache.layers, new.cache.layers):
+            into.keys = torch.cat([_pad_left(into.keys, width), _pad_left(layer.keys, width)], dim=0)
+            into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
+        return Rows(batch.cache, batch.lengths + new.lengths)
+
+    def keep(self, batch: Rows, rows: Sequence[int]) -> Rows:
+        lengths = [batch.lengths[row] for row in rows]
+        unused = _width(batch) - max(lengths)  # columns that are padding in every remaining row
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        for layer in batch.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, unused:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, unused:, :]
+        return Rows(batch.cache, lengths)
+
+    def decode(self, batch: Rows, tokens: torch.Tensor) -> torch.Tensor:
+        width = _width(batch)
+        input_ids = tokens.view(-1, 1).to(self.device)
+        if all(length == width for length in batch.lengths):
+            # No padding: exactly the single-request computation.
+            output = self.model(input_ids=input_ids, past_key_values=batch.cache, use_cache=True)
+        else:
+            lengths = torch.tensor(batch.lengths, dtype=torch.long, device=self.device)
+            columns = torch.arange(width + 1, device=self.device)
+            mask = (columns.unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
+            output = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=lengths.unsqueeze(1),
+                past_key_values=batch.cache,
+                use_cache=True,
+            )
+        batch.lengths = [length + 1 for length in batch.lengths]
         return output.logits[:, -1, :]
+
+
+def _width(rows: Rows) -> int:
+    return int(rows.cache.get_seq_length())
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - tensor.shape[-2]
+    return torch.nn.functional.pad(tensor, (0, 0, missing, 0)) if missing else tensor

@@ -1,167 +1,327 @@
-"""The generation engine: one inference thread that owns every forward pass.
+"""The generation engine: one inference thread, continuous batching, pause for weight updates.
 
-Generation never runs on the event loop. Requests are queued and decoded on a single
-persistent thread (CUDA graphs and some kernels keep thread-local state, and one owner
-makes the model's train/eval switching safe). Each decode step samples, detokenizes,
-checks stop conditions and publishes a list of `SampleDelta`s, so stop strings and
-cancellation take effect at the very step they happen.
+Generation never runs on the event loop. Requests wait in a bounded queue and are decoded on
+a single persistent thread (CUDA graphs and some kernels keep thread-local state, and one
+owner makes the model's train/eval switching safe). Every step runs ONE forward pass over
+all running requests: new requests are prefilled (once per prompt, shared by its `n`
+samples) and joined into the batch, each request's own `Sampler` picks its rows' tokens,
+finished or cancelled requests leave, and the rest decode together. Stop strings,
+cancellation and pauses take effect at the step they happen.
 
-The unit of work is one request with its `n` samples decoded as one batch; a scheduler
-that mixes requests (continuous batching) can replace `_run_request` without touching
-the HTTP side, which only sees `RequestStream`s.
+Why not transformers' `ContinuousBatchingManager` (evaluated on transformers 5.23, CPU):
+its seed and `num_return_sequences` are manager-wide (no per-request seed or `n`), its
+per-request logits processors are limited to temperature / top_k / top_p (no penalties,
+logit_bias, min_tokens, nor an arbitrary per-request processor such as a grammar mask), it
+has no stop strings, and its logprobs are the raw model's, not those of the distribution
+sampled from. This scheduler keeps every request's `Sampler` and works over `Backend`.
+
+Weight updates: `pause(mode)` parks the thread at a step boundary, out of the model, until
+`resume()`. With `keep`, the running requests' KV caches are recomputed on resume, since
+nothing computed from the old weights may be reused.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from localoai.engine.backend import Backend
-from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams, TokenLogprob
-from localoai.engine.sampler import Sampler, token_logprobs
+from localoai.engine.backend import Backend, Rows
+from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
+from localoai.engine.running import Request
+from localoai.engine.sampler import token_logprobs
 from localoai.engine.stream import RequestStream
-from localoai.engine.text import IncrementalDetokenizer, StopStringMatcher
 
 logger = logging.getLogger("localoai.engine")
 
-
-@dataclass
-class _Work:
-    prompt_ids: list[int]
-    params: SamplingParams
-    stream: RequestStream
-    queued_at: float = field(default_factory=time.perf_counter)
+PauseMode = Literal["keep", "wait", "abort"]
+PAUSE_MODES: tuple[str, ...] = ("keep", "wait", "abort")
+DEFAULT_MAX_BATCH_SIZE = 256
+DEFAULT_MAX_QUEUED_REQUESTS = 1024
 
 
-class _Sample:
-    """Decoding state of one sample: its text, stop matching and whether it is finished."""
-
-    def __init__(self, index: int, tokenizer: Any, params: SamplingParams) -> None:
-        self.index = index
-        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=params.skip_special_tokens)
-        self.stops = StopStringMatcher(params.stop, include_stop=params.include_stop_str_in_output)
-        self.finished = False
-        self.generated = 0
+class QueueFull(Exception):
+    """The engine's waiting queue is at its limit; the request was not taken."""
 
 
 class Engine:
-    def __init__(self, backend: Backend, tokenizer: Any, eos_token_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer: Any,
+        eos_token_ids: Sequence[int],
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+    ) -> None:
+        if max_batch_size < 1 or max_queued_requests < 1:
+            raise ValueError("max_batch_size and max_queued_requests must be at least 1")
         self.backend = backend
         self.tokenizer = tokenizer
         self.eos_token_ids = tuple(eos_token_ids)
+        self.max_batch_size = max_batch_size
+        """Rows (samples) decoded together; a request with more rows runs alone. 1 disables batching."""
+        self.max_queued_requests = max_queued_requests
         self.model_lock = threading.RLock()
-        """Held around every forward pass; whoever holds it may change the weights safely."""
-        self._queue: queue.Queue[_Work | None] = queue.Queue()
+        """Held around every forward pass."""
+        self.policy_version = 0
+        """The version of the weights; tokens are tagged with it. `resume()` bumps it."""
+        self._condition = threading.Condition()
+        self._waiting: deque[Request] = deque()
+        self._pause_mode: PauseMode | None = None
+        self._parked = False
+        self._stopping = False
         self._thread: threading.Thread | None = None
+        # Engine thread only:
+        self._running: list[Request] = []
+        self._batch: Rows | None = None
+        self._stale = False
 
+    # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="localoai-engine", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
         if self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
             self._thread.join(timeout)
         self._thread = None
 
+    # --- requests ------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, stream: RequestStream) -> None:
-        self._queue.put(_Work(prompt_ids, params, stream))
+        """Queue a request; `QueueFull` when `max_queued_requests` are already waiting."""
+        with self._condition:
+            if len(self._waiting) >= self.max_queued_requests:
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
+            self._waiting.append(Request(list(prompt_ids), params, stream))
+            self._condition.notify_all()
 
+    @property
+    def queue_full(self) -> bool:
+        return len(self._waiting) >= self.max_queued_requests
+
+    def stats(self) -> dict[str, int]:
+        """What the engine holds now: `waiting` (queued), `running` requests and their `rows`."""
+        with self._condition:
+            return {"waiting": len(self._waiting), "running": len(self._running),
+                    "rows": len(self._batch.lengths) if self._batch is not None else 0}
+
+    # --- pause and resume ----------------------------------------------------------
+    def pause(self, mode: PauseMode = "abort", timeout: float | None = None) -> None:
+        """Stop decoding at the next step boundary and return once the engine holds the model no more.
+
+        `keep`: running requests freeze (and continue on resume, their caches recomputed);
+        `wait`: running requests finish first; `abort`: running and queued requests end now with
+        finish reason `abort`. New requests wait in the queue until `resume()` in every mode.
+        Pausing a paused engine only waits for it to be parked.
+        """
+        if mode not in PAUSE_MODES:
+            raise ValueError(f"mode must be one of {PAUSE_MODES}, not {mode!r}")
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("pause() from the engine thread would wait for itself")
+        with self._condition:
+            if self._pause_mode is None:
+                self._pause_mode = mode
+                self._condition.notify_all()
+            if not self._condition.wait_for(lambda: self._parked or self._thread is None, timeout):
+                self._pause_mode = None
+                self._condition.notify_all()
+                raise TimeoutError(f"the engine did not pause within {timeout} s")
+
+    def resume(self, *, bump_version: bool = True) -> int:
+        """Decode again; the policy version goes up by one when it was paused (unless `bump_version=False`).
+        Returns the policy version."""
+        with self._condition:
+            if self._pause_mode is not None:
+                if bump_version:
+                    self.policy_version += 1
+                self._pause_mode = None
+                self._parked = False
+                self._condition.notify_all()
+            return self.policy_version
+
+    @property
+    def paused(self) -> bool:
+        return self._pause_mode is not None
+
+    # --- the engine thread ---------------------------------------------------------
     def _loop(self) -> None:
-        while (work := self._queue.get()) is not None:
-            started = time.perf_counter()
+        while self._wait_for_work():
             try:
-                if work.stream.cancelled:
-                    done = RequestDone()
-                else:
-                    with self.model_lock, self.backend.generation_mode():
-                        done = self._run_request(work)
-            except Exception as exc:  # a failed generation must never kill the engine thread
+                with self.model_lock, self.backend.generation_mode():
+                    self._step()
+            except Exception as exc:  # a failed forward pass fails its batch, never the thread
                 logger.exception("generation failed")
-                done = RequestDone(error=exc)
-            done.timings.update(queued=started - work.queued_at, total=time.perf_counter() - work.queued_at)
-            work.stream.put(done)
+                self._fail_running(exc)
 
-    def _run_request(self, work: _Work) -> RequestDone:
-        params, stream = work.params, work.stream
-        prefill = self.backend.prefill(
-            work.prompt_ids, params.n, prompt_logits=params.prompt_logprobs is not None
-        )
-        done = RequestDone()
-        if prefill.prompt_logits is not None:
-            stream.put(PromptLogprobs(self._prompt_logprobs(work.prompt_ids, prefill.prompt_logits, params)))
-        samples = [_Sample(i, self.tokenizer, params) for i in range(params.n)]
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
-        sampler = Sampler(
-            params,
-            vocab_size=prefill.next_logits.shape[-1],
-            device=prefill.next_logits.device,
-            prompt_ids=work.prompt_ids,
-            eos_token_ids=sorted(stop_ids),
-        )
-        if params.max_tokens == 0:
-            stream.put([SampleDelta(s.index, [], "", finish_reason="length") for s in samples])
-            return done
-        logits = prefill.next_logits
-        for step in range(params.max_tokens):
-            if stream.cancelled:
-                return done
-            tokens, logprobs = sampler.sample(logits, step)
-            entries = token_logprobs(logprobs, tokens, params.logprobs or 0)
-            deltas = [
-                self._advance(sample, int(token), entries[sample.index], stop_ids, params)
-                for sample, token in zip(samples, tokens.tolist())
-                if not sample.finished
-            ]
-            if step == 0:
-                done.timings["first_token"] = time.perf_counter() - work.queued_at
-            stream.put(deltas)
-            if all(sample.finished for sample in samples):
-                break
-            logits = self.backend.decode(prefill.state, tokens)
-        return done
+    def _wait_for_work(self) -> bool:
+        """Block until there is a step to run (False when stopping); park while paused."""
+        with self._condition:
+            while not self._stopping:
+                mode = self._pause_mode
+                if mode == "abort" and (self._running or self._waiting) and not self._parked:
+                    self._abort_all()
+                if mode is not None and (mode != "wait" or not self._running):
+                    if not self._parked:
+                        self._parked = True
+                        self._stale = bool(self._running)
+                        self._condition.notify_all()
+                    self._condition.wait()
+                    continue
+                if self._running or (self._waiting and mode is None):
+                    return True
+                self._condition.wait()
+            self._abort_all()
+            return False
 
-    def _advance(
-        self,
-        sample: _Sample,
-        token: int,
-        logprob: TokenLogprob,
-        stop_ids: set[int],
-        params: SamplingParams,
-    ) -> SampleDelta:
-        """Take one sampled token into a sample; finish it on a stop token, stop string or length."""
-        sample.generated += 1
-        delta = SampleDelta(sample.index, [token], "", [logprob])
-        if token in stop_ids and sample.generated > params.min_tokens:
-            delta.text = sample.stops.feed(sample.detokenizer.push(token) + sample.detokenizer.flush())[0]
-            delta.text += sample.stops.flush()
-            delta.finish_reason = "stop"
-            delta.stop_reason = token if token in params.stop_token_ids else None
-        else:
-            delta.text, matched = sample.stops.feed(sample.detokenizer.push(token))
-            if matched is not None:
-                delta.finish_reason, delta.stop_reason = "stop", matched
-            elif sample.generated >= params.max_tokens:
-                delta.text += sample.stops.feed(sample.detokenizer.flush())[0] + sample.stops.flush()
-                delta.finish_reason = "length"
-        sample.finished = delta.finish_reason is not None
-        return delta
+    def _step(self) -> None:
+        if self._stale:
+            self._rebuild()
+        if self._pause_mode is None:
+            self._admit()
+        self._drop(cancelled_only=True)
+        if not self._running:
+            return
+        tokens: list[torch.Tensor] = []
+        for request in self._running:
+            if request.finished:  # done at admission (max_tokens 0): nothing to sample
+                tokens.append(torch.zeros(request.rows, dtype=torch.long, device=self.backend.device))
+                continue
+            try:
+                tokens.append(request.sample_step())
+            except Exception as exc:  # this request's sampler failed: only it ends
+                logger.exception("sampling failed")
+                request.finish(exc)
+                request.samples = []  # counts as finished; its rows leave below
+                tokens.append(torch.zeros(request.rows, dtype=torch.long, device=self.backend.device))
+        fed = torch.cat(tokens)
+        kept = self._drop(cancelled_only=False)
+        if not self._running or self._batch is None:
+            return
+        logits = self.backend.decode(self._batch, fed[kept] if len(kept) < fed.shape[0] else fed)
+        self._scatter(logits)
 
-    @staticmethod
-    def _prompt_logprobs(
-        prompt_ids: list[int], logits: torch.Tensor, params: SamplingParams
-    ) -> list[TokenLogprob | None]:
-        """Logprob of each prompt token given the ones before it (the first has none)."""
-        if len(prompt_ids) < 2:
-            return [None] * len(prompt_ids)
-        logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-        targets = torch.tensor(prompt_ids[1:], device=logprobs.device)
-        return [None, *token_logprobs(logprobs, targets, params.prompt_logprobs or 0)]
+    def _admit(self) -> None:
+        """Take waiting requests while their rows fit, prefill them (in one forward pass when they
+        need no prompt logprobs), and join them into the batch."""
+        admitted = self._take_admissible()
+        together = [request for request in admitted if request.params.prompt_logprobs is None]
+        groups = [[request] for request in admitted if request.params.prompt_logprobs is not None]
+        for group in ([together] if together else []) + groups:
+            try:
+                if group[0].params.prompt_logprobs is not None:
+                    request = group[0]
+                    prefill = self.backend.prefill(request.prompt_ids, request.rows, prompt_logits=True)
+                    assert prefill.prompt_logits is not None
+                    request.stream.put(PromptLogprobs(_prompt_logprobs(
+                        request.prompt_ids, prefill.prompt_logits, request.params.prompt_logprobs or 0)))
+                else:
+                    prefill = self.backend.prefill_many([r.prompt_ids for r in group], [r.rows for r in group])
+            except Exception as exc:
+                logger.exception("prefill failed")
+                self._forget(group, exc)
+                continue
+            row = 0
+            for request in group:
+                request.admit(self.tokenizer, self.eos_token_ids, prefill.next_logits[row:row + request.rows],
+                              self.policy_version)
+                row += request.rows
+            self._batch = self.backend.join(self._batch, prefill.state)
+
+    def _take_admissible(self) -> list[Request]:
+        """Move the waiting requests that fit into the batch to the running list, in order."""
+        with self._condition:
+            self._purge_cancelled_waiting()
+            rows = len(self._batch.lengths) if self._batch is not None else 0
+            taken: list[Request] = []
+            while self._waiting:
+                needed = self._waiting[0].rows
+                if (rows or taken) and (rows + needed > self.max_batch_size or not self.backend.batches):
+                    break
+                taken.append(self._waiting.popleft())
+                rows += needed
+            # Rows join in the order the prefills are joined: batched ones first, then the others.
+            self._running.extend(r for r in taken if r.params.prompt_logprobs is None)
+            self._running.extend(r for r in taken if r.params.prompt_logprobs is not None)
+            return taken
+
+    def _forget(self, requests: list[Request], error: BaseException) -> None:
+        with self._condition:
+            self._running = [r for r in self._running if r not in requests]
+        for request in requests:
+            request.finish(error)
+
+    def _drop(self, *, cancelled_only: bool) -> list[int]:
+        """Remove cancelled (and, unless `cancelled_only`, finished) requests and their rows; return
+        the kept rows' indices in the batch as it was."""
+        kept_rows: list[int] = []
+        kept: list[Request] = []
+        row = 0
+        for request in self._running:
+            if request.stream.cancelled or (not cancelled_only and request.finished):
+                if request.done.error is None:
+                    request.finish()
+            else:
+                kept.append(request)
+                kept_rows.extend(range(row, row + request.rows))
+            row += request.rows
+        if len(kept) < len(self._running):
+            with self._condition:
+                self._running = kept
+                if self._batch is not None:
+                    self._batch = self.backend.keep(self._batch, kept_rows) if kept_rows else None
+        return kept_rows
+
+    def _scatter(self, logits: torch.Tensor) -> None:
+        row = 0
+        for request in self._running:
+            request.logits, request.logits_version = logits[row:row + request.rows], self.policy_version
+            row += request.rows
+
+    def _rebuild(self) -> None:
+        """Recompute every running request's cache and next logits with the current weights."""
+        self._stale = False
+        self._batch = None
+        for request in self._running:
+            prefill = self.backend.prefill_rows([request.prompt_ids + fed for fed in request.fed])
+            request.logits, request.logits_version = prefill.next_logits, self.policy_version
+            self._batch = self.backend.join(self._batch, prefill.state)
+
+    def _abort_all(self) -> None:
+        """End every running and waiting request with finish reason `abort` (under `_condition`)."""
+        for request in [*self._running, *self._waiting]:
+            if not request.stream.cancelled:
+                request.abort(self.policy_version)
+            request.finish()
+        self._running, self._batch, self._stale = [], None, False
+        self._waiting.clear()
+
+    def _fail_running(self, error: BaseException) -> None:
+        with self._condition:
+            for request in self._running:
+                request.finish(error)
+            self._running, self._batch, self._stale = [], None, False
+
+    def _purge_cancelled_waiting(self) -> None:
+        if any(request.stream.cancelled for request in self._waiting):
+            for request in [r for r in self._waiting if r.stream.cancelled]:
+                self._waiting.remove(request)
+                request.finish()
+
+
+def _prompt_logprobs(prompt_ids: list[int], logits: torch.Tensor, top: int) -> list[TokenLogprob | None]:
+    """Logprob of each prompt token given the ones before it (the first has none)."""
+    if len(prompt_ids) < 2:
+        return [None] * len(prompt_ids)
+    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+    targets = torch.tensor(prompt_ids[1:], device=logprobs.device)
+    return [None, *token_logprobs(logprobs, targets, top)]

@@ -58,6 +58,8 @@ class SampleDelta:
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
     """The stop string or stop token id that ended the sample (vLLM's `stop_reason`)."""
+    policy_version: int = 0
+    """The policy version whose weights computed these tokens' distribution."""
 
 
 @dataclass

@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from localoai.engine.engine import QueueFull
 from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams, TokenLogprob
 from localoai.engine.stream import RequestStream
-from localoai.errors import InvalidRequestError, ServerError
+from localoai.errors import InvalidRequestError, RateLimitError, ServerError
 from localoai.protocol.sampling import SamplingFields
 from localoai.served import ServedModel
 from localoai.store.records import CompletionTrace, RecordStatus
@@ -111,10 +112,21 @@ class SampleTrace:
     finish_reason: str | None = None
     tool_parse_error: str | None = None
     """Why tool-call markup in the output could not be parsed (it was returned as text)."""
+    policy_versions: list[list[int]] = field(default_factory=list)
+    """`[start_token_index, version]` spans: which weights' version produced each token."""
+
+    def add(self, delta: SampleDelta) -> None:
+        if delta.token_ids and (not self.policy_versions or self.policy_versions[-1][1] != delta.policy_version):
+            self.policy_versions.append([len(self.token_ids), delta.policy_version])
+        self.token_ids.extend(delta.token_ids)
+        self.logprobs.extend(entry.logprob for entry in delta.logprobs)
+        self.text.append(delta.text)
+        self.finish_reason = delta.finish_reason or self.finish_reason
 
     def as_record(self, index: int) -> CompletionTrace:
         trace = CompletionTrace(index=index, completion_token_ids=self.token_ids, logprobs=self.logprobs,
-                                text="".join(self.text), finish_reason=self.finish_reason)
+                                text="".join(self.text), finish_reason=self.finish_reason,
+                                policy_versions=self.policy_versions)
         if self.tool_parse_error is not None:
             trace["tool_parse_error"] = self.tool_parse_error
         return trace
@@ -133,8 +145,16 @@ class Generation:
         self.timings: dict[str, float] = {}
         self.status: RecordStatus = "in_progress"
         self.error: dict[str, Any] | None = None
+        self.policy_version = served.policy_version
+        """The version at the start: the first token's, or the server's at submission if none came."""
         self._stream = RequestStream()
-        served.engine.submit(prompt_ids, params, self._stream)
+        try:
+            served.engine.submit(prompt_ids, params, self._stream)
+        except QueueFull:
+            self.status = "cancelled"
+            raise RateLimitError(
+                "Too many requests are waiting for the model; try again shortly.", retry_after=1
+            ) from None
 
     @classmethod
     @asynccontextmanager
@@ -161,11 +181,9 @@ class Generation:
                 return
             if isinstance(item, list):
                 for delta in item:
-                    sample = self.samples[delta.index]
-                    sample.token_ids.extend(delta.token_ids)
-                    sample.logprobs.extend(entry.logprob for entry in delta.logprobs)
-                    sample.text.append(delta.text)
-                    sample.finish_reason = delta.finish_reason or sample.finish_reason
+                    if delta.token_ids and not any(sample.token_ids for sample in self.samples):
+                        self.policy_version = delta.policy_version
+                    self.samples[delta.index].add(delta)
             yield item
 
     def traces(self, first_index: int = 0) -> list[CompletionTrace]:

@@ -60,7 +60,7 @@ def record_generation(
             kind=kind,
             model=served.name,
             created_at=created,
-            policy_version=served.policy_version,
+            policy_version=generation.policy_version if generation is not None else served.policy_version,
             status=status,
             request=body,
             prompt_text=prompt_text,

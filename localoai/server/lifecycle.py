@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import html
 import logging
 import os
 import socket
 import threading
 import urllib.request
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
 from localoai.server.sockets import bind, bind_first_free
 
 if TYPE_CHECKING:
@@ -86,6 +89,41 @@ class Server:
         import openai
 
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "localoai", **kwargs)
+
+    # --- weight updates while serving -------------------------------------------------
+    @property
+    def policy_version(self) -> int:
+        """The weights' version: every token is tagged with it, `system_fingerprint` shows it.
+        Leaving `pause()` bumps it by one; a trainer may also set it."""
+        return self.served.policy_version
+
+    @policy_version.setter
+    def policy_version(self, version: int) -> None:
+        self.served.policy_version = version
+
+    @contextlib.contextmanager
+    def pause(
+        self, mode: PauseMode = "abort", *, bump_version: bool = True, timeout: float | None = None
+    ) -> Iterator[Server]:
+        """Stop generating at a step boundary so the model's weights can change, then resume.
+
+        Inside the block no forward pass runs and the model is back in the mode it was in (train
+        mode for a policy in training), so an optimizer step may run on the very model object.
+        `keep`: running requests freeze and continue on the new weights (their KV caches are
+        recomputed); `wait`: running requests finish first; `abort`: running and queued requests
+        end with their partial output (finish reason `abort`). Requests arriving meanwhile wait.
+        Leaving the block bumps `policy_version` by one unless `bump_version=False`.
+        `timeout`: seconds to wait for the pause to take effect (`TimeoutError` past it).
+        """
+        self.served.engine.pause(mode, timeout=timeout)
+        try:
+            yield self
+        finally:
+            self.served.engine.resume(bump_version=bump_version)
+
+    @property
+    def paused(self) -> bool:
+        return self.served.engine.paused
 
     # --- lifecycle -------------------------------------------------------------------
     def _start(self, timeout: float = START_TIMEOUT) -> None:
@@ -178,6 +216,8 @@ def start(
     max_body_bytes: int | None = None,
     store: Any = None,
     tool_parser: str | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -190,12 +230,15 @@ def start(
     a `localoai.store.Store`, or None for `localoai-store/store.sqlite3` under the working directory.
     `tool_parser` names the model's tool-call format (`"hermes"`), `"none"` returns tool-call markup
     as plain text; None chooses from the chat template.
+    `max_batch_size`: rows (samples) decoded together in one forward pass (1: one request at a
+    time). `max_queued_requests`: requests waiting beyond it get a 429 with `Retry-After`.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.served import ServedModel, load_model
 
     model, tokenizer = load_model(model, tokenizer)
-    served = ServedModel.create(model, tokenizer, name, store, tool_parser)
+    served = ServedModel.create(model, tokenizer, name, store, tool_parser, max_batch_size=max_batch_size,
+                                max_queued_requests=max_queued_requests)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)

@@ -1,0 +1,165 @@
+"""Aggregate generation throughput of localoai under concurrent load, against two baselines
+measured in the same run on the same model object.
+
+For 1, 8 and 32 concurrent chat completions (greedy, exactly `--tokens` tokens each, every
+request a different prompt) it measures generated tokens per second of:
+
+1. **localoai** (continuous batching, the default): the requests sent at once through HTTP
+   with the official `openai` SDK (`AsyncOpenAI`, one event loop, all in flight together);
+2. **raw batched `model.generate`** over the same prompts at the same batch size (left-padded,
+   greedy, `min_new_tokens` = `max_new_tokens`): the ceiling for this model on this hardware;
+3. **localoai with batching disabled** (`start(..., max_batch_size=1)`: one request at a time).
+
+Targets at 32 concurrent requests: at least 0.8x the raw batched ceiling and at least 5x the
+one-at-a-time server. One run; each figure is the median of `--repeats` rounds.
+
+    python benchmarks/throughput.py                       # hidden 384, 4 layers, 64 tokens
+    python benchmarks/throughput.py --device cuda --json  # on a GPU, and a JSON object at the end
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CONCURRENCY = (1, 8, 32)
+WORDS = "the weather in paris london tokyo model policy reward agent answer question step".split()
+
+
+def prompts(count: int) -> list[list[dict[str, str]]]:
+    """Different prompts of different lengths, so batches mix lengths as real traffic does."""
+    return [[{"role": "user", "content": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(4 + (i * 7) % 29))}]
+            for i in range(count)]
+
+
+def timed(action: Callable[[], int]) -> float:
+    """Generated tokens per second of one call of `action` (which returns its token count)."""
+    started = time.perf_counter()
+    tokens = action()
+    return tokens / (time.perf_counter() - started)
+
+
+def median_rate(action: Callable[[], int], repeats: int) -> float:
+    action()  # warm-up: lazy initialisation, allocator pools, first forward passes at this shape
+    return statistics.median(timed(action) for _ in range(repeats))
+
+
+class RawGenerate:
+    def __init__(self, model: Any, tokenizer: Any, messages: list[list[dict[str, str]]], tokens: int) -> None:
+        import torch
+
+        self.model, self.tokens, self.torch = model, tokens, torch
+        rows = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+                for m in messages]
+        width = max(len(row) for row in rows)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        device = next(model.parameters()).device
+        self.input_ids = torch.tensor([[self.pad] * (width - len(r)) + r for r in rows], device=device)
+        self.mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+
+    def __call__(self, batch: int) -> int:
+        with self.torch.inference_mode():
+            out = self.model.generate(input_ids=self.input_ids[:batch], attention_mask=self.mask[:batch],
+                                      max_new_tokens=self.tokens, min_new_tokens=self.tokens, do_sample=False,
+                                      pad_token_id=self.pad)
+        generated = out.shape[1] - self.input_ids.shape[1]
+        assert generated == self.tokens
+        return batch * generated
+
+
+class HttpLoad:
+    def __init__(self, server: Any, messages: list[list[dict[str, str]]], tokens: int) -> None:
+        self.server, self.messages, self.tokens = server, messages, tokens
+
+    def __call__(self, concurrent: int) -> int:
+        return asyncio.run(self._round(concurrent))
+
+    async def _round(self, concurrent: int) -> int:
+        async with self.server.async_client(max_retries=0, timeout=600) as client:
+            answers = await asyncio.gather(*[
+                client.chat.completions.create(
+                    model=self.server.model, messages=self.messages[i], temperature=0, max_tokens=self.tokens,
+                    extra_body={"ignore_eos": True, "min_tokens": self.tokens},
+                )
+                for i in range(concurrent)
+            ])
+        generated = sum(answer.usage.completion_tokens for answer in answers)
+        assert generated == concurrent * self.tokens
+        return generated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden-size", type=int, default=384)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    import localoai
+    from localoai.testing import build_tiny_model
+
+    logging.getLogger("localoai").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    model, tokenizer = build_tiny_model(hidden_size=args.hidden_size, num_layers=args.layers,
+                                        num_heads=max(1, args.hidden_size // 64))
+    model.to(args.device)
+    parameters = sum(p.numel() for p in model.parameters())
+    messages = prompts(max(CONCURRENCY))
+    raw = RawGenerate(model, tokenizer, messages, args.tokens)
+    figures: dict[str, dict[int, float]] = {"localoai": {}, "raw_generate": {}, "one_at_a_time": {}}
+    with tempfile.TemporaryDirectory() as store_dir:
+        for label, options in (("localoai", {}), ("one_at_a_time", {"max_batch_size": 1})):
+            server = localoai.start(model, tokenizer, port=0, name="bench",
+                                    store=os.path.join(store_dir, f"{label}.sqlite3"), **options)
+            try:
+                load = HttpLoad(server, messages, args.tokens)
+                for concurrent in CONCURRENCY:
+                    figures[label][concurrent] = median_rate(lambda c=concurrent: load(c), args.repeats)
+            finally:
+                server.stop()
+        for concurrent in CONCURRENCY:
+            figures["raw_generate"][concurrent] = median_rate(lambda c=concurrent: raw(c), args.repeats)
+
+    print(f"model: Qwen2-style, hidden {args.hidden_size}, {args.layers} layers, {parameters / 1e6:.1f}M parameters, "
+          f"{args.device}; {args.tokens} tokens per request; torch threads {args.threads}; "
+          f"{platform.machine()}, torch {torch.__version__}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"{'concurrent':>10} | {'localoai tok/s':>14} | {'raw generate':>12} | {'one at a time':>13} | "
+          f"{'vs raw':>7} | {'vs 1-at-a-time':>14}")
+    ratios: dict[int, dict[str, float]] = {}
+    for concurrent in CONCURRENCY:
+        served, ceiling, serial = (figures[k][concurrent] for k in ("localoai", "raw_generate", "one_at_a_time"))
+        ratios[concurrent] = {"vs_raw": served / ceiling, "vs_one_at_a_time": served / serial}
+        print(f"{concurrent:>10} | {served:>14.1f} | {ceiling:>12.1f} | {serial:>13.1f} | "
+              f"{served / ceiling:>6.2f}x | {served / serial:>13.2f}x")
+    at_32 = ratios[32]
+    print(f"targets at 32: >= 0.8x raw ({at_32['vs_raw']:.2f}x: {'met' if at_32['vs_raw'] >= 0.8 else 'NOT met'}), "
+          f">= 5x one at a time ({at_32['vs_one_at_a_time']:.2f}x: "
+          f"{'met' if at_32['vs_one_at_a_time'] >= 5 else 'NOT met'})")
+    if args.json:
+        print(json.dumps({"figures": figures, "ratios": ratios, "parameters": parameters, "args": vars(args)}))
+
+
+if __name__ == "__main__":
+    main()
