@@ -99,7 +99,7 @@ def _unbounded(schema: Any) -> Any:
 SCHEMAS = {"bounded": SCHEMA, "unbounded": _unbounded(SCHEMA)}
 
 
-def _trained_151k(cache: Path) -> Any:
+def trained_151k(cache: Path) -> Any:
     """A byte-level BPE with 151k tokens, trained on this machine's installed Python sources."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -141,7 +141,7 @@ def tokenizers(cache: Path) -> dict[str, Any]:
         found["gpt-2 (GGUF fixture)"] = AutoTokenizer.from_pretrained(str(gguf), gguf_file="ggml-vocab-gpt-2.gguf")
     except Exception as exc:  # noqa: BLE001 - optional: the fixture or the gguf package may be missing
         print(f"(skipping the GPT-2 GGUF tokenizer: {type(exc).__name__})", file=sys.stderr)
-    found["trained BPE 151k"] = _trained_151k(cache)
+    found["trained BPE 151k"] = trained_151k(cache)
     return found
 
 

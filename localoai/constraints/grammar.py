@@ -140,8 +140,7 @@ class _Lark:
         return "\n".join([f"start: {' | '.join(starts)}", *rules])
 
     def _after_text(self, spec: OutputSpec, fmt: ToolCallFormat, rules: list[str]) -> str:
-        """Free text, in which each call is constrained from its trigger on (as llguidance's
-        `StructTag` does: a lazy text lexeme ends at the first trigger)."""
+        """Free text, in which each call is constrained from its trigger on."""
         trigger = fmt.trigger
         if fmt.begin:
             body = f"{self.pieces(fmt.begin[1:])} call ({self.pieces(fmt.separator)} call)* {self.pieces(fmt.end)}"
@@ -149,10 +148,13 @@ class _Lark:
             rules = [f"rest_{i}: {self.pieces(fmt.call[1:], tool)}" for i, tool in enumerate(spec.tools)]
             body = "(" + " | ".join(f"rest_{i}" for i in range(len(spec.tools))) + ")"
         literal = self.literal(trigger)
-        if literal.startswith("<["):  # a special token: text can never contain it
-            rules.append(f"markup: TEXT {literal} {body}")
-        else:
-            rules += [f"opening[lazy]: TEXT {literal}", f"markup: opening {body}"]
+        if literal.startswith("<["):  # a special token: text is any other token, special ones included
+            token_id = literal[2:-2]
+            rules.append(f"markup: {literal} {body}")
+            return "\n".join(["%llguidance {}", "start: (<[^" + token_id + "]> | markup)*", *rules])
+        # A lazy text lexeme ends at the first trigger, as llguidance's `StructTag` does (text
+        # lexemes cannot hold special tokens: here they cannot be written in the text).
+        rules += [f"opening[lazy]: TEXT {literal}", f"markup: opening {body}"]
         return "\n".join(["%llguidance {}", "start: markup* TEXT", "TEXT: /(.|\\n)*/", *rules])
 
 
