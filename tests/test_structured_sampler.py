@@ -25,7 +25,9 @@ def tokenizer() -> Any:
     return build_tokenizer()
 
 
-def decode_until_stop(tokenizer: Any, params: SamplingParams, *, seed: int, push: dict[int, float]) -> tuple[str, list[torch.Tensor]]:
+def decode_until_stop(
+    tokenizer: Any, params: SamplingParams, *, seed: int, push: dict[int, float]
+) -> tuple[str, list[torch.Tensor]]:
     """Sample one row with random logits (plus `push` on some ids) until the stop token."""
     vocab = len(tokenizer) + PADDING
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -54,7 +54,7 @@ class GrammarError(ValueError):
 # -- tokenizers ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: a key of the compiled cache
 class _Vocabulary:
     """llguidance's view of one tokenizer, and its tokens by text (to match markers as tokens)."""
 
@@ -169,9 +169,10 @@ def _error(message: str) -> GrammarError:
     if found is not None:
         keywords = json.loads(found.group(1))
         names = ", ".join(f"'{keyword}'" for keyword in keywords)
-        return GrammarError(f"the JSON Schema keyword(s) {names} are not supported", keywords)
+        return GrammarError(f"the JSON Schema keyword(s) {names} are not supported by the grammar engine that "
+                            "enforces structured outputs", keywords)
     first = message.strip().splitlines()[0] if message.strip() else "invalid grammar"
-    return GrammarError(re.sub(r"^at \d+\(\d+\): ", "", first))
+    return GrammarError("it cannot be compiled into a grammar: " + re.sub(r"^at \d+\(\d+\): ", "", first))
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -189,11 +190,11 @@ class _CompiledCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[tuple[str, int], llguidance.LLMatcher] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, _Vocabulary], llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, grammar: str, vocabulary: _Vocabulary) -> llguidance.LLMatcher:
-        key = (grammar, id(vocabulary))
+        key = (grammar, vocabulary)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)

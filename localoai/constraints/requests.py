@@ -111,12 +111,22 @@ def constrain_response(
     return _constrained(served, fields, parser, params)
 
 
+def _arguments(tool: _Tool) -> dict[str, Any]:
+    """A tool's arguments schema: no `parameters` is an empty parameter list (as OpenAI reads it), and
+    the arguments are an object whatever the schema leaves open."""
+    if tool.parameters is None:
+        return NO_PARAMETERS
+    return tool.parameters if "type" in tool.parameters else {**tool.parameters, "type": "object"}
+
+
 def _schema_of(fmt: JsonSchemaFormat) -> dict[str, Any]:
     # OpenAI's schema is optional: without one, any JSON value a schema of `{}` allows.
     return fmt.schema_ if fmt.schema_ is not None else {}
 
 
-def _constrained(served: ServedModel, fields: _Request, parser: ToolParser | None, params: SamplingParams) -> SamplingParams:
+def _constrained(
+    served: ServedModel, fields: _Request, parser: ToolParser | None, params: SamplingParams
+) -> SamplingParams:
     spec = _spec(fields, parser)
     if spec is None:
         return params
@@ -140,8 +150,7 @@ def _checked(schema: dict[str, Any], param: str) -> str:
     try:
         check_schema(text)
     except GrammarError as exc:
-        raise UnsupportedFieldError(f"Unsupported value for '{param}': {exc} by the grammar engine that enforces "
-                                    "structured outputs here.", param=param) from None
+        raise UnsupportedFieldError(f"Unsupported value for '{param}': {exc}.", param=param) from None
     return text
 
 
@@ -157,7 +166,7 @@ def _spec(fields: _Request, parser: ToolParser | None) -> OutputSpec | None:
                                     f"tool-call format; {why}.", param="tool_choice")
     named = fields.tool_choice != "required"
     chosen = [tool for tool in fields.tools if not named or tool.name == fields.tool_choice]
-    tools = tuple(ToolSpec(tool.name, _checked(tool.parameters or NO_PARAMETERS, tool.param)) for tool in chosen)
+    tools = tuple(ToolSpec(tool.name, _checked(_arguments(tool), tool.param)) for tool in chosen)
     return OutputSpec(tools=tools, call_format=call_format, tool_calls="required",
                       parallel=fields.parallel and not named)
 
@@ -165,10 +174,12 @@ def _spec(fields: _Request, parser: ToolParser | None) -> OutputSpec | None:
 def _optional_calls(fields: _Request, parser: ToolParser | None, answer: str | None) -> OutputSpec | None:
     """The answer (if constrained) or calls, when calls can be constrained; else the answer alone."""
     call_format = parser.call_format() if parser is not None and fields.tool_choice == "auto" else None
-    tools = fields.tools if call_format is not None else ()
-    if tools and (answer is not None or (call_format.after_text and any(tool.strict for tool in tools))):  # type: ignore[union-attr]
+    if call_format is None:
+        return OutputSpec(answer=answer) if answer is not None else None
+    tools = fields.tools
+    if tools and (answer is not None or (call_format.after_text and any(tool.strict for tool in tools))):
         specs = tuple(
-            ToolSpec(tool.name, _checked(tool.parameters or NO_PARAMETERS, tool.param) if tool.strict else ANY_OBJECT)
+            ToolSpec(tool.name, _checked(_arguments(tool), tool.param) if tool.strict else ANY_OBJECT)
             for tool in tools
         )
         return OutputSpec(answer=answer, tools=specs, call_format=call_format, tool_calls="optional")

@@ -51,5 +51,6 @@ class OutputSpec:
             raise ValueError("tool calls need a call format and at least one tool")
         if self.tool_calls == "none" and self.answer is None:
             raise ValueError("an unconstrained output needs no spec")
-        if self.tool_calls == "optional" and self.answer is None and not self.call_format.after_text:  # type: ignore[union-attr]
+        after_text = self.call_format is not None and self.call_format.after_text
+        if self.tool_calls == "optional" and self.answer is None and not after_text:
             raise ValueError("calls after free text need a format whose calls may follow text")
