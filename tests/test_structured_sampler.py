@@ -74,3 +74,29 @@ def test_the_params_record_keeps_the_grammar_as_json(tokenizer: Any) -> None:
     recorded = dataclasses.asdict(SamplingParams(max_tokens=4, constraint=constraint))
     assert json.loads(json.dumps(recorded))["constraint"] == {"grammar": constraint.grammar}
     assert "%json" in constraint.grammar
+
+
+@pytest.mark.parametrize("family", ["hermes", "mistral", "deepseek", "llama3_json"])
+def test_each_family_s_forced_calls_parse_back_as_valid_calls(tokenizer: Any, family: str) -> None:
+    """What a tool-call grammar lets the model write is what that family's parser reads as calls."""
+    import jsonschema
+
+    from localoai.constraints.spec import ToolSpec
+    from localoai.parsers.tool_calls import TOOL_PARSERS
+
+    schemas = {
+        "get_weather": {"type": "object", "properties": {"city": {"enum": ["paris", "tokyo"]}},
+                        "required": ["city"], "additionalProperties": False},
+        "search": {"type": "object", "properties": {"q": {"type": "string", "maxLength": 6}, "k": {
+            "type": "integer", "minimum": 1, "maximum": 5}}, "required": ["q", "k"], "additionalProperties": False},
+    }
+    parser = TOOL_PARSERS[family](list(schemas))
+    spec = OutputSpec(tools=tuple(ToolSpec(name, schema_text(schema)) for name, schema in schemas.items()),
+                      call_format=parser.call_format(), tool_calls="required")
+    params = SamplingParams(max_tokens=200, constraint=compile_spec(spec, tokenizer, len(tokenizer) + PADDING))
+    for seed in range(4):
+        text, _ = decode_until_stop(tokenizer, params, seed=seed, push={})
+        parsed = parser.parse(text)
+        assert parsed.error is None and parsed.tool_calls and parsed.content == "", text
+        for call in parsed.tool_calls:
+            jsonschema.validate(json.loads(call.arguments), schemas[call.name])
