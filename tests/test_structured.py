@@ -140,7 +140,7 @@ def test_a_strict_tool_call_is_valid_once_the_model_opens_it(client: openai.Open
     random model open calls at once; unconstrained it would write `<tool_call>` over and over."""
     tools = [{**tool, "function": {**tool["function"], "strict": True}} for tool in TOOLS]
     tool_call = tiny[1].convert_tokens_to_ids("<tool_call>")
-    completion = client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2, seed=7, max_tokens=40,
+    completion = client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2, seed=7, max_tokens=80,
                                                 tools=tools, logit_bias={str(tool_call): 100})
     for choice in completion.choices:
         assert choice.message.tool_calls

@@ -26,7 +26,7 @@ def tokenizer() -> Any:
 
 
 def decode_until_stop(
-    tokenizer: Any, params: SamplingParams, *, seed: int, push: dict[int, float]
+    tokenizer: Any, params: SamplingParams, *, seed: int, push: dict[int, float], steps: int = 200
 ) -> tuple[str, list[torch.Tensor]]:
     """Sample one row with random logits (plus `push` on some ids) until the stop token."""
     vocab = len(tokenizer) + PADDING
@@ -38,14 +38,14 @@ def decode_until_stop(
         bias[token] = value
     tokens: list[int] = []
     logprobs = []
-    for step in range(200):
+    for step in range(steps):
         logits = torch.randn(1, vocab, generator=generator) * 3 + bias
         token, distribution = sampler.sample(logits, step)
         logprobs.append(distribution[0])
         if int(token) == stop:
             return tokenizer.decode(tokens), logprobs
         tokens.append(int(token))
-    raise AssertionError(f"no stop token after 200 steps: {tokenizer.decode(tokens)!r}")
+    raise AssertionError(f"no stop token after {steps} steps: {tokenizer.decode(tokens)!r}")
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
@@ -91,12 +91,16 @@ def test_each_family_s_forced_calls_parse_back_as_valid_calls(tokenizer: Any, fa
             "type": "integer", "minimum": 1, "maximum": 5}}, "required": ["q", "k"], "additionalProperties": False},
     }
     parser = TOOL_PARSERS[family](list(schemas))
-    spec = OutputSpec(tools=tuple(ToolSpec(name, schema_text(schema)) for name, schema in schemas.items()),
-                      call_format=parser.call_format(), tool_calls="required")
-    params = SamplingParams(max_tokens=200, constraint=compile_spec(spec, tokenizer, len(tokenizer) + PADDING))
-    for seed in range(4):
-        text, _ = decode_until_stop(tokenizer, params, seed=seed, push={})
+    tools = tuple(ToolSpec(name, schema_text(schema)) for name, schema in schemas.items())
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for seed, parallel in ((0, False), (1, False), (2, True), (3, True)):
+        spec = OutputSpec(tools=tools, call_format=parser.call_format(), tool_calls="required", parallel=parallel)
+        constraint = compile_spec(spec, tokenizer, len(tokenizer) + PADDING)
+        params = SamplingParams(max_tokens=1000, seed=seed, constraint=constraint)
+        # With parallel calls the end competes with one more call at every call: leave room for several.
+        text, _ = decode_until_stop(tokenizer, params, seed=seed, push={stop: 6.0}, steps=1000)
         parsed = parser.parse(text)
         assert parsed.error is None and parsed.tool_calls and parsed.content == "", text
+        assert parallel or len(parsed.tool_calls) == 1
         for call in parsed.tool_calls:
             jsonschema.validate(json.loads(call.arguments), schemas[call.name])
