@@ -147,8 +147,11 @@ CASES: list[Case] = [
     # Documented fields this server refuses.
     refused("audio", {"voice": "alloy", "format": "wav"}),
     refused("modalities", ["text", "audio"]),
-    refused("response_format", {"type": "json_object"}),
-    refused("tool_choice", "required"),
+    Case("refused-response_format-keyword", chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "array", "uniqueItems": True}}}), param="response_format.json_schema.schema",
+        code="unsupported_parameter"),
+    Case("refused-tool_choice-allowed_tools", chat(tool_choice={"type": "allowed_tools", "allowed_tools": {}}),
+         param="tool_choice", code="unsupported_parameter"),
     refused("web_search_options", {}),
     refused("prediction", {"type": "content", "content": "hello"}),
     refused("functions", [{"name": "f", "parameters": {}}]),
@@ -221,8 +224,9 @@ SDK_CASES: list[tuple[str, SDKCall, type[openai.APIStatusError], int, str | None
     ("context", lambda c: c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5000),
      openai.BadRequestError, 400, "max_tokens", "context_length_exceeded"),
     ("response_format", lambda c: c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2,
-                                                            response_format={"type": "json_object"}),
-     openai.BadRequestError, 400, "response_format", "unsupported_parameter"),
+                                                            response_format={"type": "json_schema", "json_schema": {
+                                                                "name": "x", "schema": {"not": {}}}}),
+     openai.BadRequestError, 400, "response_format.json_schema.schema", "unsupported_parameter"),
     ("stream-invalid", lambda c: c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, n=0,
                                                            stream=True),
      openai.BadRequestError, 400, "n", "invalid_value"),
@@ -487,7 +491,7 @@ def test_server_survives_failed_generation(failing: FailingModel) -> None:
         ({"max_tokens": 5000}, 400),
         ({"logit_bias": {"999999": 5}}, 400),
         ({"stream": True, "n": 0}, 400),
-        ({"response_format": {"type": "json_object"}}, 400),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}}, 400),
         ({"model": "no-such-model"}, 404),
     ],
 )

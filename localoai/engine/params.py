@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    import torch
 
 FinishReason = Literal["stop", "length", "abort"]
+
+
+class ConstraintState(Protocol):
+    """Where each sample of one request stands in a decoding constraint (a grammar)."""
+
+    def allowed(self) -> torch.Tensor:
+        """Which tokens each sample may take next: bool, (samples, vocab), on the logits' device.
+        A sample whose constraint is complete may take only a stop token."""
+        ...
+
+    def advance(self, tokens: Sequence[int]) -> None:
+        """Take each sample's sampled token (stop tokens end the sample and are not consumed)."""
+        ...
+
+
+class TokenConstraint(Protocol):
+    """A constraint on what a request may generate (`localoai.constraints` builds them). It is
+    recorded with the rest of the params through `dataclasses.asdict`, so its fields are JSON."""
+
+    def start(
+        self, samples: int, *, vocab_size: int, stop_token_ids: Sequence[int], device: torch.device
+    ) -> ConstraintState: ...
 
 
 @dataclass(frozen=True)
@@ -34,6 +60,8 @@ class SamplingParams:
     computed (every generation's trace keeps it); whether a response shows it is the handler's call."""
     prompt_logprobs: int | None = None
     """As `logprobs`, for every prompt token after the first (the legacy endpoint's `echo`)."""
+    constraint: TokenConstraint | None = None
+    """Structured outputs: tokens outside the constraint are masked before sampling."""
 
     @property
     def greedy(self) -> bool:

@@ -1,10 +1,11 @@
 """Logits to next tokens for one request's batch of samples, and the logprobs of that choice.
 
-Order, as in vLLM: repetition / frequency / presence penalties, logit_bias, min_tokens,
-then temperature and the top_k / top_p / min_p filters, then sampling with the
-request's own seeded generator. Logprobs are taken from the distribution actually
-sampled from (after penalties, bias, temperature and filtering); for greedy decoding
-(temperature 0) from the penalised, biased distribution at temperature 1.
+Order, as in vLLM: repetition / frequency / presence penalties, logit_bias, the constraint's
+mask (structured outputs: tokens the grammar does not allow next get -inf), min_tokens, then
+temperature and the top_k / top_p / min_p filters, then sampling with the request's own
+seeded generator. Logprobs are taken from the distribution actually sampled from (after
+penalties, bias, the mask, temperature and filtering); for greedy decoding (temperature 0)
+from the penalised, biased, masked distribution at temperature 1.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from localoai.engine.params import SamplingParams, TokenLogprob
+from localoai.engine.params import ConstraintState, SamplingParams, TokenLogprob
 
 
 class Sampler:
@@ -45,6 +46,11 @@ class Sampler:
             for token_id, bias in params.logit_bias:
                 self._bias[token_id] = bias
         self._eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
+        self._constraint: ConstraintState | None = None
+        if params.constraint is not None:
+            self._constraint = params.constraint.start(
+                rows, vocab_size=vocab_size, stop_token_ids=sorted(set(eos_token_ids)), device=device
+            )
 
     def sample(self, logits: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick the next token of every row; also return the logprobs they were drawn from."""
@@ -58,6 +64,8 @@ class Sampler:
             logits = logits - params.presence_penalty * (self._counts > 0).float()
         if self._bias is not None:
             logits = logits + self._bias
+        if self._constraint is not None:
+            logits = logits.masked_fill(~self._constraint.allowed(), float("-inf"))
         if step < params.min_tokens and self._eos.numel():
             logits = logits.index_fill(-1, self._eos, float("-inf"))  # out of place: never touch the model's output
         if params.greedy:
@@ -90,6 +98,8 @@ class Sampler:
         return logits
 
     def _observe(self, tokens: torch.Tensor) -> None:
+        if self._constraint is not None:
+            self._constraint.advance(tokens.tolist())
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         if self._counts is not None:
             self._counts[rows, tokens] += 1

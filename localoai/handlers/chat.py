@@ -28,6 +28,7 @@ from openai.types.chat import chat_completion_chunk as chunk_types
 from openai.types.chat.chat_completion_token_logprob import TopLogprob
 
 from localoai.chat_template import RenderedPrompt, render_chat
+from localoai.constraints.requests import constrain_chat
 from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
 from localoai.handlers.common import Generation, new_id, sampling_params, token_budget, token_logprob
 from localoai.handlers.recording import record_generation
@@ -73,6 +74,7 @@ class ChatCompletions:
         offered = request.tools if request.tool_choice != "none" else None
         parser = served.tool_parser([tool.function.name for tool in offered]) if offered else None
         params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs)
+        params = constrain_chat(served, request, parser, params)  # structured outputs, if asked for
         return PreparedChat(request, prompt, params, parser)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:

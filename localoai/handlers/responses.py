@@ -44,6 +44,7 @@ from openai.types.shared import Reasoning
 from pydantic import TypeAdapter
 
 from localoai.chat_template import RenderedPrompt, render_chat
+from localoai.constraints.requests import constrain_response
 from localoai.engine.params import SampleDelta, SamplingParams
 from localoai.errors import InvalidRequestError, NotFoundError, ServerError
 from localoai.handlers.client_tools import client_tool_types
@@ -137,6 +138,7 @@ class Responses:
         )
         offered = request.tools if request.tool_choice != "none" else None
         parser = self.served.tool_parser([offered_name(tool) for tool in offered]) if offered else None
+        params = constrain_response(self.served, request, parser, params)  # structured outputs, if asked for
         return PreparedResponse(request, items, prompt, params, parser, new_from)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
@@ -340,8 +342,8 @@ class Responses:
             "service_tier": "default",
             "store": request.store is not False,
             "temperature": float(prepared.params.temperature),
-            "text": {"format": {"type": "text"}, "verbosity": "medium"},
-            "tool_choice": request.tool_choice or "auto",
+            "text": {"format": _format(request), "verbosity": "medium"},
+            "tool_choice": _dumped(request.tool_choice) or "auto",
             "tools": [_TOOL.validate_python(tool.model_dump(exclude_none=tool.type != "function"))
                       for tool in request.tools or []],
             "top_logprobs": request.top_logprobs or 0,
@@ -369,6 +371,15 @@ class Responses:
             input_items=run.prepared.items,
             status=status,
         )
+
+
+def _format(request: ResponseCreateRequest) -> dict[str, Any]:
+    fmt = request.text.format if request.text is not None else None
+    return fmt.model_dump(mode="json", exclude_none=True) if fmt is not None else {"type": "text"}
+
+
+def _dumped(value: Any) -> Any:
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
 async def _drained(sink: asyncio.Queue[ResponseStreamEvent | None]) -> AsyncIterator[ResponseStreamEvent]:

@@ -8,6 +8,7 @@ raises: it stays in the content.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import secrets
@@ -45,6 +46,40 @@ class StreamDelta:
     id: str | None = None
     name: str | None = None
     arguments: str | None = None
+
+
+class Slot(enum.Enum):
+    """A place in a `ToolCallFormat.call` that the grammar fills in."""
+
+    NAME = "name"
+    """The tool's name, verbatim."""
+    ARGUMENTS = "arguments"
+    """A JSON object valid against the tool's parameters schema."""
+    NEWLINE = "newline"
+    """An optional line break (templates differ on whether they write one there)."""
+
+
+@dataclass(frozen=True)
+class ToolCallFormat:
+    """How a format writes tool calls, for a grammar that makes the model write them (forced or
+    `strict` tool calls, `localoai.constraints`): `begin`, one or more calls separated by
+    `separator`, then `end`; a call is `call`. Each is a sequence of literal text and `Slot`s; a
+    literal that is a special token of the tokenizer is matched as that token. What the grammar
+    lets the model write must be what the format's parser reads back as the same calls."""
+
+    call: tuple[str | Slot, ...]
+    begin: tuple[str | Slot, ...] = ()
+    separator: tuple[str | Slot, ...] = ()
+    end: tuple[str | Slot, ...] = ()
+    after_text: bool = True
+    """Whether calls may follow free text, starting at `trigger`: then, under `tool_choice: auto`,
+    a grammar can leave the text free and constrain each call from its first marker on."""
+
+    @property
+    def trigger(self) -> str:
+        """The literal that opens tool-call markup."""
+        first = (self.begin or self.call)[0]
+        return first if isinstance(first, str) else ""
 
 
 def new_call_id() -> str:
@@ -95,6 +130,12 @@ class ToolParser(ABC):
     @abstractmethod
     def stream(self) -> ToolCallStream:
         """A fresh incremental parser for one output."""
+
+    @classmethod
+    def call_format(cls) -> ToolCallFormat | None:
+        """How this format writes calls, for constrained decoding; None when a grammar cannot
+        describe it (then tool calls cannot be forced)."""
+        return None
 
 
 

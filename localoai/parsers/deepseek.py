@@ -7,6 +7,8 @@ import re
 from typing import ClassVar
 
 from localoai.parsers.base import (
+    Slot,
+    ToolCallFormat,
     _Bad,
     _Call,
     _Content,
@@ -94,3 +96,13 @@ class DeepSeekToolParser(_ScannerToolParser):
 
     def _scanner(self) -> _Scanner:
         return _DeepSeekScanner(self.tool_names)
+
+    @classmethod
+    def call_format(cls) -> ToolCallFormat:
+        # V3 / R1's fenced form, as their templates write it (V3.1 output parses the same way).
+        return ToolCallFormat(
+            call=(CALL_BEGIN, "function", SEP, Slot.NAME, "\n```json\n", Slot.ARGUMENTS, "\n```", CALL_END),
+            begin=(CALLS_BEGIN,),
+            separator=(Slot.NEWLINE,),
+            end=(CALLS_END,),
+        )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from localoai.parsers.base import (
+    Slot,
+    ToolCallFormat,
     _Bad,
     _Call,
     _Content,
@@ -136,6 +138,14 @@ class HermesToolParser(_ScannerToolParser):
 
     def _scanner(self) -> _HermesScanner:
         return _HermesScanner(self.tool_names)
+
+    @classmethod
+    def call_format(cls) -> ToolCallFormat:
+        return ToolCallFormat(
+            call=(OPEN, Slot.NEWLINE, '{"name": "', Slot.NAME, '", "arguments": ', Slot.ARGUMENTS, "}",
+                  Slot.NEWLINE, CLOSE),
+            separator=(Slot.NEWLINE,),
+        )
 
     def stream(self) -> HermesToolCallStream:
         return HermesToolCallStream(self.tool_names)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from localoai.parsers.base import (
+    Slot,
+    ToolCallFormat,
     _Bad,
     _Content,
     _Event,
@@ -125,3 +127,12 @@ class Llama3JsonToolParser(_ScannerToolParser):
 
     def _scanner(self) -> _Scanner:
         return _Llama3JsonScanner(self.tool_names)
+
+    @classmethod
+    def call_format(cls) -> ToolCallFormat:
+        # Untagged calls are recognised only as the whole output, so none can follow text.
+        return ToolCallFormat(
+            call=('{"name": "', Slot.NAME, '", "parameters": ', Slot.ARGUMENTS, "}"),
+            separator=("; ",),
+            after_text=False,
+        )

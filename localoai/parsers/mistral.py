@@ -9,6 +9,8 @@ import string
 from typing import ClassVar
 
 from localoai.parsers.base import (
+    Slot,
+    ToolCallFormat,
     _Bad,
     _Call,
     _Event,
@@ -127,3 +129,13 @@ class MistralToolParser(_ScannerToolParser):
 
     def _scanner(self) -> _Scanner:
         return _MistralScanner(self.tool_names)
+
+    @classmethod
+    def call_format(cls) -> ToolCallFormat:
+        # The JSON-list form, which every Mistral tokenizer version's output parses as.
+        return ToolCallFormat(
+            call=('{"name": "', Slot.NAME, '", "arguments": ', Slot.ARGUMENTS, "}"),
+            begin=(TOOL_CALLS, "["),
+            separator=(", ",),
+            end=("]",),
+        )

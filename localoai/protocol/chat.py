@@ -1,15 +1,16 @@
 """`POST /v1/chat/completions` request body, in the order of the OpenAI reference.
 
 Text is the only modality a local causal LM reads, so image, audio and file parts are
-refused by name; so are values that need features this server does not provide yet
-(constrained decoding for `response_format`/`tool_choice: required`, stored completions).
+refused by name; so are values that need features this server does not provide. Structured
+outputs (`response_format` json_object / json_schema, `tool_choice` required or a named function,
+`strict` tools) are validated for shape here and turned into a grammar by `localoai.constraints`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, StrictBool, StrictInt, model_validator
+from pydantic import Field, StrictBool, StrictInt, model_serializer, model_validator
 
 from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
 from localoai.protocol.content import RefusalPart, RefusedPart
@@ -115,18 +116,47 @@ class FunctionTool(RequestModel):
     function: FunctionDefinition
 
 
+class FunctionName(RequestModel):
+    name: str
+
+
 class NamedToolChoice(RequestModel):
     type: Literal["function"]
-    function: dict[str, str]
+    function: FunctionName
 
 
 class ResponseFormatText(RequestModel):
     type: Literal["text"]
 
 
-class JsonOutputFormat(RequestModel):
-    type: Literal["json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+class ResponseFormatJsonObject(RequestModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(RequestModel):
+    """A `json_schema` format's schema and its name (also the shape of Responses' `text.format`)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # `schema` would shadow pydantic's
+    strict: StrictBool | None = None
+
+    @model_serializer(mode="wrap")
+    def _by_alias(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if "schema_" in data:
+            data["schema"] = data.pop("schema_")
+        return data
+
+
+class ResponseFormatJsonSchema(RequestModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    Union[ResponseFormatText, ResponseFormatJsonObject, ResponseFormatJsonSchema], Field(discriminator="type")
+]
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -146,7 +176,7 @@ class ChatCompletionRequest(SamplingFields):
     prompt_cache_options: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
     reasoning_effort: str | None = None
-    response_format: ResponseFormatText | JsonOutputFormat | None = None
+    response_format: ResponseFormat | None = None
     safety_identifier: str | None = None
     store: StrictBool | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | dict[str, Any] | None = None
@@ -179,16 +209,6 @@ class ChatCompletionRequest(SamplingFields):
                 self.web_search_options is not None,
                 "web search is a hosted OpenAI tool and is not available on a local model",
             ),
-            "response_format": (
-                isinstance(self.response_format, JsonOutputFormat),
-                "structured outputs (json_object / json_schema) are not supported yet; "
-                "they need constrained decoding, which this server does not provide yet",
-            ),
-            "tool_choice": (
-                self.tool_choice not in (None, "none", "auto"),
-                "only 'none' and 'auto' are supported; forcing a tool call needs constrained decoding, "
-                "which this server does not provide yet",
-            ),
             "reasoning_effort": (
                 self.reasoning_effort is not None,
                 "reasoning_effort is not supported yet; use chat_template_kwargs (e.g. enable_thinking)",
@@ -204,6 +224,24 @@ class ChatCompletionRequest(SamplingFields):
             raise InvalidParam(
                 "continue_final_message and add_generation_prompt cannot both be true", param="continue_final_message"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tool_choice_fits_tools(self) -> ChatCompletionRequest:
+        if isinstance(self.tool_choice, dict):  # not a named function: `allowed_tools`, `custom`, ...
+            kind = self.tool_choice.get("type")
+            if kind == "function":
+                raise InvalidParam("a named tool choice is {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                                   param="tool_choice")
+            raise Unsupported(f"tool_choice of type {kind!r} is not supported; use 'none', 'auto', 'required' or "
+                              "a named function", param="tool_choice")
+        if self.tool_choice not in (None, "none", "auto"):
+            names = [tool.function.name for tool in self.tools or []]
+            if not names:
+                raise InvalidParam("'tool_choice' is only allowed when 'tools' are specified", param="tool_choice")
+            if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+                raise InvalidParam(f"no function named {self.tool_choice.function.name!r} is in 'tools'",
+                                   param="tool_choice")
         return self
 
     @property

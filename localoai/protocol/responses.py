@@ -17,6 +17,7 @@ from pydantic import Discriminator, Field, StrictBool, StrictInt, Tag, model_val
 
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.chat import JsonSchemaFormat
 from localoai.protocol.client_tools import (
     CLIENT_CALL_ITEMS,
     CLIENT_TOOL_TYPES,
@@ -181,9 +182,8 @@ class FunctionTool(RequestModel):
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    # Responses default `strict` to true, so nearly every client sends it. It is accepted but not
-    # enforced: a call's arguments are what the model wrote (parsed as JSON, never checked against
-    # `parameters`); guaranteeing the schema needs constrained decoding, which this server lacks.
+    # Responses default `strict` to true: omitted, the arguments are constrained to `parameters`
+    # (see `localoai.constraints.requests`).
     strict: StrictBool | None = None
 
 
@@ -197,9 +197,24 @@ Tool = Annotated[
 ]
 
 
-class TextFormat(RequestModel):
-    type: Literal["text", "json_object", "json_schema"]
-    model_config = {**RequestModel.model_config, "extra": "allow"}  # json_schema's own fields; refused below
+class TextFormatText(RequestModel):
+    type: Literal["text"]
+
+
+class TextFormatJsonObject(RequestModel):
+    type: Literal["json_object"]
+
+
+class TextFormatJsonSchema(JsonSchemaFormat):
+    type: Literal["json_schema"]
+
+
+TextFormat = Annotated[Union[TextFormatText, TextFormatJsonObject, TextFormatJsonSchema], Field(discriminator="type")]
+
+
+class FunctionToolChoice(RequestModel):
+    type: Literal["function"]
+    name: str
 
 
 class TextConfig(RequestModel):
@@ -258,7 +273,7 @@ class ResponseInputFields(RequestModel):
     previous_response_id: str | None = None
     reasoning: ReasoningConfig | None = None
     text: TextConfig | None = None
-    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | dict[str, Any] | None = None
     tools: list[Tool] | None = None
     truncation: Literal["auto", "disabled"] | None = None
 
@@ -304,7 +319,6 @@ class ResponseInputFields(RequestModel):
 
     @model_validator(mode="after")
     def _field_policy(self) -> ResponseInputFields:
-        fmt = self.text.format if self.text is not None else None
         if self.conversation is not None and self.previous_response_id is not None:
             raise InvalidParam("conversation and previous_response_id cannot both be given", param="conversation")
         names: set[str] = set()
@@ -314,18 +328,8 @@ class ResponseInputFields(RequestModel):
                 raise InvalidParam(f"tool names must be unique: '{name}' is offered twice", param=f"tools[{index}]")
             names.add(name)
         refusals = {
-            "text.format": (
-                fmt is not None and fmt.type != "text",
-                "structured outputs (json_object / json_schema) are not supported yet; "
-                "they need constrained decoding, which this server does not provide yet",
-            ),
             "text.verbosity": (self.text is not None and self.text.verbosity is not None,
                                "verbosity is not supported by this server"),
-            "tool_choice": (
-                self.tool_choice not in (None, "none", "auto"),
-                "only 'none' and 'auto' are supported; forcing a tool call needs constrained decoding, "
-                "which this server does not provide yet",
-            ),
             "reasoning": (
                 self.reasoning is not None and any(
                     v is not None for v in (self.reasoning.effort, self.reasoning.summary,
@@ -340,6 +344,23 @@ class ResponseInputFields(RequestModel):
         for field, (refused, why) in refusals.items():
             if refused:
                 raise Unsupported(why, param=field)
+        return self
+
+    @model_validator(mode="after")
+    def _tool_choice_fits_tools(self) -> ResponseInputFields:
+        if isinstance(self.tool_choice, dict):  # hosted tools, `allowed_tools`, `custom`, `mcp`, ...
+            kind = self.tool_choice.get("type")
+            if kind == "function":
+                raise InvalidParam("a function tool choice is {\"type\": \"function\", \"name\": ...}",
+                                   param="tool_choice")
+            raise Unsupported(f"tool_choice of type {kind!r} is not supported; use 'none', 'auto', 'required' or "
+                              "a function", param="tool_choice")
+        if self.tool_choice not in (None, "none", "auto"):
+            names = [offered_name(tool) for tool in self.tools or []]
+            if not names:
+                raise InvalidParam("'tool_choice' is only allowed when 'tools' are specified", param="tool_choice")
+            if isinstance(self.tool_choice, FunctionToolChoice) and self.tool_choice.name not in names:
+                raise InvalidParam(f"no function named {self.tool_choice.name!r} is in 'tools'", param="tool_choice")
         return self
 
 
