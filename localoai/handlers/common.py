@@ -111,12 +111,16 @@ class SampleTrace:
     finish_reason: str | None = None
     tool_parse_error: str | None = None
     """Why tool-call markup in the output could not be parsed (it was returned as text)."""
+    reasoning: str | None = None
+    """The reasoning the output parser found in `text` (returned as `reasoning_content` / reasoning items)."""
 
     def as_record(self, index: int) -> CompletionTrace:
         trace = CompletionTrace(index=index, completion_token_ids=self.token_ids, logprobs=self.logprobs,
                                 text="".join(self.text), finish_reason=self.finish_reason)
         if self.tool_parse_error is not None:
             trace["tool_parse_error"] = self.tool_parse_error
+        if self.reasoning is not None:
+            trace["reasoning_content"] = self.reasoning
         return trace
 
 

@@ -16,9 +16,13 @@ has none); a `function_call` item by the first piece of a parsed call. The order
                        output_text.done, content_part.done, output_item.done
     per function call: output_item.added (empty arguments, in_progress),
                        function_call_arguments.delta..., function_call_arguments.done, output_item.done
+    per reasoning:     output_item.added (no content yet), content_part.added (reasoning_text),
+                       reasoning_text.delta..., reasoning_text.done, content_part.done, output_item.done
     then completed / incomplete (or failed).
 
 A response with no output at all (the model ended at once) still has one, empty, message.
+A `reasoning` item is opened by the first reasoning text; it holds the reasoning as one
+`reasoning_text` content part and an empty `summary` (no summarizer runs here).
 
 Logprobs (`include: ["message.output_text.logprobs"]`) come in as `common.token_logprob` dicts,
 with the text they belong to: the `output_text` part keeps every one (token, bytes, logprob,
@@ -48,11 +52,16 @@ from openai.types.responses import (
     ResponseOutputItemDoneEvent,
     ResponseOutputMessage,
     ResponseOutputText,
+    ResponseReasoningItem,
+    ResponseReasoningTextDeltaEvent,
+    ResponseReasoningTextDoneEvent,
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
     ResponseUsage,
 )
+from openai.types.responses.response_content_part_added_event import PartReasoningText
+from openai.types.responses.response_reasoning_item import Content as ReasoningContent
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from localoai.handlers.common import new_id
@@ -109,13 +118,28 @@ class _FunctionCall:
 
 
 @dataclass
+class _Reasoning:
+    id: str
+    text: list[str] = field(default_factory=list)
+    status: ItemStatus = "in_progress"
+
+    def part(self) -> PartReasoningText:
+        return PartReasoningText(type="reasoning_text", text="".join(self.text))
+
+    def item(self, status: ItemStatus | None = None, *, with_part: bool = True) -> ResponseReasoningItem:
+        content = [ReasoningContent(type="reasoning_text", text="".join(self.text))] if with_part else []
+        return ResponseReasoningItem(id=self.id, type="reasoning", summary=[], content=content,
+                                     status=status or self.status)
+
+
+@dataclass
 class ResponseEvents:
     """Builds the events of one response. `settings` are the `Response` fields echoed from the
     request (id, model, instructions, temperature, tools, ...), the same on every event."""
 
     settings: dict[str, Any]
     sequence: int = 0
-    items: list[_Message | _FunctionCall] = field(default_factory=list)
+    items: list[_Message | _FunctionCall | _Reasoning] = field(default_factory=list)
     """The output items so far, in `output_index` order; only the last one may still be open."""
 
     def _event(self, event_type: type[Any], **fields: Any) -> Any:
@@ -124,7 +148,7 @@ class ResponseEvents:
         return event
 
     @property
-    def _open(self) -> _Message | _FunctionCall | None:
+    def _open(self) -> _Message | _FunctionCall | _Reasoning | None:
         last = self.items[-1] if self.items else None
         return last if last is not None and last.status == "in_progress" else None
 
@@ -141,6 +165,11 @@ class ResponseEvents:
     def text(self) -> str:
         """All content text so far (every message item's)."""
         return "".join("".join(item.text) for item in self.items if isinstance(item, _Message))
+
+    @property
+    def reasoning(self) -> str:
+        """All reasoning text so far (every reasoning item's)."""
+        return "".join("".join(item.text) for item in self.items if isinstance(item, _Reasoning))
 
     # -- events, in stream order -----------------------------------------------------------
 
@@ -171,6 +200,28 @@ class ResponseEvents:
         events.append(self._event(ResponseTextDeltaEvent, type="response.output_text.delta", item_id=message.id,
                                   output_index=len(self.items) - 1, content_index=0, delta=delta,
                                   logprobs=_event_logprobs(logprobs or [])))
+        return events
+
+    def reasoning_delta(self, delta: str) -> list[ResponseStreamEvent]:
+        """Reasoning text: opens a reasoning item first when none is open (closing what was open)."""
+        events: list[ResponseStreamEvent] = []
+        item = self._open
+        if not isinstance(item, _Reasoning):
+            if not delta:
+                return events
+            events += self._close()
+            item = _Reasoning(id=new_id("rs_"))
+            self.items.append(item)
+            index = len(self.items) - 1
+            events += [
+                self._event(ResponseOutputItemAddedEvent, type="response.output_item.added", output_index=index,
+                            item=item.item(with_part=False)),
+                self._event(ResponseContentPartAddedEvent, type="response.content_part.added", item_id=item.id,
+                            output_index=index, content_index=0, part=item.part()),
+            ]
+        item.text.append(delta)
+        events.append(self._event(ResponseReasoningTextDeltaEvent, type="response.reasoning_text.delta",
+                                  item_id=item.id, output_index=len(self.items) - 1, content_index=0, delta=delta))
         return events
 
     def call_delta(self, piece: StreamDelta) -> list[ResponseStreamEvent]:
@@ -231,8 +282,8 @@ class ResponseEvents:
         ]
 
     def _close(self, message_status: ItemStatus = "completed") -> list[ResponseStreamEvent]:
-        """The open item's done events (none when nothing is open). A message ends with the
-        response's status; a call is complete once parsed, whatever ends the response."""
+        """The open item's done events (none when nothing is open). A message or reasoning ends with
+        the response's status; a call is complete once parsed, whatever ends the response."""
         item = self._open
         if item is None:
             return []
@@ -247,6 +298,14 @@ class ResponseEvents:
             ]
         item.status = message_status
         ids = {"item_id": item.id, "output_index": index, "content_index": 0}
+        if isinstance(item, _Reasoning):
+            return [
+                self._event(ResponseReasoningTextDoneEvent, type="response.reasoning_text.done",
+                            text="".join(item.text), **ids),
+                self._event(ResponseContentPartDoneEvent, type="response.content_part.done", part=item.part(), **ids),
+                self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
+                            item=item.item()),
+            ]
         return [
             self._event(ResponseTextDoneEvent, type="response.output_text.done", text="".join(item.text),
                         logprobs=_event_logprobs(item.logprobs), **ids),

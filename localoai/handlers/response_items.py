@@ -7,9 +7,13 @@ rendered from it, `input_items` lists it, and a later `previous_response_id` rep
 Rendering (`chat_messages`): `instructions` and every `system`/`developer` message are merged into
 ONE leading system message (chat templates expect at most one, first); `function_call` items
 become assistant `tool_calls` (attached to the assistant message just before them, if any) and
-`function_call_output` items `tool` messages. `reasoning` items are accepted and listed but not
-rendered: the chat template has no slot for an earlier turn's reasoning, and what a template does
-with it is model-specific; rendering them belongs to reasoning parsing (its own issue).
+`function_call_output` items `tool` messages. A `reasoning` item's `content` (the reasoning text
+this server returns) becomes the `reasoning_content` of the assistant message that follows it
+(the message, or the assistant turn its function calls open), and `chat_template.template_messages`
+hands it to the template the way it reads it (Qwen3's `reasoning_content`, gpt-oss's `thinking`);
+the template decides whether an earlier turn's reasoning is shown (Qwen3 keeps it only after the
+last user turn). A reasoning item with no assistant turn after it, or with only a `summary` or
+`encrypted_content` (OpenAI's own), has nothing the template can render.
 """
 
 from __future__ import annotations
@@ -95,23 +99,36 @@ def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]]) -> 
     """Stored items (and this request's `instructions`) as the chat messages the template renders."""
     system: list[str] = [instructions] if instructions else []
     messages: list[dict[str, Any]] = []
+    reasoning: list[str] = []  # reasoning items waiting for the assistant turn they belong to
+
+    def assistant(message: dict[str, Any]) -> dict[str, Any]:
+        if reasoning:
+            message["reasoning_content"] = "\n".join(reasoning)
+            reasoning.clear()
+        return message
+
     for item in items:
         kind = item["type"]
         if kind == "message":
             if item["role"] in ("system", "developer"):
                 system.append(_text(item["content"]))
+            elif item["role"] == "assistant":
+                messages.append(assistant({"role": "assistant", "content": _text(item["content"])}))
             else:
                 messages.append({"role": item["role"], "content": _text(item["content"])})
         elif kind == "function_call":
             call = {"id": item["call_id"], "type": "function",
                     "function": {"name": item["name"], "arguments": item["arguments"]}}
-            if messages and messages[-1]["role"] == "assistant":
+            if messages and messages[-1]["role"] == "assistant" and not reasoning:
                 messages[-1].setdefault("tool_calls", []).append(call)
             else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                messages.append(assistant({"role": "assistant", "content": None, "tool_calls": [call]}))
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _text(item["output"])})
-        # "reasoning": listed, not rendered (see the module docstring)
+        elif kind == "reasoning":
+            text = "".join(part.get("text", "") for part in item.get("content") or [])
+            if text:
+                reasoning.append(text)
     if system:
         messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return _MESSAGES.validate_python(messages)

@@ -5,7 +5,9 @@ When function tools are offered (and `tool_choice` is not "none"), the model's t
 the served model's tool-call parser, as on chat completions: content goes to `message` items, each
 parsed call becomes a `function_call` item (`call_id` is the parser's `call_...` id), and markup
 that does not parse stays in the content, its reason kept in the sample's trace
-(`tool_parse_error`).
+(`tool_parse_error`). The same output parser (`ServedModel.output_parser`) takes the model's
+reasoning out of the text into `reasoning` items (`reasoning.effort` is mapped onto the chat
+template's thinking switch by `render_chat`).
 
 The streamed and the non-streamed answers come from the same event iterator: a non-streamed
 request returns the response its terminal event carries (`final_response`), so the two can
@@ -29,6 +31,7 @@ logprobs go with the content text of that step only (tool-call markup has none).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -48,7 +51,7 @@ from localoai.handlers.recording import record_generation
 from localoai.handlers.stored import visible_record
 from localoai.handlers.response_events import ResponseEvents, final_response, usage
 from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
-from localoai.parsers.tool_calls import StreamDelta, ToolCallStream, ToolParser
+from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 from localoai.protocol.responses import (
     OUTPUT_LOGPROBS,
     InputTokensRequest,
@@ -73,10 +76,11 @@ class PreparedResponse:
     items: list[dict[str, Any]]
     prompt: RenderedPrompt
     params: SamplingParams
-    tool_parser: ToolParser | None = None
+    output_parser: OutputParser | None = None
+    """Reasoning and tool calls (when function tools are offered and not `tool_choice: none`) out of
+    the text; None when the model has neither format (or no tools were offered)."""
     new_items_from: int = 0
     """Where this request's own items start in `items` (before: the replayed chain or conversation)."""
-    """Set when function tools are offered (and not `tool_choice: none`) and the model's format is known."""
 
 
 @dataclass
@@ -130,7 +134,9 @@ class Responses:
             logprobs=(request.top_logprobs or 0) if OUTPUT_LOGPROBS in (request.include or []) else None,
         )
         offered = request.tools if request.tool_choice != "none" else None
-        parser = self.served.tool_parser([tool.name for tool in offered]) if offered else None
+        parser = self.served.output_parser(prompt.text, [tool.name for tool in offered] if offered else None)
+        if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
+            params = dataclasses.replace(params, skip_special_tokens=False)
         return PreparedResponse(request, items, prompt, params, parser, new_from)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
@@ -158,6 +164,8 @@ class Responses:
             chat_messages(request.instructions, items),  # instructions are never carried over
             tools=chat_tools(request.tools) if request.tool_choice != "none" else None,
             template_kwargs=request.chat_template_kwargs,
+            reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
+            effort_param="reasoning.effort",
         )
         return items, prompt, len(earlier)
 
@@ -252,7 +260,7 @@ class Responses:
 
     async def _stream(self, run: _Run) -> AsyncIterator[ResponseStreamEvent]:
         served, prepared, build = self.served, run.prepared, run.build
-        calls = prepared.tool_parser.stream() if prepared.tool_parser else None
+        calls = prepared.output_parser.stream() if prepared.output_parser else None
         with_logprobs = prepared.params.logprobs is not None
         pending: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
         recorded = False
@@ -280,6 +288,7 @@ class Responses:
                 for event in _parsed(build, calls.finish()):  # nothing left if the last delta ended it
                     yield event
                 sample.tool_parse_error = calls.error
+                sample.reasoning = build.reasoning or None
             closing = build.finished(
                 usage(len(prepared.prompt.token_ids), len(sample.token_ids)),
                 incomplete=sample.finish_reason != "stop",  # "length" (or the engine's "abort")
@@ -312,7 +321,11 @@ class Responses:
             "previous_response_id": request.previous_response_id,
             "conversation": {"id": request.conversation_id} if request.conversation_id else None,
             "prompt_cache_key": request.prompt_cache_key,
-            "reasoning": Reasoning(effort=None, summary=None),
+            "reasoning": Reasoning(
+                effort=request.reasoning.effort if request.reasoning is not None else None,
+                summary=(request.reasoning.summary or request.reasoning.generate_summary)
+                if request.reasoning is not None else None,
+            ),
             "safety_identifier": request.safety_identifier,
             "service_tier": "default",
             "store": request.store is not False,
@@ -354,9 +367,9 @@ async def _drained(sink: asyncio.Queue[ResponseStreamEvent | None]) -> AsyncIter
 
 
 def _shaped(
-    build: ResponseEvents, calls: ToolCallStream | None, delta: SampleDelta, pending: list[dict[str, Any]],
+    build: ResponseEvents, calls: OutputStream | None, delta: SampleDelta, pending: list[dict[str, Any]],
 ) -> list[ResponseStreamEvent]:
-    """The events for one step of the sample: its text as content, or through the tool-call parser.
+    """The events for one step of the sample: its text as content, or through the output parser.
     `pending` (the logprobs not sent yet) is emptied once text carries them."""
     if calls is None:
         if not delta.text:
@@ -373,12 +386,14 @@ def _shaped(
 
 
 def _parsed(
-    build: ResponseEvents, parsed: list[StreamDelta], logprobs: list[dict[str, Any]] | None = None,
+    build: ResponseEvents, parsed: list[OutputPiece], logprobs: list[dict[str, Any]] | None = None,
 ) -> list[ResponseStreamEvent]:
     """Events for parsed pieces; `logprobs` go with the first content piece."""
     events: list[ResponseStreamEvent] = []
     for piece in parsed:
-        if piece.index is not None:
+        if isinstance(piece, ReasoningDelta):
+            events += build.reasoning_delta(piece.text)
+        elif piece.index is not None:
             events += build.call_delta(piece)
         elif piece.content:
             events += build.text_delta(piece.content, logprobs)

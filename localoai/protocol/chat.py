@@ -145,7 +145,8 @@ class ChatCompletionRequest(SamplingFields):
     prompt_cache_key: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
-    reasoning_effort: str | None = None
+    # Mapped onto the chat template's thinking switch (`chat_template.effort_template_kwargs`).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     response_format: ResponseFormatText | JsonOutputFormat | None = None
     safety_identifier: str | None = None
     store: StrictBool | None = None
@@ -188,10 +189,6 @@ class ChatCompletionRequest(SamplingFields):
                 self.tool_choice not in (None, "none", "auto"),
                 "only 'none' and 'auto' are supported; forcing a tool call needs constrained decoding, "
                 "which this server does not provide yet",
-            ),
-            "reasoning_effort": (
-                self.reasoning_effort is not None,
-                "reasoning_effort is not supported yet; use chat_template_kwargs (e.g. enable_thinking)",
             ),
             "verbosity": (self.verbosity is not None, "verbosity is not supported by this server"),
         }

@@ -178,6 +178,7 @@ def start(
     max_body_bytes: int | None = None,
     store: Any = None,
     tool_parser: str | None = None,
+    reasoning_parser: str | None = None,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -189,13 +190,15 @@ def start(
     Every generation is stored with its token-exact trace in `store`: a SQLite path, `":memory:"`,
     a `localoai.store.Store`, or None for `localoai-store/store.sqlite3` under the working directory.
     `tool_parser` names the model's tool-call format (`"hermes"`), `"none"` returns tool-call markup
-    as plain text; None chooses from the chat template.
+    as plain text; None chooses from the chat template. `reasoning_parser` likewise names how the
+    model writes its reasoning (`"qwen3"`, `"deepseek_r1"`, `"harmony"`), `"none"` leaves it in the
+    content; None chooses from the chat template.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.served import ServedModel, load_model
 
     model, tokenizer = load_model(model, tokenizer)
-    served = ServedModel.create(model, tokenizer, name, store, tool_parser)
+    served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)

@@ -32,6 +32,7 @@ class CompletionTrace(_CompletionTraceRequired, total=False):
 
     index: int
     tool_parse_error: str  # why tool-call markup could not be parsed (it went back to the caller as text)
+    reasoning_content: str  # the reasoning the output parser found in `text`
 
 
 @dataclass

@@ -4,6 +4,7 @@ Random weights never emit a tool call, so tool-calling paths would go untested. 
 the tiny Qwen2-style model on one two-turn episode: asked about the weather it calls
 `get_weather` (Hermes markup, as its chat template teaches), and after the tool result it
 answers in words. Loss is on the assistant's tokens only; greedy decoding then reproduces them.
+`train_reasoner` trains the same episode with a `<think>` block before each assistant turn.
 """
 
 from __future__ import annotations
@@ -65,3 +66,81 @@ def train_tool_caller(steps: int = 150, seed: int = 0) -> tuple[Any, Any]:
             optimizer.step()
     model.eval()
     return model, tokenizer
+
+
+# -- a reasoner ------------------------------------------------------------------------------
+
+THINK_BEFORE_CALL = "The user wants the weather, so I call get_weather."
+THINK_BEFORE_ANSWER = "The tool says 21 celsius."
+
+def _reasoning_template() -> str:
+    """The project's ChatML template with Qwen3's reasoning slot: an assistant turn's
+    `reasoning_content` is rendered as a `<think>` block before its content (Qwen3 does so for the
+    turns after the last user query)."""
+    from localoai.testing.tiny import CHAT_TEMPLATE
+
+    plain = "{%- if message.content %}{{- message.content }}{%- endif %}"
+    assert plain in CHAT_TEMPLATE
+    think = ("{%- if message.reasoning_content %}{{- '<think>\\n' + message.reasoning_content + "
+             "'\\n</think>\\n\\n' }}{%- endif %}")
+    return CHAT_TEMPLATE.replace(plain, think + plain)
+
+
+REASONING_CHAT_TEMPLATE = _reasoning_template()
+
+
+def reasoning_episode(call_id: str = "call_0") -> list[dict[str, Any]]:
+    """The reasoner's conversation up to its final answer: the call turn carries its reasoning."""
+    messages = episode(call_id)
+    messages[1]["reasoning_content"] = THINK_BEFORE_CALL
+    return messages
+
+
+def train_reasoner(steps: int = 150, seed: int = 0) -> tuple[Any, Any]:
+    """Return (model, tokenizer) trained like `train_tool_caller`, but thinking first: greedy decoding
+    writes `<think>\\nTHINK_BEFORE_CALL\\n</think>\\n\\n` then the tool call, and after the tool's
+    result `<think>\\nTHINK_BEFORE_ANSWER\\n</think>\\n\\n` then the answer. Its chat template
+    (`REASONING_CHAT_TEMPLATE`) renders an earlier turn's `reasoning_content`, and has Qwen3's
+    `enable_thinking` switch."""
+    model, tokenizer = _build(seed)
+    tokenizer.chat_template = REASONING_CHAT_TEMPLATE
+    think = "<think>\n{}\n</think>\n\n"
+    turns = [
+        (reasoning_episode()[:1], think.format(THINK_BEFORE_CALL) + TOOL_CALL_TEXT),
+        (reasoning_episode(), think.format(THINK_BEFORE_ANSWER) + ANSWER),
+    ]
+    _train(model, tokenizer, turns, steps=steps, seed=seed)
+    return model, tokenizer
+
+
+def _build(seed: int) -> tuple[Any, Any]:
+    from localoai.testing.tiny import build_tiny_model
+
+    return build_tiny_model(hidden_size=64, num_layers=2, seed=seed)
+
+
+def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], str]], *, steps: int,
+           seed: int) -> None:
+    """Teach `model` each turn's target after its rendered history (loss on the target only)."""
+    import torch
+
+    end = "<|im_end|>"
+    examples = []
+    for history, target in turns:
+        prompt = tokenizer.apply_chat_template(history, tools=[WEATHER_TOOL], add_generation_prompt=True,
+                                               tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(target + end, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + target_ids])
+        labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
+        examples.append((ids, labels))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = sum(model(input_ids=ids, labels=labels).loss for ids, labels in examples)
+            loss.backward()
+            optimizer.step()
+    model.eval()
