@@ -60,7 +60,6 @@ from openai.types.responses import (
     ResponseTextDoneEvent,
     ResponseUsage,
 )
-from openai.types.responses.response_content_part_added_event import PartReasoningText
 from openai.types.responses.response_reasoning_item import Content as ReasoningContent
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
@@ -123,8 +122,9 @@ class _Reasoning:
     text: list[str] = field(default_factory=list)
     status: ItemStatus = "in_progress"
 
-    def part(self) -> PartReasoningText:
-        return PartReasoningText(type="reasoning_text", text="".join(self.text))
+    def part(self) -> dict[str, str]:
+        """As a dict: the added and done events each define their own `PartReasoningText` class."""
+        return {"type": "reasoning_text", "text": "".join(self.text)}
 
     def item(self, status: ItemStatus | None = None, *, with_part: bool = True) -> ResponseReasoningItem:
         content = [ReasoningContent(type="reasoning_text", text="".join(self.text))] if with_part else []
