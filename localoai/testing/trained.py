@@ -120,11 +120,10 @@ def _build(seed: int) -> tuple[Any, Any]:
 
 
 def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], str]], *, steps: int,
-           seed: int) -> None:
-    """Teach `model` each turn's target after its rendered history (loss on the target only)."""
+           seed: int, end: str = "<|im_end|>") -> None:
+    """Teach `model` each turn's target (then `end`) after its rendered history (loss on the target only)."""
     import torch
 
-    end = "<|im_end|>"
     examples = []
     for history, target in turns:
         prompt = tokenizer.apply_chat_template(history, tools=[WEATHER_TOOL], add_generation_prompt=True,
@@ -144,3 +143,65 @@ def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], s
             loss.backward()
             optimizer.step()
     model.eval()
+
+
+# -- a gpt-oss-style (harmony) reasoner --------------------------------------------------------
+
+HARMONY_TOKENS = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>"]
+
+# A harmony chat template written for this project, in the shape of gpt-oss's: the effort in the
+# system message, tools in a developer message, an assistant turn's `thinking` on the analysis
+# channel, its calls on the commentary channel to `functions.<name>`, its answer on the final one.
+HARMONY_CHAT_TEMPLATE = """\
+{{- '<|start|>system<|message|>Reasoning: ' + (reasoning_effort if reasoning_effort is defined else 'medium') }}
+{{- '\\n\\n# Valid channels: analysis, commentary, final.<|end|>' }}
+{%- if tools %}
+{{- '<|start|>developer<|message|># Tools' }}
+{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
+{{- '<|end|>' }}
+{%- endif %}
+{%- set last = namespace(name='') %}
+{%- for message in messages %}
+{%- if message.role == 'user' or message.role == 'system' %}
+{{- '<|start|>' + ('user' if message.role == 'user' else 'developer') + '<|message|>' + message.content + '<|end|>' }}
+{%- elif message.role == 'assistant' %}
+{%- if message.thinking %}
+{{- '<|start|>assistant<|channel|>analysis<|message|>' + message.thinking + '<|end|>' }}
+{%- endif %}
+{%- for tool_call in message.tool_calls or [] %}
+{%- set call = tool_call.function %}
+{%- set last.name = call.name %}
+{{- '<|start|>assistant to=functions.' + call.name + '<|channel|>commentary json<|message|>' }}
+{%- if call.arguments is string %}{{- call.arguments }}{%- else %}{{- call.arguments | tojson }}{%- endif %}
+{{- '<|call|>' }}
+{%- endfor %}
+{%- if message.content %}
+{{- '<|start|>assistant<|channel|>final<|message|>' + message.content + '<|end|>' }}
+{%- endif %}
+{%- elif message.role == 'tool' %}
+{{- '<|start|>functions.' + last.name + ' to=assistant<|channel|>commentary<|message|>' + message.content + '<|end|>' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|start|>assistant' }}{%- endif %}
+"""
+HARMONY_CALL_TEXT = ('<|channel|>analysis<|message|>' + THINK_BEFORE_CALL + '<|end|><|start|>assistant '
+                     'to=functions.get_weather<|channel|>commentary json<|message|>{"city": "paris"}<|call|>')
+HARMONY_ANSWER_TEXT = ('<|channel|>analysis<|message|>' + THINK_BEFORE_ANSWER + '<|end|><|start|>assistant'
+                       '<|channel|>final<|message|>' + ANSWER + '<|return|>')
+
+
+def train_harmony_reasoner(steps: int = 150, seed: int = 0) -> tuple[Any, Any]:
+    """Return (model, tokenizer) trained like `train_reasoner`, in gpt-oss's harmony format: the
+    tokenizer gets harmony's special tokens (`<|channel|>`, ...; `<|return|>` and `<|call|>` end
+    generation, as for gpt-oss) and `HARMONY_CHAT_TEMPLATE`; greedy decoding writes
+    `HARMONY_CALL_TEXT`, then after the tool's result `HARMONY_ANSWER_TEXT`."""
+    model, tokenizer = _build(seed)
+    tokenizer.add_tokens(HARMONY_TOKENS, special_tokens=True)
+    model.resize_token_embeddings(len(tokenizer))
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(["<|return|>", "<|call|>"])
+    tokenizer.chat_template = HARMONY_CHAT_TEMPLATE
+    history = episode()
+    history[1]["thinking"] = THINK_BEFORE_CALL  # what the server renders from `reasoning_content`
+    _train(model, tokenizer, [(history[:1], HARMONY_CALL_TEXT), (history, HARMONY_ANSWER_TEXT)], steps=steps,
+           seed=seed, end="")
+    return model, tokenizer
