@@ -24,8 +24,9 @@ stops reading them, not the task.
 
 With `include: ["message.output_text.logprobs"]` the engine reports `top_logprobs` alternatives
 and each text delta carries its tokens' logprobs (`common.token_logprob`, as chat shows them).
-Tokens without text (a partial character) lend theirs to the next text; with tools, a step's
-logprobs go with the content text of that step only (tool-call markup has none).
+Tokens without text (a partial character) lend theirs to the next text, and so do tokens whose
+text the output parser holds back; with a parser, a step's logprobs go with the content text of
+that step only (reasoning and tool-call markup have none).
 """
 
 from __future__ import annotations
@@ -380,6 +381,8 @@ def _shaped(
     parsed = calls.feed(delta.text) if delta.text else []
     if delta.finish_reason is not None:
         parsed += calls.finish()
+    if not parsed:  # text held back by the parser: its tokens' logprobs wait for the text they belong to
+        return []
     events = _parsed(build, parsed, pending[:])
     pending.clear()
     return events
