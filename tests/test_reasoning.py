@@ -79,7 +79,7 @@ def test_chat_stream_sends_reasoning_as_reasoning_content_deltas(reasoner: opena
     chunks = list(reasoner.chat.completions.create(messages=[{"role": "user", "content": QUESTION}], stream=True,
                                                    **CHAT))
     deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
-    reasoning = [d.model_extra.get("reasoning_content") for d in deltas if (d.model_extra or {}).get("reasoning_content")]
+    reasoning = [text for d in deltas if (text := (d.model_extra or {}).get("reasoning_content"))]
     assert len(reasoning) > 1 and "".join(reasoning) == THINK_BEFORE_CALL  # streamed, not sent at the end
     assert not any(d.content for d in deltas)  # no markup leaks into content
     first_call = next(i for i, d in enumerate(deltas) if d.tool_calls)

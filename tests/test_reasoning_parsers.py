@@ -180,7 +180,7 @@ def test_harmony_streams_reasoning_and_content_before_their_message_ends() -> No
     assert stream.feed(" it<|e") == [ReasoningDelta(" it")]
     pieces = stream.feed("nd|><|start|>assistant<|channel|>final<|message|>Sun")
     assert [getattr(p, "content", None) for p in pieces] == ["Sun"]
-    assert stream.needs_special_tokens and HarmonyOutputParser().needs_special_tokens
+    assert HarmonyOutputParser().needs_special_tokens and not think().needs_special_tokens
 
 
 def test_feed_after_finish_is_an_error() -> None:

@@ -269,7 +269,8 @@ def accumulate_chunks(chunks: Iterable[ChatCompletionChunk]) -> ChatCompletion:
         usage = chunk.usage or usage
         for choice in chunk.choices:
             texts.setdefault(choice.index, []).append(choice.delta.content or "")
-            reasoning.setdefault(choice.index, []).append((choice.delta.model_extra or {}).get("reasoning_content") or "")
+            extra_fields = choice.delta.model_extra or {}
+            reasoning.setdefault(choice.index, []).append(extra_fields.get("reasoning_content") or "")
             for call in choice.delta.tool_calls or []:
                 merged = calls.setdefault(choice.index, {}).setdefault(call.index, {"arguments": []})
                 merged.setdefault("id", call.id)

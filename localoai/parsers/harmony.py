@@ -49,8 +49,6 @@ class _Body:
 
 
 class HarmonyOutputStream(OutputStream):
-    needs_special_tokens = True
-
     def __init__(self, tool_names: frozenset[str] | None) -> None:
         self._tool_names = tool_names
         self._buffer = ""
@@ -185,7 +183,8 @@ class HarmonyOutputStream(OutputStream):
             try:
                 arguments = _loads(body.text.strip())
             except ValueError as e:
-                self._bad(out, body.header + body.text + terminator, f"invalid JSON in a harmony call of {body.name!r}: {e}")
+                self._bad(out, body.header + body.text + terminator,
+                          f"invalid JSON in a harmony call of {body.name!r}: {e}")
                 return
             call = _checked_call(body.name, arguments, self._tool_names, "a harmony call")
             if isinstance(call, str):

@@ -63,8 +63,6 @@ class ParsedOutput:
 class OutputStream(ABC):
     """Turns text deltas into reasoning, content and tool-call pieces."""
 
-    needs_special_tokens: bool = False
-
     @property
     @abstractmethod
     def error(self) -> str | None:
