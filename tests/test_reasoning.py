@@ -51,11 +51,18 @@ CHAT = {"model": "reasoner", "tools": [WEATHER_TOOL], "temperature": 0, "max_tok
 # -- chat completions --------------------------------------------------------------------------
 
 
+def reasoning_tokens(reasoner_model: tuple[Any, Any], reasoning: str) -> int:
+    """How many tokens the model spent on its `<think>` block (both tags included)."""
+    return len(reasoner_model[1](f"<think>\n{reasoning}\n</think>", add_special_tokens=False)["input_ids"])
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
-def test_chat_reasoning_then_call_then_answer(reasoner_server: Any, reasoner: openai.OpenAI, stream: bool) -> None:
+def test_chat_reasoning_then_call_then_answer(reasoner_model: tuple[Any, Any], reasoner_server: Any,
+                                              reasoner: openai.OpenAI, stream: bool) -> None:
     messages: list[dict[str, Any]] = [{"role": "user", "content": QUESTION}]
     if stream:
-        with reasoner.chat.completions.stream(messages=messages, **CHAT) as events:
+        with reasoner.chat.completions.stream(messages=messages, stream_options={"include_usage": True},
+                                              **CHAT) as events:
             first = events.get_final_completion()
     else:
         first = reasoner.chat.completions.create(messages=messages, **CHAT)
@@ -64,6 +71,7 @@ def test_chat_reasoning_then_call_then_answer(reasoner_server: Any, reasoner: op
     assert not message.content and first.choices[0].finish_reason == "tool_calls"
     (call,) = message.tool_calls
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "paris"}
+    assert first.usage.completion_tokens_details.reasoning_tokens == reasoning_tokens(reasoner_model, THINK_BEFORE_CALL)
     trace = reasoner_server.store.get(first.id).completions[0]
     assert trace["reasoning_content"] == THINK_BEFORE_CALL and "<think>" in trace["text"]
 
@@ -123,8 +131,11 @@ def first_response(client: openai.OpenAI, *, stream: bool, **extra: Any) -> Any:
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
-def test_responses_reasoning_item_then_call(reasoner_server: Any, reasoner: openai.OpenAI, stream: bool) -> None:
+def test_responses_reasoning_item_then_call(reasoner_model: tuple[Any, Any], reasoner_server: Any,
+                                            reasoner: openai.OpenAI, stream: bool) -> None:
     response = first_response(reasoner, stream=stream)
+    spent = reasoning_tokens(reasoner_model, THINK_BEFORE_CALL)
+    assert response.usage.output_tokens_details.reasoning_tokens == spent < response.usage.output_tokens
     reasoning, call = response.output
     assert reasoning.type == "reasoning" and reasoning.id.startswith("rs_") and reasoning.summary == []
     assert [(part.type, part.text) for part in reasoning.content] == [("reasoning_text", THINK_BEFORE_CALL)]

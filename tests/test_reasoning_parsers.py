@@ -183,6 +183,22 @@ def test_harmony_streams_reasoning_and_content_before_their_message_ends() -> No
     assert HarmonyOutputParser().needs_special_tokens and not think().needs_special_tokens
 
 
+def test_in_reasoning_follows_the_block() -> None:
+    stream = think().stream()
+    states = []
+    for chunk in ("  ", "<think>", "a", "</think>", "b"):
+        stream.feed(chunk)
+        states.append(stream.in_reasoning)
+    assert states == [False, True, True, False, False]
+    opened = think(in_reasoning=True).stream()
+    assert opened.in_reasoning and not ComposedOutputParser(think=False).stream().in_reasoning
+    harmony = HarmonyOutputParser().stream()
+    harmony.feed("<|channel|>analysis<|message|>x")
+    assert harmony.in_reasoning
+    harmony.feed("<|end|><|start|>assistant<|channel|>final<|message|>y")
+    assert not harmony.in_reasoning
+
+
 def test_feed_after_finish_is_an_error() -> None:
     for parser in (think(), HarmonyOutputParser()):
         stream = parser.stream()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openai.types import CompletionUsage
+from openai.types.completion_usage import CompletionTokensDetails
 from openai.types.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -142,10 +143,14 @@ class ChatCompletions:
                 sample.reasoning = "".join(calls.reasoning) or None
             prompt_tokens = len(prepared.prompt.token_ids)
             completion_tokens = sum(len(sample.token_ids) for sample in generation.samples)
+            details = {"completion_tokens_details": CompletionTokensDetails(
+                reasoning_tokens=sum(output.reasoning_tokens for output in tool_calls))
+            } if served.reasoning_format is not None and tool_calls else {}
             usage = CompletionUsage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
+                **details,
             )
             sent.append(ChatCompletionChunk(**{**header, "usage": usage}, choices=[]))
             recorded = True
@@ -184,7 +189,8 @@ class ChatCompletions:
         calls: list[chunk_types.ChoiceDeltaToolCall] | None = None
         finish = _finish_reason(delta)
         if tool_calls is not None:
-            reasoning, content, calls = tool_calls.shape(delta.text, finished=delta.finish_reason is not None)
+            reasoning, content, calls = tool_calls.shape(delta.text, finished=delta.finish_reason is not None,
+                                                         tokens=len(delta.token_ids))
             if finish == "stop" and tool_calls.called:
                 finish = "tool_calls"
         if not (content or reasoning or calls or finish or with_ids or logprobs):
@@ -218,14 +224,18 @@ class _Output:
         self.stream = stream
         self.called = False
         self.reasoning: list[str] = []
+        self.reasoning_tokens = 0
 
     def shape(
-        self, text: str, *, finished: bool
+        self, text: str, *, finished: bool, tokens: int
     ) -> tuple[str, str, list[chunk_types.ChoiceDeltaToolCall] | None]:
-        """(reasoning, content, tool-call deltas) of one step."""
+        """(reasoning, content, tool-call deltas) of one step of `tokens` tokens."""
+        was_reasoning = self.stream.in_reasoning
         pieces = self.stream.feed(text) if text else []
         if finished:
             pieces += self.stream.finish()
+        if was_reasoning or self.stream.in_reasoning:
+            self.reasoning_tokens += tokens
         reasoning = "".join(piece.text for piece in pieces if isinstance(piece, ReasoningDelta))
         self.reasoning.append(reasoning)
         parsed = [piece for piece in pieces if not isinstance(piece, ReasoningDelta)]

@@ -264,6 +264,7 @@ class Responses:
         calls = prepared.output_parser.stream() if prepared.output_parser else None
         with_logprobs = prepared.params.logprobs is not None
         pending: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
+        reasoning_tokens = 0
         recorded = False
         try:
             yield build.created("queued" if build.settings["background"] else "in_progress")
@@ -276,7 +277,11 @@ class Responses:
                             for delta in item:
                                 if with_logprobs:
                                     pending += [token_logprob(served, entry) for entry in delta.logprobs]
-                                for event in _shaped(build, calls, delta, pending):
+                                was_reasoning = calls is not None and calls.in_reasoning
+                                events = _shaped(build, calls, delta, pending)
+                                if was_reasoning or (calls is not None and calls.in_reasoning):
+                                    reasoning_tokens += len(delta.token_ids)
+                                for event in events:
                                     yield event
             except ServerError:  # the engine failed; its cause is in the record and the log
                 recorded = True
@@ -291,7 +296,7 @@ class Responses:
                 sample.tool_parse_error = calls.error
                 sample.reasoning = build.reasoning or None
             closing = build.finished(
-                usage(len(prepared.prompt.token_ids), len(sample.token_ids)),
+                usage(len(prepared.prompt.token_ids), len(sample.token_ids), reasoning_tokens),
                 incomplete=sample.finish_reason != "stop",  # "length" (or the engine's "abort")
             )
             recorded = True

@@ -65,6 +65,10 @@ class HarmonyOutputStream(OutputStream):
     def error(self) -> str | None:
         return _join_errors(self._errors)
 
+    @property
+    def in_reasoning(self) -> bool:
+        return self._body is not None and self._body.kind == "reasoning"
+
     def feed(self, text_delta: str) -> list[OutputPiece]:
         if self._finished:
             raise RuntimeError("feed() after finish()")

@@ -75,6 +75,12 @@ class OutputStream(ABC):
     def finish(self) -> list[OutputPiece]:
         """The end of the output: whatever was held back."""
 
+    @property
+    def in_reasoning(self) -> bool:
+        """Whether the text fed so far ends inside the reasoning. A token counts as a reasoning token
+        (`reasoning_tokens` in usage) when the stream is in the reasoning before or after it."""
+        return False
+
 
 class OutputParser(ABC):
     """The parser of one request's output. `parse` folds `stream` over the whole text, so the two
@@ -173,6 +179,12 @@ class ComposedOutputStream(OutputStream):
     @property
     def error(self) -> str | None:
         return self._tools.error if self._tools is not None else None
+
+    @property
+    def in_reasoning(self) -> bool:
+        scanner = self._scanner
+        return scanner is not None and (scanner.state == "reasoning"
+                                        or (scanner.state == "start" and scanner.default_reasoning))
 
     def feed(self, text_delta: str) -> list[OutputPiece]:
         if self._finished:
