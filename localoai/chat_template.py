@@ -5,6 +5,14 @@ parts joined, `developer` as `system`, tool-call arguments as objects) and rende
 `apply_chat_template`, which supplies `bos_token`/`eos_token` and the template's special
 tokens. The prompt ids are the template text tokenized without extra special tokens,
 exactly as `apply_chat_template(..., tokenize=True)` produces them.
+
+Reasoning goes both ways through the template. An earlier assistant turn's reasoning is passed as
+`reasoning_content` (what Qwen3's template reads) and as `thinking` (gpt-oss's), and the template
+decides whether to show it. A requested reasoning effort becomes the template's own switch
+(`effort_template_kwargs`): gpt-oss templates take `reasoning_effort` ("low" / "medium" / "high")
+as it is; templates with Qwen3's `enable_thinking` get `enable_thinking=False` for "none" and
+"minimal" and `True` for any other effort; a template with neither has no way to honour an
+effort, so asking for one is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from localoai.errors import InvalidRequestError
+from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.protocol.chat import FunctionTool, Message, TextPart
 
 
@@ -55,6 +63,7 @@ def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
                 ]
             if message.reasoning_content is not None:
                 entry["reasoning_content"] = message.reasoning_content
+                entry["thinking"] = message.reasoning_content
         if message.role == "tool":
             entry["tool_call_id"] = message.tool_call_id
         if getattr(message, "name", None):
@@ -71,7 +80,11 @@ def render_chat(
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
     template_kwargs: dict[str, Any] | None = None,
+    reasoning_effort: str | None = None,
+    effort_param: str = "reasoning_effort",
 ) -> RenderedPrompt:
+    """`reasoning_effort` (named `effort_param` in errors) is mapped onto the template's thinking
+    switch, see `effort_template_kwargs`."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidRequestError(
             "This model's tokenizer has no chat template; use /v1/completions or pass a tokenizer with one.",
@@ -79,7 +92,7 @@ def render_chat(
         )
     from jinja2 import TemplateError
 
-    kwargs = dict(template_kwargs or {})
+    kwargs = effort_template_kwargs(tokenizer.chat_template, reasoning_effort, template_kwargs, param=effort_param)
     try:
         text = tokenizer.apply_chat_template(
             template_messages(messages),
@@ -107,10 +120,44 @@ def _check_nothing_dropped(messages: Sequence[Message], text: str) -> None:
     for index, message in enumerate(messages):
         if message.role in ("user", "tool"):
             content = _text(message.content).strip()
-            if content and content not in text:
+            # gpt-oss's template writes tool results as JSON strings (`| tojson`): escaped, still there.
+            if content and content not in text and json.dumps(content, ensure_ascii=False)[1:-1] not in text:
                 raise InvalidRequestError(
                     f"This model's chat template does not render messages[{index}] (role '{message.role}'): "
                     "its content would be silently dropped from the prompt.",
                     param=f"messages[{index}]",
                     code="unsupported_by_chat_template",
                 )
+
+
+GPT_OSS_EFFORTS = ("low", "medium", "high")
+THINKING_OFF_EFFORTS = ("none", "minimal")
+
+
+def effort_template_kwargs(
+    chat_template: str, effort: str | None, template_kwargs: dict[str, Any] | None, *, param: str
+) -> dict[str, Any]:
+    """The template kwargs with a reasoning effort mapped onto the template's thinking switch. An
+    explicit `chat_template_kwargs` value that contradicts the effort is a 400, not a silent winner."""
+    kwargs = dict(template_kwargs or {})
+    if effort is None:
+        return kwargs
+    if "reasoning_effort" in chat_template:
+        if effort not in GPT_OSS_EFFORTS:
+            raise InvalidRequestError(
+                f"Invalid value for '{param}': this model's chat template takes a reasoning effort of "
+                f"{', '.join(GPT_OSS_EFFORTS)} (got {effort!r}).", param=param, code="invalid_value")
+        key, value = "reasoning_effort", effort
+    elif "enable_thinking" in chat_template:
+        key, value = "enable_thinking", effort not in THINKING_OFF_EFFORTS
+    else:
+        raise UnsupportedFieldError(
+            f"Unsupported value for '{param}': this model's chat template has no reasoning switch "
+            "(neither 'enable_thinking' nor 'reasoning_effort'), so a reasoning effort cannot be honoured.",
+            param=param)
+    if key in kwargs and kwargs[key] != value:
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': {effort!r} sets the chat template's '{key}' to {value!r}, but "
+            f"chat_template_kwargs sets it to {kwargs[key]!r}.", param=param, code="invalid_value")
+    kwargs[key] = value
+    return kwargs

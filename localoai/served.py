@@ -17,6 +17,9 @@ from typing import Any
 from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
 from localoai.errors import model_not_found
+from localoai.parsers.harmony import HarmonyOutputParser
+from localoai.parsers.reasoning import HARMONY_FORMAT, ComposedOutputParser, OutputParser, reasoning_parser_for, \
+    starts_in_reasoning
 from localoai.parsers.tool_calls import ToolParser, tool_parser_for
 from localoai.store import ConversationStore, Recorder, Store, open_store
 from localoai.tokens import TokenTexts
@@ -86,6 +89,9 @@ class ServedModel:
     created: int = field(default_factory=lambda: int(time.time()))
     tool_parser_class: type[ToolParser] | None = None
     """The format the model writes tool calls in, chosen from its chat template (or forced)."""
+    reasoning_format: str | None = None
+    """How the model writes its reasoning (`"qwen3"`, `"deepseek_r1"`, `"harmony"`), chosen from its
+    chat template (or forced); None for none."""
     token_texts: TokenTexts = field(init=False)
     conversations: ConversationStore = field(init=False)
     """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
@@ -100,23 +106,39 @@ class ServedModel:
     @classmethod
     def create(
         cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None, tool_parser: str | None = None,
-        *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+        reasoning_parser: str | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     ) -> ServedModel:
         """`store`: a path, `":memory:"`, a `Store`, or None for `localoai-store/store.sqlite3`.
         `tool_parser`: a parser name (`"hermes"`), `"none"` to return tool-call markup as text, or
-        None to choose from the chat template. `max_batch_size` / `max_queued_requests`: see `Engine`."""
+        None to choose from the chat template. `reasoning_parser`: likewise (`"qwen3"`, `"none"`, ...).
+        `max_batch_size` / `max_queued_requests`: see `Engine`."""
+        template = getattr(tokenizer, "chat_template", None)
+        reasoning = reasoning_parser_for(template, reasoning_parser)  # a bad name fails before any work
+        parser = None if tool_parser == "none" else tool_parser_for(template, tool_parser)
         backend = TransformersBackend(model)
         engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer), max_batch_size=max_batch_size,
                         max_queued_requests=max_queued_requests)
         opened = open_store(store)
-        parser = None if tool_parser == "none" else tool_parser_for(getattr(tokenizer, "chat_template", None),
-                                                                       tool_parser)
         return cls(name=name or default_name(model), model=model, tokenizer=tokenizer, engine=engine,
-                   store=opened, recorder=Recorder(opened), tool_parser_class=type(parser) if parser else None)
+                   store=opened, recorder=Recorder(opened), tool_parser_class=type(parser) if parser else None,
+                   reasoning_format=reasoning)
 
     def tool_parser(self, tool_names: Sequence[str]) -> ToolParser | None:
         """A parser for one request, knowing which tools were offered."""
         return self.tool_parser_class(tool_names=tool_names) if self.tool_parser_class else None
+
+    def output_parser(self, prompt_text: str, tool_names: Sequence[str] | None) -> OutputParser | None:
+        """The parser of one request's output: reasoning (read against the rendered prompt, which may
+        open it) and, when tools are offered (`tool_names` not None), tool calls. None when neither
+        applies: the output is then plain content."""
+        if self.reasoning_format == HARMONY_FORMAT:  # harmony's channels carry reasoning and calls alike
+            return HarmonyOutputParser(tool_names if tool_names is not None else ())
+        tools = self.tool_parser(tool_names) if tool_names is not None else None
+        if self.reasoning_format is None and tools is None:
+            return None
+        think = self.reasoning_format is not None
+        return ComposedOutputParser(think=think, in_reasoning=think and starts_in_reasoning(prompt_text), tools=tools)
 
     def close(self) -> None:
         """Stop generating, then write every record still queued."""

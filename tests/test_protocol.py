@@ -194,7 +194,7 @@ def test_tokenize_and_detokenize_requests() -> None:
         (ChatCompletionRequest, chat(messages=[{"content": "x"}]), "messages[0]", "invalid_value"),
         (ChatCompletionRequest, chat(tools=[{"type": "function", "function": {"name": "has space"}}]),
          "tools[0].function.name", "invalid_value"),
-        (ChatCompletionRequest, chat(reasoning_effort="high"), "reasoning_effort", "unsupported_parameter"),
+        (ChatCompletionRequest, chat(reasoning_effort="extreme"), "reasoning_effort", "invalid_value"),
         (ChatCompletionRequest, chat(verbosity="low"), "verbosity", "unsupported_parameter"),
         (ChatCompletionRequest, chat(moderation={}), "moderation", "unsupported_parameter"),
         (ChatCompletionRequest, chat(function_call="auto"), "function_call", "unsupported_parameter"),

@@ -315,7 +315,7 @@ def test_input_tokens_is_the_generation_prompt_length(client: openai.OpenAI, ser
     ({"background": True, "store": False}, "background", "store"),
     ({"truncation": "auto"}, "truncation", "auto"),
     ({"include": ["file_search_call.results"]}, "include[0]", "file_search_call.results"),
-    ({"reasoning": {"effort": "high"}}, "reasoning", "chat_template_kwargs"),
+    ({"reasoning": {"summary": "detailed"}}, "reasoning.summary", "summarizer"),
     ({"seed": 1}, "seed", "Unrecognized"),
 ])
 def test_refused_requests_name_what_is_refused(server: Any, fields: dict[str, Any], param: str, named: str) -> None:

@@ -3,11 +3,16 @@
 The streamed and the non-streamed answers come from the same chunk iterator: a
 non-streamed request is the accumulation of its chunks (`accumulate_chunks`), so the
 two can never disagree.
+
+The model's text runs through the request's output parser (`ServedModel.output_parser`), when it
+has one: reasoning goes to `delta.reasoning_content` (vLLM's and DeepSeek's field; the SDK keeps
+it as an extra field of the message), tool calls to `delta.tool_calls`, the rest to `content`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import Future
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openai.types import CompletionUsage
+from openai.types.completion_usage import CompletionTokensDetails
 from openai.types.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -32,7 +38,7 @@ from localoai.constraints.requests import constrain_chat
 from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
 from localoai.handlers.common import Generation, new_id, sampling_params, token_budget, token_logprob
 from localoai.handlers.recording import record_generation
-from localoai.parsers.tool_calls import ToolCallStream, ToolParser
+from localoai.parsers.reasoning import OutputParser, OutputStream, ReasoningDelta
 from localoai.protocol.chat import ChatCompletionRequest
 from localoai.served import ServedModel
 
@@ -44,8 +50,9 @@ class PreparedChat:
     request: ChatCompletionRequest
     prompt: RenderedPrompt
     params: SamplingParams
-    tool_parser: ToolParser | None = None
-    """Set when tools are offered (and not `tool_choice: none`) and the model's format is known."""
+    output_parser: OutputParser | None = None
+    """Reasoning and tool calls (when tools are offered and not `tool_choice: none`) out of the text;
+    None when the model has neither format (or no tools were offered): the text is the content."""
 
 
 class ChatCompletions:
@@ -63,6 +70,7 @@ class ChatCompletions:
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             template_kwargs=request.chat_template_kwargs,
+            reasoning_effort=request.reasoning_effort,
         )
         budget = token_budget(
             served,
@@ -72,9 +80,11 @@ class ChatCompletions:
         )
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
         offered = request.tools if request.tool_choice != "none" else None
-        parser = served.tool_parser([tool.function.name for tool in offered]) if offered else None
+        parser = served.output_parser(prompt.text, [tool.function.name for tool in offered] if offered else None)
         params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs)
-        params = constrain_chat(served, request, parser, params)  # structured outputs, if asked for
+        if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
+            params = dataclasses.replace(params, skip_special_tokens=False)
+        params = constrain_chat(served, request, parser.tool_parser if parser else None, params)  # structured outputs, if asked for
         return PreparedChat(request, prompt, params, parser)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:
@@ -113,8 +123,8 @@ class ChatCompletions:
         sent = [opening]
         generation: Generation | None = None
         recorded = False
-        tool_calls = [_ToolCalls(prepared.tool_parser.stream()) for _ in range(prepared.params.n)] \
-            if prepared.tool_parser else None
+        tool_calls = [_Output(prepared.output_parser.stream()) for _ in range(prepared.params.n)] \
+            if prepared.output_parser else None
         try:
             async with Generation.running(served, prepared.prompt.token_ids, prepared.params) as generation:
                 yield opening  # after submitting: the prefill runs while the role chunk goes out
@@ -132,12 +142,17 @@ class ChatCompletions:
                         yield sent[-1]
             for sample, calls in zip(generation.samples, tool_calls or []):
                 sample.tool_parse_error = calls.stream.error
+                sample.reasoning = "".join(calls.reasoning) or None
             prompt_tokens = len(prepared.prompt.token_ids)
             completion_tokens = sum(len(sample.token_ids) for sample in generation.samples)
+            details = {"completion_tokens_details": CompletionTokensDetails(
+                reasoning_tokens=sum(output.reasoning_tokens for output in tool_calls))
+            } if served.reasoning_format is not None and tool_calls else {}
             usage = CompletionUsage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
+                **details,
             )
             sent.append(ChatCompletionChunk(**{**header, "usage": usage}, choices=[]))
             recorded = True
@@ -168,25 +183,28 @@ class ChatCompletions:
         )
 
     def _choice(
-        self, delta: SampleDelta, *, with_ids: bool, logprobs: bool | None, tool_calls: _ToolCalls | None
+        self, delta: SampleDelta, *, with_ids: bool, logprobs: bool | None, tool_calls: _Output | None
     ) -> chunk_types.Choice | None:
         """The chunk choice for one sample's step; None when it has nothing to say."""
         content: str | None = delta.text
+        reasoning = ""
         calls: list[chunk_types.ChoiceDeltaToolCall] | None = None
         finish = _finish_reason(delta)
         if tool_calls is not None:
-            content, calls = tool_calls.shape(delta.text, finished=delta.finish_reason is not None)
+            reasoning, content, calls = tool_calls.shape(delta.text, finished=delta.finish_reason is not None,
+                                                         tokens=len(delta.token_ids))
             if finish == "stop" and tool_calls.called:
                 finish = "tool_calls"
-        if not (content or calls or finish or with_ids or logprobs):
+        if not (content or reasoning or calls or finish or with_ids or logprobs):
             return None
         extra: dict[str, Any] = {"token_ids": delta.token_ids} if with_ids else {}
         if delta.finish_reason is not None:
             extra["stop_reason"] = delta.stop_reason
         return chunk_types.Choice(
             index=delta.index,
-            delta=chunk_types.ChoiceDelta(content=content or None, tool_calls=calls)
-            if content or calls
+            delta=chunk_types.ChoiceDelta(content=content or None, tool_calls=calls,
+                                          **({"reasoning_content": reasoning} if reasoning else {}))
+            if content or calls or reasoning
             else chunk_types.ChoiceDelta(),
             logprobs=chunk_types.ChoiceLogprobs(content=[self._logprob(e) for e in delta.logprobs], refusal=None)
             if logprobs
@@ -201,17 +219,28 @@ class ChatCompletions:
         return ChatCompletionTokenLogprob(**fields, top_logprobs=top)
 
 
-class _ToolCalls:
-    """One sample's tool-call stream: text in, OpenAI's content and tool-call deltas out."""
+class _Output:
+    """One sample's output stream: text in, OpenAI's reasoning, content and tool-call deltas out."""
 
-    def __init__(self, stream: ToolCallStream) -> None:
+    def __init__(self, stream: OutputStream) -> None:
         self.stream = stream
         self.called = False
+        self.reasoning: list[str] = []
+        self.reasoning_tokens = 0
 
-    def shape(self, text: str, *, finished: bool) -> tuple[str, list[chunk_types.ChoiceDeltaToolCall] | None]:
-        parsed = self.stream.feed(text) if text else []
+    def shape(
+        self, text: str, *, finished: bool, tokens: int
+    ) -> tuple[str, str, list[chunk_types.ChoiceDeltaToolCall] | None]:
+        """(reasoning, content, tool-call deltas) of one step of `tokens` tokens."""
+        was_reasoning = self.stream.in_reasoning
+        pieces = self.stream.feed(text) if text else []
         if finished:
-            parsed += self.stream.finish()
+            pieces += self.stream.finish()
+        if was_reasoning or self.stream.in_reasoning:
+            self.reasoning_tokens += tokens
+        reasoning = "".join(piece.text for piece in pieces if isinstance(piece, ReasoningDelta))
+        self.reasoning.append(reasoning)
+        parsed = [piece for piece in pieces if not isinstance(piece, ReasoningDelta)]
         content = "".join(part.content for part in parsed if part.content)
         # One entry per call per chunk; fields a delta does not carry are left out, not null:
         # the SDK's accumulator would overwrite the call's id, type and name with a null.
@@ -228,7 +257,7 @@ class _ToolCalls:
                 call["function"]["arguments"] = call["function"].get("arguments", "") + part.arguments
         calls = [chunk_types.ChoiceDeltaToolCall(**call) for call in merged.values()]
         self.called = self.called or bool(calls)
-        return content, calls or None
+        return reasoning, content, calls or None
 
 
 def _finish_reason(delta: SampleDelta) -> Any:
@@ -241,6 +270,7 @@ def accumulate_chunks(chunks: Iterable[ChatCompletionChunk]) -> ChatCompletion:
     chunks = list(chunks)
     first = chunks[0]
     texts: dict[int, list[str]] = {}
+    reasoning: dict[int, list[str]] = {}
     logprobs: dict[int, list[ChatCompletionTokenLogprob] | None] = {}
     token_ids: dict[int, list[int]] = {}
     finish: dict[int, Any] = {}
@@ -251,6 +281,8 @@ def accumulate_chunks(chunks: Iterable[ChatCompletionChunk]) -> ChatCompletion:
         usage = chunk.usage or usage
         for choice in chunk.choices:
             texts.setdefault(choice.index, []).append(choice.delta.content or "")
+            extra_fields = choice.delta.model_extra or {}
+            reasoning.setdefault(choice.index, []).append(extra_fields.get("reasoning_content") or "")
             for call in choice.delta.tool_calls or []:
                 merged = calls.setdefault(choice.index, {}).setdefault(call.index, {"arguments": []})
                 merged.setdefault("id", call.id)
@@ -278,7 +310,9 @@ def accumulate_chunks(chunks: Iterable[ChatCompletionChunk]) -> ChatCompletion:
             for _, call in sorted(calls.get(index, {}).items())
         ]
         content = "".join(texts[index])
-        message = ChatCompletionMessage(role="assistant", content=content or (None if tool_calls else ""), refusal=None)
+        thought = "".join(reasoning[index])
+        message = ChatCompletionMessage(role="assistant", content=content or (None if tool_calls else ""), refusal=None,
+                                        **({"reasoning_content": thought} if thought else {}))
         if tool_calls:
             message.tool_calls = tool_calls
         choices.append(

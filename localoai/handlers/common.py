@@ -112,6 +112,8 @@ class SampleTrace:
     finish_reason: str | None = None
     tool_parse_error: str | None = None
     """Why tool-call markup in the output could not be parsed (it was returned as text)."""
+    reasoning: str | None = None
+    """The reasoning the output parser found in `text` (returned as `reasoning_content` / reasoning items)."""
     policy_versions: list[list[int]] = field(default_factory=list)
     """`[start_token_index, version]` spans: which weights' version produced each token."""
 
@@ -129,6 +131,8 @@ class SampleTrace:
                                 policy_versions=self.policy_versions)
         if self.tool_parse_error is not None:
             trace["tool_parse_error"] = self.tool_parse_error
+        if self.reasoning is not None:
+            trace["reasoning_content"] = self.reasoning
         return trace
 
 

@@ -19,9 +19,13 @@ has none); a `function_call` item by the first piece of a parsed call. The order
     per client tool call (custom, local_shell, shell, apply_patch; see `client_tools`), once whole:
                        output_item.added, its type's events (custom_tool_call_input.delta / .done,
                        shell_call_command.added / .delta / .done), output_item.done
+    per reasoning:     output_item.added (no content yet), content_part.added (reasoning_text),
+                       reasoning_text.delta..., reasoning_text.done, content_part.done, output_item.done
     then completed / incomplete (or failed).
 
 A response with no output at all (the model ended at once) still has one, empty, message.
+A `reasoning` item is opened by the first reasoning text; it holds the reasoning as one
+`reasoning_text` content part and an empty `summary` (no summarizer runs here).
 
 Logprobs (`include: ["message.output_text.logprobs"]`) come in as `common.token_logprob` dicts,
 with the text they belong to: the `output_text` part keeps every one (token, bytes, logprob,
@@ -51,11 +55,15 @@ from openai.types.responses import (
     ResponseOutputItemDoneEvent,
     ResponseOutputMessage,
     ResponseOutputText,
+    ResponseReasoningItem,
+    ResponseReasoningTextDeltaEvent,
+    ResponseReasoningTextDoneEvent,
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
     ResponseUsage,
 )
+from openai.types.responses.response_reasoning_item import Content as ReasoningContent
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from localoai.handlers.client_tools import ClientToolCall, ClientToolType
@@ -66,12 +74,12 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respo
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
-def usage(input_tokens: int, output_tokens: int) -> ResponseUsage:
+def usage(input_tokens: int, output_tokens: int, reasoning_tokens: int = 0) -> ResponseUsage:
     return ResponseUsage(
         input_tokens=input_tokens,
         input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
         output_tokens=output_tokens,
-        output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens),
         total_tokens=input_tokens + output_tokens,
     )
 
@@ -113,13 +121,29 @@ class _FunctionCall:
 
 
 @dataclass
+class _Reasoning:
+    id: str
+    text: list[str] = field(default_factory=list)
+    status: ItemStatus = "in_progress"
+
+    def part(self) -> dict[str, str]:
+        """As a dict: the added and done events each define their own `PartReasoningText` class."""
+        return {"type": "reasoning_text", "text": "".join(self.text)}
+
+    def item(self, status: ItemStatus | None = None, *, with_part: bool = True) -> ResponseReasoningItem:
+        content = [ReasoningContent(type="reasoning_text", text="".join(self.text))] if with_part else []
+        return ResponseReasoningItem(id=self.id, type="reasoning", summary=[], content=content,
+                                     status=status or self.status)
+
+
+@dataclass
 class ResponseEvents:
     """Builds the events of one response. `settings` are the `Response` fields echoed from the
     request (id, model, instructions, temperature, tools, ...), the same on every event."""
 
     settings: dict[str, Any]
     sequence: int = 0
-    items: list[_Message | _FunctionCall | ClientToolCall | _Whole] = field(default_factory=list)
+    items: list[_Message | _FunctionCall | ClientToolCall | _Whole | _Reasoning] = field(default_factory=list)
     """The output items so far, in `output_index` order; only the last one may still be open."""
     client_tools: dict[str, ClientToolType] = field(default_factory=dict)
     """Offered client-executed tools by the name the model calls them: their calls become their own item types."""
@@ -137,7 +161,7 @@ class ResponseEvents:
         return event
 
     @property
-    def _open(self) -> _Message | _FunctionCall | ClientToolCall | _Whole | None:
+    def _open(self) -> _Message | _FunctionCall | ClientToolCall | _Whole | _Reasoning | None:
         last = self.items[-1] if self.items else None
         return last if last is not None and last.status == "in_progress" else None
 
@@ -154,6 +178,11 @@ class ResponseEvents:
     def text(self) -> str:
         """All content text so far (every message item's)."""
         return "".join("".join(item.text) for item in self.items if isinstance(item, _Message))
+
+    @property
+    def reasoning(self) -> str:
+        """All reasoning text so far (every reasoning item's)."""
+        return "".join("".join(item.text) for item in self.items if isinstance(item, _Reasoning))
 
     # -- events, in stream order -----------------------------------------------------------
 
@@ -184,6 +213,28 @@ class ResponseEvents:
         events.append(self._event(ResponseTextDeltaEvent, type="response.output_text.delta", item_id=message.id,
                                   output_index=len(self.items) - 1, content_index=0, delta=delta,
                                   logprobs=_event_logprobs(logprobs or [])))
+        return events
+
+    def reasoning_delta(self, delta: str) -> list[ResponseStreamEvent]:
+        """Reasoning text: opens a reasoning item first when none is open (closing what was open)."""
+        events: list[ResponseStreamEvent] = []
+        item = self._open
+        if not isinstance(item, _Reasoning):
+            if not delta:
+                return events
+            events += self._close()
+            item = _Reasoning(id=new_id("rs_"))
+            self.items.append(item)
+            index = len(self.items) - 1
+            events += [
+                self._event(ResponseOutputItemAddedEvent, type="response.output_item.added", output_index=index,
+                            item=item.item(with_part=False)),
+                self._event(ResponseContentPartAddedEvent, type="response.content_part.added", item_id=item.id,
+                            output_index=index, content_index=0, part=item.part()),
+            ]
+        item.text.append(delta)
+        events.append(self._event(ResponseReasoningTextDeltaEvent, type="response.reasoning_text.delta",
+                                  item_id=item.id, output_index=len(self.items) - 1, content_index=0, delta=delta))
         return events
 
     def call_delta(self, piece: StreamDelta) -> list[ResponseStreamEvent]:
@@ -280,8 +331,8 @@ class ResponseEvents:
         ]
 
     def _close(self, message_status: ItemStatus = "completed") -> list[ResponseStreamEvent]:
-        """The open item's done events (none when nothing is open). A message ends with the
-        response's status; a call is complete once parsed, whatever ends the response."""
+        """The open item's done events (none when nothing is open). A message or reasoning ends with
+        the response's status; a call is complete once parsed, whatever ends the response."""
         item = self._open
         if item is None:
             return []
@@ -308,6 +359,14 @@ class ResponseEvents:
             ]
         item.status = message_status
         ids = {"item_id": item.id, "output_index": index, "content_index": 0}
+        if isinstance(item, _Reasoning):
+            return [
+                self._event(ResponseReasoningTextDoneEvent, type="response.reasoning_text.done",
+                            text="".join(item.text), **ids),
+                self._event(ResponseContentPartDoneEvent, type="response.content_part.done", part=item.part(), **ids),
+                self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
+                            item=item.item()),
+            ]
         return [
             self._event(ResponseTextDoneEvent, type="response.output_text.done", text="".join(item.text),
                         logprobs=_event_logprobs(item.logprobs), **ids),

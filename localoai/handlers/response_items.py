@@ -8,9 +8,13 @@ Rendering (`chat_messages`): `instructions` and every `system`/`developer` messa
 ONE leading system message (chat templates expect at most one, first); `function_call` items
 become assistant `tool_calls` (attached to the assistant message just before them, if any) and
 `function_call_output` items `tool` messages, and so do the calls and outputs of tools the client
-executes (`custom_tool_call`, `shell_call`, ...; see `client_tools`). `reasoning` items are accepted and listed but not
-rendered: the chat template has no slot for an earlier turn's reasoning, and what a template does
-with it is model-specific; rendering them belongs to reasoning parsing (its own issue).
+executes (`custom_tool_call`, `shell_call`, ...; see `client_tools`). A `reasoning` item's `content` (the reasoning text
+this server returns) becomes the `reasoning_content` of the assistant message that follows it
+(the message, or the assistant turn its function calls open), and `chat_template.template_messages`
+hands it to the template the way it reads it (Qwen3's `reasoning_content`, gpt-oss's `thinking`);
+the template decides whether an earlier turn's reasoning is shown (Qwen3 keeps it only after the
+last user turn). A reasoning item with no assistant turn after it, or with only a `summary` or
+`encrypted_content` (OpenAI's own), has nothing the template can render.
 """
 
 from __future__ import annotations
@@ -98,34 +102,47 @@ def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]]) -> 
     """Stored items (and this request's `instructions`) as the chat messages the template renders."""
     system: list[str] = [instructions] if instructions else []
     messages: list[dict[str, Any]] = []
+    reasoning: list[str] = []  # reasoning items waiting for the assistant turn they belong to
+
+    def assistant(message: dict[str, Any]) -> dict[str, Any]:
+        if reasoning:
+            message["reasoning_content"] = "\n".join(reasoning)
+            reasoning.clear()
+        return message
+
+    def add_call(call: dict[str, Any]) -> None:
+        """A call joins the assistant message just before it, if any (one turn, several calls), unless
+        reasoning came between them (then it opens the next turn, which the reasoning belongs to)."""
+        if messages and messages[-1]["role"] == "assistant" and not reasoning:
+            messages[-1].setdefault("tool_calls", []).append(call)
+        else:
+            messages.append(assistant({"role": "assistant", "content": None, "tool_calls": [call]}))
+
     for item in items:
         kind = item["type"]
         if kind == "message":
             if item["role"] in ("system", "developer"):
                 system.append(_text(item["content"]))
+            elif item["role"] == "assistant":
+                messages.append(assistant({"role": "assistant", "content": _text(item["content"])}))
             else:
                 messages.append({"role": item["role"], "content": _text(item["content"])})
         elif kind == "function_call":
-            _add_tool_call(messages, {"id": item["call_id"], "type": "function",
-                                      "function": {"name": item["name"], "arguments": item["arguments"]}})
+            add_call({"id": item["call_id"], "type": "function",
+                      "function": {"name": item["name"], "arguments": item["arguments"]}})
         elif (call := chat_tool_call(item)) is not None:
-            _add_tool_call(messages, call)
+            add_call(call)
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _text(item["output"])})
         elif (result := tool_result(item)) is not None:
             messages.append({"role": "tool", "tool_call_id": result[0], "content": result[1]})
-        # "reasoning": listed, not rendered (see the module docstring)
+        elif kind == "reasoning":
+            text = "".join(part.get("text", "") for part in item.get("content") or [])
+            if text:
+                reasoning.append(text)
     if system:
         messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return _MESSAGES.validate_python(messages)
-
-
-def _add_tool_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
-    """A call joins the assistant message just before it, if any (one turn, several calls)."""
-    if messages and messages[-1]["role"] == "assistant":
-        messages[-1].setdefault("tool_calls", []).append(call)
-    else:
-        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
 
 
 def chat_tools(tools: Sequence[Any] | None) -> list[ChatFunctionTool] | None:

@@ -7,7 +7,9 @@ parsed call becomes a `function_call` item (`call_id` is the parser's `call_...`
 tool the client executes, `custom` / `local_shell` / `shell` / `apply_patch`, becomes that tool's
 own item type, see `client_tools`), and markup
 that does not parse stays in the content, its reason kept in the sample's trace
-(`tool_parse_error`).
+(`tool_parse_error`). The same output parser (`ServedModel.output_parser`) takes the model's
+reasoning out of the text into `reasoning` items (`reasoning.effort` is mapped onto the chat
+template's thinking switch by `render_chat`).
 
 The streamed and the non-streamed answers come from the same event iterator: a non-streamed
 request returns the response its terminal event carries (`final_response`), so the two can
@@ -24,13 +26,15 @@ stops reading them, not the task.
 
 With `include: ["message.output_text.logprobs"]` the engine reports `top_logprobs` alternatives
 and each text delta carries its tokens' logprobs (`common.token_logprob`, as chat shows them).
-Tokens without text (a partial character) lend theirs to the next text; with tools, a step's
-logprobs go with the content text of that step only (tool-call markup has none).
+Tokens without text (a partial character) lend theirs to the next text, and so do tokens whose
+text the output parser holds back; with a parser, a step's logprobs go with the content text of
+that step only (reasoning and tool-call markup have none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -53,7 +57,7 @@ from localoai.handlers.recording import record_generation
 from localoai.handlers.stored import visible_record
 from localoai.handlers.response_events import ResponseEvents, final_response, usage
 from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
-from localoai.parsers.tool_calls import StreamDelta, ToolCallStream, ToolParser
+from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.responses import (
     OUTPUT_LOGPROBS,
@@ -80,10 +84,11 @@ class PreparedResponse:
     items: list[dict[str, Any]]
     prompt: RenderedPrompt
     params: SamplingParams
-    tool_parser: ToolParser | None = None
+    output_parser: OutputParser | None = None
+    """Reasoning and tool calls (when function tools are offered and not `tool_choice: none`) out of
+    the text; None when the model has neither format (or no tools were offered)."""
     new_items_from: int = 0
     """Where this request's own items start in `items` (before: the replayed chain or conversation)."""
-    """Set when function tools are offered (and not `tool_choice: none`) and the model's format is known."""
 
 
 @dataclass
@@ -137,8 +142,10 @@ class Responses:
             logprobs=(request.top_logprobs or 0) if OUTPUT_LOGPROBS in (request.include or []) else None,
         )
         offered = request.tools if request.tool_choice != "none" else None
-        parser = self.served.tool_parser([offered_name(tool) for tool in offered]) if offered else None
-        params = constrain_response(self.served, request, parser, params)  # structured outputs, if asked for
+        parser = self.served.output_parser(prompt.text, [offered_name(tool) for tool in offered] if offered else None)
+        if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
+            params = dataclasses.replace(params, skip_special_tokens=False)
+        params = constrain_response(self.served, request, parser.tool_parser if parser else None, params)
         return PreparedResponse(request, items, prompt, params, parser, new_from)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
@@ -166,6 +173,8 @@ class Responses:
             chat_messages(request.instructions, items),  # instructions are never carried over
             tools=chat_tools(request.tools) if request.tool_choice != "none" else None,
             template_kwargs=request.chat_template_kwargs,
+            reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
+            effort_param="reasoning.effort",
         )
         return items, prompt, len(earlier)
 
@@ -277,9 +286,10 @@ class Responses:
 
     async def _stream(self, run: _Run) -> AsyncIterator[ResponseStreamEvent]:
         served, prepared, build = self.served, run.prepared, run.build
-        calls = prepared.tool_parser.stream() if prepared.tool_parser else None
+        calls = prepared.output_parser.stream() if prepared.output_parser else None
         with_logprobs = prepared.params.logprobs is not None
         pending: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
+        reasoning_tokens = 0
         recorded = False
         try:
             yield build.created("queued" if build.settings["background"] else "in_progress")
@@ -292,7 +302,11 @@ class Responses:
                             for delta in item:
                                 if with_logprobs:
                                     pending += [token_logprob(served, entry) for entry in delta.logprobs]
-                                for event in _shaped(build, calls, delta, pending):
+                                was_reasoning = calls is not None and calls.in_reasoning
+                                events = _shaped(build, calls, delta, pending)
+                                if was_reasoning or (calls is not None and calls.in_reasoning):
+                                    reasoning_tokens += len(delta.token_ids)
+                                for event in events:
                                     yield event
             except ServerError:  # the engine failed; its cause is in the record and the log
                 recorded = True
@@ -305,8 +319,9 @@ class Responses:
                 for event in _parsed(build, calls.finish()):  # nothing left if the last delta ended it
                     yield event
                 sample.tool_parse_error = "; ".join(filter(None, [calls.error, *build.call_errors])) or None
+                sample.reasoning = build.reasoning or None
             closing = build.finished(
-                usage(len(prepared.prompt.token_ids), len(sample.token_ids)),
+                usage(len(prepared.prompt.token_ids), len(sample.token_ids), reasoning_tokens),
                 incomplete=sample.finish_reason != "stop",  # "length" (or the engine's "abort")
             )
             recorded = True
@@ -337,7 +352,11 @@ class Responses:
             "previous_response_id": request.previous_response_id,
             "conversation": {"id": request.conversation_id} if request.conversation_id else None,
             "prompt_cache_key": request.prompt_cache_key,
-            "reasoning": Reasoning(effort=None, summary=None),
+            "reasoning": Reasoning(
+                effort=request.reasoning.effort if request.reasoning is not None else None,
+                summary=(request.reasoning.summary or request.reasoning.generate_summary)
+                if request.reasoning is not None else None,
+            ),
             "safety_identifier": request.safety_identifier,
             "service_tier": "default",
             "store": request.store is not False,
@@ -389,9 +408,9 @@ async def _drained(sink: asyncio.Queue[ResponseStreamEvent | None]) -> AsyncIter
 
 
 def _shaped(
-    build: ResponseEvents, calls: ToolCallStream | None, delta: SampleDelta, pending: list[dict[str, Any]],
+    build: ResponseEvents, calls: OutputStream | None, delta: SampleDelta, pending: list[dict[str, Any]],
 ) -> list[ResponseStreamEvent]:
-    """The events for one step of the sample: its text as content, or through the tool-call parser.
+    """The events for one step of the sample: its text as content, or through the output parser.
     `pending` (the logprobs not sent yet) is emptied once text carries them."""
     if calls is None:
         if not delta.text:
@@ -402,18 +421,22 @@ def _shaped(
     parsed = calls.feed(delta.text) if delta.text else []
     if delta.finish_reason is not None:
         parsed += calls.finish()
+    if not parsed:  # text held back by the parser: its tokens' logprobs wait for the text they belong to
+        return []
     events = _parsed(build, parsed, pending[:])
     pending.clear()
     return events
 
 
 def _parsed(
-    build: ResponseEvents, parsed: list[StreamDelta], logprobs: list[dict[str, Any]] | None = None,
+    build: ResponseEvents, parsed: list[OutputPiece], logprobs: list[dict[str, Any]] | None = None,
 ) -> list[ResponseStreamEvent]:
     """Events for parsed pieces; `logprobs` go with the first content piece."""
     events: list[ResponseStreamEvent] = []
     for piece in parsed:
-        if piece.index is not None:
+        if isinstance(piece, ReasoningDelta):
+            events += build.reasoning_delta(piece.text)
+        elif piece.index is not None:
             events += build.call_delta(piece)
         elif piece.content:
             events += build.text_delta(piece.content, logprobs)

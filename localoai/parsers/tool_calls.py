@@ -18,11 +18,11 @@ Formats, in the order `tool_parser_for` tries them against a chat template:
 - `pythonic` (Llama 3.2 pythonic / Llama 4 style): `[f(a=1), g(b="x")]`; only by name, no
   template marker.
 
-TODO(harmony): gpt-oss writes tool calls in OpenAI's harmony format (`<|start|>assistant
-<|channel|>commentary to=functions.f <|constrain|>json<|message|>{...}<|call|>`), with channels
-that also carry reasoning. It should be built on the `openai-harmony` package (its
-`StreamableParser`) rather than hand-written here; until then gpt-oss templates match no
-parser and their output is plain content.
+gpt-oss writes tool calls in OpenAI's harmony format (`<|start|>assistant to=functions.f<|channel|>
+commentary json<|message|>{...}<|call|>`), on channels that also carry its reasoning: that format
+is parsed with its reasoning, by `localoai.parsers.harmony` (chosen by `reasoning_parser_for`), so
+gpt-oss templates match no parser here. Reasoning and tool calls are composed per request by
+`localoai.parsers.reasoning` (`ServedModel.output_parser`).
 """
 
 from __future__ import annotations

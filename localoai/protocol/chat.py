@@ -175,7 +175,8 @@ class ChatCompletionRequest(SamplingFields):
     prompt_cache_key: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
-    reasoning_effort: str | None = None
+    # Mapped onto the chat template's thinking switch (`chat_template.effort_template_kwargs`).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     response_format: ResponseFormat | None = None
     safety_identifier: str | None = None
     store: StrictBool | None = None
@@ -208,10 +209,6 @@ class ChatCompletionRequest(SamplingFields):
             "web_search_options": (
                 self.web_search_options is not None,
                 "web search is a hosted OpenAI tool and is not available on a local model",
-            ),
-            "reasoning_effort": (
-                self.reasoning_effort is not None,
-                "reasoning_effort is not supported yet; use chat_template_kwargs (e.g. enable_thinking)",
             ),
             "verbosity": (self.verbosity is not None, "verbosity is not supported by this server"),
         }

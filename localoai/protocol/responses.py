@@ -131,7 +131,8 @@ class ReasoningText(RequestModel):
 
 class ReasoningItem(RequestModel):
     """Reasoning from an earlier turn. Agents (Codex) send these back on every turn, so they are
-    accepted and listed as input items; they are not rendered (see `handlers.response_items`)."""
+    accepted, listed as input items, and their `content` is rendered as the next assistant turn's
+    reasoning (see `handlers.response_items`)."""
 
     type: Literal["reasoning"]
     id: str | None = None
@@ -223,17 +224,21 @@ class TextConfig(RequestModel):
 
 
 class ReasoningConfig(RequestModel):
-    effort: str | None = None
-    summary: str | None = None
-    generate_summary: str | None = None
+    """`effort` is mapped onto the chat template's thinking switch (`chat_template.effort_template_kwargs`).
+    There is no summarizer: reasoning items carry the full reasoning as `content` and an empty
+    `summary`, which is what "auto" may give; "concise" and "detailed" are refused."""
+
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None  # deprecated name of `summary`
 
 
 class StreamOptions(RequestModel):
     include_obfuscation: StrictBool | None = None  # obfuscation pads events; omitting it changes no content
 
 
-# `include` values honoured: this server returns no reasoning items of its own, and keeps the
-# `encrypted_content` of reasoning input items only when asked (as OpenAI does);
+# `include` values honoured: reasoning items are never encrypted here (their reasoning is in plain
+# `content`); the `encrypted_content` of reasoning input items is kept only when asked (as OpenAI does);
 # `message.output_text.logprobs` adds token logprobs (`top_logprobs` alternatives) to output text.
 HONOURED_INCLUDES = frozenset({"reasoning.encrypted_content", "message.output_text.logprobs"})
 OUTPUT_LOGPROBS = "message.output_text.logprobs"
@@ -330,12 +335,14 @@ class ResponseInputFields(RequestModel):
         refusals = {
             "text.verbosity": (self.text is not None and self.text.verbosity is not None,
                                "verbosity is not supported by this server"),
-            "reasoning": (
-                self.reasoning is not None and any(
-                    v is not None for v in (self.reasoning.effort, self.reasoning.summary,
-                                            self.reasoning.generate_summary)),
-                "reasoning settings are not supported yet; use chat_template_kwargs (e.g. enable_thinking) "
-                "until reasoning parsing lands",
+            "reasoning.summary": (
+                self.reasoning is not None and self.reasoning.summary in ("concise", "detailed"),
+                "reasoning summaries are not generated here (there is no summarizer model); reasoning "
+                "items carry the full reasoning as content; use 'auto' or omit it",
+            ),
+            "reasoning.generate_summary": (
+                self.reasoning is not None and self.reasoning.generate_summary in ("concise", "detailed"),
+                "reasoning summaries are not generated here (there is no summarizer model); use 'auto' or omit it",
             ),
             "truncation": (self.truncation == "auto",
                            "truncation 'auto' is not supported; the request fails when the input exceeds "

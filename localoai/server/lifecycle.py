@@ -216,6 +216,7 @@ def start(
     max_body_bytes: int | None = None,
     store: Any = None,
     tool_parser: str | None = None,
+    reasoning_parser: str | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
 ) -> Server:
@@ -229,7 +230,9 @@ def start(
     Every generation is stored with its token-exact trace in `store`: a SQLite path, `":memory:"`,
     a `localoai.store.Store`, or None for `localoai-store/store.sqlite3` under the working directory.
     `tool_parser` names the model's tool-call format (`"hermes"`), `"none"` returns tool-call markup
-    as plain text; None chooses from the chat template.
+    as plain text; None chooses from the chat template. `reasoning_parser` likewise names how the
+    model writes its reasoning (`"qwen3"`, `"deepseek_r1"`, `"harmony"`), `"none"` leaves it in the
+    content; None chooses from the chat template.
     `max_batch_size`: rows (samples) decoded together in one forward pass (1: one request at a
     time). `max_queued_requests`: requests waiting beyond it get a 429 with `Retry-After`.
     """
@@ -237,8 +240,8 @@ def start(
     from localoai.served import ServedModel, load_model
 
     model, tokenizer = load_model(model, tokenizer)
-    served = ServedModel.create(model, tokenizer, name, store, tool_parser, max_batch_size=max_batch_size,
-                                max_queued_requests=max_queued_requests)
+    served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser,
+                                max_batch_size=max_batch_size, max_queued_requests=max_queued_requests)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)

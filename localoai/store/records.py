@@ -33,6 +33,7 @@ class CompletionTrace(_CompletionTraceRequired, total=False):
     index: int
     tool_parse_error: str  # why tool-call markup could not be parsed (it went back to the caller as text)
     policy_versions: list[list[int]]  # [[start_token_index, version], ...]: the weights' version of each token
+    reasoning_content: str  # the reasoning the output parser found in `text`
 
 
 @dataclass

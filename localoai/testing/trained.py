@@ -4,6 +4,7 @@ Random weights never emit a tool call, so tool-calling paths would go untested. 
 the tiny Qwen2-style model on one two-turn episode: asked about the weather it calls
 `get_weather` (Hermes markup, as its chat template teaches), and after the tool result it
 answers in words. Loss is on the assistant's tokens only; greedy decoding then reproduces them.
+`train_reasoner` trains the same episode with a `<think>` block before each assistant turn.
 """
 
 from __future__ import annotations
@@ -38,32 +39,9 @@ def episode(call_id: str = "call_0") -> list[dict[str, Any]]:
 
 def train_tool_caller(steps: int = 150, seed: int = 0) -> tuple[Any, Any]:
     """Return (model, tokenizer): greedy decoding calls the tool, then answers after its result."""
-    import torch
-
-    from localoai.testing.tiny import build_tiny_model
-
-    model, tokenizer = build_tiny_model(hidden_size=64, num_layers=2, seed=seed)
-    end = "<|im_end|>"
-    turns = [(episode()[:1], TOOL_CALL_TEXT + end), (episode(), ANSWER + end)]
-    examples = []
-    for history, target in turns:
-        prompt = tokenizer.apply_chat_template(history, tools=[WEATHER_TOOL], add_generation_prompt=True,
-                                               tokenize=False)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt_ids + target_ids])
-        labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
-        examples.append((ids, labels))
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            loss = sum(model(input_ids=ids, labels=labels).loss for ids, labels in examples)
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    model, tokenizer = _build(seed)
+    _train(model, tokenizer, [(episode()[:1], TOOL_CALL_TEXT), (episode(), ANSWER)], tools=[WEATHER_TOOL],
+           steps=steps, seed=seed)
     return model, tokenizer
 
 
@@ -72,27 +50,86 @@ def train_assistant(
     steps: int = 80, seed: int = 0,
 ) -> tuple[Any, Any]:
     """Return (model, tokenizer) trained so that greedy decoding, after each turn's chat history
-    (rendered with `tools`), writes that turn's text (e.g. Hermes tool-call markup) and ends.
+    (rendered with `tools`), writes that turn's text (e.g. Hermes tool-call markup) and ends."""
+    model, tokenizer = _build(seed)
+    _train(model, tokenizer, turns, tools=tools, steps=steps, seed=seed, share_prefix=True)
+    return model, tokenizer
 
-    Turns of one episode share a long prompt prefix (the system turn with every tool's schema):
-    it is run once per step without gradients and its KV cache reused by each turn, which makes
-    training several times faster than running every turn whole."""
+
+# -- a reasoner ------------------------------------------------------------------------------
+
+THINK_BEFORE_CALL = "The user wants the weather, so I call get_weather."
+THINK_BEFORE_ANSWER = "The tool says 21 celsius."
+
+def _reasoning_template() -> str:
+    """The project's ChatML template with Qwen3's reasoning slot: an assistant turn's
+    `reasoning_content` is rendered as a `<think>` block before its content (Qwen3 does so for the
+    turns after the last user query)."""
+    from localoai.testing.tiny import CHAT_TEMPLATE
+
+    plain = "{%- if message.content %}{{- message.content }}{%- endif %}"
+    assert plain in CHAT_TEMPLATE
+    think = ("{%- if message.reasoning_content %}{{- '<think>\\n' + message.reasoning_content + "
+             "'\\n</think>\\n\\n' }}{%- endif %}")
+    return CHAT_TEMPLATE.replace(plain, think + plain)
+
+
+REASONING_CHAT_TEMPLATE = _reasoning_template()
+
+
+def reasoning_episode(call_id: str = "call_0") -> list[dict[str, Any]]:
+    """The reasoner's conversation up to its final answer: the call turn carries its reasoning."""
+    messages = episode(call_id)
+    messages[1]["reasoning_content"] = THINK_BEFORE_CALL
+    return messages
+
+
+def train_reasoner(steps: int = 150, seed: int = 0) -> tuple[Any, Any]:
+    """Return (model, tokenizer) trained like `train_tool_caller`, but thinking first: greedy decoding
+    writes `<think>\\nTHINK_BEFORE_CALL\\n</think>\\n\\n` then the tool call, and after the tool's
+    result `<think>\\nTHINK_BEFORE_ANSWER\\n</think>\\n\\n` then the answer. Its chat template
+    (`REASONING_CHAT_TEMPLATE`) renders an earlier turn's `reasoning_content`, and has Qwen3's
+    `enable_thinking` switch."""
+    model, tokenizer = _build(seed)
+    tokenizer.chat_template = REASONING_CHAT_TEMPLATE
+    think = "<think>\n{}\n</think>\n\n"
+    turns = [
+        (reasoning_episode()[:1], think.format(THINK_BEFORE_CALL) + TOOL_CALL_TEXT),
+        (reasoning_episode(), think.format(THINK_BEFORE_ANSWER) + ANSWER),
+    ]
+    _train(model, tokenizer, turns, tools=[WEATHER_TOOL], steps=steps, seed=seed)
+    return model, tokenizer
+
+
+def _build(seed: int) -> tuple[Any, Any]:
+    from localoai.testing.tiny import build_tiny_model
+
+    return build_tiny_model(hidden_size=64, num_layers=2, seed=seed)
+
+
+def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], str]], *,
+           tools: list[dict[str, Any]] | None, steps: int, seed: int, end: str = "<|im_end|>",
+           share_prefix: bool = False) -> None:
+    """Teach `model` each turn's target (then `end`) after its rendered history (loss on the target only).
+
+    `share_prefix`: the turns' common prompt prefix (the system turn with every tool's schema) is run
+    once per step without gradients and its KV cache reused by each turn, several times faster when
+    that prefix is long."""
     import copy
 
     import torch
 
-    from localoai.testing.tiny import build_tiny_model
-
-    model, tokenizer = build_tiny_model(hidden_size=64, num_layers=2, seed=seed)
     examples = []
-    for history, text in turns:
+    for history, target in turns:
         prompt = tokenizer.apply_chat_template(history, tools=tools, add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target_ids = tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(target + end, add_special_tokens=False)["input_ids"]
         examples.append((prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids))
-    shared = min(len(prompt) - 1 for prompt, _ in examples)  # at least one prompt token left per turn
-    while any(ids[:shared] != examples[0][0][:shared] for ids, _ in examples):
-        shared -= 1
+    shared = 0
+    if share_prefix:
+        shared = min(len(ids) - len([label for label in labels if label != -100]) - 1 for ids, labels in examples)
+        while any(ids[:shared] != examples[0][0][:shared] for ids, _ in examples):
+            shared -= 1
     prefix = torch.tensor([examples[0][0][:shared]])
     rests = [(torch.tensor([ids[shared:]]), torch.tensor([labels[shared:]])) for ids, labels in examples]
     model.train()
@@ -101,11 +138,76 @@ def train_assistant(
         torch.manual_seed(seed)
         for _ in range(steps):
             optimizer.zero_grad()
-            with torch.no_grad():
-                cache = model(input_ids=prefix, use_cache=True).past_key_values
-            loss = sum(model(input_ids=ids, labels=labels, past_key_values=copy.deepcopy(cache)).loss
+            cache = None
+            if shared:
+                with torch.no_grad():
+                    cache = model(input_ids=prefix, use_cache=True).past_key_values
+            loss = sum(model(input_ids=ids, labels=labels,
+                             past_key_values=copy.deepcopy(cache) if cache is not None else None).loss
                        for ids, labels in rests)
             loss.backward()
             optimizer.step()
     model.eval()
+
+
+# -- a gpt-oss-style (harmony) reasoner --------------------------------------------------------
+
+HARMONY_TOKENS = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>"]
+
+# A harmony chat template written for this project, in the shape of gpt-oss's: the effort in the
+# system message, tools in a developer message, an assistant turn's `thinking` on the analysis
+# channel, its calls on the commentary channel to `functions.<name>`, its answer on the final one.
+HARMONY_CHAT_TEMPLATE = """\
+{{- '<|start|>system<|message|>Reasoning: ' + (reasoning_effort if reasoning_effort is defined else 'medium') }}
+{{- '\\n\\n# Valid channels: analysis, commentary, final.<|end|>' }}
+{%- if tools %}
+{{- '<|start|>developer<|message|># Tools' }}
+{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
+{{- '<|end|>' }}
+{%- endif %}
+{%- set last = namespace(name='') %}
+{%- for message in messages %}
+{%- if message.role == 'user' or message.role == 'system' %}
+{{- '<|start|>' + ('user' if message.role == 'user' else 'developer') + '<|message|>' + message.content + '<|end|>' }}
+{%- elif message.role == 'assistant' %}
+{%- if message.thinking %}
+{{- '<|start|>assistant<|channel|>analysis<|message|>' + message.thinking + '<|end|>' }}
+{%- endif %}
+{%- for tool_call in message.tool_calls or [] %}
+{%- set call = tool_call.function %}
+{%- set last.name = call.name %}
+{{- '<|start|>assistant to=functions.' + call.name + '<|channel|>commentary json<|message|>' }}
+{%- if call.arguments is string %}{{- call.arguments }}{%- else %}{{- call.arguments | tojson }}{%- endif %}
+{{- '<|call|>' }}
+{%- endfor %}
+{%- if message.content %}
+{{- '<|start|>assistant<|channel|>final<|message|>' + message.content + '<|end|>' }}
+{%- endif %}
+{%- elif message.role == 'tool' %}
+{{- '<|start|>functions.' + last.name + ' to=assistant<|channel|>commentary<|message|>' + message.content + '<|end|>' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|start|>assistant' }}{%- endif %}
+"""
+HARMONY_CALL_TEXT = ('<|channel|>analysis<|message|>' + THINK_BEFORE_CALL + '<|end|><|start|>assistant '
+                     'to=functions.get_weather<|channel|>commentary json<|message|>{"city": "paris"}<|call|>')
+HARMONY_ANSWER_TEXT = ('<|channel|>analysis<|message|>' + THINK_BEFORE_ANSWER + '<|end|><|start|>assistant'
+                       '<|channel|>final<|message|>' + ANSWER + '<|return|>')
+
+
+def train_harmony_reasoner(steps: int = 150, seed: int = 0) -> tuple[Any, Any]:
+    """Return (model, tokenizer) trained like `train_reasoner`, in gpt-oss's harmony format: the
+    tokenizer gets harmony's special tokens (`<|channel|>`, ...; `<|return|>` and `<|call|>` end
+    generation, as for gpt-oss) and `HARMONY_CHAT_TEMPLATE`; greedy decoding writes
+    `HARMONY_CALL_TEXT`, then after the tool's result `HARMONY_ANSWER_TEXT`."""
+    model, tokenizer = _build(seed)
+    tokenizer.add_tokens(HARMONY_TOKENS, special_tokens=True)
+    model.resize_token_embeddings(len(tokenizer))
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(["<|return|>", "<|call|>"])
+    tokenizer.chat_template = HARMONY_CHAT_TEMPLATE
+    history = episode()
+    history[1]["thinking"] = THINK_BEFORE_CALL  # what the server renders from `reasoning_content`
+    _train(model, tokenizer, [(history[:1], HARMONY_CALL_TEXT), (history, HARMONY_ANSWER_TEXT)],
+           tools=[WEATHER_TOOL], steps=steps,
+           seed=seed, end="")
     return model, tokenizer
