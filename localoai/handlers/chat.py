@@ -84,7 +84,7 @@ class ChatCompletions:
         params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs)
         if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
             params = dataclasses.replace(params, skip_special_tokens=False)
-        params = constrain_chat(served, request, parser.tool_parser if parser else None, params)  # structured outputs, if asked for
+        params = constrain_chat(served, request, parser.tool_parser if parser else None, params)
         return PreparedChat(request, prompt, params, parser)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:

@@ -219,7 +219,7 @@ class Responses:
         return self._stream(self._run(prepared))
 
     def _run(self, prepared: PreparedResponse) -> _Run:
-        client_tools = client_tool_types(prepared.request.tools) if prepared.tool_parser else {}
+        client_tools = client_tool_types(prepared.request.tools) if prepared.output_parser else {}
         return _Run(prepared, ResponseEvents(settings=self._settings(prepared), client_tools=client_tools))
 
     # -- background ------------------------------------------------------------------------
