@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import html
 import logging
 import os
 import socket
 import threading
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
 from localoai.server.sockets import bind, bind_first_free
 
@@ -86,6 +88,25 @@ class Server:
         import openai
 
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "localoai", **kwargs)
+
+    # --- weights (STAND-IN until continuous batching lands; see the commit message) ---
+    @property
+    def policy_version(self) -> int:
+        """The weights version every record is stamped with; the trainer may also set it."""
+        return self.served.policy_version
+
+    @policy_version.setter
+    def policy_version(self, version: int) -> None:
+        self.served.policy_version = int(version)
+
+    @contextlib.contextmanager
+    def pause(self, mode: Literal["keep", "wait", "abort"] = "wait", *, bump_version: bool = True) -> Iterator[None]:
+        """Hold generation while the trainer changes the weights. STAND-IN: every mode waits for
+        the running request to finish (the engine holds `model_lock` around each one)."""
+        with self.served.engine.model_lock:
+            yield
+            if bump_version:
+                self.served.policy_version += 1
 
     # --- lifecycle -------------------------------------------------------------------
     def _start(self, timeout: float = START_TIMEOUT) -> None:
