@@ -16,6 +16,7 @@ from typing import Any
 
 from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import Engine
+from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import model_not_found
 from localoai.parsers.tool_calls import ToolParser, tool_parser_for
 from localoai.store import ConversationStore, Recorder, Store, open_store
@@ -90,10 +91,13 @@ class ServedModel:
     token_texts: TokenTexts = field(init=False)
     conversations: ConversationStore = field(init=False)
     """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
+    episodes: EpisodeLedger = field(init=False)
+    """Open episodes and their token ledger (see `localoai.episodes`)."""
 
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tokenizer)
         self.conversations = ConversationStore.beside(self.store)
+        self.episodes = EpisodeLedger(self.tokenizer)
         config = getattr(self.model, "config", None)
         identity = f"{self.name}:{getattr(config, 'model_type', '')}:{sum(p.numel() for p in self.model.parameters())}"
         self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]

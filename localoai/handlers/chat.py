@@ -29,6 +29,8 @@ from openai.types.chat.chat_completion_token_logprob import TopLogprob
 
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
+from localoai.episodes.ledger import EpisodeTurn
+from localoai.episodes.routing import EpisodeRef
 from localoai.handlers.common import Generation, new_id, sampling_params, token_budget, token_logprob
 from localoai.handlers.recording import record_generation
 from localoai.parsers.tool_calls import ToolCallStream, ToolParser
@@ -45,13 +47,14 @@ class PreparedChat:
     params: SamplingParams
     tool_parser: ToolParser | None = None
     """Set when tools are offered (and not `tool_choice: none`) and the model's format is known."""
+    episode: EpisodeTurn | None = None
 
 
 class ChatCompletions:
     def __init__(self, served: ServedModel) -> None:
         self.served = served
 
-    def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
+    def prepare(self, request: ChatCompletionRequest, episode: EpisodeRef | None = None) -> PreparedChat:
         """Every check that can fail, before any generation starts."""
         served = self.served
         served.check_model(request.model)
@@ -63,6 +66,9 @@ class ChatCompletions:
             continue_final_message=request.continue_final_message,
             template_kwargs=request.chat_template_kwargs,
         )
+        prompt, turn = served.episodes.attach(episode, request.messages, prompt, lambda history: render_chat(
+            served.tokenizer, history, tools=request.tools if request.tool_choice != "none" else None,
+            add_generation_prompt=False, template_kwargs=request.chat_template_kwargs).text)
         budget = token_budget(
             served,
             len(prompt.token_ids),
@@ -73,7 +79,7 @@ class ChatCompletions:
         offered = request.tools if request.tool_choice != "none" else None
         parser = served.tool_parser([tool.function.name for tool in offered]) if offered else None
         params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs)
-        return PreparedChat(request, prompt, params, parser)
+        return PreparedChat(request, prompt, params, parser, turn)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:
         return accumulate_chunks([chunk async for chunk in self.chunks(prepared, include_usage=True)])
@@ -163,6 +169,7 @@ class ChatCompletions:
             output=accumulate_chunks(sent),
             metadata=prepared.request.metadata,
             visible=bool(prepared.request.store),
+            episode=prepared.episode,
         )
 
     def _choice(

@@ -42,6 +42,8 @@ from openai.types.shared import Reasoning
 
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.engine.params import SampleDelta, SamplingParams
+from localoai.episodes.ledger import EpisodeTurn
+from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError, NotFoundError, ServerError
 from localoai.handlers.common import Generation, new_id, token_budget, token_logprob
 from localoai.handlers.recording import record_generation
@@ -76,6 +78,7 @@ class PreparedResponse:
     tool_parser: ToolParser | None = None
     new_items_from: int = 0
     """Where this request's own items start in `items` (before: the replayed chain or conversation)."""
+    episode: EpisodeTurn | None = None
     """Set when function tools are offered (and not `tool_choice: none`) and the model's format is known."""
 
 
@@ -117,10 +120,15 @@ class Responses:
         self.background: dict[str, _Background] = {}
         """Background responses still running, by response id; each removes itself when it ends."""
 
-    async def prepare(self, request: ResponseCreateRequest) -> PreparedResponse:
+    async def prepare(self, request: ResponseCreateRequest, episode: EpisodeRef | None = None) -> PreparedResponse:
         """Every check that can fail, before any generation starts."""
         self.served.check_model(request.model)
         items, prompt, new_from = await self._render(request)
+        tools = chat_tools(request.tools) if request.tool_choice != "none" else None
+        prompt, turn = self.served.episodes.attach(
+            episode, chat_messages(request.instructions, items), prompt, lambda history: render_chat(
+                self.served.tokenizer, history, tools=tools, add_generation_prompt=False,
+                template_kwargs=request.chat_template_kwargs).text)
         budget = token_budget(self.served, len(prompt.token_ids), request.max_output_tokens,
                               param="max_output_tokens")
         params = SamplingParams(
@@ -131,7 +139,7 @@ class Responses:
         )
         offered = request.tools if request.tool_choice != "none" else None
         parser = self.served.tool_parser([tool.name for tool in offered]) if offered else None
-        return PreparedResponse(request, items, prompt, params, parser, new_from)
+        return PreparedResponse(request, items, prompt, params, parser, new_from, turn)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
         self.served.check_model(request.model)
@@ -344,6 +352,7 @@ class Responses:
             previous_response_id=request.previous_response_id,
             input_items=run.prepared.items,
             status=status,
+            episode=run.prepared.episode,
         )
 
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import openai
     from quart import Quart
 
+    from localoai.episodes.handles import Episode, Group
+    from localoai.episodes.trajectory import Trajectory
     from localoai.served import ServedModel
     from localoai.store import Store
 
@@ -107,6 +109,28 @@ class Server:
             yield
             if bump_version:
                 self.served.policy_version += 1
+
+    # --- episodes and trajectories (see localoai.episodes) ------------------------------
+    def episode(self, group: str | Group | None = None, *, id: str | None = None, token_ledger: bool | None = None,
+                **metadata: Any) -> Episode:
+        """A new episode: `ep.base_url` / `ep.client()` trace an agent's requests into it; `ep.reward = r`.
+        `group`: a group id or `Group` (GRPO); `token_ledger`: this episode's choice (default: the server's)."""
+        from localoai.episodes.handles import Episode, Group
+
+        if isinstance(group, Group):
+            return group.episode(id, **metadata)
+        return Episode(self, id, group, token_ledger, **metadata)
+
+    def group(self, n: int = 0, *, id: str | None = None, token_ledger: bool | None = None, **metadata: Any) -> Group:
+        """A GRPO group with `n` episodes made up front (`for ep in group`); `group.episode()` adds one."""
+        from localoai.episodes.handles import Group
+
+        return Group(self, n, id, token_ledger, **metadata)
+
+    def trajectories(self, group: str | None = None) -> list[Trajectory]:
+        """Every episode's trajectory (or `group`'s), once the records queued so far are written."""
+        self.served.recorder.flush()
+        return self.store.trajectories(group)
 
     # --- lifecycle -------------------------------------------------------------------
     def _start(self, timeout: float = START_TIMEOUT) -> None:
@@ -199,6 +223,7 @@ def start(
     max_body_bytes: int | None = None,
     store: Any = None,
     tool_parser: str | None = None,
+    token_ledger: bool = True,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -211,12 +236,15 @@ def start(
     a `localoai.store.Store`, or None for `localoai-store/store.sqlite3` under the working directory.
     `tool_parser` names the model's tool-call format (`"hermes"`), `"none"` returns tool-call markup
     as plain text; None chooses from the chat template.
+    `token_ledger`: inside episodes, splice the earlier turns' exact token ids into a prompt that
+    extends them (see `localoai.episodes.ledger`); an episode may choose otherwise.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.served import ServedModel, load_model
 
     model, tokenizer = load_model(model, tokenizer)
     served = ServedModel.create(model, tokenizer, name, store, tool_parser)
+    served.episodes.enabled = token_ledger
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)
