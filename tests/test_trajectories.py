@@ -114,6 +114,17 @@ def test_a_different_history_is_not_spliced(server: Any, tiny: Any) -> None:
     assert second.model_extra["prompt_token_ids"] == rendered(tiny, messages)
 
 
+def test_a_different_rendering_context_is_not_spliced(server: Any, tiny: Any) -> None:
+    """Offering tools changes the rendered system turn: the earlier turn's tokens are no longer its prefix."""
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    with server.episode() as ep:
+        first = chat(ep, server, [{"role": "user", "content": "hello"}], seed=1)
+        messages = [{"role": "user", "content": "hello"}, first.choices[0].message.model_dump(exclude_none=True),
+                    {"role": "user", "content": "next"}]
+        chat(ep, server, messages, seed=2, tools=[tool])
+        assert ep.trajectory().turns[1].ledger is None
+
+
 def test_responses_chains_are_spliced(server: Any, tiny: Any) -> None:
     with server.episode() as ep:
         client = ep.client(max_retries=0)

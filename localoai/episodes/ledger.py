@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from localoai.chat_template import RenderedPrompt, template_messages
 from localoai.episodes.routing import EpisodeRef
 from localoai.protocol.chat import Message
 
-MAX_EPISODES = 4096
+MAX_EPISODES = 1024
 """Episodes whose turns the ledger keeps; the least recently used go first."""
+MAX_TURNS = 64
+"""Turns kept per episode, the latest (an agent extends its latest turn; a branch an older one)."""
 _SENTINEL = "\u2063localoai-end-of-turn-probe\u2063"
 
 
@@ -44,6 +47,8 @@ class EpisodeTurn:
     episode: EpisodeRef
     messages: list[dict[str, Any]] | None = None
     """The conversation in canonical form (None for legacy completions, which have no messages)."""
+    context: str = ""
+    """What else shapes the rendering (tools, template arguments): a turn extends only one with the same."""
     ledger: dict[str, Any] | None = None
     """The report kept in the record: `extends` (the earlier record id), `sample`, `rendered_extends`
     (the re-rendered prompt starts with the earlier turn's exact ids), `divergence` (first index where
@@ -54,8 +59,9 @@ class EpisodeTurn:
 class _Turn:
     record_id: str
     messages: list[dict[str, Any]]
-    prompt_ids: list[int]
-    samples: list[tuple[list[dict[str, Any]], list[int]]]
+    context: str
+    prompt_ids: array[int]  # 4 bytes a token: the ledger may hold many long episodes
+    samples: list[tuple[list[dict[str, Any]], array[int]]]
     """Per sample: its answer as canonical assistant message(s), and its sampled ids."""
 
 
@@ -118,21 +124,25 @@ class EpisodeLedger:
         messages: Sequence[Message],
         prompt: RenderedPrompt,
         render_history: Callable[[Sequence[Message]], str] | None = None,
+        context: Any = None,
     ) -> tuple[RenderedPrompt, EpisodeTurn | None]:
         """The prompt to generate from (spliced when the request extends an earlier turn) and the
         turn to record; `(prompt, None)` outside episodes. `render_history(messages)` renders a
-        conversation without the generation prompt, as the request's own rendering does."""
+        conversation without the generation prompt, as the request's own rendering does; `context`
+        (JSON-able: tools, template arguments) must equal the earlier turn's for a splice."""
         if ref is None:
             return prompt, None
         resolved, turns, enabled = self._resolve(ref)
         turn = EpisodeTurn(resolved)
         turn.messages = canonical(template_messages(messages))
-        found = _extended(turns, turn.messages)
+        turn.context = json.dumps(context, sort_keys=True, default=str)
+        found = _extended([earlier for earlier in turns if earlier.context == turn.context], turn.messages)
         if found is None:
             return prompt, turn
         earlier, sample = found
-        answer, sampled = earlier.samples[sample]
-        exact = earlier.prompt_ids + sampled
+        answer, sampled_ids = earlier.samples[sample]
+        sampled = sampled_ids.tolist()
+        exact = earlier.prompt_ids.tolist() + sampled
         rendered = prompt.token_ids
         divergence = next((i for i, (a, b) in enumerate(zip(rendered, exact)) if a != b), None)
         if divergence is None and len(rendered) < len(exact):
@@ -164,8 +174,12 @@ class EpisodeLedger:
         """A completed turn joins its episode's ledger, for the turns that extend it."""
         if turn.messages is None:
             return
+        kept = _Turn(record_id, turn.messages, turn.context, array("i", prompt_ids),
+                     [(answer, array("i", ids)) for answer, ids in samples])
         with self._lock:
-            self._entry(turn.episode.id).turns.append(_Turn(record_id, turn.messages, list(prompt_ids), samples))
+            turns = self._entry(turn.episode.id).turns
+            turns.append(kept)
+            del turns[:-MAX_TURNS]
 
     # -- the splice ----------------------------------------------------------------------------
 

@@ -58,17 +58,20 @@ class ChatCompletions:
         """Every check that can fail, before any generation starts."""
         served = self.served
         served.check_model(request.model)
+        tools = request.tools if request.tool_choice != "none" else None
         prompt = render_chat(
             served.tokenizer,
             request.messages,
-            tools=request.tools if request.tool_choice != "none" else None,
+            tools=tools,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             template_kwargs=request.chat_template_kwargs,
         )
-        prompt, turn = served.episodes.attach(episode, request.messages, prompt, lambda history: render_chat(
-            served.tokenizer, history, tools=request.tools if request.tool_choice != "none" else None,
-            add_generation_prompt=False, template_kwargs=request.chat_template_kwargs).text)
+        prompt, turn = served.episodes.attach(
+            episode, request.messages, prompt,
+            lambda history: render_chat(served.tokenizer, history, tools=tools, add_generation_prompt=False,
+                                        template_kwargs=request.chat_template_kwargs).text,
+            context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
         budget = token_budget(
             served,
             len(prompt.token_ids),

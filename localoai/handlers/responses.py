@@ -128,7 +128,8 @@ class Responses:
         prompt, turn = self.served.episodes.attach(
             episode, chat_messages(request.instructions, items), prompt, lambda history: render_chat(
                 self.served.tokenizer, history, tools=tools, add_generation_prompt=False,
-                template_kwargs=request.chat_template_kwargs).text)
+                template_kwargs=request.chat_template_kwargs).text,
+            context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
         budget = token_budget(self.served, len(prompt.token_ids), request.max_output_tokens,
                               param="max_output_tokens")
         params = SamplingParams(
