@@ -31,6 +31,7 @@ from typing import Any
 
 from localoai.chat_template import RenderedPrompt, template_messages
 from localoai.episodes.routing import EpisodeRef
+from localoai.errors import InvalidRequestError
 from localoai.protocol.chat import Message
 
 MAX_EPISODES = 1024
@@ -157,8 +158,12 @@ class EpisodeLedger:
         if render_history is None:
             report["reason"] = "no history rendering for this endpoint"
             return prompt, turn
-        history = list(messages[: len(earlier.messages) + len(answer)])
-        new_ids, reason = self._suffix_ids(render_history(history), prompt.text, sampled)
+        try:
+            history = render_history(list(messages[: len(earlier.messages) + len(answer)]))
+        except InvalidRequestError:  # a template that will not end a conversation on an assistant turn
+            report["reason"] = "the chat template does not render the history on its own"
+            return prompt, turn
+        new_ids, reason = self._suffix_ids(history, prompt.text, sampled)
         if new_ids is None:
             report["reason"] = reason
             return prompt, turn
