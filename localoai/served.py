@@ -16,6 +16,7 @@ from typing import Any
 
 from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
+from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import model_not_found
 from localoai.parsers.harmony import HarmonyOutputParser
 from localoai.parsers.reasoning import HARMONY_FORMAT, ComposedOutputParser, OutputParser, reasoning_parser_for, \
@@ -95,10 +96,13 @@ class ServedModel:
     token_texts: TokenTexts = field(init=False)
     conversations: ConversationStore = field(init=False)
     """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
+    episodes: EpisodeLedger = field(init=False)
+    """Open episodes and their token ledger (see `localoai.episodes`)."""
 
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tokenizer)
         self.conversations = ConversationStore.beside(self.store)
+        self.episodes = EpisodeLedger(self.tokenizer)
         config = getattr(self.model, "config", None)
         identity = f"{self.name}:{getattr(config, 'model_type', '')}:{sum(p.numel() for p in self.model.parameters())}"
         self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]

@@ -36,6 +36,8 @@ from openai.types.chat.chat_completion_token_logprob import TopLogprob
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.constraints.requests import constrain_chat
 from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
+from localoai.episodes.ledger import EpisodeTurn
+from localoai.episodes.routing import EpisodeRef
 from localoai.handlers.common import Generation, new_id, sampling_params, token_budget, token_logprob
 from localoai.handlers.recording import record_generation
 from localoai.parsers.reasoning import OutputParser, OutputStream, ReasoningDelta
@@ -53,25 +55,32 @@ class PreparedChat:
     output_parser: OutputParser | None = None
     """Reasoning and tool calls (when tools are offered and not `tool_choice: none`) out of the text;
     None when the model has neither format (or no tools were offered): the text is the content."""
+    episode: EpisodeTurn | None = None
 
 
 class ChatCompletions:
     def __init__(self, served: ServedModel) -> None:
         self.served = served
 
-    def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
+    def prepare(self, request: ChatCompletionRequest, episode: EpisodeRef | None = None) -> PreparedChat:
         """Every check that can fail, before any generation starts."""
         served = self.served
         served.check_model(request.model)
+        tools = request.tools if request.tool_choice != "none" else None
         prompt = render_chat(
             served.tokenizer,
             request.messages,
-            tools=request.tools if request.tool_choice != "none" else None,
+            tools=tools,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             template_kwargs=request.chat_template_kwargs,
             reasoning_effort=request.reasoning_effort,
         )
+        prompt, turn = served.episodes.attach(
+            episode, request.messages, prompt,
+            lambda history: render_chat(served.tokenizer, history, tools=tools, add_generation_prompt=False,
+                                        template_kwargs=request.chat_template_kwargs).text,
+            context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
         budget = token_budget(
             served,
             len(prompt.token_ids),
@@ -85,7 +94,7 @@ class ChatCompletions:
         if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
             params = dataclasses.replace(params, skip_special_tokens=False)
         params = constrain_chat(served, request, parser.tool_parser if parser else None, params)
-        return PreparedChat(request, prompt, params, parser)
+        return PreparedChat(request, prompt, params, parser, turn)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:
         return accumulate_chunks([chunk async for chunk in self.chunks(prepared, include_usage=True)])
@@ -180,6 +189,7 @@ class ChatCompletions:
             output=accumulate_chunks(sent),
             metadata=prepared.request.metadata,
             visible=bool(prepared.request.store),
+            episode=prepared.episode,
         )
 
     def _choice(

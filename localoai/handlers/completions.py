@@ -19,6 +19,8 @@ from openai.types import Completion, CompletionChoice, CompletionUsage
 from openai.types.completion_choice import Logprobs
 
 from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
+from localoai.episodes.ledger import EpisodeTurn
+from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError
 from localoai.handlers.common import Generation, new_id, sampling_params, token_budget
 from localoai.handlers.recording import record_generation
@@ -37,6 +39,7 @@ class PreparedPrompt:
 class PreparedCompletion:
     request: CompletionRequest
     prompts: list[PreparedPrompt]
+    episode: EpisodeTurn | None = None
 
     @property
     def ranked(self) -> bool:
@@ -53,7 +56,7 @@ class Completions:
     def __init__(self, served: ServedModel) -> None:
         self.served = served
 
-    def prepare(self, request: CompletionRequest) -> PreparedCompletion:
+    def prepare(self, request: CompletionRequest, episode: EpisodeRef | None = None) -> PreparedCompletion:
         served = self.served
         served.check_model(request.model)
         n = request.n or 1
@@ -81,7 +84,7 @@ class Completions:
                 prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None else None,
             )
             prompts.append(PreparedPrompt(text=text, token_ids=token_ids, params=params))
-        return PreparedCompletion(request, prompts)
+        return PreparedCompletion(request, prompts, self.served.episodes.turn(episode))
 
     async def create(self, prepared: PreparedCompletion) -> Completion:
         completion = accumulate_completion([c async for c in self.chunks(prepared, include_usage=True)])
@@ -162,6 +165,7 @@ class Completions:
             generation=generation,
             output=accumulate_completion(sent) if sent else None,
             first_index=number * prompt.params.n,
+            episode=prepared.episode,
         )
 
     def _echo_choice(

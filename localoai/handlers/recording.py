@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from localoai.episodes.ledger import EpisodeTurn, answers
 from localoai.handlers.common import Generation
 from localoai.protocol.base import RequestModel
 from localoai.served import ServedModel
@@ -38,6 +39,7 @@ def record_generation(
     previous_response_id: str | None = None,
     input_items: list[dict[str, Any]] | None = None,
     status: RecordStatus | None = None,
+    episode: EpisodeTurn | None = None,
 ) -> Future[bool]:
     """Queue the record; the future resolves once it is written (see `Recorder.record`).
 
@@ -47,6 +49,8 @@ def record_generation(
 
     `status`: the record's status when it is not the generation's (a background response is
     recorded "in_progress" before its generation starts).
+
+    `episode`: the request's episode turn; a finished one joins the episode's token ledger.
     """
     if status is None:
         status = generation.status if generation is not None else "cancelled"
@@ -54,27 +58,33 @@ def record_generation(
     body = request.model_dump(mode="json", exclude_unset=True)
     if input_items is not None:
         body["input_items"] = input_items
-    return served.recorder.record(
-        GenerationRecord(
-            id=record_id,
-            kind=kind,
-            model=served.name,
-            created_at=created,
-            policy_version=generation.policy_version if generation is not None else served.policy_version,
-            status=status,
-            request=body,
-            prompt_text=prompt_text,
-            prompt_token_ids=list(prompt_token_ids),
-            completions=generation.traces(first_index) if generation is not None else [],
-            output=output.model_dump(mode="json", exclude_unset=True) if output is not None else {},
-            sampling=_sampling(generation),
-            timings=generation.timings if generation is not None else {},
-            error=generation.error if generation is not None else None,
-            metadata=dict(metadata or {}),
-            store_visible=visible,
-            previous_response_id=previous_response_id,
-        )
+    record = GenerationRecord(
+        id=record_id,
+        kind=kind,
+        model=served.name,
+        created_at=created,
+        policy_version=generation.policy_version if generation is not None else served.policy_version,
+        status=status,
+        request=body,
+        prompt_text=prompt_text,
+        prompt_token_ids=list(prompt_token_ids),
+        completions=generation.traces(first_index) if generation is not None else [],
+        output=output.model_dump(mode="json", exclude_unset=True) if output is not None else {},
+        sampling=_sampling(generation),
+        timings=generation.timings if generation is not None else {},
+        error=generation.error if generation is not None else None,
+        metadata=dict(metadata or {}),
+        store_visible=visible,
+        previous_response_id=previous_response_id,
+        episode_id=episode.episode.id if episode is not None else None,
+        group_id=episode.episode.group if episode is not None else None,
+        ledger=episode.ledger if episode is not None else None,
     )
+    if episode is not None and generation is not None and status in ("completed", "incomplete"):
+        served.episodes.finish(episode, record_id, record.prompt_token_ids,
+                               [(answer, list(sample["completion_token_ids"]))
+                                for answer, sample in zip(answers(output), record.completions)])
+    return served.recorder.record(record)
 
 
 def _sampling(generation: Generation | None) -> dict[str, Any]:

@@ -50,6 +50,8 @@ from pydantic import TypeAdapter
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.constraints.requests import constrain_response
 from localoai.engine.params import SampleDelta, SamplingParams
+from localoai.episodes.ledger import EpisodeTurn
+from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError, NotFoundError, ServerError
 from localoai.handlers.client_tools import client_tool_types
 from localoai.handlers.common import Generation, new_id, token_budget, token_logprob
@@ -89,6 +91,7 @@ class PreparedResponse:
     the text; None when the model has neither format (or no tools were offered)."""
     new_items_from: int = 0
     """Where this request's own items start in `items` (before: the replayed chain or conversation)."""
+    episode: EpisodeTurn | None = None
 
 
 @dataclass
@@ -129,10 +132,16 @@ class Responses:
         self.background: dict[str, _Background] = {}
         """Background responses still running, by response id; each removes itself when it ends."""
 
-    async def prepare(self, request: ResponseCreateRequest) -> PreparedResponse:
+    async def prepare(self, request: ResponseCreateRequest, episode: EpisodeRef | None = None) -> PreparedResponse:
         """Every check that can fail, before any generation starts."""
         self.served.check_model(request.model)
         items, prompt, new_from = await self._render(request)
+        tools = chat_tools(request.tools) if request.tool_choice != "none" else None
+        prompt, turn = self.served.episodes.attach(
+            episode, chat_messages(request.instructions, items), prompt, lambda history: render_chat(
+                self.served.tokenizer, history, tools=tools, add_generation_prompt=False,
+                template_kwargs=request.chat_template_kwargs).text,
+            context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
         budget = token_budget(self.served, len(prompt.token_ids), request.max_output_tokens,
                               param="max_output_tokens")
         params = SamplingParams(
@@ -146,7 +155,7 @@ class Responses:
         if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
             params = dataclasses.replace(params, skip_special_tokens=False)
         params = constrain_response(self.served, request, parser.tool_parser if parser else None, params)
-        return PreparedResponse(request, items, prompt, params, parser, new_from)
+        return PreparedResponse(request, items, prompt, params, parser, new_from, turn)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
         self.served.check_model(request.model)
@@ -389,6 +398,7 @@ class Responses:
             previous_response_id=request.previous_response_id,
             input_items=run.prepared.items,
             status=status,
+            episode=run.prepared.episode,
         )
 
 

@@ -19,7 +19,7 @@ import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
 from localoai.server.sockets import bind, bind_first_free
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import openai
     from quart import Quart
 
+    from localoai.episodes.handles import Episode, Group
+    from localoai.episodes.trajectory import Trajectory
     from localoai.served import ServedModel
     from localoai.store import Store
 
@@ -125,6 +127,28 @@ class Server:
     def paused(self) -> bool:
         return self.served.engine.paused
 
+    # --- episodes and trajectories (see localoai.episodes) ------------------------------
+    def episode(self, group: str | Group | None = None, *, id: str | None = None, token_ledger: bool | None = None,
+                **metadata: Any) -> Episode:
+        """A new episode: `ep.base_url` / `ep.client()` trace an agent's requests into it; `ep.reward = r`.
+        `group`: a group id or `Group` (GRPO); `token_ledger`: this episode's choice (default: the server's)."""
+        from localoai.episodes.handles import Episode, Group
+
+        if isinstance(group, Group):
+            return group.episode(id, **metadata)
+        return Episode(self, id, group, token_ledger, **metadata)
+
+    def group(self, n: int = 0, *, id: str | None = None, token_ledger: bool | None = None, **metadata: Any) -> Group:
+        """A GRPO group with `n` episodes made up front (`for ep in group`); `group.episode()` adds one."""
+        from localoai.episodes.handles import Group
+
+        return Group(self, n, id, token_ledger, **metadata)
+
+    def trajectories(self, group: str | None = None) -> list[Trajectory]:
+        """Every episode's trajectory (or `group`'s), once the records queued so far are written."""
+        self.served.recorder.flush()
+        return self.store.trajectories(group)
+
     # --- lifecycle -------------------------------------------------------------------
     def _start(self, timeout: float = START_TIMEOUT) -> None:
         self.served.engine.start()
@@ -219,6 +243,7 @@ def start(
     reasoning_parser: str | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+    token_ledger: bool = True,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -235,6 +260,8 @@ def start(
     content; None chooses from the chat template.
     `max_batch_size`: rows (samples) decoded together in one forward pass (1: one request at a
     time). `max_queued_requests`: requests waiting beyond it get a 429 with `Retry-After`.
+    `token_ledger`: inside episodes, splice the earlier turns' exact token ids into a prompt that
+    extends them (see `localoai.episodes.ledger`); an episode may choose otherwise.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.served import ServedModel, load_model
@@ -242,6 +269,7 @@ def start(
     model, tokenizer = load_model(model, tokenizer)
     served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser,
                                 max_batch_size=max_batch_size, max_queued_requests=max_queued_requests)
+    served.episodes.enabled = token_ledger
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)

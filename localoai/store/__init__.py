@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from localoai.store.base import CursorNotFound, Order, RecordFilter, RecordFilterArgs, Store
+from localoai.store.episodes import StoredEpisode
 from localoai.store.conversations import ConversationNotFound, ConversationStore, DuplicateItemId
 from localoai.store.recorder import Recorder
 from localoai.store.records import CompletionTrace, GenerationRecord, RecordKind, RecordStatus
@@ -29,6 +30,7 @@ __all__ = [
     "ConversationStore",
     "CursorNotFound",
     "DuplicateItemId",
+    "StoredEpisode",
     "GenerationRecord",
     "Order",
     "RecordFilter",

@@ -13,11 +13,13 @@ import builtins
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, runtime_checkable
 
 from localoai.store.records import GenerationRecord
 
 if TYPE_CHECKING:
+    from localoai.episodes.trajectory import Trajectory
+    from localoai.store.episodes import StoredEpisode
     from typing_extensions import Unpack  # typing.Unpack is 3.11+; only type checkers read this
 
 Order = Literal["asc", "desc"]
@@ -129,5 +131,21 @@ class Store(Protocol):
     def stats(self) -> dict[str, int]:
         """At least `entries`, `bytes` (the records' JSON) and `evicted`."""
         ...
+
+    # Episodes (see `localoai.store.episodes`): a record names its episode in `episode_id`.
+    def add_episode(self, episode_id: str, group: str | None = None, metadata: dict[str, Any] | None = None) -> None:
+        ...
+
+    def set_reward(self, episode_id: str, reward: float, **info: Any) -> None: ...
+
+    def episode(self, episode_id: str) -> StoredEpisode | None: ...
+
+    def episodes(self, group: str | None = None) -> builtins.list[StoredEpisode]: ...
+
+    def groups(self) -> builtins.list[str]: ...
+
+    def trajectory(self, episode_id: str) -> Trajectory: ...
+
+    def trajectories(self, group: str | None = None) -> builtins.list[Trajectory]: ...
 
     def close(self) -> None: ...

@@ -31,6 +31,7 @@ class CompletionTrace(_CompletionTraceRequired, total=False):
     """One sample of a generation. Further keys (e.g. `stop_reason`) are kept as given."""
 
     index: int
+    policy_versions: list[list[int]]  # [[first token index, version], ...] where a sample straddles an update
     tool_parse_error: str  # why tool-call markup could not be parsed (it went back to the caller as text)
     policy_versions: list[list[int]]  # [[start_token_index, version], ...]: the weights' version of each token
     reasoning_content: str  # the reasoning the output parser found in `text`
@@ -64,6 +65,10 @@ class GenerationRecord:
     error: dict[str, Any] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     episode_id: str | None = None
+    group_id: str | None = None
+    """The GRPO-style group of the record's episode (several episodes of one prompt), if any."""
+    ledger: dict[str, Any] | None = None
+    """Inside an episode: how the prompt relates to the turn it extends (see `localoai.episodes.ledger`)."""
     store_visible: bool = False
     """Whether the HTTP API may return it later (OpenAI's `store` flag); the trainer sees every record."""
     previous_response_id: str | None = None

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from localoai.store import episodes as episode_rows
+from localoai.store.episodes import StoredEpisode
 from localoai.store.base import CursorNotFound, Order, RecordFilter
 from localoai.store.database import Database
 from localoai.store.records import GenerationRecord
@@ -23,6 +25,7 @@ from localoai.store.records import GenerationRecord
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
 
+    from localoai.episodes.trajectory import Trajectory
     from localoai.store.base import RecordFilterArgs
 
 logger = logging.getLogger("localoai.store")
@@ -152,7 +155,10 @@ class SQLiteStore:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:  # a new database (two processes creating it at once is fine: IF NOT EXISTS)
             conn.executescript(_SCHEMA)
-        elif version != SCHEMA_VERSION:
+            conn.executescript(episode_rows.SCHEMA)
+        elif version == SCHEMA_VERSION:
+            conn.executescript(episode_rows.SCHEMA)  # a store written before episodes existed gains the table
+        else:
             # No migration: version 1 was never released, and a newer file needs a newer localoai.
             raise RuntimeError(
                 f"store {self.path or ':memory:'} has schema version {version}; this localoai reads only "
@@ -177,13 +183,17 @@ class SQLiteStore:
             len(text),  # ASCII JSON: characters are bytes
             text,
         )
-        evicted = self._db.write(self._upsert, row, metadata)
+        episode = (record.episode_id, record.group_id) if record.episode_id is not None else None
+        evicted = self._db.write(self._upsert, row, metadata, episode)
         self._log_eviction(*evicted)
 
     def _upsert(
-        self, conn: sqlite3.Connection, row: tuple[Any, ...], metadata: builtins.list[tuple[str, str]]
+        self, conn: sqlite3.Connection, row: tuple[Any, ...], metadata: builtins.list[tuple[str, str]],
+        episode: tuple[str, str | None] | None = None,
     ) -> tuple[int, int]:
         conn.execute(_UPSERT, row)
+        if episode is not None:  # every episode a record names is listed (one a client made up too)
+            episode_rows.register(conn, *episode)
         # A replaced record keeps its `seq`, hence its place in every listing.
         seq = conn.execute("SELECT seq FROM generations WHERE id = ?", (row[0],)).fetchone()[0]
         conn.execute("DELETE FROM generation_metadata WHERE seq = ?", (seq,))
@@ -237,6 +247,39 @@ class SQLiteStore:
             return conn.execute("DELETE FROM generations WHERE id = ?", (id,)).rowcount > 0
 
         return bool(self._db.write(work))
+
+    # -- episodes --------------------------------------------------------------------------
+
+    def add_episode(self, episode_id: str, group: str | None = None, metadata: dict[str, Any] | None = None) -> None:
+        """Register an episode (a known one keeps its metadata; it gains `group` if it had none)."""
+        self._db.write(episode_rows.register, episode_id, group, metadata)
+
+    def set_reward(self, episode_id: str, reward: float, **info: Any) -> None:
+        """Attach a reward (and any JSON-able `info`) to an episode; setting it again replaces it."""
+        self._db.write(episode_rows.set_reward, episode_id, float(reward), info)
+
+    def episode(self, episode_id: str) -> StoredEpisode | None:
+        with self._db.reading() as conn:
+            return episode_rows.get(conn, episode_id)
+
+    def episodes(self, group: str | None = None) -> builtins.list[StoredEpisode]:
+        """Every episode (oldest first), or `group`'s."""
+        with self._db.reading() as conn:
+            return episode_rows.list_episodes(conn, group)
+
+    def groups(self) -> builtins.list[str]:
+        with self._db.reading() as conn:
+            return episode_rows.list_groups(conn)
+
+    def trajectory(self, episode_id: str) -> Trajectory:
+        """The episode's turns, token-exact, with loss mask, logprobs, versions and reward."""
+        from localoai.episodes.trajectory import trajectory
+
+        return trajectory(self, episode_id)
+
+    def trajectories(self, group: str | None = None) -> builtins.list[Trajectory]:
+        """One per episode (oldest first), or per episode of `group`."""
+        return [self.trajectory(episode.id) for episode in self.episodes(group)]
 
     # -- reads ---------------------------------------------------------------------------
 

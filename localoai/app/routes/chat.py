@@ -3,6 +3,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from localoai.app.responses import json_response, sse_response
+from localoai.episodes.routing import episode_ref
 from localoai.handlers.chat import ChatCompletions
 from localoai.protocol.base import parse_request
 from localoai.protocol.chat import ChatCompletionRequest
@@ -13,7 +14,8 @@ def blueprint(chat: ChatCompletions) -> Blueprint:
 
     @routes.post("/v1/chat/completions")
     async def create() -> Response:
-        prepared = chat.prepare(parse_request(ChatCompletionRequest, await request.get_data()))
+        body = parse_request(ChatCompletionRequest, await request.get_data())
+        prepared = chat.prepare(body, episode_ref(request.headers, body.metadata))
         if prepared.request.stream:
             options = prepared.request.stream_options
             return sse_response(chat.chunks(prepared, include_usage=bool(options and options.include_usage)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from localoai.app.responses import json_response, sse_response
+from localoai.episodes.routing import episode_ref
 from localoai.handlers.completions import Completions
 from localoai.protocol.base import parse_request
 from localoai.protocol.completions import CompletionRequest
@@ -13,7 +14,8 @@ def blueprint(completions: Completions) -> Blueprint:
 
     @routes.post("/v1/completions")
     async def create() -> Response:
-        prepared = completions.prepare(parse_request(CompletionRequest, await request.get_data()))
+        body = parse_request(CompletionRequest, await request.get_data())
+        prepared = completions.prepare(body, episode_ref(request.headers, None))
         if prepared.request.stream:
             options = prepared.request.stream_options
             return sse_response(completions.chunks(prepared, include_usage=bool(options and options.include_usage)))

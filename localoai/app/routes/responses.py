@@ -3,6 +3,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from localoai.app.responses import json_response, sse_response
+from localoai.episodes.routing import episode_ref
 from localoai.handlers.responses import Responses
 from localoai.handlers.stored_responses import StoredResponses
 from localoai.protocol.base import parse_request
@@ -19,7 +20,8 @@ def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
 
     @routes.post("/v1/responses")
     async def create() -> Response:
-        prepared = await responses.prepare(parse_request(ResponseCreateRequest, await request.get_data()))
+        body = parse_request(ResponseCreateRequest, await request.get_data())
+        prepared = await responses.prepare(body, episode_ref(request.headers, body.metadata))
         if prepared.request.background:
             queued, events = await responses.start_background(prepared, stream=bool(prepared.request.stream))
             return sse_response(events, typed=True) if events is not None else json_response(queued)
