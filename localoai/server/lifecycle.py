@@ -19,7 +19,7 @@ import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
 from localoai.server.sockets import bind, bind_first_free
