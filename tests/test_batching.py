@@ -39,7 +39,7 @@ def server() -> Iterator[Any]:
 
 
 def complete(client: openai.OpenAI, prompt: str, **fields: Any) -> Any:
-    fields.setdefault("max_tokens", 12)
+    fields.setdefault("max_tokens", 8)
     extra = {"return_token_ids": True, "ignore_eos": True, **fields.pop("extra_body", {})}
     return client.completions.create(model="tiny", prompt=prompt, extra_body=extra, **fields)
 
@@ -114,9 +114,9 @@ def test_stop_strings_inside_a_batch(server: Any) -> None:
 
 def test_requests_join_and_leave_mid_flight(server: Any) -> None:
     client = server.client(max_retries=0)
-    long_alone = token_ids(complete(client, PROMPTS[8], temperature=0, max_tokens=40))
+    long_alone = token_ids(complete(client, PROMPTS[8], temperature=0, max_tokens=24))
     short_alone = [token_ids(complete(client, p, temperature=0, max_tokens=3 + i)) for i, p in enumerate(PROMPTS[:6])]
-    stream = client.completions.create(model="tiny", prompt=PROMPTS[8], temperature=0, max_tokens=40, stream=True,
+    stream = client.completions.create(model="tiny", prompt=PROMPTS[8], temperature=0, max_tokens=24, stream=True,
                                        extra_body={"return_token_ids": True, "ignore_eos": True})
     chunks = iter(stream)
     first = next(chunks)  # the long request is running: the others join it mid-flight and leave before it
