@@ -11,7 +11,9 @@ request a different prompt) it measures generated tokens per second of:
 3. **localoai with batching disabled** (`start(..., max_batch_size=1)`: one request at a time).
 
 Targets at 32 concurrent requests: at least 0.8x the raw batched ceiling and at least 5x the
-one-at-a-time server. One run; each figure is the median of `--repeats` rounds.
+one-at-a-time server. One run: after a warm-up round of each side, the three sides take turns
+(in a rotated order each round, so drift on a shared machine hits all alike) for `--repeats`
+rounds; each figure is the median.
 
     python benchmarks/throughput.py                       # hidden 384, 4 layers, 64 tokens
     python benchmarks/throughput.py --device cuda --json  # on a GPU, and a JSON object at the end
@@ -54,18 +56,13 @@ def timed(action: Callable[[], int]) -> float:
     return tokens / (time.perf_counter() - started)
 
 
-def median_rate(action: Callable[[], int], repeats: int) -> float:
-    action()  # warm-up: lazy initialisation, allocator pools, first forward passes at this shape
-    return statistics.median(timed(action) for _ in range(repeats))
-
-
 class RawGenerate:
     def __init__(self, model: Any, tokenizer: Any, messages: list[list[dict[str, str]]], tokens: int) -> None:
         import torch
 
         self.model, self.tokens, self.torch = model, tokens, torch
-        rows = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-                for m in messages]
+        rows = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"] for m in messages]
         width = max(len(row) for row in rows)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         device = next(model.parameters()).device
@@ -130,18 +127,29 @@ def main() -> None:
     raw = RawGenerate(model, tokenizer, messages, args.tokens)
     figures: dict[str, dict[int, float]] = {"localoai": {}, "raw_generate": {}, "one_at_a_time": {}}
     with tempfile.TemporaryDirectory() as store_dir:
-        for label, options in (("localoai", {}), ("one_at_a_time", {"max_batch_size": 1})):
-            server = localoai.start(model, tokenizer, port=0, name="bench",
-                                    store=os.path.join(store_dir, f"{label}.sqlite3"), **options)
-            try:
-                load = HttpLoad(server, messages, args.tokens)
-                for concurrent in CONCURRENCY:
-                    figures[label][concurrent] = median_rate(lambda c=concurrent: load(c), args.repeats)
-            finally:
-                server.stop()
-        for concurrent in CONCURRENCY:
-            figures["raw_generate"][concurrent] = median_rate(lambda c=concurrent: raw(c), args.repeats)
+        # Both servers serve the same model object; only the one being measured is busy.
+        batched = localoai.start(model, tokenizer, port=0, name="bench", store=os.path.join(store_dir, "a.sqlite3"))
+        serial = localoai.start(model, tokenizer, port=0, name="bench", max_batch_size=1,
+                                store=os.path.join(store_dir, "b.sqlite3"))
+        try:
+            sides = {"localoai": HttpLoad(batched, messages, args.tokens), "raw_generate": raw,
+                     "one_at_a_time": HttpLoad(serial, messages, args.tokens)}
+            for concurrent in CONCURRENCY:
+                rates: dict[str, list[float]] = {label: [] for label in sides}
+                for side in sides.values():
+                    side(concurrent)  # warm-up at this shape
+                for repeat in range(args.repeats):
+                    # Rotated order each round, so drift on a shared machine hits every side alike.
+                    labels = list(sides)[repeat % 3:] + list(sides)[:repeat % 3]
+                    for label in labels:
+                        rates[label].append(timed(lambda s=sides[label], c=concurrent: s(c)))
+                for label, values in rates.items():
+                    figures[label][concurrent] = statistics.median(values)
+        finally:
+            batched.stop()
+            serial.stop()
 
+    print(f"load average over the last 5 minutes: {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores")
     print(f"model: Qwen2-style, hidden {args.hidden_size}, {args.layers} layers, {parameters / 1e6:.1f}M parameters, "
           f"{args.device}; {args.tokens} tokens per request; torch threads {args.threads}; "
           f"{platform.machine()}, torch {torch.__version__}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")

@@ -8,7 +8,6 @@ made by reading a running stream's first chunk before submitting the others.
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,7 +39,7 @@ def server() -> Iterator[Any]:
 
 
 def complete(client: openai.OpenAI, prompt: str, **fields: Any) -> Any:
-    fields.setdefault("max_tokens", 12)
+    fields.setdefault("max_tokens", 8)
     extra = {"return_token_ids": True, "ignore_eos": True, **fields.pop("extra_body", {})}
     return client.completions.create(model="tiny", prompt=prompt, extra_body=extra, **fields)
 
@@ -115,9 +114,9 @@ def test_stop_strings_inside_a_batch(server: Any) -> None:
 
 def test_requests_join_and_leave_mid_flight(server: Any) -> None:
     client = server.client(max_retries=0)
-    long_alone = token_ids(complete(client, PROMPTS[8], temperature=0, max_tokens=40))
+    long_alone = token_ids(complete(client, PROMPTS[8], temperature=0, max_tokens=24))
     short_alone = [token_ids(complete(client, p, temperature=0, max_tokens=3 + i)) for i, p in enumerate(PROMPTS[:6])]
-    stream = client.completions.create(model="tiny", prompt=PROMPTS[8], temperature=0, max_tokens=40, stream=True,
+    stream = client.completions.create(model="tiny", prompt=PROMPTS[8], temperature=0, max_tokens=24, stream=True,
                                        extra_body={"return_token_ids": True, "ignore_eos": True})
     chunks = iter(stream)
     first = next(chunks)  # the long request is running: the others join it mid-flight and leave before it
@@ -158,6 +157,12 @@ def test_cancellation_frees_the_slot(tiny: Any) -> None:
         record = one_at_a_time.store.list(kind="chat.completion", status="cancelled")
         assert len(record) == 1
 
+        background = client.responses.create(model="tiny", input="hi", max_output_tokens=1000, background=True,
+                                             temperature=0)  # greedy: no early end on this model
+        wait_until(lambda: engine.stats()["running"] == 1)
+        assert client.responses.cancel(background.id).status == "cancelled"
+        wait_until(lambda: engine.stats() == {"waiting": 0, "running": 0, "rows": 0})
+
 
 def test_queue_limit_answers_429_with_retry_after(tiny: Any) -> None:
     model, tokenizer = tiny
@@ -186,8 +191,6 @@ def test_seeded_sampling_is_reproducible_in_any_company(server: Any) -> None:
     client = server.client(max_retries=0)
     alone = token_ids(complete(client, PROMPTS[2], temperature=1.0, seed=42, n=2))
     assert token_ids(complete(client, PROMPTS[2], temperature=1.0, seed=42, n=2)) == alone
-    lock = threading.Lock()
-    del lock
     batched = together(server, [lambda: complete(client, PROMPTS[2], temperature=1.0, seed=42, n=2)]
                        + [lambda p=p: complete(client, p, temperature=1.0, seed=1) for p in PROMPTS[3:7]])
     assert token_ids(batched[0]) == alone

@@ -67,7 +67,8 @@ class Request:
     def admit(self, tokenizer: Any, eos_token_ids: tuple[int, ...], logits: torch.Tensor, version: int) -> None:
         params = self.params
         self.samples = [Sample(i, tokenizer, params) for i in range(params.n)]
-        self.stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else frozenset(eos_token_ids))
+        eos = frozenset() if params.ignore_eos else frozenset(eos_token_ids)
+        self.stop_ids = frozenset(params.stop_token_ids) | eos
         self.sampler = Sampler(params, vocab_size=logits.shape[-1], device=logits.device,
                                prompt_ids=self.prompt_ids, eos_token_ids=sorted(self.stop_ids))
         self.fed = [[] for _ in range(params.n)]
