@@ -116,7 +116,7 @@ def test_codex_multi_turn_with_custom_and_shell_tools(codex_server: Any, stream:
                          "response.output_item.done", "response.completed"]
 
     # Codex sends everything back: the earlier items, reasoning, the call and its output
-    items += [{**REASONING, "id": "rs_2"}, custom,
+    items += [{"type": "reasoning", "id": "rs_2", "summary": [{"type": "summary_text", "text": "Run it."}]}, custom,
               {"type": "custom_tool_call_output", "call_id": custom.call_id, "output": "todo.txt"}]
     second, types = run(client, items, stream=stream)
     [shell] = second.output
@@ -136,7 +136,8 @@ def test_codex_multi_turn_with_custom_and_shell_tools(codex_server: Any, stream:
     tokenizer = codex_server.served.tokenizer
     assert record.prompt_text == tokenizer.apply_chat_template(episode(), tools=offered_functions(),
                                                                add_generation_prompt=True, tokenize=False)
-    assert "gAAAA" not in record.prompt_text and not record.store_visible  # store: false, still recorded
+    assert "gAAAA" not in record.prompt_text and "Run it." not in record.prompt_text
+    assert not record.store_visible  # store: false, still recorded
     listed = [item["type"] for item in record.request["input_items"]]
     assert listed == ["message", "message", "reasoning", "message", "message", "reasoning", "custom_tool_call",
                       "custom_tool_call_output", "shell_call", "shell_call_output"]
