@@ -61,29 +61,6 @@ class Backend(Protocol):
         """Read several prompts in one forward pass; prompt i gets `samples[i]` rows."""
         ...
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
-        if len(prompts) == 1:
-            return self.prefill(prompts[0], samples[0])
-        width = max(len(prompt) for prompt in prompts)
-        lengths = torch.tensor([len(prompt) for prompt in prompts], device=self.device)
-        input_ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long,
-                                 device=self.device)
-        mask = (torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self._cache_class(config=self.model.config)
-        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
-        repeat = torch.repeat_interleave(torch.arange(len(prompts), device=self.device),
-                                         torch.tensor(list(samples), device=self.device))
-        padding = (mask == 0)[repeat][:, None, :, None]
-        for layer in cache.layers:
-            # Padding columns are masked, but zeroed as well so no value computed there can reach a row.
-            layer.keys = layer.keys.index_select(0, repeat).masked_fill(padding, 0.0)
-            layer.values = layer.values.index_select(0, repeat).masked_fill(padding, 0.0)
-        rows = Rows(cache, [len(prompts[int(i)]) for i in repeat.tolist()])
-        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
-
-
     def join(self, batch: Rows | None, new: Rows) -> Rows:
         """The rows of `batch` followed by those of `new`, as one batch."""
         ...
