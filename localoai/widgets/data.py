@@ -1,0 +1,266 @@
+"""Every read the inspector makes of a store, in one place.
+
+The list is read a page at a time, never the whole store: on a `SQLiteStore` the filters that
+the store's API has no keyword for (tool name, policy version, text search) run as SQL over the
+stored JSON, so a page of 10,000 records costs one indexed query plus one count; any other
+`Store` is scanned with `iterate()` and filtered here (correct, slower). Fields that other parts
+of localoai add over time (episode rewards, `group_id`) are looked up tolerantly: absent means
+"not shown", never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from localoai.store.base import Store
+from localoai.store.records import GenerationRecord
+from localoai.store.sqlite import SQLiteStore
+from localoai.widgets.format import Summary, group_id, summarize, tool_names
+
+PAGE_SIZE = 25
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """The list's filters; empty values mean "any". `text` matches ids, prompts, completions, errors."""
+
+    episode_id: str = ""
+    status: str = ""
+    kind: str = ""
+    tool: str = ""
+    policy_version: int | None = None
+    text: str = ""
+    group_id: str = ""
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Summary]
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.limit)) if self.limit else 1
+
+    @property
+    def number(self) -> int:
+        """This page's number, from 1."""
+        return self.offset // self.limit + 1 if self.limit else 1
+
+
+class StoreReader:
+    """Reads for the inspector. Thread-safe as the store is: the live poller and the notebook both call it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._sql = isinstance(store, SQLiteStore)
+
+    # -- the list ----------------------------------------------------------------------------
+
+    def page(self, query: ListQuery, offset: int = 0, limit: int = PAGE_SIZE) -> Page:
+        """One page of summaries, newest first, and how many records match in all."""
+        offset = max(0, offset)
+        if self._sql:
+            rows, total = self._sql_page(query, offset, limit)
+        else:
+            rows, total = self._scan_page(query, offset, limit)
+        return Page([summarize(record) for record in rows], total, offset, limit)
+
+    def _sql_page(self, query: ListQuery, offset: int, limit: int) -> tuple[list[GenerationRecord], int]:
+        with self._connection() as conn:
+            where, params = _where(query, _has_column(conn, "group_id"))
+            clause = f" WHERE {' AND '.join(where)}" if where else ""
+            texts = conn.execute(
+                f"SELECT record FROM generations{clause} ORDER BY seq DESC LIMIT ? OFFSET ?", [*params, limit, offset]
+            ).fetchall()
+            if not where:
+                total = conn.execute("SELECT entries FROM totals").fetchone()[0]
+            else:
+                total = conn.execute(f"SELECT COUNT(*) FROM generations{clause}", params).fetchone()[0]
+        return [GenerationRecord.from_json(text) for (text,) in texts], int(total)
+
+    def _scan_page(self, query: ListQuery, offset: int, limit: int) -> tuple[list[GenerationRecord], int]:
+        keywords = {key: value for key, value in (("kind", query.kind), ("status", query.status),
+                                                  ("episode_id", query.episode_id)) if value}
+        rows: list[GenerationRecord] = []
+        total = 0
+        for record in self.store.iterate(order="desc", **keywords):  # type: ignore[arg-type]
+            if matches(record, query):
+                if offset <= total < offset + limit:
+                    rows.append(record)
+                total += 1
+        return rows, total
+
+    # -- single records, episodes, groups -------------------------------------------------------
+
+    def get(self, record_id: str) -> GenerationRecord | None:
+        return self.store.get(record_id)
+
+    def episode(self, episode_id: str, limit: int = 500) -> list[GenerationRecord]:
+        """The generations of one episode, oldest first."""
+        return list(self.store.list(episode_id=episode_id, order="asc", limit=limit))
+
+    def chain(self, record: GenerationRecord, limit: int = 100) -> list[GenerationRecord]:
+        """A response and the responses it continues (`previous_response_id`), oldest first."""
+        chain = [record]
+        while chain[0].previous_response_id and len(chain) < limit:
+            earlier = self.get(chain[0].previous_response_id)
+            if earlier is None:
+                break
+            chain.insert(0, earlier)
+        return chain
+
+    def previous_turn(self, record: GenerationRecord) -> GenerationRecord | None:
+        """The generation whose tokens this one re-sends: its previous response, else the episode's
+        generation just before it."""
+        if record.previous_response_id:
+            return self.get(record.previous_response_id)
+        if record.episode_id:
+            earlier = [r for r in self.episode(record.episode_id) if r.created_at <= record.created_at and r.id != record.id]
+            return earlier[-1] if earlier else None
+        return None
+
+    def group(self, group: str, limit: int = 2000) -> dict[str, list[GenerationRecord]]:
+        """A group's episodes (records without an episode count as their own), each oldest first."""
+        if self._sql:
+            with self._connection() as conn:
+                column = "group_id" if _has_column(conn, "group_id") else _GROUP_JSON
+                texts = conn.execute(
+                    f"SELECT record FROM generations WHERE {column} = ? ORDER BY seq LIMIT ?", [group, limit]
+                ).fetchall()
+            records = [GenerationRecord.from_json(text) for (text,) in texts]
+        else:
+            records = [r for r in self.store.iterate() if group_id(r) == group][:limit]
+        episodes: dict[str, list[GenerationRecord]] = {}
+        for record in records:
+            episodes.setdefault(record.episode_id or record.id, []).append(record)
+        return episodes
+
+    def reward(self, episode_id: str | None, records: list[GenerationRecord] = ()) -> Any:  # type: ignore[assignment]
+        """The episode's reward, wherever this store keeps it; `None` when it has none."""
+        if episode_id:
+            for name in ("get_reward", "reward", "episode_reward"):
+                method = getattr(self.store, name, None)
+                if callable(method):
+                    with contextlib.suppress(Exception):
+                        value = method(episode_id)
+                        if value is not None:
+                            return _reward_value(value)
+            for name in ("get_episode", "episode"):
+                method = getattr(self.store, name, None)
+                if callable(method):
+                    with contextlib.suppress(Exception):
+                        value = _reward_value(method(episode_id))
+                        if value is not None:
+                            return value
+        for record in reversed(list(records)):
+            value = getattr(record, "reward", None)
+            if value is None:
+                value = record.metadata.get("reward")
+            if value is not None:
+                return value
+        return None
+
+    # -- live updates -------------------------------------------------------------------------
+
+    def change_marker(self) -> tuple[Any, ...]:
+        """A cheap value that changes whenever a record is written (by this or another process)."""
+        if self._sql:
+            with self._connection() as conn:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                return (conn.total_changes, version)
+        stats = self.store.stats()
+        newest = self.store.list(limit=1)
+        return (stats.get("entries"), newest[0].id if newest else None, newest[0].status if newest else None)
+
+    # -- SQLite access ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        # The store's own connection under the store's lock: the only way to see an in-memory store.
+        with self.store._db.reading() as conn:  # type: ignore[attr-defined]
+            yield conn
+
+
+_GROUP_JSON = "coalesce(json_extract(record, '$.group_id'), json_extract(record, '$.metadata.group_id'))"
+
+_TOOL_CALLED = """(
+    EXISTS (SELECT 1 FROM json_each(record, '$.output.choices') AS c,
+                          json_each(c.value, '$.message.tool_calls') AS t
+            WHERE json_extract(t.value, '$.function.name') = ?)
+    OR EXISTS (SELECT 1 FROM json_each(record, '$.output.output') AS o
+               WHERE json_extract(o.value, '$.type') = 'function_call' AND json_extract(o.value, '$.name') = ?)
+)"""
+
+_TEXT_FOUND = """(
+    instr(lower(id), ?) > 0
+    OR instr(lower(json_extract(record, '$.prompt_text')), ?) > 0
+    OR EXISTS (SELECT 1 FROM json_each(record, '$.completions') AS s
+               WHERE instr(lower(json_extract(s.value, '$.text')), ?) > 0)
+    OR instr(lower(coalesce(json_extract(record, '$.error.message'), '')), ?) > 0
+)"""
+
+
+def _where(query: ListQuery, group_column: bool) -> tuple[list[str], list[Any]]:
+    """The SQL of a `ListQuery` (the indexed columns first, so SQLite narrows with them)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("kind", query.kind), ("status", query.status), ("episode_id", query.episode_id)):
+        if value:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.policy_version is not None:
+        clauses.append("policy_version = ?")
+        params.append(query.policy_version)
+    if query.group_id:
+        clauses.append(f"{'group_id' if group_column else _GROUP_JSON} = ?")
+        params.append(query.group_id)
+    if query.tool:
+        clauses.append(_TOOL_CALLED)
+        params += [query.tool, query.tool]
+    if query.text:
+        needle = query.text.lower()
+        clauses.append(_TEXT_FOUND)
+        params += [needle] * 4
+    return clauses, params
+
+
+def _has_column(conn: sqlite3.Connection, name: str) -> bool:
+    return any(row[1] == name for row in conn.execute("PRAGMA table_info(generations)"))
+
+
+def matches(record: GenerationRecord, query: ListQuery) -> bool:
+    """The same filter as the SQL, on a record in memory (for stores that are not SQLite)."""
+    if query.kind and record.kind != query.kind:
+        return False
+    if query.status and record.status != query.status:
+        return False
+    if query.episode_id and record.episode_id != query.episode_id:
+        return False
+    if query.policy_version is not None and record.policy_version != query.policy_version:
+        return False
+    if query.group_id and group_id(record) != query.group_id:
+        return False
+    if query.tool and query.tool not in tool_names(record):
+        return False
+    if query.text:
+        needle = query.text.lower()
+        haystacks = [record.id, record.prompt_text, *(s.get("text", "") for s in record.completions),
+                     (record.error or {}).get("message", "")]
+        if not any(needle in str(h).lower() for h in haystacks):
+            return False
+    return True
+
+
+def _reward_value(value: Any) -> Any:
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, dict):
+        return value.get("reward")
+    return getattr(value, "reward", None)
