@@ -11,6 +11,7 @@ of localoai add over time (episode rewards, `group_id`) are looked up tolerantly
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,15 +76,19 @@ class StoreReader:
     def _sql_page(self, query: ListQuery, offset: int, limit: int) -> tuple[list[GenerationRecord], int]:
         with self._connection() as conn:
             where, params = _where(query, _has_column(conn, "group_id"))
-            clause = f" WHERE {' AND '.join(where)}" if where else ""
-            texts = conn.execute(
-                f"SELECT record FROM generations{clause} ORDER BY seq DESC LIMIT ? OFFSET ?", [*params, limit, offset]
-            ).fetchall()
             if not where:
+                texts = conn.execute("SELECT record FROM generations ORDER BY seq DESC LIMIT ? OFFSET ?",
+                                     (limit, offset)).fetchall()
                 total = conn.execute("SELECT entries FROM totals").fetchone()[0]
-            else:
-                total = conn.execute(f"SELECT COUNT(*) FROM generations{clause}", params).fetchone()[0]
-        return [GenerationRecord.from_json(text) for (text,) in texts], int(total)
+                return [GenerationRecord.from_json(text) for (text,) in texts], int(total)
+            # One pass over the matches gives both the count and the page (ids only: a few bytes each).
+            matching = conn.execute(f"SELECT seq FROM generations WHERE {' AND '.join(where)} ORDER BY seq DESC",
+                                    params).fetchall()
+            page = [seq for (seq,) in matching[offset:offset + limit]]
+            texts = conn.execute(
+                f"SELECT record FROM generations WHERE seq IN ({','.join('?' * len(page))}) ORDER BY seq DESC", page
+            ).fetchall() if page else []
+        return [GenerationRecord.from_json(text) for (text,) in texts], len(matching)
 
     def _scan_page(self, query: ListQuery, offset: int, limit: int) -> tuple[list[GenerationRecord], int]:
         keywords = {key: value for key, value in (("kind", query.kind), ("status", query.status),
@@ -190,20 +195,26 @@ class StoreReader:
 
 _GROUP_JSON = "coalesce(json_extract(record, '$.group_id'), json_extract(record, '$.metadata.group_id'))"
 
+# The tool and text filters first look for the value in the record's raw JSON (a plain substring
+# search, fast), and parse the JSON only for the records that contain it.
 _TOOL_CALLED = """(
-    EXISTS (SELECT 1 FROM json_each(record, '$.output.choices') AS c,
-                          json_each(c.value, '$.message.tool_calls') AS t
-            WHERE json_extract(t.value, '$.function.name') = ?)
-    OR EXISTS (SELECT 1 FROM json_each(record, '$.output.output') AS o
-               WHERE json_extract(o.value, '$.type') = 'function_call' AND json_extract(o.value, '$.name') = ?)
+    instr(record, ?) > 0 AND (
+        EXISTS (SELECT 1 FROM json_each(record, '$.output.choices') AS c,
+                              json_each(c.value, '$.message.tool_calls') AS t
+                WHERE json_extract(t.value, '$.function.name') = ?)
+        OR EXISTS (SELECT 1 FROM json_each(record, '$.output.output') AS o
+                   WHERE json_extract(o.value, '$.type') = 'function_call' AND json_extract(o.value, '$.name') = ?)
+    )
 )"""
 
 _TEXT_FOUND = """(
-    instr(lower(id), ?) > 0
-    OR instr(lower(json_extract(record, '$.prompt_text')), ?) > 0
-    OR EXISTS (SELECT 1 FROM json_each(record, '$.completions') AS s
-               WHERE instr(lower(json_extract(s.value, '$.text')), ?) > 0)
-    OR instr(lower(coalesce(json_extract(record, '$.error.message'), '')), ?) > 0
+    instr(lower(record), ?) > 0 AND (
+        instr(lower(id), ?) > 0
+        OR instr(lower(json_extract(record, '$.prompt_text')), ?) > 0
+        OR EXISTS (SELECT 1 FROM json_each(record, '$.completions') AS s
+                   WHERE instr(lower(json_extract(s.value, '$.text')), ?) > 0)
+        OR instr(lower(coalesce(json_extract(record, '$.error.message'), '')), ?) > 0
+    )
 )"""
 
 
@@ -223,11 +234,13 @@ def _where(query: ListQuery, group_column: bool) -> tuple[list[str], list[Any]]:
         params.append(query.group_id)
     if query.tool:
         clauses.append(_TOOL_CALLED)
-        params += [query.tool, query.tool]
+        # Records are compact JSON (`GenerationRecord.to_json`): a call's name is written `"name":"..."`.
+        params += [f'"name":{json.dumps(query.tool)}', query.tool, query.tool]
     if query.text:
         needle = query.text.lower()
         clauses.append(_TEXT_FOUND)
-        params += [needle] * 4
+        # As the text appears inside the record's (ASCII, escaped) JSON: a necessary condition.
+        params += [json.dumps(needle)[1:-1].lower(), *[needle] * 4]
     return clauses, params
 
 
