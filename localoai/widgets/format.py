@@ -260,7 +260,7 @@ def row_label(row: Summary) -> str:
     if row.episode_id:
         parts.append(f"ep {shorten(row.episode_id, 14)}")
     if tools:
-        parts.append(f"🔧 {tools}")
+        parts.append(f"[{tools}]")
     parts.append(row.preview)
     return "  ".join(parts)
 

@@ -72,7 +72,7 @@ class Inspector(widgets.VBox):
         self.previous_button = widgets.Button(description="◀ newer", layout=widgets.Layout(width="90px"))
         self.next_button = widgets.Button(description="older ▶", layout=widgets.Layout(width="90px"))
         self.heading = widgets.HTML()
-        self.listing = widgets.Select(options=[], rows=min(page_size, 12), layout=widgets.Layout(width="100%"))
+        self.listing = widgets.Select(options=[], rows=3, layout=widgets.Layout(width="100%"))
         self.listing.add_class("localoai-list")
         self.views = [widgets.HTML(render.empty("Select a generation above.")) for _ in TABS]
         self.tabs = widgets.Tab(children=self.views, titles=TABS)
@@ -133,6 +133,7 @@ class Inspector(widgets.VBox):
         try:
             with self.listing.hold_sync():
                 self.listing.options = options
+                self.listing.rows = max(3, min(self.page_size, 15, len(options)))
                 self.listing.value = selected if any(value == selected for _, value in options) else None
         finally:
             self._filling = False

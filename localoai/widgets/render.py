@@ -105,7 +105,7 @@ def turn_html(turn: Turn) -> str:
         parts.append(_pre(turn.text))
     for call in turn.tool_calls:
         call_id = f' <span class="meta">{escape(call.call_id)}</span>' if call.call_id else ""
-        parts.append(f'<div class="call">🔧 <span class="call-name">{escape(call.name)}</span>{call_id}'
+        parts.append(f'<div class="call">tool call <span class="call-name">{escape(call.name)}</span>{call_id}'
                      f"{_pre(call.arguments)}</div>")
     parts.append("</div>")
     return "".join(parts)
