@@ -1,9 +1,10 @@
 """The inspector in a real browser: JupyterLab on localhost, Debian's Chromium driven by Playwright.
 
 A notebook starts a server on the trained tool caller, makes a tool-calling chat exchange and a
-Responses call, and shows `server.inspect()`. Through the browser we check that the list shows
-the generations, that clicking the tool-calling one opens its episode view with the call's name
-and arguments, and save a screenshot to `test-artifacts/inspector.png`.
+Responses call, shows `server.inspect()`, then makes one more request. Through the browser we
+check that the list shows the generations (the last one arriving live), that clicking the
+tool-calling one opens its episode view with the call's name and arguments, and save a
+screenshot to `test-artifacts/inspector.png`.
 
 Skipped (with the reason) when Chromium, Playwright or JupyterLab is missing; `.ci/run` installs
 all three. Playwright's own browser downloads are never used: it drives `/usr/bin/chromium`.
@@ -47,6 +48,8 @@ answer = client.chat.completions.create(model="agent", messages=messages, tools=
 hello = client.responses.create(model="agent", input="Hello", max_output_tokens=4)
 print("READY", call.function.name, call.function.arguments)""",
     "server.inspect()",
+    # After the inspector is shown: it must pick this up live, from its poller thread.
+    'late = client.completions.create(model="agent", prompt="late", max_tokens=2)',
 ]
 
 
@@ -138,9 +141,11 @@ def test_inspector_lists_responses_and_opens_the_tool_call(jupyterlab: str, tmp_
                 page.screenshot(path=str(ARTIFACTS / "inspector-failed.png"), full_page=True)
                 raise
             listing = inspector.locator(".localoai-list select option")
-            expect(listing).to_have_count(3)  # two chat completions and a response, newest first
+            # Two chat completions and a response, then (live) the completion made after the display.
+            expect(listing).to_have_count(4)
             labels = listing.all_inner_texts()
-            assert "responses" in labels[0] and all("chat" in label for label in labels[1:]), labels
+            assert "completions" in labels[0] and "responses" in labels[1], labels
+            assert all("chat" in label for label in labels[2:]), labels
 
             listing.filter(has_text="get_weather").click()
             episode = inspector.locator(".loai .call")
