@@ -24,9 +24,12 @@ def inspect(store: str | Path | Store, *, tokenizer: Any = None, live: bool = Tr
     from localoai.store import open_store
     from localoai.widgets.inspector import Inspector
 
-    if isinstance(store, (str, Path)) and str(store) != ":memory:" and not Path(store).expanduser().exists():
-        raise FileNotFoundError(f"no store at {store}")
-    return Inspector(open_store(store), tokenizer=tokenizer, live=live, **options)
+    if isinstance(store, (str, Path)):
+        if str(store) == ":memory:" or not Path(store).expanduser().exists():
+            raise FileNotFoundError(f"no saved store at {store}")
+        # No size limits: opening a store to look at it must never evict what it holds.
+        store = open_store(store, max_entries=None, max_bytes=None)
+    return Inspector(store, tokenizer=tokenizer, live=live, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from localoai.store.base import Store
@@ -61,6 +63,21 @@ class StoreReader:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._sql = isinstance(store, SQLiteStore)
+        self._own: sqlite3.Connection | None = None
+        self._own_lock = threading.Lock()
+        path = getattr(store, "path", None) if self._sql else None
+        if path is not None:
+            # A file: read through a connection of our own, so a long filter never holds the store's
+            # lock (its writes, which requests wait for, go on beside our reads: WAL).
+            self._own = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            self._own.execute("PRAGMA busy_timeout = 10000")
+
+    def close(self) -> None:
+        """Close this reader's own connection (the store stays open). Idempotent."""
+        with self._own_lock:
+            if self._own is not None:
+                self._own.close()
+                self._own = None
 
     # -- the list ----------------------------------------------------------------------------
 
@@ -175,7 +192,8 @@ class StoreReader:
     # -- live updates -------------------------------------------------------------------------
 
     def change_marker(self) -> tuple[Any, ...]:
-        """A cheap value that changes whenever a record is written (by this or another process)."""
+        """A cheap value that changes whenever a record is written (by this or another process):
+        `data_version` changes when another connection commits, `total_changes` when this one writes."""
         if self._sql:
             with self._connection() as conn:
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -188,7 +206,13 @@ class StoreReader:
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        # The store's own connection under the store's lock: the only way to see an in-memory store.
+        if self._own is not None:
+            with self._own_lock:
+                if self._own is None:
+                    raise RuntimeError("this inspector's store reader is closed")
+                yield self._own
+            return
+        # An in-memory store is only visible through the store's own connection, under its lock.
         with self.store._db.reading() as conn:  # type: ignore[attr-defined]
             yield conn
 

@@ -14,6 +14,7 @@ clicks, so the two never interleave their changes to the same widgets.
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 from typing import Any
@@ -60,6 +61,7 @@ class Inspector(widgets.VBox):
         self._rendered: set[int] = set()  # tabs already rendered for `self.record`
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._seen: tuple[Any, ...] = ()  # the store's change marker when the list was last read
 
         text = {"continuous_update": False, "layout": widgets.Layout(width="170px")}
         self.episode_filter = widgets.Text(placeholder="episode id", **text)
@@ -115,6 +117,7 @@ class Inspector(widgets.VBox):
     def refresh(self) -> None:
         """Re-read the current page (what the live poller calls; also the ⟳ button)."""
         with self._lock:
+            self._seen = self.reader.change_marker()  # taken first: a write during the read shows next time
             page = self.reader.page(self.query(), self.offset, self.page_size)
             if page.total and page.offset >= page.total:  # the page emptied (filters, deletions)
                 self.offset = (page.pages - 1) * self.page_size
@@ -139,7 +142,7 @@ class Inspector(widgets.VBox):
             self._filling = False
         live = " · live" if self._poller is not None and self._poller.is_alive() else ""
         self.heading.value = (
-            f"<b>{self._title}</b> · {page.total} generation{'s' if page.total != 1 else ''}"
+            f"<b>{html.escape(self._title)}</b> · {page.total} generation{'s' if page.total != 1 else ''}"
             f" · page {page.number} of {page.pages}{live}"
         )
         self.previous_button.disabled = page.offset == 0
@@ -181,11 +184,11 @@ class Inspector(widgets.VBox):
             return
         self._rendered.add(index)
         try:
-            html = (self._episode_html, self._tokens_html, self._group_html, render.raw_view)[index](record)
+            view = (self._episode_html, self._tokens_html, self._group_html, render.raw_view)[index](record)
         except Exception:  # a view must never take the inspector down; show why instead
             logger.exception("rendering %s of %s failed", TABS[index], record.id)
-            html = render.empty(f"Could not render this view of {record.id} (see the localoai.widgets log).")
-        self.views[index].value = html
+            view = render.empty(f"Could not render this view of {record.id} (see the localoai.widgets log).")
+        self.views[index].value = view
 
     def _episode_html(self, record: GenerationRecord) -> str:
         episode = self.reader.episode(record.episode_id) if record.episode_id else []
@@ -245,17 +248,15 @@ class Inspector(widgets.VBox):
 
     def _poll(self) -> None:
         try:
-            seen = self.reader.change_marker()
             while not self._stop.wait(self.poll_interval):
-                marker = self.reader.change_marker()
-                if marker != seen:
-                    seen = marker
+                if self.reader.change_marker() != self._seen:
                     self.refresh()
         except Exception:  # the store was closed, or the widget torn down: stop following
             logger.debug("inspector stopped following its store", exc_info=True)
 
     def close(self) -> None:
         self.stop_live()
+        self.reader.close()
         super().close()
 
     # -- static display ------------------------------------------------------------------------
@@ -270,7 +271,7 @@ class Inspector(widgets.VBox):
 
     def snapshot_html(self) -> str:
         rows = self.current.rows if self.current else []
-        html = f"<h4>{self._title}</h4>" + render.list_table(rows)
+        snapshot = f"<h4>{html.escape(self._title)}</h4>" + render.list_table(rows)
         if self.record is not None:
-            html += self.views[self.tabs.selected_index or 0].value
-        return html
+            snapshot += self.views[self.tabs.selected_index or 0].value
+        return snapshot
