@@ -152,9 +152,9 @@ class StoreReader:
         """A group's episodes (records without an episode count as their own), each oldest first."""
         if self._sql:
             with self._connection() as conn:
-                column = "group_id" if _has_column(conn, "group_id") else _GROUP_JSON
+                where, params = _where(ListQuery(group_id=group), _has_column(conn, "group_id"))
                 texts = conn.execute(
-                    f"SELECT record FROM generations WHERE {column} = ? ORDER BY seq LIMIT ?", [group, limit]
+                    f"SELECT record FROM generations WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", [*params, limit]
                 ).fetchall()
             records = [GenerationRecord.from_json(text) for (text,) in texts]
         else:
@@ -254,8 +254,12 @@ def _where(query: ListQuery, group_column: bool) -> tuple[list[str], list[Any]]:
         clauses.append("policy_version = ?")
         params.append(query.policy_version)
     if query.group_id:
-        clauses.append(f"{'group_id' if group_column else _GROUP_JSON} = ?")
-        params.append(query.group_id)
+        if group_column:
+            clauses.append("group_id = ?")
+            params.append(query.group_id)
+        else:
+            clauses.append(f"instr(record, ?) > 0 AND {_GROUP_JSON} = ?")
+            params += [f'"group_id":{json.dumps(query.group_id)}', query.group_id]
     if query.tool:
         clauses.append(_TOOL_CALLED)
         # Records are compact JSON (`GenerationRecord.to_json`): a call's name is written `"name":"..."`.
