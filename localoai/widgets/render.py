@@ -179,7 +179,7 @@ def token_view(
     prompt: Sequence[TokenInfo] = (),
     *,
     previous_id: str | None = None,
-    max_prompt_tokens: int = 4000,
+    max_prompt_tokens: int = 2048,
 ) -> str:
     """Sampled tokens coloured by logprob; the prompt (grey) with re-sent sampled tokens underlined."""
     parts = ["<div class='meta'>Colour: probability of the sampled token (red low, green high). "
