@@ -51,8 +51,9 @@ def chat_record(i: int, rng: random.Random) -> GenerationRecord:
     else:
         output = {"id": f"chatcmpl-{i}", "object": "chat.completion",
                   "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool else "stop"}]}
+        question = f"question {i}: tell me about topic {i % 50}"
         request = {"model": "qwen", "messages": [{"role": "system", "content": "You are an agent."},
-                                                 {"role": "user", "content": f"question {i}: tell me about topic {i % 50}"}]}
+                                                 {"role": "user", "content": question}]}
     return GenerationRecord(
         id=f"{'resp_' if kind == 'response' else 'chatcmpl-'}{i:08d}{rng.getrandbits(32):08x}",
         kind=kind,  # type: ignore[arg-type]

@@ -87,7 +87,8 @@ def expected(query: ListQuery) -> list[str]:
     for i in reversed(range(60)):
         tool = ("lookup" if i % 2 else "get_weather") if i % 3 == 0 else None
         status = "failed" if i % 5 == 4 else "completed"
-        text = f"question {i} <user>question {i}</user> chatcmpl-{i:04d} " + ("" if tool else f"answer {i} ünïcode \"q\"")
+        answer = "" if tool else f"answer {i} ünïcode \"q\""
+        text = f"question {i} <user>question {i}</user> chatcmpl-{i:04d} {answer}"
         if ((not query.status or status == query.status) and (not query.kind or query.kind == "chat.completion")
                 and (not query.episode_id or query.episode_id == f"ep-{i // 2}")
                 and (query.policy_version is None or query.policy_version == i // 10)

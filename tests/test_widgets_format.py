@@ -34,7 +34,8 @@ def chat_record(**fields: object) -> GenerationRecord:
             {"role": "user", "content": [{"type": "text", "text": "Weather in "}, {"type": "text", "text": "paris?"}]},
         ]},
         "prompt_token_ids": [1, 2, 3],
-        "completions": [{"completion_token_ids": [7, 8], "logprobs": [-0.1, -2.0], "text": "x", "finish_reason": "tool_calls"}],
+        "completions": [{"completion_token_ids": [7, 8], "logprobs": [-0.1, -2.0], "text": "x",
+                         "finish_reason": "tool_calls"}],
         "output": {"choices": [{"index": 0, "message": {"role": "assistant", "content": None,
                                                         "reasoning_content": "They want weather.",
                                                         "tool_calls": [CALL]}}]},
@@ -154,7 +155,8 @@ def test_completion_tokens_carry_logprobs_alternatives_and_policy_versions() -> 
     record = chat_record()
     record.completions[0]["policy_versions"] = [[0, 1], [1, 2]]  # type: ignore[typeddict-unknown-key]
     record.output["choices"][0]["logprobs"] = {"content": [
-        {"token": "a", "logprob": -0.1, "top_logprobs": [{"token": "a", "logprob": -0.1}, {"token": "b", "logprob": -2.4}]},
+        {"token": "a", "logprob": -0.1,
+         "top_logprobs": [{"token": "a", "logprob": -0.1}, {"token": "b", "logprob": -2.4}]},
         {"token": "c", "logprob": -2.0, "top_logprobs": []},
     ]}
     tokens = completion_tokens(record, ["A", "C"])
@@ -168,7 +170,8 @@ def test_completion_tokens_carry_logprobs_alternatives_and_policy_versions() -> 
 def test_top_alternatives_of_responses_and_completions() -> None:
     assert top_alternatives(response_record()) == [[("Check", -0.5), ("Hmm", -1.2)]]
     record = GenerationRecord(id="cmpl-2", kind="text_completion", model="m",
-                              output={"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"x": -1.0, "y": -0.2}]}}]})
+                              output={"choices": [{"index": 0,
+                                                   "logprobs": {"top_logprobs": [{"x": -1.0, "y": -0.2}]}}]})
     assert top_alternatives(record) == [[("y", -0.2), ("x", -1.0)]]
 
 

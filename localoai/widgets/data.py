@@ -14,7 +14,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,8 @@ class StoreReader:
         if record.previous_response_id:
             return self.get(record.previous_response_id)
         if record.episode_id:
-            earlier = [r for r in self.episode(record.episode_id) if r.created_at <= record.created_at and r.id != record.id]
+            earlier = [r for r in self.episode(record.episode_id)
+                       if r.created_at <= record.created_at and r.id != record.id]
             return earlier[-1] if earlier else None
         return None
 
@@ -164,7 +165,7 @@ class StoreReader:
             episodes.setdefault(record.episode_id or record.id, []).append(record)
         return episodes
 
-    def reward(self, episode_id: str | None, records: list[GenerationRecord] = ()) -> Any:  # type: ignore[assignment]
+    def reward(self, episode_id: str | None, records: Sequence[GenerationRecord] = ()) -> Any:
         """The episode's reward, wherever this store keeps it; `None` when it has none."""
         if episode_id:
             for name in ("get_reward", "reward", "episode_reward"):
@@ -181,7 +182,7 @@ class StoreReader:
                         value = _reward_value(method(episode_id))
                         if value is not None:
                             return value
-        for record in reversed(list(records)):
+        for record in reversed(records):
             value = getattr(record, "reward", None)
             if value is None:
                 value = record.metadata.get("reward")

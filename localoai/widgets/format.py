@@ -344,6 +344,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def trajectory_ids(record: GenerationRecord) -> list[int]:
+    """The prompt and the first sample's tokens: the sequence an episode's last generation covers."""
+    sampled = record.completions[0].get("completion_token_ids", []) if record.completions else []
+    return [*record.prompt_token_ids, *sampled]
+
+
 def completion_tokens(record: GenerationRecord, texts: Sequence[str] | None, sample: int = 0) -> list[TokenInfo]:
     """The sampled tokens of one sample with logprobs, alternatives and policy versions."""
     if sample >= len(record.completions):
@@ -375,7 +381,7 @@ def prompt_tokens(
     ids = record.prompt_token_ids
     sampled_from, sampled_to, diverged_at = 0, 0, None
     if previous is not None and previous.completions:
-        earlier = [*previous.prompt_token_ids, *previous.completions[0].get("completion_token_ids", [])]
+        earlier = trajectory_ids(previous)
         shared = common_prefix(earlier, ids)
         sampled_from = len(previous.prompt_token_ids)
         sampled_to = max(sampled_from, shared)

@@ -25,7 +25,7 @@ from localoai.store.base import Store
 from localoai.store.records import GenerationRecord
 from localoai.widgets import render
 from localoai.widgets.data import PAGE_SIZE, ListQuery, Page, StoreReader
-from localoai.widgets.format import completion_tokens, group_id, prefix_tree, prompt_tokens
+from localoai.widgets.format import completion_tokens, group_id, prefix_tree, prompt_tokens, trajectory_ids
 
 logger = logging.getLogger("localoai.widgets")
 
@@ -210,9 +210,7 @@ class Inspector(widgets.VBox):
         episodes = self.reader.group(group)
         rewards = {name: self.reader.reward(name if records[0].episode_id else None, records)
                    for name, records in episodes.items()}
-        sequences = {name: [*records[-1].prompt_token_ids,
-                            *(records[-1].completions[0].get("completion_token_ids", []) if records[-1].completions else [])]
-                     for name, records in episodes.items()}
+        sequences = {name: trajectory_ids(records[-1]) for name, records in episodes.items()}
         return render.group_view(group, episodes, rewards, prefix_tree(sequences))
 
     def _texts(self, record: GenerationRecord, ids: list[int], sample: int | None = None) -> list[str] | None:

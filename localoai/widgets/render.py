@@ -75,7 +75,8 @@ def list_table(rows: Sequence[Summary]) -> str:
              "<th>tools</th><th>id</th><th>gist</th></tr>"]
     for row in rows:
         lines.append(
-            f'<tr class="{escape(row.status)}" title="{escape(row.status)}"><td>{STATUS_MARKS.get(row.status, "?")}</td>'
+            f'<tr class="{escape(row.status)}" title="{escape(row.status)}">'
+            f'<td>{STATUS_MARKS.get(row.status, "?")}</td>'
             f"<td>{escape(_when(row.created_at))}</td><td>{escape(ENDPOINTS.get(row.kind, row.kind))}</td>"
             f"<td>v{row.policy_version}</td><td>{escape(row.episode_id or '')}</td>"
             f"<td>{escape(', '.join(row.tools))}</td><td><code>{escape(row.id)}</code></td>"
@@ -100,7 +101,8 @@ def turn_html(turn: Turn) -> str:
         role += f" · {turn.tool_call_id}"
     parts = [f'<div class="{classes}"><div class="role">{escape(role)}</div>']
     if turn.reasoning:
-        parts.append(f"<details><summary>reasoning ({len(turn.reasoning)} chars)</summary>{_pre(turn.reasoning)}</details>")
+        summary = f"reasoning ({len(turn.reasoning)} chars)"
+        parts.append(f"<details><summary>{summary}</summary>{_pre(turn.reasoning)}</details>")
     if turn.text:
         parts.append(_pre(turn.text))
     for call in turn.tool_calls:
@@ -198,14 +200,16 @@ def token_view(
         total = f", sum logprob {sum(logprobs):.3f}" if logprobs else ""
         versions = sorted({t.policy_version for t in tokens if t.policy_version is not None})
         version = f", policy {', '.join(f'v{v}' for v in versions)}" if versions else ""
-        parts.append(f"<div><b>sample {index}</b> <span class='meta'>({len(tokens)} tokens{total}{version})</span></div>")
+        counts = f"{len(tokens)} tokens{total}{version}"
+        parts.append(f"<div><b>sample {index}</b> <span class='meta'>({counts})</span></div>")
         parts.append("<div>" + "".join(token_span(t) for t in tokens) + "</div>")
     if prompt:
         shown = prompt[-max_prompt_tokens:]
         cut = len(prompt) - len(shown)
         label = f"prompt ({len(prompt)} tokens{f', first {cut} not shown' if cut else ''})"
         spans = "".join(token_span(t, prompt=True) for t in shown)
-        parts.append(f"<details{' open' if diverged is not None else ''}><summary>{label}</summary><div>{spans}</div></details>")
+        opened = " open" if diverged is not None else ""
+        parts.append(f"<details{opened}><summary>{label}</summary><div>{spans}</div></details>")
     return wrap("".join(parts))
 
 
