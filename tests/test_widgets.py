@@ -159,6 +159,11 @@ def test_widget_lists_filters_pages_and_opens_views(store: SQLiteStore) -> None:
     inspector.policy_filter.value = "v5"
     assert [v for _, v in inspector.listing.options] == ["chatcmpl-0054"]
     assert inspector.listing.value == "chatcmpl-0054"  # the selection survives a refresh that keeps it
+    inspector.policy_filter.value = ""
+    inspector.tool_filter.value = ""
+    inspector.group_filter.value = "g2"
+    assert [v for _, v in inspector.listing.options] == ["chatcmpl-0011", "chatcmpl-0010", "chatcmpl-0009",
+                                                         "chatcmpl-0008"]
     inspector.search.value = "no such text"
     assert inspector.listing.options == () and "0 generations" in inspector.heading.value
     inspector.close()
@@ -174,6 +179,13 @@ def test_live_inspector_follows_new_records(store: SQLiteStore) -> None:
             assert time.monotonic() < deadline, "the inspector did not pick up the new record"
             time.sleep(0.05)
         assert "61 generations" in inspector.heading.value
+        # What the front end reports: displayed once, then every view removed (the cell ran again).
+        inspector._view_count = 1
+        inspector._view_count = 0
+        inspector._poller.join(30)  # type: ignore[union-attr]
+        assert not inspector._poller.is_alive()  # type: ignore[union-attr]
+        inspector._view_count = 1  # shown again: it follows the store again
+        assert inspector._poller.is_alive()  # type: ignore[union-attr]
     finally:
         inspector.close()
     assert inspector._poller is None

@@ -61,10 +61,12 @@ class Inspector(widgets.VBox):
         self._rendered: set[int] = set()  # tabs already rendered for `self.record`
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._live_wanted = live
         self._seen: tuple[Any, ...] = ()  # the store's change marker when the list was last read
 
         text = {"continuous_update": False, "layout": widgets.Layout(width="170px")}
         self.episode_filter = widgets.Text(placeholder="episode id", **text)
+        self.group_filter = widgets.Text(placeholder="group id", **text)
         self.status_filter = widgets.Dropdown(options=STATUS_OPTIONS, layout=widgets.Layout(width="130px"))
         self.endpoint_filter = widgets.Dropdown(options=ENDPOINT_OPTIONS, layout=widgets.Layout(width="140px"))
         self.tool_filter = widgets.Text(placeholder="tool name", **text)
@@ -79,7 +81,7 @@ class Inspector(widgets.VBox):
         self.views = [widgets.HTML(render.empty("Select a generation above.")) for _ in TABS]
         self.tabs = widgets.Tab(children=self.views, titles=TABS)
 
-        filters = [self.episode_filter, self.status_filter, self.endpoint_filter, self.tool_filter,
+        filters = [self.episode_filter, self.group_filter, self.status_filter, self.endpoint_filter, self.tool_filter,
                    self.policy_filter, self.search]
         for control in filters:
             control.observe(self._on_filter, names="value")
@@ -97,6 +99,11 @@ class Inspector(widgets.VBox):
             self.tabs,
         ])
         self.add_class("localoai-inspector")
+        # The front end counts this widget's views: when every view is gone (its cell ran again or
+        # its output was cleared), the poller stops instead of updating a widget nobody sees.
+        self._shown = False
+        self._view_count = 0
+        self.observe(self._on_views, names="_view_count")
         self.refresh()
         if live:
             self.start_live()
@@ -112,6 +119,7 @@ class Inspector(widgets.VBox):
             tool=self.tool_filter.value.strip(),
             policy_version=int(version) if version.lstrip("-").isdigit() else None,
             text=self.search.value.strip(),
+            group_id=self.group_filter.value.strip(),
         )
 
     def refresh(self) -> None:
@@ -229,8 +237,11 @@ class Inspector(widgets.VBox):
 
     def start_live(self) -> None:
         """Follow the store: refresh whenever something was written, at most once per interval."""
+        self._live_wanted = True
         if self._poller is not None and self._poller.is_alive():
-            return
+            if not self._stop.is_set():
+                return
+            self._poller.join()  # it was told to stop (its views went away): it ends within an interval
         self._stop.clear()
         self._poller = threading.Thread(target=self._poll, name="localoai-inspector", daemon=True)
         self._poller.start()
@@ -239,10 +250,19 @@ class Inspector(widgets.VBox):
                 self._fill_list(self.current)  # the heading now says "live"
 
     def stop_live(self) -> None:
+        self._live_wanted = False
         self._stop.set()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(5)
         self._poller = None
+
+    def _on_views(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self._shown = True
+            if self._live_wanted:
+                self.start_live()
+        elif self._shown:
+            self._stop.set()  # not joined: this runs on the kernel's message handler
 
     def _poll(self) -> None:
         try:
