@@ -32,9 +32,12 @@ TOKEN = "localoai-browser-test"
 WAIT_MS = 240_000  # generous: this runs on shared CI machines; a healthy run takes seconds per step
 
 NOTEBOOK_CELLS = [
-    """import localoai
+    """import torch
+
+import localoai
 from localoai.testing.trained import QUESTION, TOOL_RESULT, WEATHER_TOOL, train_tool_caller
 
+torch.set_num_threads(1)  # a tiny model: threads only cost time on a busy CI machine
 model, tokenizer = train_tool_caller()
 server = localoai.start(model, tokenizer, name="agent", store=":memory:", port=0)
 client = server.client(max_retries=0)
