@@ -2,6 +2,7 @@
 
     server = localoai.start(model)          # a transformers model already in memory
     client = server.client()                # an openai.OpenAI pointed at it
+    server.inspect()                        # a live notebook view of every generation
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Server", "__version__", "running_servers", "start", "stop_all"]
+__all__ = ["Server", "__version__", "inspect", "running_servers", "start", "stop_all"]
 
 if TYPE_CHECKING:
     from localoai.server import Server, running_servers, start, stop_all
+    from localoai.widgets import inspect
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,8 @@ def __getattr__(name: str) -> Any:
         import localoai.server as server
 
         return getattr(server, name)
+    if name == "inspect":  # ipywidgets loads only when an inspector is asked for
+        from localoai.widgets import inspect
+
+        return inspect
     raise AttributeError(f"module 'localoai' has no attribute {name!r}")

@@ -220,6 +220,13 @@ class Server:
         state = "running" if self.running else "stopped"
         return f"<localoai.Server {self.model!r} at {self.base_url} ({state})>"
 
+    def inspect(self, **options: Any) -> Any:
+        """A live notebook widget over this server's generations (see `localoai.widgets.Inspector`);
+        shown when it is a cell's last expression. Needs `ipywidgets`."""
+        from localoai.widgets import Inspector
+
+        return Inspector(self.store, tokenizer=self.served.tokenizer, title=f"localoai · {self.model}", **options)
+
     def _repr_html_(self) -> str:
         state = "running" if self.running else "stopped"
         return (

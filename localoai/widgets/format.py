@@ -1,0 +1,436 @@
+"""What the inspector shows, computed from plain record data: no widgets, no store, no browser.
+
+Everything here takes `GenerationRecord`s (or their JSON parts) and returns plain values, so the
+rules (which turns a conversation has, how a tool call is printed, what colour a logprob gets,
+where re-sent history diverged from the sampled tokens) are unit-tested without a kernel.
+Fields that other parts of localoai may or may not write yet (`reasoning_content`, `reasoning`
+output items, a trace's `policy_versions`, `group_id`) are read when present and skipped when not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from localoai.store.records import GenerationRecord
+
+ENDPOINTS: dict[str, str] = {
+    "chat.completion": "chat",
+    "response": "responses",
+    "text_completion": "completions",
+}
+"""Record kind -> the short endpoint name the list shows."""
+
+STATUS_MARKS: dict[str, str] = {
+    "completed": "✓",
+    "failed": "✗",
+    "incomplete": "…",
+    "cancelled": "⊘",
+    "in_progress": "▶",
+}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str
+    """Pretty-printed JSON when the arguments parse, else the raw string as the model wrote it."""
+    call_id: str | None = None
+
+
+@dataclass
+class Turn:
+    """One step of a conversation as the model saw or produced it."""
+
+    role: str  # system, user, assistant, tool, prompt (a text completion's prompt)
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+    generated: bool = False
+    """True for the turn this record's model call produced (not re-sent history)."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One row of the list: what is needed to find a record, without its tokens."""
+
+    id: str
+    kind: str
+    status: str
+    model: str
+    created_at: float
+    policy_version: int
+    episode_id: str | None
+    tools: tuple[str, ...]
+    preview: str
+    group_id: str | None = None
+
+
+# -- tool calls and reasoning --------------------------------------------------------------
+
+
+def pretty_arguments(arguments: Any) -> str:
+    """Tool-call arguments as indented JSON; a string that is not JSON is shown as written."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return arguments
+    return json.dumps(arguments, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+def chat_tool_calls(message: Mapping[str, Any]) -> list[ToolCall]:
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        calls.append(ToolCall(str(function.get("name", "")), pretty_arguments(function.get("arguments", "")),
+                              call.get("id")))
+    return calls
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's `content`: a string, or the text of its parts (chat and Responses shapes)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, Mapping):
+            text = part.get("text", part.get("refusal"))
+            parts.append(str(text) if text is not None else f"[{part.get('type', 'part')}]")
+    return "".join(parts)
+
+
+def reasoning_text(item: Mapping[str, Any]) -> str:
+    """A Responses `reasoning` item's text: its content parts, else its summary parts."""
+    for key in ("content", "summary"):
+        text = content_text(item.get(key))
+        if text:
+            return text
+    return ""
+
+
+# -- conversations -------------------------------------------------------------------------
+
+
+def conversation(record: GenerationRecord) -> list[Turn]:
+    """The record's conversation turn by turn: the history it was sent, then what it generated."""
+    if record.kind == "chat.completion":
+        return _chat_turns(record)
+    if record.kind == "response":
+        return _response_turns(record)
+    turns = [Turn("prompt", record.prompt_text or content_text(record.request.get("prompt")))]
+    turns += [Turn("assistant", sample.get("text", ""), generated=True) for sample in record.completions]
+    return turns
+
+
+def _chat_turns(record: GenerationRecord) -> list[Turn]:
+    turns = [_chat_message_turn(message) for message in record.request.get("messages") or []]
+    choices = (record.output or {}).get("choices") or []
+    for choice in choices[:1] or [{}]:  # the first choice; `n > 1` samples are in the token view
+        message = choice.get("message")
+        if message is None:  # a failed generation keeps no message: fall back to the trace's text
+            text = record.completions[0].get("text", "") if record.completions else ""
+            if text or record.status != "failed":
+                turns.append(Turn("assistant", text, generated=True))
+            continue
+        turn = _chat_message_turn(message)
+        turn.generated = True
+        turns.append(turn)
+    return turns
+
+
+def _chat_message_turn(message: Mapping[str, Any]) -> Turn:
+    return Turn(
+        role=str(message.get("role", "?")),
+        text=content_text(message.get("content")),
+        reasoning=str(message.get("reasoning_content") or message.get("reasoning") or ""),
+        tool_calls=chat_tool_calls(message),
+        tool_call_id=message.get("tool_call_id"),
+    )
+
+
+def _response_turns(record: GenerationRecord) -> list[Turn]:
+    request = record.request
+    turns: list[Turn] = []
+    if request.get("instructions"):
+        turns.append(Turn("system", str(request["instructions"])))
+    items = request.get("input_items")
+    if items is None:
+        given = request.get("input")
+        items = [{"type": "message", "role": "user", "content": given}] if isinstance(given, str) else given or []
+    turns += _response_item_turns(items, generated=False)
+    turns += _response_item_turns((record.output or {}).get("output") or [], generated=True)
+    return turns
+
+
+def _response_item_turns(items: Iterable[Mapping[str, Any]], *, generated: bool) -> list[Turn]:
+    """Responses items as turns; consecutive assistant items (reasoning, text, calls) become one turn."""
+    turns: list[Turn] = []
+
+    def assistant() -> Turn:
+        if not turns or turns[-1].role != "assistant" or turns[-1].generated != generated:
+            turns.append(Turn("assistant", generated=generated))
+        return turns[-1]
+
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = str(item.get("role", "user"))
+            text = content_text(item.get("content"))
+            if role == "assistant":
+                turn = assistant()
+                turn.text += text
+            else:
+                turns.append(Turn(role, text))
+        elif kind == "function_call":
+            call = ToolCall(str(item.get("name", "")), pretty_arguments(item.get("arguments", "")), item.get("call_id"))
+            assistant().tool_calls.append(call)
+        elif kind == "function_call_output":
+            turns.append(Turn("tool", content_text(item.get("output")), tool_call_id=item.get("call_id")))
+        elif kind == "reasoning":
+            assistant().reasoning += reasoning_text(item)
+        else:
+            turns.append(Turn(str(item.get("role", kind)), json.dumps(item, ensure_ascii=False)))
+    return turns
+
+
+def tool_names(record: GenerationRecord) -> tuple[str, ...]:
+    """The tools the model called in this generation, in order, without repeats."""
+    names: list[str] = []
+    for turn in conversation(record):
+        if turn.generated:
+            names += [call.name for call in turn.tool_calls if call.name not in names]
+    return tuple(names)
+
+
+def group_id(record: GenerationRecord) -> str | None:
+    value = getattr(record, "group_id", None) or record.metadata.get("group_id")
+    return None if value is None else str(value)
+
+
+def preview(record: GenerationRecord, width: int = 80) -> str:
+    """A one-line gist for the list: the last user or tool input, then what the model answered."""
+    turns = conversation(record)
+    asked = next((t.text for t in reversed(turns) if not t.generated and t.role in ("user", "tool", "prompt")), "")
+    answered = next((t for t in turns if t.generated), None)
+    said = ""
+    if answered is not None:
+        said = answered.text or " ".join(f"{c.name}(…)" for c in answered.tool_calls)
+    if record.status == "failed" and record.error:
+        said = f"error: {record.error.get('message', '')}"
+    line = f"{asked} → {said}" if asked else said
+    return shorten(line, width)
+
+
+def shorten(text: str, width: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def summarize(record: GenerationRecord) -> Summary:
+    return Summary(
+        id=record.id,
+        kind=record.kind,
+        status=record.status,
+        model=record.model,
+        created_at=float(record.created_at),
+        policy_version=int(record.policy_version),
+        episode_id=record.episode_id,
+        tools=tool_names(record),
+        preview=preview(record),
+        group_id=group_id(record),
+    )
+
+
+def row_label(row: Summary) -> str:
+    """The list's text for one record (a `Select` option label: plain text)."""
+    import time
+
+    when = time.strftime("%H:%M:%S", time.localtime(row.created_at))
+    tools = ",".join(row.tools)
+    parts = [STATUS_MARKS.get(row.status, "?"), when, ENDPOINTS.get(row.kind, row.kind), f"v{row.policy_version}"]
+    if row.episode_id:
+        parts.append(f"ep {shorten(row.episode_id, 14)}")
+    if tools:
+        parts.append(f"[{tools}]")
+    parts.append(row.preview)
+    return "  ".join(parts)
+
+
+# -- logprobs, colours, entropy ------------------------------------------------------------
+
+
+def logprob_color(logprob: float | None) -> str:
+    """A background colour for a sampled token: green when the model was sure, red when not.
+
+    The hue follows the probability (0 -> red, 1 -> green); `None` (not computed) is grey."""
+    if logprob is None or math.isnan(logprob):
+        return "hsl(0, 0%, 90%)"
+    probability = math.exp(min(0.0, logprob))
+    return f"hsl({round(120 * probability)}, 75%, 82%)"
+
+
+def entropy(top_logprobs: Iterable[float]) -> float | None:
+    """Entropy (nats) of the top alternatives, with the mass they leave out counted as one more
+    outcome: a lower bound on the full distribution's entropy, exact when they cover it."""
+    probabilities = [math.exp(lp) for lp in top_logprobs if lp is not None and lp > -9999.0]
+    if not probabilities:
+        return None
+    rest = max(0.0, 1.0 - sum(probabilities))
+    return -sum(p * math.log(p) for p in [*probabilities, rest] if p > 0)
+
+
+@dataclass
+class TokenInfo:
+    """One token of the token view."""
+
+    token_id: int
+    text: str
+    logprob: float | None = None
+    top: list[tuple[str, float]] = field(default_factory=list)
+    policy_version: int | None = None
+    trainable: bool = False
+    """In the loss mask: the model sampled it (this record, or an earlier turn re-sent as history)."""
+    diverged: bool = False
+    """The first token where re-sent history differs from what the model sampled earlier."""
+
+    @property
+    def entropy(self) -> float | None:
+        return entropy(lp for _, lp in self.top)
+
+
+def top_alternatives(record: GenerationRecord, sample: int = 0) -> list[list[tuple[str, float]]]:
+    """Per completion token, the top alternatives the response reported (empty when not requested)."""
+    output = record.output or {}
+    if record.kind == "response":
+        positions: list[list[tuple[str, float]]] = []
+        for item in output.get("output") or []:
+            for part in item.get("content") or [] if item.get("type") == "message" else []:
+                for token in part.get("logprobs") or []:
+                    positions.append([(t["token"], t["logprob"]) for t in token.get("top_logprobs") or []])
+        return positions
+    choices = [c for c in output.get("choices") or [] if c.get("index", 0) == sample]
+    logprobs = (choices[0].get("logprobs") or {}) if choices else {}
+    if record.kind == "chat.completion":
+        return [[(t["token"], t["logprob"]) for t in entry.get("top_logprobs") or []]
+                for entry in logprobs.get("content") or []]
+    return [sorted(entry.items(), key=lambda kv: -kv[1]) for entry in logprobs.get("top_logprobs") or [] if entry]
+
+
+def policy_version_at(spans: Sequence[Sequence[int]] | None, index: int, default: int) -> int:
+    """The policy version of token `index`, from a trace's `policy_versions` ([[start, version], ...])."""
+    version = default
+    for start, value in spans or []:
+        if start <= index:
+            version = value
+        else:
+            break
+    return version
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def trajectory_ids(record: GenerationRecord) -> list[int]:
+    """The prompt and the first sample's tokens: the sequence an episode's last generation covers."""
+    sampled = record.completions[0].get("completion_token_ids", []) if record.completions else []
+    return [*record.prompt_token_ids, *sampled]
+
+
+def completion_tokens(record: GenerationRecord, texts: Sequence[str] | None, sample: int = 0) -> list[TokenInfo]:
+    """The sampled tokens of one sample with logprobs, alternatives and policy versions."""
+    if sample >= len(record.completions):
+        return []
+    trace = record.completions[sample]
+    ids = trace.get("completion_token_ids", [])
+    logprobs = trace.get("logprobs") or []
+    tops = top_alternatives(record, sample)
+    spans = trace.get("policy_versions")  # type: ignore[typeddict-item]
+    tokens = []
+    for i, token_id in enumerate(ids):
+        top = tops[i] if i < len(tops) else []
+        tokens.append(TokenInfo(
+            token_id=token_id,
+            text=texts[i] if texts is not None and i < len(texts) else f"⟨{token_id}⟩",
+            logprob=logprobs[i] if i < len(logprobs) else None,
+            top=top,
+            policy_version=policy_version_at(spans, i, record.policy_version),
+            trainable=True,
+        ))
+    return tokens
+
+
+def prompt_tokens(
+    record: GenerationRecord, texts: Sequence[str] | None, previous: GenerationRecord | None = None
+) -> list[TokenInfo]:
+    """The prompt's tokens; with the episode's previous generation, the tokens it sampled that were
+    re-sent unchanged are marked trainable, and the first re-sent token that differs is marked diverged."""
+    ids = record.prompt_token_ids
+    sampled_from, sampled_to, diverged_at = 0, 0, None
+    if previous is not None and previous.completions:
+        earlier = trajectory_ids(previous)
+        shared = common_prefix(earlier, ids)
+        sampled_from = len(previous.prompt_token_ids)
+        sampled_to = max(sampled_from, shared)
+        if shared < len(earlier) and shared >= sampled_from:
+            diverged_at = shared
+    return [
+        TokenInfo(
+            token_id=token_id,
+            text=texts[i] if texts is not None and i < len(texts) else f"⟨{token_id}⟩",
+            trainable=sampled_from <= i < sampled_to,
+            diverged=i == diverged_at,
+        )
+        for i, token_id in enumerate(ids)
+    ]
+
+
+# -- groups --------------------------------------------------------------------------------
+
+
+@dataclass
+class PrefixNode:
+    """A node of the branching tree of episodes: `length` tokens shared by every leaf below it."""
+
+    length: int
+    children: list[PrefixNode] = field(default_factory=list)
+    leaves: list[str] = field(default_factory=list)
+
+
+def prefix_tree(sequences: Mapping[str, Sequence[int]]) -> PrefixNode:
+    """Where episodes branch: a radix tree over their token sequences (leaves are episode names)."""
+
+    def build(names: list[str], depth: int) -> PrefixNode:
+        seqs = [sequences[name] for name in names]
+        length = depth
+        while all(len(s) > length for s in seqs) and len({s[length] for s in seqs}) == 1:
+            length += 1
+        node = PrefixNode(length)
+        branches: dict[int, list[str]] = {}
+        for name in names:
+            seq = sequences[name]
+            if len(seq) == length:
+                node.leaves.append(name)
+            else:
+                branches.setdefault(seq[length], []).append(name)
+        if len(names) == 1:
+            node.leaves, node.children = names, []
+            return node
+        node.children = [build(group, length) for group in branches.values()]
+        return node
+
+    names = list(sequences)
+    return build(names, 0) if names else PrefixNode(0)
