@@ -124,18 +124,9 @@ def test_episode_group_chain_reward_and_previous_turn(store: SQLiteStore) -> Non
     store.put(record(100, id="resp_a", kind="response", output={}, episode_id=None))
     store.put(record(101, id="resp_b", kind="response", output={}, episode_id=None, previous_response_id="resp_a"))
     assert [r.id for r in reader.chain(store.get("resp_b"))] == ["resp_a", "resp_b"]  # type: ignore[arg-type]
-    assert reader.reward("ep-3", reader.episode("ep-3")) is None
-    store.put(record(7, metadata={"reward": "0.5"}))
-    assert reader.reward("ep-3", reader.episode("ep-3")) == "0.5"
-
-
-def test_reward_from_a_store_that_keeps_rewards(store: SQLiteStore) -> None:
-    class Rewarding(PlainStore):
-        def get_reward(self, episode_id: str) -> float | None:
-            return {"ep-1": 1.0}.get(episode_id)
-
-    reader = StoreReader(Rewarding(store))  # type: ignore[arg-type]
-    assert reader.reward("ep-1") == 1.0 and reader.reward("ep-2") is None
+    assert reader.reward("ep-3") is None
+    store.set_reward("ep-3", 0.5, judge="exact match")
+    assert reader.reward("ep-3") == 0.5 and reader.reward("ep-2") is None and reader.reward(None) is None
 
 
 def test_widget_lists_filters_pages_and_opens_views(store: SQLiteStore) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,30 +165,10 @@ class StoreReader:
             episodes.setdefault(record.episode_id or record.id, []).append(record)
         return episodes
 
-    def reward(self, episode_id: str | None, records: Sequence[GenerationRecord] = ()) -> Any:
-        """The episode's reward, wherever this store keeps it; `None` when it has none."""
-        if episode_id:
-            for name in ("get_reward", "reward", "episode_reward"):
-                method = getattr(self.store, name, None)
-                if callable(method):
-                    with contextlib.suppress(Exception):
-                        value = method(episode_id)
-                        if value is not None:
-                            return _reward_value(value)
-            for name in ("get_episode", "episode"):
-                method = getattr(self.store, name, None)
-                if callable(method):
-                    with contextlib.suppress(Exception):
-                        value = _reward_value(method(episode_id))
-                        if value is not None:
-                            return value
-        for record in reversed(records):
-            value = getattr(record, "reward", None)
-            if value is None:
-                value = record.metadata.get("reward")
-            if value is not None:
-                return value
-        return None
+    def reward(self, episode_id: str | None) -> float | None:
+        """The reward attached to the episode (`store.set_reward`), `None` when it has none."""
+        stored = self.store.episode(episode_id) if episode_id else None
+        return stored.reward if stored is not None else None
 
     # -- live updates -------------------------------------------------------------------------
 
@@ -298,11 +278,3 @@ def matches(record: GenerationRecord, query: ListQuery) -> bool:
         if not any(needle in str(h).lower() for h in haystacks):
             return False
     return True
-
-
-def _reward_value(value: Any) -> Any:
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, dict):
-        return value.get("reward")
-    return getattr(value, "reward", None)

@@ -212,8 +212,7 @@ def tool_names(record: GenerationRecord) -> tuple[str, ...]:
 
 
 def group_id(record: GenerationRecord) -> str | None:
-    value = getattr(record, "group_id", None) or record.metadata.get("group_id")
-    return None if value is None else str(value)
+    return record.group_id
 
 
 def preview(record: GenerationRecord, width: int = 80) -> str:

@@ -201,7 +201,7 @@ class Inspector(widgets.VBox):
     def _episode_html(self, record: GenerationRecord) -> str:
         episode = self.reader.episode(record.episode_id) if record.episode_id else []
         chain = self.reader.chain(record) if record.previous_response_id else [record]
-        reward = self.reader.reward(record.episode_id, episode or [record])
+        reward = self.reader.reward(record.episode_id)
         return render.episode_view(record, episode=episode, chain=chain, reward=reward)
 
     def _tokens_html(self, record: GenerationRecord) -> str:
@@ -216,8 +216,7 @@ class Inspector(widgets.VBox):
         if group is None:
             return render.empty("This generation belongs to no group (no group_id).")
         episodes = self.reader.group(group)
-        rewards = {name: self.reader.reward(name if records[0].episode_id else None, records)
-                   for name, records in episodes.items()}
+        rewards = {name: self.reader.reward(records[0].episode_id) for name, records in episodes.items()}
         sequences = {name: trajectory_ids(records[-1]) for name, records in episodes.items()}
         return render.group_view(group, episodes, rewards, prefix_tree(sequences))
 
