@@ -41,7 +41,7 @@ def record(i: int, **fields: Any) -> GenerationRecord:
         "completions": [{"completion_token_ids": [3, 4], "logprobs": [-0.5, -1.5],
                          "text": message["content"] or "<tool_call>", "finish_reason": "stop"}],
         "output": {"choices": [{"index": 0, "message": message}]},
-        "metadata": {"group_id": f"g{i // 4}"},
+        "group_id": f"g{i // 4}",
     }
     values.update(fields)
     return GenerationRecord(**values)

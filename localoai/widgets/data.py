@@ -3,9 +3,8 @@
 The list is read a page at a time, never the whole store: on a `SQLiteStore` the filters that
 the store's API has no keyword for (tool name, policy version, text search) run as SQL over the
 stored JSON, so a page of 10,000 records costs one indexed query plus one count; any other
-`Store` is scanned with `iterate()` and filtered here (correct, slower). Fields that other parts
-of localoai add over time (episode rewards, `group_id`) are looked up tolerantly: absent means
-"not shown", never an error.
+`Store` is scanned with `iterate()` and filtered here (correct, slower). Rewards come from the
+store's episodes (`Store.episode`), a record's GRPO group from its `group_id`.
 """
 
 from __future__ import annotations
@@ -198,7 +197,7 @@ class StoreReader:
             yield conn
 
 
-_GROUP_JSON = "coalesce(json_extract(record, '$.group_id'), json_extract(record, '$.metadata.group_id'))"
+_GROUP_JSON = "json_extract(record, '$.group_id')"
 
 # The tool and text filters first look for the value in the record's raw JSON (a plain substring
 # search, fast), and parse the JSON only for the records that contain it.
