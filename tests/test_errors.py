@@ -297,8 +297,10 @@ def test_oversized_body_is_413(tiny: tuple[Any, Any]) -> None:
     with running_server(model, tokenizer, name="errors-small-body", max_body_bytes=1024) as small, \
             httpx.Client(base_url=small.url, timeout=60) as http:
         big = {"model": small.model, "messages": [{"role": "user", "content": "x" * 4096}], "max_tokens": 2}
-        error = assert_envelope(http.post("/v1/chat/completions", json=big), 413)
+        response = http.post("/v1/chat/completions", json=big)
+        error = assert_envelope(response, 413)
         assert error["code"] == "request_too_large"
+        assert response.headers["connection"] == "close"  # the unread body: the client must not reuse it
         assert error["param"] is None
 
         data = json.dumps(big).encode()

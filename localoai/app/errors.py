@@ -41,7 +41,12 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        return error_response(_from_http(exc))
+        response = error_response(_from_http(exc))
+        if exc.code == 413:
+            # The unread rest of the body makes the connection unusable: say so, or a keep-alive
+            # client reuses it and finds it closed before its next request is answered.
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
