@@ -4,8 +4,11 @@ Generation never runs on the event loop. Requests wait in a bounded queue and ar
 a single persistent thread (CUDA graphs and some kernels keep thread-local state, and one
 owner makes the model's train/eval switching safe). Every step runs ONE forward pass over
 all running requests: new requests are prefilled (once per prompt, shared by its `n`
-samples) and joined into the batch, each request's own `Sampler` picks its rows' tokens,
-finished or cancelled requests leave, and the rest decode together. Stop strings,
+samples) and joined into the batch, the requests whose sampling is plain this step
+(temperature or argmax only, unseeded) get their tokens from one batched `sample_plain` and
+every other request's own `Sampler` picks its rows' tokens, finished or cancelled requests
+leave, and the rest decode together. The step's stream items reach each event loop with one
+wake-up (`one_wakeup_per_loop`). Stop strings,
 cancellation and pauses take effect at the step they happen.
 
 Why not transformers' `ContinuousBatchingManager` (evaluated on transformers 5.23, CPU):
