@@ -8,8 +8,8 @@ samples) and joined into the batch, the requests whose sampling is plain this st
 (temperature or argmax only, unseeded) get their tokens from one batched `sample_plain` and
 every other request's own `Sampler` picks its rows' tokens, finished or cancelled requests
 leave, and the rest decode together. The step's stream items reach each event loop with one
-wake-up (`one_wakeup_per_loop`). Stop strings,
-cancellation and pauses take effect at the step they happen.
+wake-up (`one_wakeup_per_loop`). Stop strings, cancellation and pauses take effect at the step
+they happen.
 
 Why not transformers' `ContinuousBatchingManager` (evaluated on transformers 5.23, CPU):
 its seed and `num_return_sequences` are manager-wide (no per-request seed or `n`), its
