@@ -225,7 +225,11 @@ class Engine:
         """Sample `requests` (all `plain_sampling`) in one pass; their tokens by `id(request)`."""
         logits = torch.cat([request.logits for request in requests])  # type: ignore[misc]
         temperatures = [request.params.temperature for request in requests for _ in range(request.rows)]
-        tokens, logprobs = sample_plain(logits, temperatures, self._generator)
+        try:
+            tokens, logprobs = sample_plain(logits, temperatures, self._generator)
+        except Exception:  # e.g. non-finite logits: each request's own Sampler then fails only it
+            logger.exception("batched sampling failed; sampling request by request")
+            return {}
         chosen = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
         flat = tokens.tolist()
         taken: dict[int, list[int]] = {}
