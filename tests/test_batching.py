@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+import torch
 
 from localoai.testing import build_tiny_model, running_server
 
@@ -194,3 +195,23 @@ def test_seeded_sampling_is_reproducible_in_any_company(server: Any) -> None:
     batched = together(server, [lambda: complete(client, PROMPTS[2], temperature=1.0, seed=42, n=2)]
                        + [lambda p=p: complete(client, p, temperature=1.0, seed=1) for p in PROMPTS[3:7]])
     assert token_ids(batched[0]) == alone
+
+
+def test_unseeded_sampling_together_reports_the_tempered_distribution(server: Any) -> None:
+    """Unseeded temperature-only requests are sampled in one batched draw: each sampled token's
+    logprob is still that of its own request's tempered distribution, whatever the others ask."""
+    client = server.client()
+    temperatures = [0.5, 1.0, 1.7, 0, 0.8, 1.3]
+    replies = together(server, [lambda p=p, t=t: complete(client, p, temperature=t, logprobs=0, max_tokens=5)
+                                for p, t in zip(PROMPTS, temperatures)])
+    model, tokenizer = server.served.model, server.served.tokenizer
+    for prompt, temperature, reply in zip(PROMPTS, temperatures, replies):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        sampled = token_ids(reply)[0]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + sampled])).logits[0, len(prompt_ids) - 1:-1].float()
+        expected = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+        assert reply.choices[0].logprobs.token_logprobs == pytest.approx(
+            [float(expected[i, token]) for i, token in enumerate(sampled)], abs=1e-4)
+        if temperature == 0:
+            assert sampled == logits.argmax(dim=-1).tolist()

@@ -4,9 +4,12 @@ Generation never runs on the event loop. Requests wait in a bounded queue and ar
 a single persistent thread (CUDA graphs and some kernels keep thread-local state, and one
 owner makes the model's train/eval switching safe). Every step runs ONE forward pass over
 all running requests: new requests are prefilled (once per prompt, shared by its `n`
-samples) and joined into the batch, each request's own `Sampler` picks its rows' tokens,
-finished or cancelled requests leave, and the rest decode together. Stop strings,
-cancellation and pauses take effect at the step they happen.
+samples) and joined into the batch, the requests whose sampling is plain this step
+(temperature or argmax only, unseeded) get their tokens from one batched `sample_plain` and
+every other request's own `Sampler` picks its rows' tokens, finished or cancelled requests
+leave, and the rest decode together. The step's stream items reach each event loop with one
+wake-up (`one_wakeup_per_loop`). Stop strings, cancellation and pauses take effect at the step
+they happen.
 
 Why not transformers' `ContinuousBatchingManager` (evaluated on transformers 5.23, CPU):
 its seed and `num_return_sequences` are manager-wide (no per-request seed or `n`), its
@@ -25,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -33,8 +36,8 @@ import torch
 from localoai.engine.backend import Backend, Rows
 from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
 from localoai.engine.running import Request
-from localoai.engine.sampler import token_logprobs
-from localoai.engine.stream import RequestStream
+from localoai.engine.sampler import finite_logprob, sample_plain, token_logprobs
+from localoai.engine.stream import RequestStream, one_wakeup_per_loop
 
 logger = logging.getLogger("localoai.engine")
 
@@ -80,6 +83,9 @@ class Engine:
         self._running: list[Request] = []
         self._batch: Rows | None = None
         self._stale = False
+        self._generator = torch.Generator(device=backend.device)
+        """Draws for unseeded plain-temperature requests (`sample_plain`); seeded ones use their own."""
+        self._generator.seed()
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -157,7 +163,7 @@ class Engine:
     def _loop(self) -> None:
         while self._wait_for_work():
             try:
-                with self.model_lock, self.backend.generation_mode():
+                with one_wakeup_per_loop(), self.model_lock, self.backend.generation_mode():
                     self._step()
             except Exception as exc:  # a failed forward pass fails its batch, never the thread
                 logger.exception("generation failed")
@@ -191,24 +197,61 @@ class Engine:
         self._drop(cancelled_only=True)
         if not self._running:
             return
-        tokens: list[torch.Tensor] = []
-        for request in self._running:
-            if request.finished:  # done at admission (max_tokens 0): nothing to sample
-                tokens.append(torch.zeros(request.rows, dtype=torch.long, device=self.backend.device))
-                continue
-            try:
-                tokens.append(request.sample_step())
-            except Exception as exc:  # this request's sampler failed: only it ends
-                logger.exception("sampling failed")
-                request.finish(exc)
-                request.samples = []  # counts as finished; its rows leave below
-                tokens.append(torch.zeros(request.rows, dtype=torch.long, device=self.backend.device))
-        fed = torch.cat(tokens)
+        fed = torch.tensor([token for tokens in self._sample() for token in tokens], dtype=torch.long,
+                           device=self.backend.device)
         kept = self._drop(cancelled_only=False)
         if not self._running or self._batch is None:
             return
         logits = self.backend.decode(self._batch, fed[kept] if len(kept) < fed.shape[0] else fed)
         self._scatter(logits)
+
+    def _sample(self) -> list[list[int]]:
+        """Every running request's next tokens, in batch order. The requests whose sampling this step
+        is plain (`Request.plain_sampling`) are sampled together by one `sample_plain`; the others
+        (penalties, logit_bias, a constraint, filters, a seeded draw) each by their own `Sampler`."""
+        plain = [r for r in self._running if not r.finished and r.plain_sampling]
+        taken = self._sample_plain(plain) if plain else {}
+        tokens: list[list[int]] = []
+        for request in self._running:
+            if id(request) in taken:
+                tokens.append(taken[id(request)])
+            elif request.finished:  # done at admission (max_tokens 0): nothing to sample
+                tokens.append([0] * request.rows)
+            else:
+                tokens.append(self._guarded(request, request.sample_step))
+        return tokens
+
+    def _sample_plain(self, requests: list[Request]) -> dict[int, list[int]]:
+        """Sample `requests` (all `plain_sampling`) in one pass; their tokens by `id(request)`."""
+        logits = torch.cat([request.logits for request in requests])  # type: ignore[misc]
+        temperatures = [request.params.temperature for request in requests for _ in range(request.rows)]
+        try:
+            tokens, logprobs = sample_plain(logits, temperatures, self._generator)
+        except Exception:  # e.g. non-finite logits: each request's own Sampler then fails only it
+            logger.exception("batched sampling failed; sampling request by request")
+            return {}
+        chosen = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
+        flat = tokens.tolist()
+        taken: dict[int, list[int]] = {}
+        start = 0
+        for request in requests:
+            rows = slice(start, start + request.rows)
+            top = request.params.logprobs or 0
+            entries = (token_logprobs(logprobs[rows], tokens[rows], top) if top else
+                       [TokenLogprob(token, finite_logprob(value)) for token, value in zip(flat[rows], chosen[rows])])
+            taken[id(request)] = self._guarded(request, lambda r=request, t=flat[rows], e=entries: r.take(t, e))
+            start = rows.stop
+        return taken
+
+    def _guarded(self, request: Request, sample: Callable[[], list[int]]) -> list[int]:
+        """`sample()`'s tokens; if it fails, only this request ends (its rows leave at the next drop)."""
+        try:
+            return sample()
+        except Exception as exc:
+            logger.exception("sampling failed")
+            request.finish(exc)
+            request.samples = []  # counts as finished
+            return [0] * request.rows
 
     def _admit(self) -> None:
         """Take waiting requests while their rows fit, prefill them (in one forward pass when they

@@ -80,22 +80,29 @@ class Request:
             for sample in self.samples:
                 sample.finished = True
 
-    def sample_step(self) -> torch.Tensor:
-        """Sample every row's next token, publish the unfinished samples' deltas; return the tokens."""
+    def sample_step(self) -> list[int]:
+        """Sample every row's next token with the request's own `Sampler`; see `take`."""
         assert self.sampler is not None and self.logits is not None
-        params = self.params
         tokens, logprobs = self.sampler.sample(self.logits, self.step)
-        entries = token_logprobs(logprobs, tokens, params.logprobs or 0)
+        return self.take(tokens.tolist(), token_logprobs(logprobs, tokens, self.params.logprobs or 0))
+
+    @property
+    def plain_sampling(self) -> bool:
+        """Whether this step's tokens may come from the engine's batched `sample_plain`."""
+        return self.sampler is not None and self.sampler.plain_at(self.step)
+
+    def take(self, tokens: list[int], entries: list[TokenLogprob]) -> list[int]:
+        """Take every row's sampled token, publish the unfinished samples' deltas; return the tokens."""
         deltas = [
             self._advance(sample, token, entries[sample.index])
-            for sample, token in zip(self.samples, tokens.tolist())
+            for sample, token in zip(self.samples, tokens)
             if not sample.finished
         ]
         if self.step == 0:
             self.done.timings["first_token"] = time.perf_counter() - self.queued_at
         self.step += 1
         self.stream.put(deltas)
-        for row, token in zip(self.fed, tokens.tolist()):
+        for row, token in zip(self.fed, tokens):
             row.append(token)
         return tokens
 

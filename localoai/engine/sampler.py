@@ -51,6 +51,17 @@ class Sampler:
             self._constraint = params.constraint.start(
                 rows, vocab_size=vocab_size, stop_token_ids=sorted(set(eos_token_ids)), device=device
             )
+        self._plain = (
+            self._seen is None and self._counts is None and self._bias is None and self._constraint is None
+            and (params.greedy or (params.seed is None and params.top_k == 0 and params.top_p >= 1.0
+                                   and params.min_p <= 0.0))
+        )
+
+    def plain_at(self, step: int) -> bool:
+        """Whether this step's sampling is only temperature (or argmax) from the raw logits, with no
+        per-request state or seeded stream: then `sample_plain` over many requests' rows at once
+        draws from exactly the distribution `sample` would."""
+        return self._plain and (step >= self.params.min_tokens or not self._eos.numel())
 
     def sample(self, logits: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick the next token of every row; also return the logprobs they were drawn from."""
@@ -107,11 +118,28 @@ class Sampler:
             self._seen[rows, tokens] = True
 
 
+def sample_plain(
+    logits: torch.Tensor, temperatures: Sequence[float], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`Sampler.sample` for rows whose samplers are `plain_at` this step (one temperature per
+    row, 0 for greedy), in one pass: one argmax / multinomial and one log_softmax for all of them
+    instead of a few small kernels per request. Logprobs as `sample`: of the distribution sampled
+    from, at temperature 1 for greedy rows."""
+    logits = logits.float()
+    if not any(temperatures):
+        return logits.argmax(dim=-1), torch.log_softmax(logits, dim=-1)
+    scale = torch.tensor([t if t > 0.0 else 1.0 for t in temperatures], device=logits.device).unsqueeze(-1)
+    logits = logits / scale
+    drawn = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator).squeeze(-1)
+    greedy = torch.tensor([t == 0.0 for t in temperatures], device=logits.device)
+    return torch.where(greedy, logits.argmax(dim=-1), drawn), torch.log_softmax(logits, dim=-1)
+
+
 # OpenAI reports impossible alternatives as -9999.0 rather than -inf (which JSON cannot carry).
 IMPOSSIBLE_LOGPROB = -9999.0
 
 
-def _finite(value: float) -> float:
+def finite_logprob(value: float) -> float:
     return value if value > IMPOSSIBLE_LOGPROB else IMPOSSIBLE_LOGPROB
 
 
@@ -122,10 +150,10 @@ def token_logprobs(logprobs: torch.Tensor, tokens: torch.Tensor, top: int) -> li
     if top > 0:
         values, indices = torch.topk(logprobs, top, dim=-1)
         alternatives = [
-            [(int(i), _finite(float(v))) for i, v in zip(row_ids, row_values)]
+            [(int(i), finite_logprob(float(v))) for i, v in zip(row_ids, row_values)]
             for row_ids, row_values in zip(indices.tolist(), values.tolist())
         ]
     return [
-        TokenLogprob(token_id=int(token), logprob=_finite(value), top=tuple(alts))
+        TokenLogprob(token_id=int(token), logprob=finite_logprob(value), top=tuple(alts))
         for token, value, alts in zip(tokens.tolist(), chosen, alternatives)
     ]

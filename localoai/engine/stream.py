@@ -3,17 +3,28 @@
 The engine thread never touches asyncio objects directly: it schedules `put_nowait`
 on the request's loop with `call_soon_threadsafe`. The event-loop side cancels by
 setting a `threading.Event` the decode loop reads at every step.
+
+Inside `one_wakeup_per_loop()` (the engine wraps every step in it) the items are held and
+delivered at its end with one `call_soon_threadsafe` per event loop, in the order they were
+put: each call writes to the loop's self-pipe and wakes it, and one per request per step was
+the largest cost of a step outside the forward pass with many requests running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta
 
 StreamItem = list[SampleDelta] | PromptLogprobs | RequestDone
+_Pending = dict[asyncio.AbstractEventLoop, list[tuple["RequestStream", StreamItem]]]
+
+_held = threading.local()
+"""`pending`: the items held by the current thread's `one_wakeup_per_loop()`, else None."""
 
 
 class RequestStream:
@@ -24,10 +35,11 @@ class RequestStream:
 
     # Engine-thread side.
     def put(self, item: StreamItem) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self._cancelled.set()
+        pending: _Pending | None = getattr(_held, "pending", None)
+        if pending is not None:
+            pending.setdefault(self._loop, []).append((self, item))
+        else:
+            _wake(self._loop, [self], self._queue.put_nowait, item)
 
     @property
     def cancelled(self) -> bool:
@@ -43,3 +55,31 @@ class RequestStream:
             yield item
             if isinstance(item, RequestDone):
                 return
+
+
+@contextmanager
+def one_wakeup_per_loop() -> Iterator[None]:
+    """Hold the streams' items put by this thread inside the block; deliver them at its end
+    (also when it raises) with one wake-up per event loop."""
+    pending: _Pending = {}
+    _held.pending = pending
+    try:
+        yield
+    finally:
+        _held.pending = None
+        for loop, items in pending.items():
+            _wake(loop, [stream for stream, _ in items], _deliver, items)
+
+
+def _deliver(items: list[tuple[RequestStream, StreamItem]]) -> None:
+    for stream, item in items:
+        stream._queue.put_nowait(item)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, streams: list[RequestStream], callback: Callable[..., Any],
+          item: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, item)
+    except RuntimeError:  # the loop is closed: nobody is listening any more
+        for stream in streams:
+            stream._cancelled.set()

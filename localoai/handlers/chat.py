@@ -1,7 +1,7 @@
 """Chat completions: validate and render, then produce `ChatCompletionChunk`s.
 
 The streamed and the non-streamed answers come from the same chunk iterator: a
-non-streamed request is the accumulation of its chunks (`accumulate_chunks`), so the
+non-streamed request is the fold of its chunks (`ChunkFold`), so the
 two can never disagree.
 
 The model's text runs through the request's output parser (`ServedModel.output_parser`), when it
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +97,10 @@ class ChatCompletions:
         return PreparedChat(request, prompt, params, parser, turn)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:
-        return accumulate_chunks([chunk async for chunk in self.chunks(prepared, include_usage=True)])
+        fold = ChunkFold()
+        async for chunk in self.chunks(prepared, include_usage=True):
+            fold.add(chunk)
+        return fold.result()
 
     async def chunks(self, prepared: PreparedChat, *, include_usage: bool) -> AsyncIterator[ChatCompletionChunk]:
         """The response as OpenAI streams it: a role chunk per choice, content deltas, usage last."""
@@ -129,7 +132,8 @@ class ChatCompletions:
             ],
             **first_extra,
         )
-        sent = [opening]
+        sent = ChunkFold()
+        sent.add(opening)
         generation: Generation | None = None
         recorded = False
         tool_calls = [_Output(prepared.output_parser.stream()) for _ in range(prepared.params.n)] \
@@ -147,8 +151,7 @@ class ChatCompletions:
                                                    tool_calls=tool_calls[delta.index] if tool_calls else None))
                     ]
                     if choices:
-                        sent.append(chunk(choices))
-                        yield sent[-1]
+                        yield sent.add(chunk(choices))
             for sample, calls in zip(generation.samples, tool_calls or []):
                 sample.tool_parse_error = calls.stream.error
                 sample.reasoning = "".join(calls.reasoning) or None
@@ -163,19 +166,19 @@ class ChatCompletions:
                 total_tokens=prompt_tokens + completion_tokens,
                 **details,
             )
-            sent.append(ChatCompletionChunk(**{**header, "usage": usage}, choices=[]))
+            last = sent.add(ChatCompletionChunk(**{**header, "usage": usage}, choices=[]))
             recorded = True
             # Shielded: a disconnect during the wait must not cancel the write itself.
             await asyncio.shield(asyncio.wrap_future(self._record(prepared, header, generation, sent)))
             if include_usage:
-                yield sent[-1]
+                yield last
         finally:
             if not recorded:  # failed or cancelled: recorded as it stands, without waiting
                 self._record(prepared, header, generation, sent)
 
     def _record(
         self, prepared: PreparedChat, header: dict[str, Any], generation: Generation | None,
-        sent: list[ChatCompletionChunk],
+        sent: ChunkFold,
     ) -> Future[bool]:
         return record_generation(
             self.served,
@@ -186,7 +189,7 @@ class ChatCompletions:
             prompt_text=prepared.prompt.text,
             prompt_token_ids=prepared.prompt.token_ids,
             generation=generation,
-            output=accumulate_chunks(sent),
+            output=sent.result(),
             metadata=prepared.request.metadata,
             visible=bool(prepared.request.store),
             episode=prepared.episode,
@@ -275,68 +278,88 @@ def _finish_reason(delta: SampleDelta) -> Any:
     return None if delta.finish_reason is None else ("length" if delta.finish_reason == "abort" else delta.finish_reason)
 
 
-def accumulate_chunks(chunks: Iterable[ChatCompletionChunk]) -> ChatCompletion:
-    """Fold a chunk stream into the `ChatCompletion` a non-streamed request returns."""
-    chunks = list(chunks)
-    first = chunks[0]
-    texts: dict[int, list[str]] = {}
-    reasoning: dict[int, list[str]] = {}
-    logprobs: dict[int, list[ChatCompletionTokenLogprob] | None] = {}
-    token_ids: dict[int, list[int]] = {}
-    finish: dict[int, Any] = {}
-    stop_reasons: dict[int, Any] = {}
-    calls: dict[int, dict[int, dict[str, Any]]] = {}
-    usage = None
-    for chunk in chunks:
-        usage = chunk.usage or usage
+class ChunkFold:
+    """Folds a chunk stream, one chunk at a time, into the `ChatCompletion` a non-streamed request
+    returns. Folding as the chunks go by, rather than keeping them to fold at the end, lets each
+    chunk (a dozen objects) die young: kept to the end of a long generation, they pile up in the
+    garbage collector's oldest generation and trigger its full collections, which stall every
+    thread, the engine's included."""
+
+    def __init__(self) -> None:
+        self._first: ChatCompletionChunk | None = None
+        self._texts: dict[int, list[str]] = {}
+        self._reasoning: dict[int, list[str]] = {}
+        self._logprobs: dict[int, list[ChatCompletionTokenLogprob] | None] = {}
+        self._token_ids: dict[int, list[int]] = {}
+        self._finish: dict[int, Any] = {}
+        self._stop_reasons: dict[int, Any] = {}
+        self._calls: dict[int, dict[int, dict[str, Any]]] = {}
+        self._usage: CompletionUsage | None = None
+
+    def add(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk:
+        """Fold one chunk in; return it."""
+        self._first = self._first or chunk
+        self._usage = chunk.usage or self._usage
         for choice in chunk.choices:
-            texts.setdefault(choice.index, []).append(choice.delta.content or "")
+            self._texts.setdefault(choice.index, []).append(choice.delta.content or "")
             extra_fields = choice.delta.model_extra or {}
-            reasoning.setdefault(choice.index, []).append(extra_fields.get("reasoning_content") or "")
+            self._reasoning.setdefault(choice.index, []).append(extra_fields.get("reasoning_content") or "")
             for call in choice.delta.tool_calls or []:
-                merged = calls.setdefault(choice.index, {}).setdefault(call.index, {"arguments": []})
+                merged = self._calls.setdefault(choice.index, {}).setdefault(call.index, {"arguments": []})
                 merged.setdefault("id", call.id)
                 if call.function is not None:
                     merged.setdefault("name", call.function.name)
                     merged["arguments"].append(call.function.arguments or "")
-            logprobs.setdefault(choice.index, None)
+            self._logprobs.setdefault(choice.index, None)
             if choice.logprobs is not None:
-                logprobs[choice.index] = (logprobs[choice.index] or []) + list(choice.logprobs.content or [])
+                entries = self._logprobs[choice.index]
+                if entries is None:
+                    entries = self._logprobs[choice.index] = []
+                entries.extend(choice.logprobs.content or [])
             extra = choice.model_extra or {}
             if "token_ids" in extra:
-                token_ids.setdefault(choice.index, []).extend(extra["token_ids"])
+                self._token_ids.setdefault(choice.index, []).extend(extra["token_ids"])
             if choice.finish_reason is not None:
-                finish[choice.index] = choice.finish_reason
-                stop_reasons[choice.index] = extra.get("stop_reason")
-    choices = []
-    for index in sorted(texts):
-        extra: dict[str, Any] = {"stop_reason": stop_reasons.get(index)}
-        if index in token_ids:
-            extra["token_ids"] = token_ids[index]
-        tool_calls = [
-            ChatCompletionMessageFunctionToolCall(
-                id=call["id"], type="function", function=Function(name=call["name"], arguments="".join(call["arguments"]))
+                self._finish[choice.index] = choice.finish_reason
+                self._stop_reasons[choice.index] = extra.get("stop_reason")
+        return chunk
+
+    def result(self) -> ChatCompletion:
+        """The `ChatCompletion` of the chunks folded so far (at least one)."""
+        first = self._first
+        assert first is not None, "no chunk to fold"
+        choices = []
+        for index in sorted(self._texts):
+            extra: dict[str, Any] = {"stop_reason": self._stop_reasons.get(index)}
+            if index in self._token_ids:
+                extra["token_ids"] = list(self._token_ids[index])
+            tool_calls = [
+                ChatCompletionMessageFunctionToolCall(
+                    id=call["id"], type="function",
+                    function=Function(name=call["name"], arguments="".join(call["arguments"])),
+                )
+                for _, call in sorted(self._calls.get(index, {}).items())
+            ]
+            content = "".join(self._texts[index])
+            thought = "".join(self._reasoning[index])
+            message = ChatCompletionMessage(role="assistant", content=content or (None if tool_calls else ""),
+                                            refusal=None, **({"reasoning_content": thought} if thought else {}))
+            if tool_calls:
+                message.tool_calls = tool_calls
+            logprobs = self._logprobs[index]
+            choices.append(
+                completion_types.Choice(
+                    index=index,
+                    message=message,
+                    finish_reason=self._finish.get(index, "length"),
+                    logprobs=completion_types.ChoiceLogprobs(content=list(logprobs), refusal=None)
+                    if logprobs is not None
+                    else None,
+                    **extra,
+                )
             )
-            for _, call in sorted(calls.get(index, {}).items())
-        ]
-        content = "".join(texts[index])
-        thought = "".join(reasoning[index])
-        message = ChatCompletionMessage(role="assistant", content=content or (None if tool_calls else ""), refusal=None,
-                                        **({"reasoning_content": thought} if thought else {}))
-        if tool_calls:
-            message.tool_calls = tool_calls
-        choices.append(
-            completion_types.Choice(
-                index=index,
-                message=message,
-                finish_reason=finish.get(index, "length"),
-                logprobs=completion_types.ChoiceLogprobs(content=logprobs[index], refusal=None)
-                if logprobs[index] is not None
-                else None,
-                **extra,
-            )
-        )
-    header = first.model_dump(include={"id", "created", "model", "system_fingerprint", "service_tier"},
-                              exclude_unset=True)
-    top_extra = {k: v for k, v in (first.model_extra or {}).items() if k == "prompt_token_ids"}
-    return ChatCompletion(**header, object="chat.completion", choices=choices, usage=usage, **top_extra)
+        header = first.model_dump(include={"id", "created", "model", "system_fingerprint", "service_tier"},
+                                  exclude_unset=True)
+        top_extra = {k: v for k, v in (first.model_extra or {}).items() if k == "prompt_token_ids"}
+        return ChatCompletion(**header, object="chat.completion", choices=choices, usage=self._usage, **top_extra)
+
