@@ -402,7 +402,8 @@ def test_cancel_stops_a_long_background_response(client: openai.OpenAI, server: 
     # cancelling again answers the same cancelled response
     assert client.responses.cancel(queued.id).model_dump(mode="json") == cancelled.model_dump(mode="json")
     # and the engine is free: a new request is served at once
-    assert create(client, server, max_output_tokens=2).status == "incomplete"
+    # (greedy: a sampled end-of-sequence token would make it complete)
+    assert create(client, server, max_output_tokens=2, temperature=0).status == "incomplete"
 
 
 def test_cancel_errors(client: openai.OpenAI, server: Any) -> None:
@@ -411,7 +412,8 @@ def test_cancel_errors(client: openai.OpenAI, server: Any) -> None:
     foreground = create(client, server, max_output_tokens=1)
     with pytest.raises(openai.BadRequestError, match="background=true"):
         client.responses.cancel(foreground.id)
-    done = settled(client, create(client, server, background=True, max_output_tokens=2).id)
+    # greedy, so it surely runs out of tokens (a sampled end-of-sequence token would complete it)
+    done = settled(client, create(client, server, background=True, max_output_tokens=2, temperature=0).id)
     assert done.status == "incomplete"
     with pytest.raises(openai.BadRequestError, match="incomplete"):
         client.responses.cancel(done.id)
