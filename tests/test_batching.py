@@ -8,7 +8,6 @@ made by reading a running stream's first chunk before submitting the others.
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import openai
 import pytest
 import torch
 
-from localoai.testing import build_tiny_model, running_server
+from localoai.testing import build_tiny_model, running_server, wait_until
 
 PROMPTS = [
     "the weather in paris is",
@@ -47,14 +46,6 @@ def complete(client: openai.OpenAI, prompt: str, **fields: Any) -> Any:
 
 def token_ids(completion: Any) -> list[list[int]]:
     return [choice.model_extra["token_ids"] for choice in completion.choices]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 
 def together(server: Any, calls: list[Callable[[], Any]]) -> list[Any]:

@@ -5,8 +5,7 @@ generation."""
 from __future__ import annotations
 
 import concurrent.futures
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ import openai
 import pytest
 import torch
 
-from localoai.testing import build_tiny_model, running_server
+from localoai.testing import build_tiny_model, running_server, wait_until
 
 PROMPT = "the weather in paris is"
 
@@ -25,14 +24,6 @@ def served() -> Iterator[tuple[Any, Any, Any]]:
     model.train()  # a policy in training
     with running_server(model, tokenizer, name="tiny", api_key="sekret") as server:
         yield server, model, tokenizer
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 
 def stream_completion(client: openai.OpenAI, prompt: Any, max_tokens: int) -> Iterator[Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import openai
 
 from localoai.engine.stream import RequestStream
-from localoai.testing import running_server
+from localoai.testing import running_server, wait_until
 
 REQUESTS = 200
 CLIENTS = 32
@@ -90,9 +90,8 @@ def test_soak(tiny: tuple[Any, Any]) -> None:
         assert 0 < outcomes.count("cancelled") < REQUESTS
         assert pauses, "the soak ran without a single pause"
 
-        deadline = time.monotonic() + 30
-        while server.store.count() < baseline_records + REQUESTS and time.monotonic() < deadline:
-            time.sleep(0.05)  # cancelled requests are recorded without the client waiting
+        # cancelled requests are recorded without the client waiting
+        wait_until(lambda: server.store.count() >= baseline_records + REQUESTS, timeout=30)
         assert server.store.count() == baseline_records + REQUESTS
         # A client may go away after its generation already ended (an abort, say): recorded as it ended.
         assert 0 < server.store.count(status="cancelled") - baseline_cancelled <= outcomes.count("cancelled")

@@ -4,7 +4,6 @@ live updates, static export, and `server.inspect()` on a live server."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 pytest.importorskip("ipywidgets")
 
 import localoai  # noqa: E402
+from localoai.testing import wait_until  # noqa: E402
 from localoai.store import GenerationRecord, SQLiteStore  # noqa: E402
 from localoai.widgets.data import ListQuery, StoreReader  # noqa: E402
 from localoai.widgets.inspector import Inspector  # noqa: E402
@@ -165,10 +165,8 @@ def test_live_inspector_follows_new_records(store: SQLiteStore) -> None:
     try:
         assert "live" in inspector.heading.value
         store.put(record(60))
-        deadline = time.monotonic() + 30
-        while inspector.listing.options[0][1] != "chatcmpl-0060":
-            assert time.monotonic() < deadline, "the inspector did not pick up the new record"
-            time.sleep(0.05)
+        wait_until(lambda: inspector.listing.options[0][1] == "chatcmpl-0060", timeout=30,
+                   message="the inspector did not pick up the new record")
         assert "61 generations" in inspector.heading.value
         # What the front end reports: displayed once, then every view removed (the cell ran again).
         inspector._view_count = 1

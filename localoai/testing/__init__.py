@@ -1,6 +1,6 @@
 """Helpers for testing code that talks to localoai: a tiny local model and a running server."""
 
-from localoai.testing.server import running_server
+from localoai.testing.server import running_server, wait_until
 from localoai.testing.tiny import CHAT_TEMPLATE, build_tiny_model, build_tokenizer
 
-__all__ = ["CHAT_TEMPLATE", "build_tiny_model", "build_tokenizer", "running_server"]
+__all__ = ["CHAT_TEMPLATE", "build_tiny_model", "build_tokenizer", "running_server", "wait_until"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from localoai.server import Server, start
@@ -23,3 +24,13 @@ def running_server(model: Any = None, tokenizer: Any = None, **options: Any) -> 
         yield server
     finally:
         server.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0, message: str = "condition not reached") -> None:
+    """Poll `condition` until it holds; `AssertionError(message)` after `timeout` seconds. For what
+    happens on the server's threads after a request returns (records written, slots freed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.01)
