@@ -91,7 +91,7 @@ class StoreReader:
 
     def _sql_page(self, query: ListQuery, offset: int, limit: int) -> tuple[list[GenerationRecord], int]:
         with self._connection() as conn:
-            where, params = _where(query, _has_column(conn, "group_id"))
+            where, params = _where(query)
             if not where:
                 texts = conn.execute("SELECT record FROM generations ORDER BY seq DESC LIMIT ? OFFSET ?",
                                      (limit, offset)).fetchall()
@@ -152,7 +152,7 @@ class StoreReader:
         """A group's episodes (records without an episode count as their own), each oldest first."""
         if self._sql:
             with self._connection() as conn:
-                where, params = _where(ListQuery(group_id=group), _has_column(conn, "group_id"))
+                where, params = _where(ListQuery(group_id=group))
                 texts = conn.execute(
                     f"SELECT record FROM generations WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", [*params, limit]
                 ).fetchall()
@@ -222,7 +222,7 @@ _TEXT_FOUND = """(
 )"""
 
 
-def _where(query: ListQuery, group_column: bool) -> tuple[list[str], list[Any]]:
+def _where(query: ListQuery) -> tuple[list[str], list[Any]]:
     """The SQL of a `ListQuery` (the indexed columns first, so SQLite narrows with them)."""
     clauses: list[str] = []
     params: list[Any] = []
@@ -233,13 +233,9 @@ def _where(query: ListQuery, group_column: bool) -> tuple[list[str], list[Any]]:
     if query.policy_version is not None:
         clauses.append("policy_version = ?")
         params.append(query.policy_version)
-    if query.group_id:
-        if group_column:
-            clauses.append("group_id = ?")
-            params.append(query.group_id)
-        else:
-            clauses.append(f"instr(record, ?) > 0 AND {_GROUP_JSON} = ?")
-            params += [f'"group_id":{json.dumps(query.group_id)}', query.group_id]
+    if query.group_id:  # a record's group is in its JSON only (the table has no column for it)
+        clauses.append(f"instr(record, ?) > 0 AND {_GROUP_JSON} = ?")
+        params += [f'"group_id":{json.dumps(query.group_id)}', query.group_id]
     if query.tool:
         clauses.append(_TOOL_CALLED)
         # Records are compact JSON (`GenerationRecord.to_json`): a call's name is written `"name":"..."`.
@@ -250,10 +246,6 @@ def _where(query: ListQuery, group_column: bool) -> tuple[list[str], list[Any]]:
         # As the text appears inside the record's (ASCII, escaped) JSON: a necessary condition.
         params += [json.dumps(needle)[1:-1].lower(), *[needle] * 4]
     return clauses, params
-
-
-def _has_column(conn: sqlite3.Connection, name: str) -> bool:
-    return any(row[1] == name for row in conn.execute("PRAGMA table_info(generations)"))
 
 
 def matches(record: GenerationRecord, query: ListQuery) -> bool:
