@@ -37,7 +37,7 @@ from localoai.engine.backend import Backend, Rows
 from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
 from localoai.engine.running import Request
 from localoai.engine.sampler import finite_logprob, sample_plain, token_logprobs
-from localoai.engine.stream import RequestStream, one_wakeup_per_loop
+from localoai.engine.stream import RequestStream, deliver_held, one_wakeup_per_loop
 
 logger = logging.getLogger("localoai.engine")
 
@@ -200,6 +200,7 @@ class Engine:
         fed = torch.tensor([token for tokens in self._sample() for token in tokens], dtype=torch.long,
                            device=self.backend.device)
         kept = self._drop(cancelled_only=False)
+        deliver_held()  # this step's tokens go out now, while the next forward pass runs
         if not self._running or self._batch is None:
             return
         logits = self.backend.decode(self._batch, fed[kept] if len(kept) < fed.shape[0] else fed)

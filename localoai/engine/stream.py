@@ -61,14 +61,23 @@ class RequestStream:
 def one_wakeup_per_loop() -> Iterator[None]:
     """Hold the streams' items put by this thread inside the block; deliver them at its end
     (also when it raises) with one wake-up per event loop."""
-    pending: _Pending = {}
-    _held.pending = pending
+    _held.pending = {}
     try:
         yield
     finally:
+        deliver_held()
         _held.pending = None
-        for loop, items in pending.items():
-            _wake(loop, [stream for stream, _ in items], _deliver, items)
+
+
+def deliver_held() -> None:
+    """Inside `one_wakeup_per_loop`: deliver what is held so far now (one wake-up per event loop),
+    so the tokens of a step reach their clients before the step's next forward pass, not after it."""
+    pending: _Pending | None = getattr(_held, "pending", None)
+    if not pending:
+        return
+    _held.pending = {}
+    for loop, items in pending.items():
+        _wake(loop, [stream for stream, _ in items], _deliver, items)
 
 
 def _deliver(items: list[tuple[RequestStream, StreamItem]]) -> None:
