@@ -1,5 +1,5 @@
 """Aggregate generation throughput of localoai under concurrent load, against two baselines
-measured in the same run on the same model object.
+measured in the same run on the same model (same seed, same weights).
 
 For 1, 8 and 32 concurrent chat completions (greedy, exactly `--tokens` tokens each, every
 request a different prompt) it measures generated tokens per second of:
@@ -11,9 +11,13 @@ request a different prompt) it measures generated tokens per second of:
 3. **localoai with batching disabled** (`start(..., max_batch_size=1)`: one request at a time).
 
 Targets at 32 concurrent requests: at least 0.8x the raw batched ceiling and at least 5x the
-one-at-a-time server. One run: after a warm-up round of each side, the three sides take turns
-(in a rotated order each round, so drift on a shared machine hits all alike) for `--repeats`
-rounds; each figure is the median.
+one-at-a-time server. One run: each side lives in a process of its own (as a server serving one
+model would; see below), and after a warm-up round of each side the three take turns, one at a time
+and in a rotated order each round so drift on a shared machine hits all alike, for `--repeats`
+rounds; each figure is the median. Processes, because on CPU a second thread that has run torch ops
+in the same process slows every other thread's ops by 25-35% for as long as it lives (each such
+thread keeps an OpenMP team, and with more team threads than cores their workers stop spinning
+between ops and sleep): two servers or `generate` sharing one process would measure that, not them.
 
     python benchmarks/throughput.py                       # hidden 384, 4 layers, 64 tokens
     python benchmarks/throughput.py --device cuda --json  # on a GPU, and a JSON object at the end
@@ -22,12 +26,13 @@ rounds; each figure is the median.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
-import concurrent.futures
 import datetime
 import gc
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import statistics
@@ -36,6 +41,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +78,6 @@ class RawGenerate:
         self.mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
 
     def __call__(self, batch: int) -> int:
-        # On a thread of its own that ends with the call, as in a process of its own: run on the main
-        # thread, `generate` leaves that thread's intra-op (OpenMP) team behind, and the servers'
-        # decode steps measured after it ran about 25% slower (0.39-0.42 s against 0.49-0.57 s of
-        # forward passes per 64 steps at 32 rows, back to back on this machine).
-        with concurrent.futures.ThreadPoolExecutor(1) as worker:
-            return worker.submit(self._generate, batch).result()
-
-    def _generate(self, batch: int) -> int:
         with self.torch.inference_mode():
             out = self.model.generate(input_ids=self.input_ids[:batch], attention_mask=self.mask[:batch],
                                       max_new_tokens=self.tokens, min_new_tokens=self.tokens, do_sample=False,
@@ -90,24 +88,76 @@ class RawGenerate:
 
 
 class HttpLoad:
+    """The client side: one `AsyncOpenAI` client on one event loop for the whole run, so its
+    connections are kept alive from round to round, as an agent framework keeps its client."""
+
     def __init__(self, server: Any, messages: list[list[dict[str, str]]], tokens: int) -> None:
         self.server, self.messages, self.tokens = server, messages, tokens
+        self.loop = asyncio.new_event_loop()
+        self.client = self.loop.run_until_complete(self._client())
+
+    async def _client(self) -> Any:
+        return self.server.async_client(max_retries=0, timeout=600)
 
     def __call__(self, concurrent: int) -> int:
-        return asyncio.run(self._round(concurrent))
+        return self.loop.run_until_complete(self._round(concurrent))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.close())
+        self.loop.close()
 
     async def _round(self, concurrent: int) -> int:
-        async with self.server.async_client(max_retries=0, timeout=600) as client:
-            answers = await asyncio.gather(*[
-                client.chat.completions.create(
-                    model=self.server.model, messages=self.messages[i], temperature=0, max_tokens=self.tokens,
-                    extra_body={"ignore_eos": True, "min_tokens": self.tokens},
-                )
-                for i in range(concurrent)
-            ])
+        answers = await asyncio.gather(*[
+            self.client.chat.completions.create(
+                model=self.server.model, messages=self.messages[i], temperature=0, max_tokens=self.tokens,
+                extra_body={"ignore_eos": True, "min_tokens": self.tokens},
+            )
+            for i in range(concurrent)
+        ])
         generated = sum(answer.usage.completion_tokens for answer in answers)
         assert generated == concurrent * self.tokens
         return generated
+
+
+SIDES = ("localoai", "raw_generate", "one_at_a_time")
+
+
+def side_process(label: str, args: argparse.Namespace, connection: Connection) -> None:
+    """One side of the comparison in a process of its own: build the model (same seed, same weights
+    in every process), set the side up, then run a round for each concurrency it is sent (None ends)
+    and send back its tokens/s. Idle, it waits on the pipe and takes no CPU."""
+    import torch
+
+    import localoai
+    from localoai.testing import build_tiny_model
+
+    logging.getLogger("localoai").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    model, tokenizer = build_tiny_model(hidden_size=args.hidden_size, num_layers=args.layers,
+                                        num_heads=max(1, args.hidden_size // 64))
+    model.to(args.device)
+    messages = prompts(max(CONCURRENCY))
+    with tempfile.TemporaryDirectory() as store_dir:
+        server = load = None
+        if label == "raw_generate":
+            side: Callable[[int], int] = RawGenerate(model, tokenizer, messages, args.tokens)
+        else:
+            server = localoai.start(model, tokenizer, port=0, name="bench", store=os.path.join(store_dir, "store.sqlite3"),
+                                    **({"max_batch_size": 1} if label == "one_at_a_time" else {}))
+            side = load = HttpLoad(server, messages, args.tokens)
+        if args.gc_freeze:
+            gc.collect()
+            gc.freeze()  # the ~0.5M objects of torch, transformers and the model leave the collector's sight
+        try:
+            connection.send(sum(p.numel() for p in model.parameters()))
+            while (concurrent := connection.recv()) is not None:
+                connection.send(timed(lambda: side(concurrent)))
+        finally:
+            if load is not None:
+                load.close()
+            if server is not None:
+                server.stop()
 
 
 def main() -> None:
@@ -120,49 +170,43 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--gc-freeze", action="store_true",
-                        help="gc.freeze() once the servers are up (all three sides alike), as vLLM does after startup")
+                        help="gc.freeze() once each side is set up (all three alike), as vLLM does after startup")
     args = parser.parse_args()
 
     import torch
 
-    import localoai
-    from localoai.testing import build_tiny_model
+    context = multiprocessing.get_context("spawn")
+    pipes: dict[str, Connection] = {}
+    workers = []
+    for label in SIDES:
+        ours, theirs = context.Pipe()
+        worker = context.Process(target=side_process, args=(label, args, theirs), name=f"throughput-{label}")
+        worker.start()
+        pipes[label] = ours
+        workers.append(worker)
+    figures: dict[str, dict[int, float]] = {label: {} for label in SIDES}
+    try:
+        parameters = [pipes[label].recv() for label in SIDES][0]
 
-    logging.getLogger("localoai").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    model, tokenizer = build_tiny_model(hidden_size=args.hidden_size, num_layers=args.layers,
-                                        num_heads=max(1, args.hidden_size // 64))
-    model.to(args.device)
-    parameters = sum(p.numel() for p in model.parameters())
-    messages = prompts(max(CONCURRENCY))
-    raw = RawGenerate(model, tokenizer, messages, args.tokens)
-    figures: dict[str, dict[int, float]] = {"localoai": {}, "raw_generate": {}, "one_at_a_time": {}}
-    with tempfile.TemporaryDirectory() as store_dir:
-        # Both servers serve the same model object; only the one being measured is busy.
-        batched = localoai.start(model, tokenizer, port=0, name="bench", store=os.path.join(store_dir, "a.sqlite3"))
-        serial = localoai.start(model, tokenizer, port=0, name="bench", max_batch_size=1,
-                                store=os.path.join(store_dir, "b.sqlite3"))
-        if args.gc_freeze:
-            gc.collect()
-            gc.freeze()  # the ~0.5M objects of torch, transformers and the model leave the collector's sight
-        try:
-            sides = {"localoai": HttpLoad(batched, messages, args.tokens), "raw_generate": raw,
-                     "one_at_a_time": HttpLoad(serial, messages, args.tokens)}
-            for concurrent in CONCURRENCY:
-                rates: dict[str, list[float]] = {label: [] for label in sides}
-                for side in sides.values():
-                    side(concurrent)  # warm-up at this shape
-                for repeat in range(args.repeats):
-                    # Rotated order each round, so drift on a shared machine hits every side alike.
-                    labels = list(sides)[repeat % 3:] + list(sides)[:repeat % 3]
-                    for label in labels:
-                        rates[label].append(timed(lambda s=sides[label], c=concurrent: s(c)))
-                for label, values in rates.items():
-                    figures[label][concurrent] = statistics.median(values)
-        finally:
-            batched.stop()
-            serial.stop()
+        def measure(label: str, concurrent: int) -> float:
+            pipes[label].send(concurrent)
+            return pipes[label].recv()
+
+        for concurrent in CONCURRENCY:
+            rates: dict[str, list[float]] = {label: [] for label in SIDES}
+            for label in SIDES:
+                measure(label, concurrent)  # warm-up at this shape
+            for repeat in range(args.repeats):
+                # Rotated order each round, so drift on a shared machine hits every side alike.
+                for label in SIDES[repeat % 3:] + SIDES[:repeat % 3]:
+                    rates[label].append(measure(label, concurrent))
+            for label, values in rates.items():
+                figures[label][concurrent] = statistics.median(values)
+    finally:
+        for label, worker in zip(SIDES, workers):
+            with contextlib.suppress(OSError):
+                pipes[label].send(None)
+            worker.join(30)
 
     print(f"load average over the last 5 minutes: {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores")
     print(f"model: Qwen2-style, hidden {args.hidden_size}, {args.layers} layers, {parameters / 1e6:.1f}M parameters, "

@@ -3,12 +3,13 @@ and incremental detokenization that always adds up to the tokenizer's full decod
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any
 
 import pytest
 
-from localoai.engine.text import IncrementalDetokenizer, StopStringMatcher
+from localoai.engine.text import IncrementalDetokenizer, StopStringMatcher, _decoder
 
 # --- StopStringMatcher ----------------------------------------------------------------------
 
@@ -207,3 +208,34 @@ def test_random_ids_match_full_decode(tokenizer: Any, skip_special_tokens: bool)
         ids = [rng.choice(multibyte) if rng.random() < 0.5 else rng.randrange(vocab) for _ in range(rng.randint(1, 40))]
         deltas = stream_decode(tokenizer, ids, skip_special_tokens=skip_special_tokens)
         assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=skip_special_tokens), ids
+
+
+def test_plain_fast_tokenizer_decodes_in_rust_with_the_same_text(tokenizer: Any) -> None:
+    assert _decoder(tokenizer) == tokenizer.backend_tokenizer.decode  # no Python layers per token
+    ids = tokenizer.encode("one , two . <|im_end|> three", add_special_tokens=False)
+    assert "".join(stream_decode(tokenizer, ids)) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_text_is_never_cleaned_up_so_deltas_add_up(tokenizer: Any) -> None:
+    """transformers' clean-up of spaces rewrites text across token boundaries; applied to each
+    decoded window it dropped the punctuation ("one  two  three"). Like vLLM, the stream is the
+    decode without it, whatever the tokenizer's setting."""
+    cleaning = copy.deepcopy(tokenizer)
+    cleaning.clean_up_tokenization_spaces = True
+    cleaning.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = True
+    ids = cleaning.encode("one , two . three", add_special_tokens=False)
+    assert cleaning.decode(ids, skip_special_tokens=True) == "one, two. three"  # the setting is live
+    assert "".join(stream_decode(cleaning, ids)) == "one , two . three"
+    assert cleaning.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) == "one , two . three"
+
+
+def test_tokenizer_with_its_own_decode_keeps_it(tokenizer: Any) -> None:
+    class Shouting(type(tokenizer)):  # type: ignore[misc]
+        def _decode(self, *args: Any, **kwargs: Any) -> str:
+            return super()._decode(*args, **kwargs).upper()
+
+    shouting = copy.deepcopy(tokenizer)
+    shouting.__class__ = Shouting
+    assert _decoder(shouting) != shouting.backend_tokenizer.decode
+    ids = shouting.encode("hello world", add_special_tokens=False)
+    assert "".join(stream_decode(shouting, ids)) == "HELLO WORLD"

@@ -8,15 +8,21 @@ Inside `one_wakeup_per_loop()` (the engine wraps every step in it) the items are
 delivered at its end with one `call_soon_threadsafe` per event loop, in the order they were
 put: each call writes to the loop's self-pipe and wakes it, and one per request per step was
 the largest cost of a step outside the forward pass with many requests running.
+
+A stream made with `each_step=False` (a non-streamed answer, which nobody reads before the end)
+keeps its items on the engine side until the request is done and then delivers them all at
+once: its handler wakes once per request instead of once per step. Each wake-up hands the event
+loop Python work that takes the GIL; the engine thread, back from writing the wake-up, then
+waits for the GIL before its next forward pass, so per-step wake-ups cost every request in the
+batch, not only their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta
 
@@ -28,18 +34,27 @@ _held = threading.local()
 
 
 class RequestStream:
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *, each_step: bool = True) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._queue: asyncio.Queue[StreamItem] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self._backlog: list[StreamItem] | None = None if each_step else []
+        """Items kept until the request is done (engine thread only); None: delivered as they come."""
 
     # Engine-thread side.
     def put(self, item: StreamItem) -> None:
+        if self._backlog is not None:
+            self._backlog.append(item)
+            if not isinstance(item, RequestDone):
+                return
+            items, self._backlog = self._backlog, []
+        else:
+            items = [item]
         pending: _Pending | None = getattr(_held, "pending", None)
         if pending is not None:
-            pending.setdefault(self._loop, []).append((self, item))
+            pending.setdefault(self._loop, []).extend((self, each) for each in items)
         else:
-            _wake(self._loop, [self], self._queue.put_nowait, item)
+            _wake(self._loop, [(self, each) for each in items])
 
     @property
     def cancelled(self) -> bool:
@@ -77,7 +92,7 @@ def deliver_held() -> None:
         return
     _held.pending = {}
     for loop, items in pending.items():
-        _wake(loop, [stream for stream, _ in items], _deliver, items)
+        _wake(loop, items)
 
 
 def _deliver(items: list[tuple[RequestStream, StreamItem]]) -> None:
@@ -85,10 +100,9 @@ def _deliver(items: list[tuple[RequestStream, StreamItem]]) -> None:
         stream._queue.put_nowait(item)
 
 
-def _wake(loop: asyncio.AbstractEventLoop, streams: list[RequestStream], callback: Callable[..., Any],
-          item: Any) -> None:
+def _wake(loop: asyncio.AbstractEventLoop, items: list[tuple[RequestStream, StreamItem]]) -> None:
     try:
-        loop.call_soon_threadsafe(callback, item)
+        loop.call_soon_threadsafe(_deliver, items)
     except RuntimeError:  # the loop is closed: nobody is listening any more
-        for stream in streams:
+        for stream, _ in items:
             stream._cancelled.set()

@@ -6,6 +6,7 @@ decoding at the step it is produced instead of after `max_tokens`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,18 +15,19 @@ class IncrementalDetokenizer:
     """Decodes a growing list of ids into text deltas, holding back incomplete UTF-8.
 
     Decodes a small window (`prefix_offset:`) each step rather than the whole sequence,
-    and uses the tokenizer's own `decode`, so the concatenated deltas equal a full decode.
+    and decodes as the tokenizer's own `decode` does (without its clean-up of spaces, see
+    `_decoder`), so the concatenated deltas equal a full decode.
     """
 
     def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True) -> None:
-        self._tokenizer = tokenizer
+        self._decode_ids = _decoder(tokenizer)
         self._skip_special = skip_special_tokens
         self.ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
 
     def _decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special)
+        return self._decode_ids(ids, skip_special_tokens=self._skip_special)
 
     def push(self, token_id: int) -> str:
         """Add one id; return the text it completes (possibly empty)."""
@@ -44,6 +46,23 @@ class IncrementalDetokenizer:
         full_text = self._decode(self.ids[self._prefix_offset :])
         self._prefix_offset = self._read_offset = len(self.ids)
         return full_text[len(prefix_text) :]
+
+
+def _decoder(tokenizer: Any) -> Any:
+    """`decode` without transformers' clean-up of spaces (as vLLM streams): the clean-up rewrites
+    text across token boundaries (" ," becomes ","), so deltas of cleaned windows would not add up
+    to any decode. For a plain fast tokenizer that is exactly the Rust `tokenizers.Tokenizer.decode`
+    it wraps, called directly: two calls per token per sample, on the engine thread between
+    forward passes, without the Python layers around them."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if (isinstance(tokenizer, TokenizersBackend) and type(tokenizer)._decode is TokenizersBackend._decode
+            and type(tokenizer).decode is PreTrainedTokenizerBase.decode
+            and type(backend).__module__.split(".")[0] == "tokenizers"):
+        return backend.decode
+    return functools.partial(tokenizer.decode, clean_up_tokenization_spaces=False)
 
 
 class StopStringMatcher:

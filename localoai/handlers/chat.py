@@ -1,8 +1,9 @@
 """Chat completions: validate and render, then produce `ChatCompletionChunk`s.
 
-The streamed and the non-streamed answers come from the same chunk iterator: a
-non-streamed request is the fold of its chunks (`ChunkFold`), so the
-two can never disagree.
+The streamed and the non-streamed answers come from the same steps (`ChatCompletions._steps`:
+the generation shaped into `ChoiceStep`s): streamed, each step becomes a chunk; not streamed,
+the steps are folded (`ChoiceFold`) without building chunks. The fold of a streamed request is
+its record, so the two can never disagree.
 
 The model's text runs through the request's output parser (`ServedModel.output_parser`), when it
 has one: reasoning goes to `delta.reasoning_content` (vLLM's and DeepSeek's field; the SDK keeps
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -97,132 +98,138 @@ class ChatCompletions:
         return PreparedChat(request, prompt, params, parser, turn)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:
-        fold = ChunkFold()
-        async for chunk in self.chunks(prepared, include_usage=True):
-            fold.add(chunk)
-        return fold.result()
+        fold = ChoiceFold(self._header(prepared), prepared)
+        async for _ in self._steps(prepared, fold, live=False):
+            pass
+        return fold.result(self._logprob)
 
     async def chunks(self, prepared: PreparedChat, *, include_usage: bool) -> AsyncIterator[ChatCompletionChunk]:
         """The response as OpenAI streams it: a role chunk per choice, content deltas, usage last."""
-        request, served = prepared.request, self.served
-        with_ids = bool(request.return_token_ids)
+        header = self._header(prepared)
+        if include_usage:
+            header["usage"] = None
+        fold = ChoiceFold(header, prepared)
+        first_extra = {"prompt_token_ids": prepared.prompt.token_ids} if prepared.request.return_token_ids else {}
+        async for steps in self._steps(prepared, fold, live=True):
+            yield ChatCompletionChunk(**header, choices=[self._chunk_choice(step) for step in steps], **first_extra)
+            first_extra = {}
+        if include_usage:
+            yield ChatCompletionChunk(**{**header, "usage": fold.usage}, choices=[])
+
+    def _header(self, prepared: PreparedChat) -> dict[str, Any]:
         header: dict[str, Any] = {
             "id": new_id("chatcmpl-"),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": served.name,
-            "system_fingerprint": served.system_fingerprint,
+            "model": self.served.name,
+            "system_fingerprint": self.served.system_fingerprint,
         }
-        if request.service_tier is not None:
+        if prepared.request.service_tier is not None:
             header["service_tier"] = "default"
-        if include_usage:
-            header["usage"] = None
+        return header
 
-        def chunk(choices: list[chunk_types.Choice], **extra: Any) -> ChatCompletionChunk:
-            return ChatCompletionChunk(**header, choices=choices, **extra)
-
-        first_extra = {"prompt_token_ids": prepared.prompt.token_ids} if with_ids else {}
-        opening = chunk(
-            [
-                chunk_types.Choice(
-                    index=i, delta=chunk_types.ChoiceDelta(role="assistant", content=""), logprobs=None,
-                    finish_reason=None, **({"token_ids": []} if with_ids else {}),
-                )
-                for i in range(prepared.params.n)
-            ],
-            **first_extra,
-        )
-        sent = ChunkFold()
-        sent.add(opening)
+    async def _steps(self, prepared: PreparedChat, fold: ChoiceFold, *, live: bool) -> AsyncIterator[list[ChoiceStep]]:
+        """The generation's steps shaped into choice parts (the role opening first), each folded
+        into `fold` before it is yielded; the usage is set and the generation recorded at the end.
+        Streamed, each step becomes a chunk; not streamed (`live=False`: see `Generation`), no
+        chunk is built at all, and the fold is the answer. One shaping, so the two agree."""
+        request, served = prepared.request, self.served
+        with_ids = bool(request.return_token_ids)
         generation: Generation | None = None
         recorded = False
-        tool_calls = [_Output(prepared.output_parser.stream()) for _ in range(prepared.params.n)] \
+        outputs = [_Output(prepared.output_parser.stream()) for _ in range(prepared.params.n)] \
             if prepared.output_parser else None
         try:
-            async with Generation.running(served, prepared.prompt.token_ids, prepared.params) as generation:
-                yield opening  # after submitting: the prefill runs while the role chunk goes out
+            async with Generation.running(served, prepared.prompt.token_ids, prepared.params, live=live) as generation:
+                opening = [ChoiceStep(i, role=True, token_ids=[] if with_ids else None) for i in range(prepared.params.n)]
+                yield fold.add(opening)  # after submitting: the prefill runs while the role chunk goes out
                 async for item in generation:
                     if not isinstance(item, list):
                         continue
-                    choices = [
-                        choice
+                    steps = [
+                        step
                         for delta in item
-                        if (choice := self._choice(delta, with_ids=with_ids, logprobs=request.logprobs,
-                                                   tool_calls=tool_calls[delta.index] if tool_calls else None))
+                        if (step := self._step(delta, with_ids=with_ids, logprobs=request.logprobs,
+                                               output=outputs[delta.index] if outputs else None))
                     ]
-                    if choices:
-                        yield sent.add(chunk(choices))
-            for sample, calls in zip(generation.samples, tool_calls or []):
-                sample.tool_parse_error = calls.stream.error
-                sample.reasoning = "".join(calls.reasoning) or None
+                    if steps:
+                        yield fold.add(steps)
+            for sample, output in zip(generation.samples, outputs or []):
+                sample.tool_parse_error = output.stream.error
+                sample.reasoning = "".join(output.reasoning) or None
             prompt_tokens = len(prepared.prompt.token_ids)
             completion_tokens = sum(len(sample.token_ids) for sample in generation.samples)
             details = {"completion_tokens_details": CompletionTokensDetails(
-                reasoning_tokens=sum(output.reasoning_tokens for output in tool_calls))
-            } if served.reasoning_format is not None and tool_calls else {}
-            usage = CompletionUsage(
+                reasoning_tokens=sum(output.reasoning_tokens for output in outputs))
+            } if served.reasoning_format is not None and outputs else {}
+            fold.usage = CompletionUsage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
                 **details,
             )
-            last = sent.add(ChatCompletionChunk(**{**header, "usage": usage}, choices=[]))
             recorded = True
             # Shielded: a disconnect during the wait must not cancel the write itself.
-            await asyncio.shield(asyncio.wrap_future(self._record(prepared, header, generation, sent)))
-            if include_usage:
-                yield last
+            await asyncio.shield(asyncio.wrap_future(self._record(prepared, fold, generation)))
         finally:
             if not recorded:  # failed or cancelled: recorded as it stands, without waiting
-                self._record(prepared, header, generation, sent)
+                self._record(prepared, fold, generation)
 
-    def _record(
-        self, prepared: PreparedChat, header: dict[str, Any], generation: Generation | None,
-        sent: ChunkFold,
-    ) -> Future[bool]:
+    def _record(self, prepared: PreparedChat, fold: ChoiceFold, generation: Generation | None) -> Future[bool]:
         return record_generation(
             self.served,
-            record_id=header["id"],
+            record_id=fold.header["id"],
             kind="chat.completion",
-            created=header["created"],
+            created=fold.header["created"],
             request=prepared.request,
             prompt_text=prepared.prompt.text,
             prompt_token_ids=prepared.prompt.token_ids,
             generation=generation,
-            output=sent.result(),
+            output=fold.result(self._logprob),
             metadata=prepared.request.metadata,
             visible=bool(prepared.request.store),
             episode=prepared.episode,
         )
 
-    def _choice(
-        self, delta: SampleDelta, *, with_ids: bool, logprobs: bool | None, tool_calls: _Output | None
-    ) -> chunk_types.Choice | None:
-        """The chunk choice for one sample's step; None when it has nothing to say."""
+    @staticmethod
+    def _step(delta: SampleDelta, *, with_ids: bool, logprobs: bool | None, output: _Output | None) -> ChoiceStep | None:
+        """One sample's part of one step; None when it has nothing to say."""
         content: str | None = delta.text
         reasoning = ""
-        calls: list[chunk_types.ChoiceDeltaToolCall] | None = None
+        calls: list[dict[str, Any]] | None = None
         finish = _finish_reason(delta)
-        if tool_calls is not None:
-            reasoning, content, calls = tool_calls.shape(delta.text, finished=delta.finish_reason is not None,
-                                                         tokens=len(delta.token_ids))
-            if finish == "stop" and tool_calls.called:
+        if output is not None:
+            reasoning, content, calls = output.shape(delta.text, finished=delta.finish_reason is not None,
+                                                     tokens=len(delta.token_ids))
+            if finish == "stop" and output.called:
                 finish = "tool_calls"
         if not (content or reasoning or calls or finish or with_ids or logprobs):
             return None
-        extra: dict[str, Any] = {"token_ids": delta.token_ids} if with_ids else {}
-        if delta.finish_reason is not None:
-            extra["stop_reason"] = delta.stop_reason
+        return ChoiceStep(delta.index, content=content or "", reasoning=reasoning, calls=calls,
+                          logprobs=delta.logprobs if logprobs else None,
+                          token_ids=delta.token_ids if with_ids else None, finish_reason=finish,
+                          ended=delta.finish_reason is not None, stop_reason=delta.stop_reason)
+
+    def _chunk_choice(self, step: ChoiceStep) -> chunk_types.Choice:
+        extra: dict[str, Any] = {"token_ids": step.token_ids} if step.token_ids is not None else {}
+        if step.ended:
+            extra["stop_reason"] = step.stop_reason
+        if step.role:
+            delta = chunk_types.ChoiceDelta(role="assistant", content="")
+        elif step.content or step.calls or step.reasoning:
+            delta = chunk_types.ChoiceDelta(
+                content=step.content or None,
+                tool_calls=[chunk_types.ChoiceDeltaToolCall(**call) for call in step.calls] if step.calls else None,
+                **({"reasoning_content": step.reasoning} if step.reasoning else {}))
+        else:
+            delta = chunk_types.ChoiceDelta()
         return chunk_types.Choice(
-            index=delta.index,
-            delta=chunk_types.ChoiceDelta(content=content or None, tool_calls=calls,
-                                          **({"reasoning_content": reasoning} if reasoning else {}))
-            if content or calls or reasoning
-            else chunk_types.ChoiceDelta(),
-            logprobs=chunk_types.ChoiceLogprobs(content=[self._logprob(e) for e in delta.logprobs], refusal=None)
-            if logprobs
+            index=step.index,
+            delta=delta,
+            logprobs=chunk_types.ChoiceLogprobs(content=[self._logprob(e) for e in step.logprobs], refusal=None)
+            if step.logprobs is not None
             else None,
-            finish_reason=finish,
+            finish_reason=step.finish_reason,
             **extra,
         )
 
@@ -243,8 +250,8 @@ class _Output:
 
     def shape(
         self, text: str, *, finished: bool, tokens: int
-    ) -> tuple[str, str, list[chunk_types.ChoiceDeltaToolCall] | None]:
-        """(reasoning, content, tool-call deltas) of one step of `tokens` tokens."""
+    ) -> tuple[str, str, list[dict[str, Any]] | None]:
+        """(reasoning, content, tool-call deltas as `ChoiceDeltaToolCall` fields) of one step of `tokens` tokens."""
         was_reasoning = self.stream.in_reasoning
         pieces = self.stream.feed(text) if text else []
         if finished:
@@ -268,7 +275,7 @@ class _Output:
                 call["function"]["name"] = part.name
             if part.arguments is not None:
                 call["function"]["arguments"] = call["function"].get("arguments", "") + part.arguments
-        calls = [chunk_types.ChoiceDeltaToolCall(**call) for call in merged.values()]
+        calls = list(merged.values())
         self.called = self.called or bool(calls)
         return reasoning, content, calls or None
 
@@ -278,56 +285,73 @@ def _finish_reason(delta: SampleDelta) -> Any:
     return None if delta.finish_reason is None else ("length" if delta.finish_reason == "abort" else delta.finish_reason)
 
 
-class ChunkFold:
-    """Folds a chunk stream, one chunk at a time, into the `ChatCompletion` a non-streamed request
-    returns. Folding as the chunks go by, rather than keeping them to fold at the end, lets each
-    chunk (a dozen objects) die young: kept to the end of a long generation, they pile up in the
+@dataclass
+class ChoiceStep:
+    """One choice's part of one step, shaped (reasoning, content, tool-call deltas) but not yet an
+    OpenAI object: streamed, it becomes a chunk's choice; folded, a part of the message."""
+
+    index: int
+    content: str = ""
+    reasoning: str = ""
+    calls: list[dict[str, Any]] | None = None
+    """`ChoiceDeltaToolCall` fields, one entry per call."""
+    logprobs: list[TokenLogprob] | None = None
+    """None when the request did not ask for logprobs."""
+    token_ids: list[int] | None = None
+    """None unless `return_token_ids`."""
+    finish_reason: Any = None
+    ended: bool = False
+    stop_reason: str | int | None = None
+    role: bool = False
+    """The opening part: the role, empty content."""
+
+
+class ChoiceFold:
+    """Folds choice steps, as they go by, into the `ChatCompletion` a non-streamed request returns
+    (and the record of a streamed one). Folding as they go, rather than keeping every step to fold
+    at the end, lets each step die young: kept to the end of a long generation, they pile up in the
     garbage collector's oldest generation and trigger its full collections, which stall every
     thread, the engine's included."""
 
-    def __init__(self) -> None:
-        self._first: ChatCompletionChunk | None = None
+    def __init__(self, header: dict[str, Any], prepared: PreparedChat) -> None:
+        self.header = header
+        self.usage: CompletionUsage | None = None
+        self._prompt_token_ids = prepared.prompt.token_ids if prepared.request.return_token_ids else None
         self._texts: dict[int, list[str]] = {}
         self._reasoning: dict[int, list[str]] = {}
-        self._logprobs: dict[int, list[ChatCompletionTokenLogprob] | None] = {}
+        self._logprobs: dict[int, list[TokenLogprob] | None] = {}
         self._token_ids: dict[int, list[int]] = {}
         self._finish: dict[int, Any] = {}
         self._stop_reasons: dict[int, Any] = {}
         self._calls: dict[int, dict[int, dict[str, Any]]] = {}
-        self._usage: CompletionUsage | None = None
 
-    def add(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk:
-        """Fold one chunk in; return it."""
-        self._first = self._first or chunk
-        self._usage = chunk.usage or self._usage
-        for choice in chunk.choices:
-            self._texts.setdefault(choice.index, []).append(choice.delta.content or "")
-            extra_fields = choice.delta.model_extra or {}
-            self._reasoning.setdefault(choice.index, []).append(extra_fields.get("reasoning_content") or "")
-            for call in choice.delta.tool_calls or []:
-                merged = self._calls.setdefault(choice.index, {}).setdefault(call.index, {"arguments": []})
-                merged.setdefault("id", call.id)
-                if call.function is not None:
-                    merged.setdefault("name", call.function.name)
-                    merged["arguments"].append(call.function.arguments or "")
-            self._logprobs.setdefault(choice.index, None)
-            if choice.logprobs is not None:
-                entries = self._logprobs[choice.index]
+    def add(self, steps: list[ChoiceStep]) -> list[ChoiceStep]:
+        """Fold one step's parts in; return them."""
+        for step in steps:
+            index = step.index
+            self._texts.setdefault(index, []).append(step.content)
+            self._reasoning.setdefault(index, []).append(step.reasoning)
+            for call in step.calls or []:
+                merged = self._calls.setdefault(index, {}).setdefault(call["index"], {"arguments": []})
+                merged.setdefault("id", call.get("id"))
+                function = call.get("function", {})
+                merged.setdefault("name", function.get("name"))
+                merged["arguments"].append(function.get("arguments") or "")
+            self._logprobs.setdefault(index, None)
+            if step.logprobs is not None:
+                entries = self._logprobs[index]
                 if entries is None:
-                    entries = self._logprobs[choice.index] = []
-                entries.extend(choice.logprobs.content or [])
-            extra = choice.model_extra or {}
-            if "token_ids" in extra:
-                self._token_ids.setdefault(choice.index, []).extend(extra["token_ids"])
-            if choice.finish_reason is not None:
-                self._finish[choice.index] = choice.finish_reason
-                self._stop_reasons[choice.index] = extra.get("stop_reason")
-        return chunk
+                    entries = self._logprobs[index] = []
+                entries.extend(step.logprobs)
+            if step.token_ids is not None:
+                self._token_ids.setdefault(index, []).extend(step.token_ids)
+            if step.finish_reason is not None:
+                self._finish[index] = step.finish_reason
+                self._stop_reasons[index] = step.stop_reason
+        return steps
 
-    def result(self) -> ChatCompletion:
-        """The `ChatCompletion` of the chunks folded so far (at least one)."""
-        first = self._first
-        assert first is not None, "no chunk to fold"
+    def result(self, logprob: Callable[[TokenLogprob], ChatCompletionTokenLogprob]) -> ChatCompletion:
+        """The `ChatCompletion` of the steps folded so far (at least the opening)."""
         choices = []
         for index in sorted(self._texts):
             extra: dict[str, Any] = {"stop_reason": self._stop_reasons.get(index)}
@@ -352,14 +376,13 @@ class ChunkFold:
                     index=index,
                     message=message,
                     finish_reason=self._finish.get(index, "length"),
-                    logprobs=completion_types.ChoiceLogprobs(content=list(logprobs), refusal=None)
+                    logprobs=completion_types.ChoiceLogprobs(content=[logprob(e) for e in logprobs], refusal=None)
                     if logprobs is not None
                     else None,
                     **extra,
                 )
             )
-        header = first.model_dump(include={"id", "created", "model", "system_fingerprint", "service_tier"},
-                                  exclude_unset=True)
-        top_extra = {k: v for k, v in (first.model_extra or {}).items() if k == "prompt_token_ids"}
-        return ChatCompletion(**header, object="chat.completion", choices=choices, usage=self._usage, **top_extra)
-
+        header = {key: self.header[key] for key in ("id", "created", "model", "system_fingerprint", "service_tier")
+                  if key in self.header}
+        top_extra = {"prompt_token_ids": self._prompt_token_ids} if self._prompt_token_ids is not None else {}
+        return ChatCompletion(**header, object="chat.completion", choices=choices, usage=self.usage, **top_extra)

@@ -140,10 +140,13 @@ class Generation:
     """One submitted generation: iterate its outputs, and it keeps the trace as they go by.
 
     Leaving its `running()` block before the end (a client disconnect, a failure) cancels the
-    generation on the engine; `status` then says how it ended.
+    generation on the engine; `status` then says how it ended. `live=False` (an answer nobody
+    reads before it is complete) delivers every output at once at the end (`RequestStream`'s
+    `each_step=False`): the same items in the same order, without a wake-up per step.
     """
 
-    def __init__(self, served: ServedModel, prompt_ids: list[int], params: SamplingParams) -> None:
+    def __init__(self, served: ServedModel, prompt_ids: list[int], params: SamplingParams, *,
+                 live: bool = True) -> None:
         self.params = params
         self.samples = [SampleTrace() for _ in range(params.n)]
         self.timings: dict[str, float] = {}
@@ -151,7 +154,7 @@ class Generation:
         self.error: dict[str, Any] | None = None
         self.policy_version = served.policy_version
         """The version at the start: the first token's, or the server's at submission if none came."""
-        self._stream = RequestStream()
+        self._stream = RequestStream(each_step=live)
         try:
             served.engine.submit(prompt_ids, params, self._stream)
         except QueueFull:
@@ -163,9 +166,9 @@ class Generation:
     @classmethod
     @asynccontextmanager
     async def running(
-        cls, served: ServedModel, prompt_ids: list[int], params: SamplingParams
+        cls, served: ServedModel, prompt_ids: list[int], params: SamplingParams, *, live: bool = True
     ) -> AsyncIterator[Generation]:
-        generation = cls(served, prompt_ids, params)
+        generation = cls(served, prompt_ids, params, live=live)
         try:
             yield generation
         finally:

@@ -87,13 +87,17 @@ class Completions:
         return PreparedCompletion(request, prompts, self.served.episodes.turn(episode))
 
     async def create(self, prepared: PreparedCompletion) -> Completion:
-        completion = accumulate_completion([c async for c in self.chunks(prepared, include_usage=True)])
+        completion = accumulate_completion([c async for c in self.chunks(prepared, include_usage=True, live=False)])
         if prepared.ranked:
             completion = _keep_best(completion, prepared.request.n or 1, prepared.prompts[0].params.n,
                                     keep_logprobs=prepared.request.logprobs is not None)
         return completion
 
-    async def chunks(self, prepared: PreparedCompletion, *, include_usage: bool) -> AsyncIterator[Completion]:
+    async def chunks(
+        self, prepared: PreparedCompletion, *, include_usage: bool, live: bool = True
+    ) -> AsyncIterator[Completion]:
+        """The completion as OpenAI streams it; `live=False` when nobody reads a chunk before the last
+        (see `Generation`)."""
         served = self.served
         header: dict[str, Any] = {
             "id": new_id("cmpl-"),
@@ -106,14 +110,14 @@ class Completions:
             header["usage"] = None
         usage = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
         for number in range(len(prepared.prompts)):
-            async for chunk in self._prompt_chunks(prepared, number, header, usage):
+            async for chunk in self._prompt_chunks(prepared, number, header, usage, live):
                 yield chunk
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         if include_usage:
             yield Completion(**{**header, "usage": usage}, choices=[])
 
     async def _prompt_chunks(
-        self, prepared: PreparedCompletion, number: int, header: dict[str, Any], usage: CompletionUsage
+        self, prepared: PreparedCompletion, number: int, header: dict[str, Any], usage: CompletionUsage, live: bool
     ) -> AsyncIterator[Completion]:
         """The chunks of one prompt's samples, counted into `usage`; the generation is recorded as it ends."""
         request, prompt = prepared.request, prepared.prompts[number]
@@ -125,7 +129,7 @@ class Completions:
         generation: Generation | None = None
         recorded = False
         try:
-            async with Generation.running(self.served, prompt.token_ids, prompt.params) as generation:
+            async with Generation.running(self.served, prompt.token_ids, prompt.params, live=live) as generation:
                 async for item in generation:
                     if isinstance(item, PromptLogprobs) or (echo_pending and isinstance(item, list)):
                         entries = item.entries if isinstance(item, PromptLogprobs) else None

@@ -101,6 +101,8 @@ class _Run:
     prepared: PreparedResponse
     build: ResponseEvents
     generation: Generation | None = None
+    live: bool = True
+    """False when nobody reads an event before the last (see `Generation`)."""
     cancelled_write: Future[bool] | None = None
     """The write of the `cancelled` record, when the run was cancelled."""
 
@@ -218,7 +220,7 @@ class Responses:
         return [*record.request.get("input_items", []), *record.output.get("output", [])]
 
     async def create(self, prepared: PreparedResponse) -> Response:
-        events = [event async for event in self.events(prepared)]
+        events = [event async for event in self._stream(self._run(prepared, live=False))]
         if events[-1].type == "response.failed":
             raise ServerError(FAILED)
         return final_response(events)
@@ -227,9 +229,10 @@ class Responses:
         """The response as OpenAI streams it; a failure after the first event is `response.failed`."""
         return self._stream(self._run(prepared))
 
-    def _run(self, prepared: PreparedResponse) -> _Run:
+    def _run(self, prepared: PreparedResponse, *, live: bool = True) -> _Run:
         client_tools = client_tool_types(prepared.request.tools) if prepared.output_parser else {}
-        return _Run(prepared, ResponseEvents(settings=self._settings(prepared), client_tools=client_tools))
+        return _Run(prepared, ResponseEvents(settings=self._settings(prepared), client_tools=client_tools),
+                    live=live)
 
     # -- background ------------------------------------------------------------------------
 
@@ -304,7 +307,8 @@ class Responses:
             yield build.created("queued" if build.settings["background"] else "in_progress")
             yield build.in_progress()
             try:
-                async with Generation.running(served, prepared.prompt.token_ids, prepared.params) as generation:
+                async with Generation.running(served, prepared.prompt.token_ids, prepared.params,
+                                              live=run.live) as generation:
                     run.generation = generation
                     async for item in generation:
                         if isinstance(item, list):
