@@ -122,6 +122,36 @@ def test_requests_join_and_leave_mid_flight(server: Any) -> None:
     assert [token_ids(result) for result in shorts] == short_alone
 
 
+def test_a_list_of_prompts_is_decoded_together(server: Any) -> None:
+    """The prompts of one completions request are submitted at once, as separate requests would be
+    (not one after another), and each gives what it gives alone."""
+    client = server.client(max_retries=0)
+    alone = [token_ids(complete(client, prompt, temperature=0))[0] for prompt in PROMPTS[:4]]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with server.pause("keep", bump_version=False):
+            future = pool.submit(complete, client, PROMPTS[:4], temperature=0)
+            wait_until(lambda: server.served.engine.stats()["waiting"] == 4)  # all four queued at once
+        listed = future.result()
+    assert token_ids(listed) == alone
+    assert [choice.index for choice in listed.choices] == [0, 1, 2, 3]
+
+
+def test_a_streamed_list_of_prompts_interleaves_and_cancels_together(server: Any) -> None:
+    client = server.client(max_retries=0)
+    engine = server.served.engine
+    cancelled_before = len(server.store.list(kind="text_completion", status="cancelled", limit=100))
+    stream = client.completions.create(model="tiny", prompt=PROMPTS[:3], temperature=0, max_tokens=500, stream=True,
+                                       extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    seen: set[int] = set()
+    while seen != {0, 1, 2}:  # every prompt streams before any has finished its 500 tokens
+        seen.update(choice.index for choice in next(chunks).choices)
+    assert engine.stats()["running"] == 3
+    stream.close()  # the client goes away: every prompt's generation ends, each recorded as cancelled
+    wait_until(lambda: engine.stats() == {"waiting": 0, "running": 0, "rows": 0})
+    wait_until(lambda: len(server.store.list(kind="text_completion", status="cancelled", limit=100)) == cancelled_before + 3)
+
+
 def test_n_samples_share_one_prefill_and_decode_as_rows(server: Any) -> None:
     client = server.client(max_retries=0)
     stream = client.completions.create(model="tiny", prompt=PROMPTS[0], temperature=1.0, seed=5, n=4,

@@ -4,11 +4,12 @@ its trace, ids."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from localoai.engine.engine import QueueFull
 from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams, TokenLogprob
@@ -17,6 +18,46 @@ from localoai.errors import InvalidRequestError, RateLimitError, ServerError
 from localoai.protocol.sampling import SamplingFields
 from localoai.served import ServedModel
 from localoai.store.records import CompletionTrace, RecordStatus
+
+T = TypeVar("T")
+
+
+async def interleave(iterators: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
+    """The items of several async iterators, all running at once, in the order they come.
+
+    The first failure ends it (the others are cancelled) and is raised; leaving it early cancels
+    every iterator still running and waits for them to end, so each one's clean-up has run.
+    """
+    if len(iterators) == 1:
+        async for item in iterators[0]:
+            yield item
+        return
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def pump(iterator: AsyncIterator[T]) -> None:
+        try:
+            async for item in iterator:
+                queue.put_nowait(("item", item))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            queue.put_nowait(("error", exc))
+        finally:
+            queue.put_nowait(("done", None))
+
+    tasks = [asyncio.create_task(pump(iterator)) for iterator in iterators]
+    try:
+        running = len(tasks)
+        while running:
+            kind, value = await queue.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                running -= 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def new_id(prefix: str) -> str:

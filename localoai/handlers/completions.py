@@ -22,7 +22,7 @@ from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, 
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError
-from localoai.handlers.common import Generation, new_id, sampling_params, token_budget
+from localoai.handlers.common import Generation, interleave, new_id, sampling_params, token_budget
 from localoai.handlers.recording import record_generation
 from localoai.protocol.completions import CompletionRequest
 from localoai.served import ServedModel
@@ -109,9 +109,10 @@ class Completions:
         if include_usage:
             header["usage"] = None
         usage = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-        for number in range(len(prepared.prompts)):
-            async for chunk in self._prompt_chunks(prepared, number, header, usage, live):
-                yield chunk
+        # Every prompt's generation at once: they are decoded together, as separate requests would be.
+        async for chunk in interleave([self._prompt_chunks(prepared, number, header, usage, live)
+                                       for number in range(len(prepared.prompts))]):
+            yield chunk
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         if include_usage:
             yield Completion(**{**header, "usage": usage}, choices=[])
