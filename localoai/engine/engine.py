@@ -326,10 +326,9 @@ class Engine:
         return kept_rows
 
     def _scatter(self, logits: torch.Tensor) -> None:
-        row = 0
-        for request in self._running:
-            request.logits, request.logits_version = logits[row:row + request.rows], self.policy_version
-            row += request.rows
+        parts = logits.split([request.rows for request in self._running])  # one call for every request's view
+        for request, part in zip(self._running, parts):
+            request.logits, request.logits_version = part, self.policy_version
 
     def _rebuild(self) -> None:
         """Recompute every running request's cache and next logits with the current weights."""

@@ -11,7 +11,8 @@ the largest cost of a step outside the forward pass with many requests running.
 
 A stream made with `each_step=False` (a non-streamed answer, which nobody reads before the end)
 keeps its items on the engine side until the request is done and then delivers them all at
-once: its handler wakes once per request instead of once per step. Each wake-up hands the event
+once, consecutive steps' deltas joined into one list: its handler wakes once per request
+instead of once per step. Each wake-up hands the event
 loop Python work that takes the GIL; the engine thread, back from writing the wake-up, then
 waits for the GIL before its next forward pass, so per-step wake-ups cost every request in the
 batch, not only their own.
@@ -47,7 +48,7 @@ class RequestStream:
             self._backlog.append(item)
             if not isinstance(item, RequestDone):
                 return
-            items, self._backlog = self._backlog, []
+            items, self._backlog = _joined(self._backlog), []
         else:
             items = [item]
         pending: _Pending | None = getattr(_held, "pending", None)
@@ -93,6 +94,17 @@ def deliver_held() -> None:
     _held.pending = {}
     for loop, items in pending.items():
         _wake(loop, items)
+
+
+def _joined(items: list[StreamItem]) -> list[StreamItem]:
+    """The items with each run of consecutive step lists joined into one list, in order."""
+    joined: list[StreamItem] = []
+    for item in items:
+        if isinstance(item, list) and joined and isinstance(joined[-1], list):
+            joined[-1].extend(item)
+        else:
+            joined.append(list(item) if isinstance(item, list) else item)
+    return joined
 
 
 def _deliver(items: list[tuple[RequestStream, StreamItem]]) -> None:

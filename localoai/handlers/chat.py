@@ -324,9 +324,11 @@ class ChoiceFold:
         self._finish: dict[int, Any] = {}
         self._stop_reasons: dict[int, Any] = {}
         self._calls: dict[int, dict[int, dict[str, Any]]] = {}
+        self._result: ChatCompletion | None = None
 
     def add(self, steps: list[ChoiceStep]) -> list[ChoiceStep]:
         """Fold one step's parts in; return them."""
+        self._result = None
         for step in steps:
             index = step.index
             self._texts.setdefault(index, []).append(step.content)
@@ -351,7 +353,13 @@ class ChoiceFold:
         return steps
 
     def result(self, logprob: Callable[[TokenLogprob], ChatCompletionTokenLogprob]) -> ChatCompletion:
-        """The `ChatCompletion` of the steps folded so far (at least the opening)."""
+        """The `ChatCompletion` of the steps folded so far (at least the opening); built once for the
+        record and the answer alike."""
+        if self._result is None:
+            self._result = self._build(logprob)
+        return self._result
+
+    def _build(self, logprob: Callable[[TokenLogprob], ChatCompletionTokenLogprob]) -> ChatCompletion:
         choices = []
         for index in sorted(self._texts):
             extra: dict[str, Any] = {"stop_reason": self._stop_reasons.get(index)}
