@@ -146,9 +146,9 @@ def side_process(label: str, args: argparse.Namespace, connection: Connection) -
             server = localoai.start(model, tokenizer, port=0, name="bench", store=os.path.join(store_dir, "store.sqlite3"),
                                     **({"max_batch_size": 1} if label == "one_at_a_time" else {}))
             side = load = HttpLoad(server, messages, args.tokens)
-        if args.gc_freeze:
+        if server is None:  # as `start()` does for the servers (`gc_freeze`), so all three sides alike
             gc.collect()
-            gc.freeze()  # the ~0.5M objects of torch, transformers and the model leave the collector's sight
+            gc.freeze()
         try:
             connection.send(sum(p.numel() for p in model.parameters()))
             while (concurrent := connection.recv()) is not None:
@@ -169,8 +169,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--gc-freeze", action="store_true",
-                        help="gc.freeze() once each side is set up (all three alike), as vLLM does after startup")
     args = parser.parse_args()
 
     import torch
@@ -185,6 +183,7 @@ def main() -> None:
         pipes[label] = ours
         workers.append(worker)
     figures: dict[str, dict[int, float]] = {label: {} for label in SIDES}
+    rounds: dict[str, dict[int, list[float]]] = {label: {} for label in SIDES}
     try:
         parameters = [pipes[label].recv() for label in SIDES][0]
 
@@ -202,6 +201,7 @@ def main() -> None:
                     rates[label].append(measure(label, concurrent))
             for label, values in rates.items():
                 figures[label][concurrent] = statistics.median(values)
+                rounds[label][concurrent] = values
     finally:
         for label, worker in zip(SIDES, workers):
             with contextlib.suppress(OSError):
@@ -211,7 +211,7 @@ def main() -> None:
     print(f"load average over the last 5 minutes: {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores")
     print(f"model: Qwen2-style, hidden {args.hidden_size}, {args.layers} layers, {parameters / 1e6:.1f}M parameters, "
           f"{args.device}; {args.tokens} tokens per request; torch threads {args.threads}; "
-          f"{platform.machine()}, torch {torch.__version__}; {'gc frozen after startup; ' if args.gc_freeze else ''}{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+          f"{platform.machine()}, torch {torch.__version__}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"{'concurrent':>10} | {'localoai tok/s':>14} | {'raw generate':>12} | {'one at a time':>13} | "
           f"{'vs raw':>7} | {'vs 1-at-a-time':>14}")
     ratios: dict[int, dict[str, float]] = {}
@@ -220,12 +220,14 @@ def main() -> None:
         ratios[concurrent] = {"vs_raw": served / ceiling, "vs_one_at_a_time": served / serial}
         print(f"{concurrent:>10} | {served:>14.1f} | {ceiling:>12.1f} | {serial:>13.1f} | "
               f"{served / ceiling:>6.2f}x | {served / serial:>13.2f}x")
+    print("rounds at 32 (tok/s, in the order run): " + "; ".join(
+        f"{label} {' '.join(f'{value:.0f}' for value in rounds[label][32])}" for label in SIDES))
     at_32 = ratios[32]
     print(f"targets at 32: >= 0.8x raw ({at_32['vs_raw']:.2f}x: {'met' if at_32['vs_raw'] >= 0.8 else 'NOT met'}), "
           f">= 5x one at a time ({at_32['vs_one_at_a_time']:.2f}x: "
           f"{'met' if at_32['vs_one_at_a_time'] >= 5 else 'NOT met'})")
     if args.json:
-        print(json.dumps({"figures": figures, "ratios": ratios, "parameters": parameters, "args": vars(args)}))
+        print(json.dumps({"figures": figures, "rounds": rounds, "ratios": ratios, "parameters": parameters, "args": vars(args)}))
 
 
 if __name__ == "__main__":

@@ -199,3 +199,31 @@ def test_keyboard_interrupt_in_the_main_thread_does_not_stop_the_server(server: 
         signal.signal(signal.SIGINT, previous)
     assert server.running
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+GC_FREEZE_SCRIPT = """
+import gc, localoai
+from localoai.testing import build_tiny_model
+model, tokenizer = build_tiny_model()
+for freeze in (True, False):
+    before = gc.get_freeze_count()
+    first = localoai.start(model, tokenizer, port=0, store=":memory:", gc_freeze=freeze)
+    second = localoai.start(model, tokenizer, port=0, store=":memory:", gc_freeze=freeze)
+    running = gc.get_freeze_count()
+    first.stop()
+    one_left = gc.get_freeze_count()
+    reply = second.client().completions.create(model=second.model, prompt="hi", max_tokens=2)
+    second.stop()
+    print(freeze, before, running > 0, one_left > 0, gc.get_freeze_count(), reply.usage.completion_tokens)
+"""
+
+
+def test_gc_freeze_holds_while_servers_run_and_thaws_after_the_last() -> None:
+    """In a process of its own, so no other server of the test session holds the freeze."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", GC_FREEZE_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    frozen, left_alone = result.stdout.splitlines()
+    assert frozen == "True 0 True True 0 2"  # frozen while either runs, thawed after the last stop
+    assert left_alone == "False 0 False False 0 2"  # gc_freeze=False: the collector untouched
