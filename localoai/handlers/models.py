@@ -13,8 +13,13 @@ def model_card(served: ServedModel) -> Model:
                  max_model_len=served.context_length)
 
 
+ModelPage = SyncPage[Model]
+"""Parametrized once: pydantic builds a class for each `SyncPage[Model]` it is asked for when its
+cache of them has let the last one go (a new class every few requests)."""
+
+
 def list_models(served: ServedModel) -> SyncPage[Model]:
-    return SyncPage[Model](data=[model_card(served)], object="list")
+    return ModelPage(data=[model_card(served)], object="list")
 
 
 def retrieve_model(served: ServedModel, model_id: str) -> Model:
