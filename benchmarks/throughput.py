@@ -171,6 +171,8 @@ def side_process(label: str, args: argparse.Namespace, connection: Connection) -
                 load.close()
             if server is not None:
                 server.stop()
+            else:
+                gc.unfreeze()
 
 
 def main() -> None:
