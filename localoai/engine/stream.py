@@ -12,10 +12,9 @@ the largest cost of a step outside the forward pass with many requests running.
 A stream made with `each_step=False` (a non-streamed answer, which nobody reads before the end)
 keeps its items on the engine side until the request is done and then delivers them all at
 once, consecutive steps' deltas joined into one list: its handler wakes once per request
-instead of once per step. Each wake-up hands the event
-loop Python work that takes the GIL; the engine thread, back from writing the wake-up, then
-waits for the GIL before its next forward pass, so per-step wake-ups cost every request in the
-batch, not only their own.
+instead of once per step. Each wake-up hands the event loop Python work that takes the GIL; the
+engine thread, back from writing the wake-up, then waits for the GIL before its next forward
+pass, so per-step wake-ups cost every request in the batch, not only their own.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class _HeapFreeze:
     """`gc.freeze()` while servers that asked for it run (vLLM does the same after startup).
 
     A process that holds torch, transformers and a model has half a million objects or more, and
-    every full collection walks them all: 0.3 s with a 5M-parameter model and nothing else, during
+    every full collection walks them all: 0.2-0.3 s with a 5M-parameter model and nothing else, during
     which no thread runs Python, the engine's included, so serving stalls. Frozen objects are left
     out of collections (they are still freed by reference counting; only reference cycles among
     them wait for the thaw). Thawed when the last such server stops, unless something else had
@@ -82,6 +82,7 @@ class Server:
                  gc_freeze: bool = False) -> None:
         self.served = served
         self._gc_freeze = gc_freeze
+        self._holds_freeze = False
         self.app = app
         self.api_key = api_key
         self._socket = sock
@@ -190,6 +191,7 @@ class Server:
     def _start(self, timeout: float = START_TIMEOUT) -> None:
         if self._gc_freeze:
             _heap_freeze.hold()
+            self._holds_freeze = True
         self.served.engine.start()
         self._thread.start()
         if not self._ready.wait(timeout) or self._failure is not None:
@@ -245,7 +247,8 @@ class Server:
             self._thread.join(timeout)
         self.served.close()
         self._socket.close()
-        if self._gc_freeze:
+        if self._holds_freeze:
+            self._holds_freeze = False
             _heap_freeze.release()
         with _registry_lock:
             if _registry.get(self.port) is self:
