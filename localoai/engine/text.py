@@ -55,10 +55,14 @@ def _decoder(tokenizer: Any) -> Any:
     it wraps, called directly: two calls per token per sample, on the engine thread between
     forward passes, without the Python layers around them."""
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend as FastTokenizer
+    except ImportError:  # transformers 4.x, whose fast base class decodes the same way
+        from transformers.tokenization_utils_fast import PreTrainedTokenizerFast as FastTokenizer
 
     backend = getattr(tokenizer, "_tokenizer", None)
-    if (isinstance(tokenizer, TokenizersBackend) and type(tokenizer)._decode is TokenizersBackend._decode
+    if (isinstance(tokenizer, FastTokenizer) and type(tokenizer)._decode is FastTokenizer._decode
             and type(tokenizer).decode is PreTrainedTokenizerBase.decode
             and type(backend).__module__.split(".")[0] == "tokenizers"):
         return backend.decode
