@@ -208,7 +208,7 @@ def test_server_inspect_shows_its_requests_with_token_texts(server: Any) -> None
     client = server.client(max_retries=0)
     reply = client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "inspect me"}],
                                            max_tokens=4, logprobs=True, top_logprobs=2)
-    inspector = server.inspect(live=False)
+    inspector = server.inspect(widget=True, live=False)
     assert reply.id in [value for _, value in inspector.listing.options]
     inspector.show(reply.id)
     assert "inspect me" in inspector.views[0].value

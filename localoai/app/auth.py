@@ -1,4 +1,5 @@
-"""Bearer-key check: when a key is set, every route but `/health` requires it."""
+"""Bearer-key check: when a key is set, every route but `/health` and the inspector's page (`/ui/`, which
+holds no data; its API calls send the key) requires it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from quart import Quart, request
 
 from localoai.errors import AuthenticationError
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/ui", "/ui/"})
 
 
 def require_api_key(app: Quart, api_key: str) -> None:

@@ -260,23 +260,41 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def store_location(self) -> str:
+        """Where this server keeps its generations: the SQLite file, `:memory:`, or the store's repr."""
+        from localoai.store import store_location
+
+        return store_location(self.store)
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<localoai.Server {self.model!r} at {self.base_url} ({state})>"
+        return f"<localoai.Server {self.model!r} at {self.base_url} ({state}), store {self.store_location}>"
 
-    def inspect(self, **options: Any) -> Any:
-        """A live notebook widget over this server's generations (see `localoai.widgets.Inspector`);
-        shown when it is a cell's last expression. Needs `ipywidgets`."""
-        from localoai.widgets import Inspector
+    def inspect(self, *, widget: bool = False, proxy: bool | str | None = None, **options: Any) -> Any:
+        """The inspector over this server's generations: the page the server serves at `/ui/`, shown
+        as an iframe when it is a cell's last expression (`.open()` opens it in a browser, `.show(id)`
+        opens one record). It stays interactive while a cell runs, since the server answers it, not
+        the kernel. `proxy=True` loads it through `jupyter-server-proxy` (remote kernels);
+        `widget=True` returns the ipywidgets `Inspector` instead (`options` go to it), which the
+        kernel drives. Needs `ipywidgets` only for `widget=True`."""
+        if widget:
+            from localoai.widgets import Inspector
 
-        return Inspector(self.store, tokenizer=self.served.tokenizer, title=f"localoai · {self.model}", **options)
+            return Inspector(self.store, tokenizer=self.served.tokenizer, title=f"localoai · {self.model}", **options)
+        if options:
+            raise TypeError(f"options {sorted(options)} apply only to the widget (widget=True)")
+        from localoai.widgets.page import InspectorPage, page_url
+
+        return InspectorPage(page_url(self.url, self.port, proxy), api_key=self.api_key)
 
     def _repr_html_(self) -> str:
         state = "running" if self.running else "stopped"
         return (
             f"<div><b>localoai</b> serving <code>{html.escape(self.model)}</code> "
             f"({state}, policy version {self.served.policy_version})<br>"
-            f"base_url: <code>{html.escape(self.base_url)}</code></div>"
+            f"base_url: <code>{html.escape(self.base_url)}</code><br>"
+            f"store: <code>{html.escape(self.store_location)}</code></div>"
         )
 
 
@@ -334,6 +352,8 @@ def start(
     server._start()
     with _registry_lock:
         _registry[server.port] = server
+    logger.info("serving %r at %s (inspector: %s/ui/); storing generations in %s", server.model, server.base_url,
+                server.url, server.store_location)
     return server
 
 

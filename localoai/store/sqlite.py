@@ -10,8 +10,10 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("localoai.store")
 
 DEFAULT_PATH = Path("localoai-store") / "store.sqlite3"
+DEFAULT_DIRECTORY = Path("localoai-store")
+"""Where `open_store(None)` puts each run's file (`run_path`), under the working directory."""
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_BYTES = 2 * 1024**3
 SCHEMA_VERSION = 2
@@ -397,6 +401,22 @@ class SQLiteStore:
     def close(self) -> None:
         """Closing the last connection checkpoints the WAL into the database file. Idempotent."""
         self._db.close()
+
+
+def run_path(directory: str | Path = DEFAULT_DIRECTORY) -> Path:
+    """A new file for one run: `run-YYYYMMDD-HHMMSS-xxxx.sqlite3` in `directory` (names sort by start time).
+
+    A fresh file per server start is the safe default: a trainer reading `trajectories()` or
+    `export_jsonl` can never get another run's rollouts by accident; earlier runs stay on disk,
+    one file each (`localoai.inspect("localoai-store")` opens the newest, any file can be opened by path)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(directory).expanduser() / f"run-{stamp}-{secrets.token_hex(2)}.sqlite3"
+
+
+def newest_run(directory: str | Path = DEFAULT_DIRECTORY) -> Path | None:
+    """The newest run file `run_path` made in `directory`, None when there is none."""
+    runs = sorted(Path(directory).expanduser().glob("run-*.sqlite3"))
+    return runs[-1] if runs else None
 
 
 def _filters(where: RecordFilter) -> tuple[builtins.list[str], builtins.list[Any]]:

@@ -143,9 +143,10 @@ class StoreReader:
         if record.previous_response_id:
             return self.get(record.previous_response_id)
         if record.episode_id:
-            earlier = [r for r in self.episode(record.episode_id)
-                       if r.created_at <= record.created_at and r.id != record.id]
-            return earlier[-1] if earlier else None
+            # The store's own order (insertion), never timestamps: turns within a second tie.
+            episode = self.episode(record.episode_id)
+            at = next((i for i, r in enumerate(episode) if r.id == record.id), len(episode))
+            return episode[at - 1] if at > 0 else None
         return None
 
     def group(self, group: str, limit: int = 2000) -> dict[str, list[GenerationRecord]]:

@@ -25,7 +25,7 @@ from localoai.store.base import Store
 from localoai.store.records import GenerationRecord
 from localoai.widgets import render
 from localoai.widgets.data import PAGE_SIZE, ListQuery, Page, StoreReader
-from localoai.widgets.format import completion_tokens, group_id, prefix_tree, prompt_tokens, trajectory_ids
+from localoai.widgets.views import TABS, RecordViews
 
 logger = logging.getLogger("localoai.widgets")
 
@@ -33,7 +33,6 @@ STATUS_OPTIONS = [("any status", ""), ("completed", "completed"), ("failed", "fa
                   ("incomplete", "incomplete"), ("cancelled", "cancelled"), ("in progress", "in_progress")]
 ENDPOINT_OPTIONS = [("any endpoint", ""), ("responses", "response"), ("chat", "chat.completion"),
                     ("completions", "text_completion")]
-TABS = ("Episode", "Tokens", "Group", "Raw")
 
 
 class Inspector(widgets.VBox):
@@ -50,7 +49,7 @@ class Inspector(widgets.VBox):
         title: str = "localoai inspector",
     ) -> None:
         self.reader = StoreReader(store)
-        self.tokenizer = tokenizer
+        self.record_views = RecordViews(self.reader, tokenizer)
         self.page_size = page_size
         self.poll_interval = poll_interval
         self.offset = 0
@@ -191,46 +190,7 @@ class Inspector(widgets.VBox):
         if record is None or index in self._rendered:
             return
         self._rendered.add(index)
-        try:
-            view = (self._episode_html, self._tokens_html, self._group_html, render.raw_view)[index](record)
-        except Exception:  # a view must never take the inspector down; show why instead
-            logger.exception("rendering %s of %s failed", TABS[index], record.id)
-            view = render.empty(f"Could not render this view of {record.id} (see the localoai.widgets log).")
-        self.views[index].value = view
-
-    def _episode_html(self, record: GenerationRecord) -> str:
-        episode = self.reader.episode(record.episode_id) if record.episode_id else []
-        chain = self.reader.chain(record) if record.previous_response_id else [record]
-        reward = self.reader.reward(record.episode_id)
-        return render.episode_view(record, episode=episode, chain=chain, reward=reward)
-
-    def _tokens_html(self, record: GenerationRecord) -> str:
-        samples = [completion_tokens(record, self._texts(record, s.get("completion_token_ids", []), sample=i), i)
-                   for i, s in enumerate(record.completions)]
-        previous = self.reader.previous_turn(record)
-        prompt = prompt_tokens(record, self._texts(record, record.prompt_token_ids), previous)
-        return render.token_view(record, samples, prompt, previous_id=previous.id if previous else None)
-
-    def _group_html(self, record: GenerationRecord) -> str:
-        group = group_id(record)
-        if group is None:
-            return render.empty("This generation belongs to no group (no group_id).")
-        episodes = self.reader.group(group)
-        rewards = {name: self.reader.reward(records[0].episode_id) for name, records in episodes.items()}
-        sequences = {name: trajectory_ids(records[-1]) for name, records in episodes.items()}
-        return render.group_view(group, episodes, rewards, prefix_tree(sequences))
-
-    def _texts(self, record: GenerationRecord, ids: list[int], sample: int | None = None) -> list[str] | None:
-        """Token texts: from the tokenizer when known, else from the response's logprobs, else none."""
-        if self.tokenizer is not None:
-            return [self.tokenizer.decode([token_id]) for token_id in ids]
-        if sample is None:
-            return None
-        output = record.output or {}
-        choices = [c for c in output.get("choices") or [] if c.get("index", 0) == sample]
-        logprobs = (choices[0].get("logprobs") or {}) if choices else {}
-        texts = [entry.get("token", "") for entry in logprobs.get("content") or []] or logprobs.get("tokens") or []
-        return texts if len(texts) == len(ids) else None
+        self.views[index].value = self.record_views.render(index, record)
 
     # -- live updates -------------------------------------------------------------------------
 
