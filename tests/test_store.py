@@ -24,6 +24,7 @@ from localoai.store import (
     CursorNotFound,
     GenerationRecord,
     Recorder,
+    newest_run,
     RecordFilter,
     RecordFilterArgs,
     SQLiteStore,
@@ -523,7 +524,9 @@ def test_open_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     default = open_store(None)
     assert isinstance(default, SQLiteStore) and isinstance(default, Store)
-    assert (tmp_path / "localoai-store" / "store.sqlite3").exists()
+    # A new file per call (per server start): runs never read each other's records by default.
+    assert default.path is not None and default.path.parent == Path("localoai-store") and default.path.exists()
+    assert default.path.name.startswith("run-") and newest_run() == default.path
     assert open_store(default) is default
     default.close()
     default.close()  # idempotent

@@ -37,7 +37,7 @@ def inspect(store: str | Path | Store, *, tokenizer: Any = None, live: bool = Tr
         store = open_store(store, max_entries=None, max_bytes=None)
     options.setdefault("title", f"localoai · {Path(store.path).name}" if getattr(store, "path", None) else
                        "localoai inspector")
-    return Inspector(store, tokenizer=tokenizer, live=live, **options)
+    return Inspector(store, tokenizer=tokenizer, live=live, saved=True, **options)
 
 
 def __getattr__(name: str) -> Any:

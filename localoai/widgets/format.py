@@ -255,7 +255,8 @@ def row_label(row: Summary) -> str:
 
     when = time.strftime("%H:%M:%S", time.localtime(row.created_at))
     tools = ",".join(row.tools)
-    parts = [STATUS_MARKS.get(row.status, "?"), when, ENDPOINTS.get(row.kind, row.kind), f"v{row.policy_version}"]
+    parts = [STATUS_MARKS.get(row.status, "?"), when, ENDPOINTS.get(row.kind, row.kind), shorten(row.model, 20),
+             f"v{row.policy_version}"]
     if row.episode_id:
         parts.append(f"ep {shorten(row.episode_id, 14)}")
     if tools:

@@ -47,6 +47,7 @@ class Inspector(widgets.VBox):
         page_size: int = PAGE_SIZE,
         poll_interval: float = 0.5,
         title: str = "localoai inspector",
+        saved: bool = False,
     ) -> None:
         self.reader = StoreReader(store)
         self.record_views = RecordViews(self.reader, tokenizer)
@@ -91,6 +92,7 @@ class Inspector(widgets.VBox):
         self.tabs.observe(self._on_tab, names="selected_index")
 
         self._title = title
+        self._saved = saved  # a saved file, not a running server's store: never called "live"
         super().__init__(children=[
             widgets.HBox([*filters, self.refresh_button], layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self.previous_button, self.next_button, self.heading]),
@@ -147,7 +149,9 @@ class Inspector(widgets.VBox):
                 self.listing.value = selected if any(value == selected for _, value in options) else None
         finally:
             self._filling = False
-        live = " · live" if self._poller is not None and self._poller.is_alive() else ""
+        following = self._poller is not None and self._poller.is_alive()
+        live = (" · saved store, following new writes" if self._saved else " · live") if following else (
+            " · saved store" if self._saved else "")
         self.heading.value = (
             f"<b>{html.escape(self._title)}</b> · {page.total} generation{'s' if page.total != 1 else ''}"
             f" · page {page.number} of {page.pages}{live}"
@@ -174,6 +178,12 @@ class Inspector(widgets.VBox):
         with self._lock:
             self.record = self.reader.get(record_id)
             self._rendered = set()
+            if self.listing.value != record_id and any(value == record_id for _, value in self.listing.options):
+                self._filling = True  # highlight the row opened from code, without opening it twice
+                try:
+                    self.listing.value = record_id
+                finally:
+                    self._filling = False
             if self.record is None:
                 for view in self.views:
                     view.value = render.empty(f"{record_id} is no longer in the store.")

@@ -38,9 +38,11 @@ STYLE = """<style>
 .loai .call{border:1px solid #ffcc80;background:#fff8e1;padding:3px 6px;margin:3px 0;border-radius:3px}
 .loai .call-name{font-family:monospace;font-weight:700}
 .loai .meta{color:#666;font-size:12px}
-.loai .tok{font-family:monospace;font-size:12px;white-space:pre;border-radius:2px;padding:0 1px;margin:0 0 2px 0}
-.loai .tok.prompt{color:#777}.loai .tok.trainable{text-decoration:underline dotted #2ca02c}
-.loai .tok.diverged{outline:2px solid #d62728}
+.loai .toks{overflow-wrap:anywhere;line-height:1.7}
+.loai .tok{font-family:monospace;font-size:12px;white-space:pre-wrap;border-radius:2px;padding:0 1px;margin:0 0 2px 0}
+.loai .tok.prompt{color:#777}
+.loai .tok.prompt.trainable{color:#1b5e20;background:#e8f5e9;text-decoration:underline solid #2ca02c 2px;text-underline-offset:2px}
+.loai .tok.diverged{outline:2px solid #d62728;outline-offset:-1px;background:#fde0e0;color:#b71c1c}
 .loai .cols{display:flex;gap:8px;align-items:flex-start;overflow-x:auto}
 .loai .col{flex:1 1 0;min-width:220px;border:1px solid #ddd;padding:6px;border-radius:4px}
 .loai table{border-collapse:collapse}.loai td,.loai th{padding:2px 6px;text-align:left;vertical-align:top}
@@ -71,13 +73,14 @@ def list_table(rows: Sequence[Summary]) -> str:
     """The page as a table: what a static export shows in place of the live list."""
     if not rows:
         return empty("No generations match.")
-    lines = ["<table><tr><th></th><th>time</th><th>endpoint</th><th>policy</th><th>episode</th>"
+    lines = ["<table><tr><th></th><th>time</th><th>endpoint</th><th>model</th><th>policy</th><th>episode</th>"
              "<th>tools</th><th>id</th><th>gist</th></tr>"]
     for row in rows:
         lines.append(
             f'<tr class="{escape(row.status)}" title="{escape(row.status)}">'
             f'<td>{STATUS_MARKS.get(row.status, "?")}</td>'
             f"<td>{escape(_when(row.created_at))}</td><td>{escape(ENDPOINTS.get(row.kind, row.kind))}</td>"
+            f"<td>{escape(row.model)}</td>"
             f"<td>v{row.policy_version}</td><td>{escape(row.episode_id or '')}</td>"
             f"<td>{escape(', '.join(row.tools))}</td><td><code>{escape(row.id)}</code></td>"
             f"<td>{escape(row.preview)}</td></tr>"
@@ -97,9 +100,9 @@ def list_labels(rows: Sequence[Summary]) -> list[tuple[str, str]]:
 def turn_html(turn: Turn) -> str:
     classes = f"turn {escape(turn.role)}{' generated' if turn.generated else ''}"
     role = turn.role + (" (generated)" if turn.generated else "")
-    if turn.tool_call_id:
-        role += f" · {turn.tool_call_id}"
-    parts = [f'<div class="{classes}"><div class="role">{escape(role)}</div>']
+    # The id outside `.role`, which is upper-cased: call ids are case-sensitive.
+    call_id = f' <span class="meta">· <code>{escape(turn.tool_call_id)}</code></span>' if turn.tool_call_id else ""
+    parts = [f'<div class="{classes}"><div><span class="role">{escape(role)}</span>{call_id}</div>']
     if turn.reasoning:
         summary = f"reasoning ({len(turn.reasoning)} chars)"
         parts.append(f"<details><summary>{summary}</summary>{_pre(turn.reasoning)}</details>")
@@ -202,14 +205,14 @@ def token_view(
         version = f", policy {', '.join(f'v{v}' for v in versions)}" if versions else ""
         counts = f"{len(tokens)} tokens{total}{version}"
         parts.append(f"<div><b>sample {index}</b> <span class='meta'>({counts})</span></div>")
-        parts.append("<div>" + "".join(token_span(t) for t in tokens) + "</div>")
+        parts.append("<div class='toks'>" + "".join(token_span(t) for t in tokens) + "</div>")
     if prompt:
         shown = prompt[-max_prompt_tokens:]
         cut = len(prompt) - len(shown)
         label = f"prompt ({len(prompt)} tokens{f', first {cut} not shown' if cut else ''})"
         spans = "".join(token_span(t, prompt=True) for t in shown)
         opened = " open" if diverged is not None else ""
-        parts.append(f"<details{opened}><summary>{label}</summary><div>{spans}</div></details>")
+        parts.append(f"<details{opened}><summary>{label}</summary><div class='toks'>{spans}</div></details>")
     return wrap("".join(parts))
 
 
