@@ -1,10 +1,14 @@
-"""The inspector in a real browser: JupyterLab on localhost, Debian's Chromium driven by Playwright.
+"""The inspector in a real browser while a training cell keeps the kernel busy: JupyterLab on
+localhost, Debian's Chromium driven by Playwright.
 
 A notebook starts a server on the trained tool caller, makes a tool-calling chat exchange and a
-Responses call, shows `server.inspect()`, then makes one more request. Through the browser we
-check that the list shows the generations (the last one arriving live), that clicking the
-tool-calling one opens its episode view with the call's name and arguments, and save a
-screenshot to `test-artifacts/inspector.png`.
+Responses call, shows `server.inspect()` (the page the server serves at `/ui/`, in an iframe),
+then runs a "training" cell that generates grouped rollouts, attaches rewards, bumps the policy
+version and burns CPU until the test is done: the kernel is busy for the whole interaction. In
+the browser we open the record clicked (by id), switch tabs, page, filter and open the plots;
+each must show the record clicked, and we print how long each took (the issue asks for "within a
+second"; we assert a generous bound, see `STEP_BOUND_S`, and record the times in
+benchmarks/README.md). Screenshots go to `test-artifacts/` (the plots twice, updating live).
 
 Skipped (with the reason) when Chromium, Playwright or JupyterLab is missing; `.ci/run` installs
 all three. Playwright's own browser downloads are never used: it drives `/usr/bin/chromium`.
@@ -18,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +34,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "localoai-browser-test"
 WAIT_MS = 240_000  # generous: this runs on shared CI machines; a healthy run takes seconds per step
+STEP_BOUND_S = 5.0
+"""Each interaction must show its view within this many seconds while the training cell runs. The
+target is one second; on two shared CI cores busy with the kernel's training loop, JupyterLab and
+Chromium, a hard one-second assert would flake, while the widget this replaces took minutes (until
+the cell ended). The measured times are printed and recorded in benchmarks/README.md."""
+STOP_FILE = "stop-training"
 
 NOTEBOOK_CELLS = [
     """import torch
@@ -50,9 +60,27 @@ messages += [turn.choices[0].message.model_dump(exclude_none=True),
 answer = client.chat.completions.create(model="agent", messages=messages, tools=[WEATHER_TOOL], temperature=0)
 hello = client.responses.create(model="agent", input="Hello", max_output_tokens=4)
 print("READY", call.function.name, call.function.arguments)""",
-    "server.inspect()",
-    # After the inspector is shown: it must pick this up live, from its poller thread.
-    'late = client.completions.create(model="agent", prompt="late", max_tokens=2)',
+    "server.inspect(page_size=5)",
+    # The training cell: busy until the test writes the stop file (or ten minutes pass).
+    f"""import os, time
+
+print("TRAINING")
+deadline = time.monotonic() + 600
+step = 0
+while not os.path.exists({STOP_FILE!r}) and time.monotonic() < deadline:
+    with server.group(2) as group:
+        for episode in group:
+            reply = episode.client(max_retries=0).chat.completions.create(
+                model="agent", messages=[{{"role": "user", "content": QUESTION}}], tools=[WEATHER_TOOL],
+                max_tokens=24, temperature=1.0)
+            episode.reward = float(bool(reply.choices[0].message.tool_calls)) + 0.1 * (step % 3)
+    weights = torch.randn(256, 256)
+    for _ in range(20):  # the "optimizer step": the kernel's thread stays busy
+        weights = torch.tanh(weights @ weights.T / 256)
+    step += 1
+    if step % 3 == 0:
+        server.policy_version += 1
+print("TRAINED", step)""",
 ]
 
 
@@ -121,46 +149,100 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def test_inspector_lists_responses_and_opens_the_tool_call(jupyterlab: str, tmp_path: Path) -> None:
+def test_inspector_stays_interactive_while_a_training_cell_runs(jupyterlab: str, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
+    times: dict[str, float] = {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.set_default_timeout(WAIT_MS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(WAIT_MS)
             page.goto(f"{jupyterlab}/lab/tree/inspect.ipynb?reset&token={TOKEN}")
-            page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel")
+            kernel = "window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+            page.wait_for_function(f"window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                                   f" && window.jupyterapp.shell.currentWidget.sessionContext"
+                                   f" && window.jupyterapp.shell.currentWidget.sessionContext.session && {kernel}")
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-
-            inspector = page.locator(".localoai-inspector")
             try:
-                expect(inspector).to_be_visible()
+                expect(page.locator(".jp-OutputArea-output", has_text="TRAINING")).to_be_visible()
             except AssertionError:
                 page.screenshot(path=str(ARTIFACTS / "inspector-failed.png"), full_page=True)
                 raise
-            listing = inspector.locator(".localoai-list select option")
-            # Two chat completions and a response, then (live) the completion made after the display.
-            expect(listing).to_have_count(4)
-            labels = listing.all_inner_texts()
-            assert "completions" in labels[0] and "responses" in labels[1], labels
-            assert all("chat" in label for label in labels[2:]), labels
 
-            listing.filter(has_text="get_weather").click()
-            episode = inspector.locator(".loai .call")
-            expect(episode).to_contain_text("get_weather")
-            expect(episode).to_contain_text('"city": "paris"')
-            expect(inspector.locator(".loai .turn.user").first).to_contain_text("What is the weather in paris?")
+            def busy() -> None:  # the training cell holds the kernel for the whole interaction
+                assert page.evaluate(f"{kernel}.status") == "busy"
 
+            ui = page.frame_locator("iframe.localoai-ui")
+            view = ui.locator("#view")
+
+            def timed(name: str, action: Callable[[], None], shown: Callable[[], None]) -> None:
+                busy()
+                started = time.monotonic()
+                action()
+                shown()
+                times[name] = time.monotonic() - started
+                busy()
+
+            def opened(record_id: str, tab: str) -> Callable[[], None]:
+                def check() -> None:
+                    expect(view).to_have_attribute("data-record", record_id)
+                    expect(view).to_have_attribute("data-tab", tab)
+                    expect(ui.locator("#shown-id")).to_have_text(record_id)
+                    expect(ui.locator(f'#list tr.row.selected[data-id="{record_id}"]')).to_have_count(1)
+                return check
+
+            # The list follows the training cell's requests (page size 5: several pages soon).
+            expect(ui.locator("#heading")).to_contain_text("page 1 of ")
+            expect(ui.locator("#older")).to_be_enabled()
+
+            # Open a tool-calling generation by clicking its row; the view is the one clicked.
+            row = ui.locator("#list tr.row", has_text="get_weather").first
+            clicked = row.get_attribute("data-id") or ""
+            timed("open a record", row.click, opened(clicked, "episode"))
+            expect(view.locator(".loai .call").first).to_contain_text("get_weather")
+
+            tokens = ui.locator("#tabs button", has_text="Tokens")
+            timed("switch to Tokens", tokens.click, opened(clicked, "tokens"))
+            expect(view.locator(".loai .tok").first).to_be_visible()
+            raw = ui.locator("#tabs button", has_text="Raw")
+            timed("switch to Raw", raw.click, opened(clicked, "raw"))
+            expect(view).to_contain_text("rendered prompt")
+
+            heading = ui.locator("#heading")
+            timed("page to older", ui.locator("#older").click, lambda: expect(heading).to_contain_text("page 2 of "))
+            timed("page to newer", ui.locator("#newer").click, lambda: expect(heading).to_contain_text("page 1 of "))
+
+            def filtered() -> None:
+                expect(ui.locator("#list tr.row").first).to_be_visible()
+                expect(ui.locator("#list tr.row", has_not_text="responses")).to_have_count(0)
+
+            timed("filter by endpoint", lambda: ui.locator("#kind").select_option("response"), filtered)
+            hello = ui.locator("#list tr.row").first
+            hello_id = hello.get_attribute("data-id") or ""
+            assert hello_id.startswith("resp_"), hello_id
+            timed("open a filtered record", hello.click, opened(hello_id, "raw"))
+            ui.locator("#kind").select_option("")
+
+            plots = ui.locator("#tabs button", has_text="Plots")
+            timed("open the plots", plots.click, lambda: expect(view.locator("svg.loai-plot")).to_have_count(7))
+            expect(view.locator("svg.loai-plot", has_text="Reward by policy version").locator("circle").first).to_be_attached()
+            page.locator("iframe.localoai-ui").screenshot(path=str(ARTIFACTS / "inspector-plots.png"))
+            first = view.inner_html()
+            page.wait_for_function(  # live: the plots change as the training cell writes
+                "([old]) => document.querySelector('iframe.localoai-ui').contentDocument"
+                ".getElementById('view').innerHTML !== old", arg=[first])
+            page.locator("iframe.localoai-ui").screenshot(path=str(ARTIFACTS / "inspector-plots-later.png"))
+            busy()
             page.screenshot(path=str(ARTIFACTS / "inspector.png"), full_page=True)
-            inspector.locator(".lm-TabBar-tab", has_text="Tokens").click()
-            expect(inspector.locator(".loai .tok").first).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "inspector-tokens.png"), full_page=True)
         finally:
+            (tmp_path / STOP_FILE).write_text("done")
             browser.close()
-    assert (ARTIFACTS / "inspector.png").stat().st_size > 0
-    shutil.copy(ARTIFACTS / "inspector.png", tmp_path / "inspector.png")
+    report = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in times.items())
+    print(f"\ninspector with a busy kernel: {report}")
+    (ARTIFACTS / "inspector-times.json").write_text(json.dumps(times, indent=2))
+    slow = {name: seconds for name, seconds in times.items() if seconds > STEP_BOUND_S}
+    assert not slow, f"views slower than {STEP_BOUND_S} s while the kernel was busy: {slow}"
+    assert (ARTIFACTS / "inspector-plots.png").stat().st_size > 0
+    shutil.copy(ARTIFACTS / "inspector-plots.png", tmp_path / "inspector-plots.png")

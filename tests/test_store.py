@@ -24,11 +24,11 @@ from localoai.store import (
     CursorNotFound,
     GenerationRecord,
     Recorder,
-    newest_run,
     RecordFilter,
     RecordFilterArgs,
     SQLiteStore,
     Store,
+    newest_run,
     open_store,
 )
 

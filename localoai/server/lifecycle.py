@@ -271,7 +271,8 @@ class Server:
         state = "running" if self.running else "stopped"
         return f"<localoai.Server {self.model!r} at {self.base_url} ({state}), store {self.store_location}>"
 
-    def inspect(self, *, widget: bool = False, proxy: bool | str | None = None, **options: Any) -> Any:
+    def inspect(self, *, widget: bool = False, proxy: bool | str | None = None, page_size: int = 25,
+                **options: Any) -> Any:
         """The inspector over this server's generations: the page the server serves at `/ui/`, shown
         as an iframe when it is a cell's last expression (`.open()` opens it in a browser, `.show(id)`
         opens one record). It stays interactive while a cell runs, since the server answers it, not
@@ -281,12 +282,13 @@ class Server:
         if widget:
             from localoai.widgets import Inspector
 
-            return Inspector(self.store, tokenizer=self.served.tokenizer, title=f"localoai · {self.model}", **options)
+            return Inspector(self.store, tokenizer=self.served.tokenizer, title=f"localoai · {self.model}",
+                             page_size=page_size, **options)
         if options:
             raise TypeError(f"options {sorted(options)} apply only to the widget (widget=True)")
         from localoai.widgets.page import InspectorPage, page_url
 
-        return InspectorPage(page_url(self.url, self.port, proxy), api_key=self.api_key)
+        return InspectorPage(page_url(self.url, self.port, proxy), api_key=self.api_key, page_size=page_size)
 
     def _repr_html_(self) -> str:
         state = "running" if self.running else "stopped"

@@ -25,12 +25,15 @@ class InspectorPage:
     record: str | None = None
     tab: str | None = None
     api_key: str | None = None
+    page_size: int = 25
     height: int = 760
 
     @property
     def link(self) -> str:
         """The page's URL with its selection (and key, in the fragment: never sent to a server's logs)."""
         fragment = {k: v for k, v in (("record", self.record), ("tab", self.tab), ("key", self.api_key)) if v}
+        if self.page_size != 25:
+            fragment["limit"] = str(self.page_size)
         return self.url + (f"#{urllib.parse.urlencode(fragment)}" if fragment else "")
 
     def show(self, record_id: str, tab: str | None = None) -> InspectorPage:
