@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quart import Quart
 
+from localoai.app.access import log_requests
 from localoai.app.auth import require_api_key
 from localoai.app.errors import register_error_handlers
 from localoai.app.routes import (
@@ -33,6 +34,7 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
     app = Quart("localoai")
     app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
     register_error_handlers(app)
+    log_requests(app)
     if api_key:
         require_api_key(app, api_key)
     app.register_blueprint(admin.blueprint(served))

@@ -12,6 +12,7 @@ but which columns are masked.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -91,6 +92,7 @@ class TransformersBackend:
 
         self.model = model
         self._cache_class = DynamicCache
+        self._cache_argument = cache_argument(model)
         config = model.config
         self.context_length = _context_length(config)
         self.device = next(model.parameters()).device
@@ -114,9 +116,7 @@ class TransformersBackend:
     def prefill(self, prompt_ids: Sequence[int], samples: int, *, prompt_logits: bool = False) -> Prefill:
         cache = self._cache_class(config=self.model.config)
         input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
-        output = self.model(
-            input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=0 if prompt_logits else 1
-        )
+        output = self._forward(input_ids=input_ids, cache=cache, logits_to_keep=0 if prompt_logits else 1)
         logits = output.logits[0]
         next_logits = logits[-1:].expand(samples, -1)
         if samples > 1:
@@ -126,7 +126,7 @@ class TransformersBackend:
     def prefill_rows(self, rows: Sequence[Sequence[int]]) -> Prefill:
         cache = self._cache_class(config=self.model.config)
         input_ids = torch.tensor([list(row) for row in rows], dtype=torch.long, device=self.device)
-        output = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        output = self._forward(input_ids=input_ids, cache=cache, logits_to_keep=1)
         return Prefill(Rows(cache, [input_ids.shape[1]] * len(rows)), output.logits[:, -1, :])
 
     def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
@@ -139,8 +139,8 @@ class TransformersBackend:
         mask = (torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self._cache_class(config=self.model.config)
-        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+        output = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                               logits_to_keep=1)
         repeat = torch.repeat_interleave(torch.arange(len(prompts), device=self.device),
                                          torch.tensor(list(samples), device=self.device))
         padding = (mask == 0)[repeat][:, None, :, None]
@@ -174,20 +174,28 @@ class TransformersBackend:
         input_ids = tokens.view(-1, 1).to(self.device)
         if all(length == width for length in batch.lengths):
             # No padding: exactly the single-request computation.
-            output = self.model(input_ids=input_ids, past_key_values=batch.cache, use_cache=True)
+            output = self._forward(input_ids=input_ids, cache=batch.cache)
         else:
             lengths = torch.tensor(batch.lengths, dtype=torch.long, device=self.device)
             columns = torch.arange(width + 1, device=self.device)
             mask = (columns.unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
-            output = self.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=lengths.unsqueeze(1),
-                past_key_values=batch.cache,
-                use_cache=True,
-            )
+            output = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=lengths.unsqueeze(1),
+                                   cache=batch.cache)
         batch.lengths = [length + 1 for length in batch.lengths]
         return output.logits[:, -1, :]
+
+
+    def _forward(self, *, cache: Any, **inputs: Any) -> Any:
+        """One forward pass reading and extending `cache`, under the argument name this transformers takes."""
+        return self.model(**inputs, **{self._cache_argument: cache}, use_cache=True)
+
+
+def cache_argument(model: Any) -> str:
+    """`cache`, the forward argument transformers 5.x takes (`past_key_values` is deprecated there
+    and removed in 5.40), or `past_key_values` for a model whose forward has no `cache` (4.x). A
+    PEFT wrapper forwards keyword arguments to its base model, so the base model's forward decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _width(rows: Rows) -> int:

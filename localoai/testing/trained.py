@@ -119,6 +119,8 @@ def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], s
 
     import torch
 
+    from localoai.engine.backend import cache_argument
+
     examples = []
     for history, target in turns:
         prompt = tokenizer.apply_chat_template(history, tools=tools, add_generation_prompt=True, tokenize=False)
@@ -133,6 +135,7 @@ def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], s
     prefix = torch.tensor([examples[0][0][:shared]])
     rests = [(torch.tensor([ids[shared:]]), torch.tensor([labels[shared:]])) for ids, labels in examples]
     model.train()
+    argument = cache_argument(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -140,10 +143,10 @@ def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], s
             optimizer.zero_grad()
             cache = None
             if shared:
-                with torch.no_grad():
-                    cache = model(input_ids=prefix, use_cache=True).past_key_values
+                with torch.no_grad():  # the output's field has the forward argument's name (4.x and 5.x)
+                    cache = getattr(model(input_ids=prefix, use_cache=True), argument)
             loss = sum(model(input_ids=ids, labels=labels,
-                             past_key_values=copy.deepcopy(cache) if cache is not None else None).loss
+                             **{argument: copy.deepcopy(cache) if cache is not None else None}).loss
                        for ids, labels in rests)
             loss.backward()
             optimizer.step()
