@@ -161,3 +161,44 @@ def test_serve_runs_a_model_directory_with_its_options(tmp_path: Path, tiny: tup
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_stop_with_a_stream_in_flight_ends_it_cleanly(tiny: tuple[Any, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """The client gets an error event, then the stream's end (no connection error); nothing logs a traceback."""
+    import threading
+
+    import openai
+
+    from localoai.testing import running_server
+
+    caplog.set_level(logging.DEBUG)
+    model, tokenizer = tiny
+    outcome: dict[str, Any] = {}
+    started = threading.Event()
+    with running_server(model, tokenizer, name="stopping", reasoning_parser="none") as server:
+        client = server.client(max_retries=0)
+
+        def read() -> None:
+            chunks = 0
+            try:
+                for _ in client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "go"}],
+                                                        max_tokens=server.served.context_length - 64, stream=True,
+                                                        temperature=1.0):
+                    chunks += 1
+                    started.set()
+            except Exception as exc:  # noqa: BLE001 (what the client sees is the point)
+                outcome["error"] = exc
+            outcome["chunks"] = chunks
+            started.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert started.wait(120)
+        server.stop()
+        reader.join(60)
+    assert outcome["chunks"] > 0
+    error = outcome.get("error")
+    assert isinstance(error, openai.APIError) and not isinstance(error, openai.APIConnectionError), repr(error)
+    assert "server stopped" in str(error)
+    noisy = [r for r in caplog.records if r.exc_info or "CancelledError" in r.getMessage()]
+    assert not noisy, [r.getMessage() for r in noisy]

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel
-from quart import Response
+from quart import Response, current_app, has_app_context
 
 from localoai.errors import OpenAIError, ServerError
 
@@ -45,12 +45,40 @@ def sse_event(payload: BaseModel | dict[str, Any] | str, *, event: str | None = 
     return f"{name}data: {data}\n\n".encode()
 
 
-async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool) -> AsyncIterator[bytes]:
+class OpenStreams:
+    """The streams a server is sending, so that `stop()` can end them cleanly: each gets an error
+    event and its normal end (`[DONE]`) instead of a cut connection. Used on the server's loop only."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for task in list(self.tasks):
+            task.cancel()
+
+
+def open_streams(app: Any) -> OpenStreams:
+    return app.extensions.setdefault("localoai.streams", OpenStreams())
+
+
+async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool, streams: OpenStreams | None = None
+                    ) -> AsyncIterator[bytes]:
+    task = asyncio.current_task()
+    if streams is not None and task is not None:
+        streams.tasks.add(task)
     try:
         async for event in events:
             yield sse_event(event, event=getattr(event, "type", None) if typed else None)
-    except asyncio.CancelledError:  # the client went away; the generation was cancelled with it
-        raise
+    except asyncio.CancelledError:
+        if streams is None or not streams.stopping or task is None:
+            raise  # the client went away; the generation was cancelled with it
+        if hasattr(task, "uncancel"):  # Python 3.11+ counts cancellations; 3.10 does not
+            task.uncancel()  # the server is stopping (`OpenStreams.stop_all`): end this stream properly
+        await events.aclose()  # the generation ends as cancelled, as on a disconnect
+        stopping = ServerError("The server stopped while streaming this response.")
+        yield sse_event(stopping.to_dict(), event="error" if typed else None)
     except OpenAIError as exc:
         if exc.__cause__ is not None:
             logger.error("stream failed", exc_info=exc.__cause__)
@@ -59,6 +87,9 @@ async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool) -> AsyncIt
         logger.exception("stream failed")
         failure = ServerError("The server failed while streaming this response.")
         yield sse_event(failure.to_dict(), event="error" if typed else None)
+    finally:
+        if streams is not None and task is not None:
+            streams.tasks.discard(task)
     if not typed:
         yield sse_event("[DONE]")
 
@@ -66,7 +97,7 @@ async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool) -> AsyncIt
 def sse_response(events: AsyncIterator[BaseModel], *, typed: bool = False) -> Response:
     """`typed`: name each event after its `type` and send no `[DONE]` (the Responses API's framing)."""
     response = Response(
-        _sse_body(events, typed=typed),
+        _sse_body(events, typed=typed, streams=open_streams(current_app) if has_app_context() else None),
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

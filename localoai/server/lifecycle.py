@@ -239,7 +239,11 @@ class Server:
             return
         self._stopped = True
         if self._loop is not None and self._shutdown is not None and not self._loop.is_closed():
+            from localoai.app.responses import open_streams
+
             try:
+                # Streams in flight first get an error event and their end, then hypercorn shuts down.
+                self._loop.call_soon_threadsafe(open_streams(self.app).stop_all)
                 self._loop.call_soon_threadsafe(self._shutdown.set)
             except RuntimeError:
                 pass  # the loop closed in between
