@@ -104,7 +104,7 @@ def test_rl_loop_end_to_end() -> None:
                 rendered = tokenizer(text, add_special_tokens=False)["input_ids"]
                 exact = first.input_ids
                 diverges = next((i for i, (a, b) in enumerate(zip(rendered, exact)) if a != b), None)
-                assert second.divergence == diverges and second.extends_previous is (diverges is None)
+                assert second.divergence == diverges and second.rendered_extends_previous is (diverges is None)
 
             batch = to_tensors(trajectories, per="episode", pad_token_id=tokenizer.pad_token_id)
             sampled = batch["loss_mask"].bool()

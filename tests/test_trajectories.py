@@ -54,7 +54,7 @@ def test_a_turn_that_extends_the_last_is_spliced_token_exact(server: Any, tiny: 
     assert second.model_extra["prompt_token_ids"] == expected
     turns = trajectory.turns
     assert [turn.record_id for turn in turns] == [first.id, second.id]
-    assert turns[0].ledger is None and turns[0].extends_previous is None
+    assert turns[0].ledger is None and turns[0].rendered_extends_previous is None
     report = turns[1].ledger
     assert report["extends"] == first.id and report["sample"] == 0 and report["spliced"] is True
     # The report compares what plain re-rendering would have given with the earlier turn's exact ids.
@@ -62,7 +62,7 @@ def test_a_turn_that_extends_the_last_is_spliced_token_exact(server: Any, tiny: 
     exact = first.model_extra["prompt_token_ids"] + sampled
     diverges = next((i for i, (a, b) in enumerate(zip(again, exact)) if a != b), None)
     assert report["divergence"] == diverges and turns[1].divergence == diverges
-    assert turns[1].extends_previous is (diverges is None)
+    assert turns[1].rendered_extends_previous is (diverges is None)
     if diverges is not None:
         assert report["rendered_token_ids"] == again
     # The stored prompt text is the spliced ids, decoded.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,9 +71,17 @@ class Turn:
         return [-1] * len(self.prompt_token_ids) + self.policy_versions
 
     @property
-    def extends_previous(self) -> bool | None:
-        """Whether the re-rendered prompt started with the previous turn's exact ids (None: no previous turn)."""
+    def rendered_extends_previous(self) -> bool | None:
+        """Whether the chat template's own rendering of this prompt started with the previous turn's
+        exact ids (None: no previous turn). False does not mean this turn's prompt diverged: with the
+        token ledger the prompt the model consumed was spliced from those exact ids all the same."""
         return None if self.ledger is None else bool(self.ledger.get("rendered_extends"))
+
+    @property
+    def extends_previous(self) -> bool | None:
+        """Deprecated name of `rendered_extends_previous` (it read as if a spliced turn did not extend)."""
+        warnings.warn("Turn.extends_previous is renamed rendered_extends_previous", DeprecationWarning, stacklevel=2)
+        return self.rendered_extends_previous
 
     @property
     def divergence(self) -> int | None:
