@@ -69,10 +69,10 @@ deadline = time.monotonic() + 600
 step = 0
 while not os.path.exists({STOP_FILE!r}) and time.monotonic() < deadline:
     with server.group(2) as group:
-        for episode in group:
+        for i, episode in enumerate(group):  # one greedy rollout (it calls the tool), one sampled
             reply = episode.client(max_retries=0).chat.completions.create(
                 model="agent", messages=[{{"role": "user", "content": QUESTION}}], tools=[WEATHER_TOOL],
-                max_tokens=24, temperature=1.0)
+                max_tokens=64, temperature=0.0 if i == 0 else 1.0)
             episode.reward = float(bool(reply.choices[0].message.tool_calls)) + 0.1 * (step % 3)
     weights = torch.randn(256, 256)
     for _ in range(20):  # the "optimizer step": the kernel's thread stays busy
@@ -168,11 +168,7 @@ def test_inspector_stays_interactive_while_a_training_cell_runs(jupyterlab: str,
                                    f" && window.jupyterapp.shell.currentWidget.sessionContext.session && {kernel}")
             # Not awaited: the command's promise settles when every cell has run, and the last one runs on.
             page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-            try:
-                expect(page.locator(".jp-OutputArea-output", has_text="TRAINING")).to_be_visible()
-            except AssertionError:
-                page.screenshot(path=str(ARTIFACTS / "inspector-failed.png"), full_page=True)
-                raise
+            expect(page.locator(".jp-OutputArea-output", has_text="TRAINING")).to_be_visible()
 
             def busy() -> None:  # the training cell holds the kernel for the whole interaction
                 assert page.evaluate(f"{kernel}.status") == "busy"
@@ -201,8 +197,10 @@ def test_inspector_stays_interactive_while_a_training_cell_runs(jupyterlab: str,
             expect(ui.locator("#older")).to_be_enabled()
 
             # Open a tool-calling generation by clicking its row; the view is the one clicked.
-            row = ui.locator("#list tr.row", has_text="get_weather").first
-            clicked = row.get_attribute("data-id") or ""
+            # A row whose model called the tool (its markup parsed), not one that merely mentions it.
+            calling = ui.locator("#list tr.row", has=ui.locator("td.tools", has_text="get_weather"))
+            clicked = calling.first.get_attribute("data-id") or ""
+            row = ui.locator(f'#list tr.row[data-id="{clicked}"]')  # by id: the live list moves under us
             timed("open a record", row.click, opened(clicked, "episode"))
             expect(view.locator(".loai .call").first).to_contain_text("get_weather")
 
@@ -219,12 +217,12 @@ def test_inspector_stays_interactive_while_a_training_cell_runs(jupyterlab: str,
 
             def filtered() -> None:
                 expect(ui.locator("#list tr.row").first).to_be_visible()
-                expect(ui.locator("#list tr.row", has_not_text="responses")).to_have_count(0)
+                expect(ui.locator("#list tr.row td.endpoint", has_not_text="responses")).to_have_count(0)
 
             timed("filter by endpoint", lambda: ui.locator("#kind").select_option("response"), filtered)
-            hello = ui.locator("#list tr.row").first
-            hello_id = hello.get_attribute("data-id") or ""
+            hello_id = ui.locator("#list tr.row").first.get_attribute("data-id") or ""
             assert hello_id.startswith("resp_"), hello_id
+            hello = ui.locator(f'#list tr.row[data-id="{hello_id}"]')
             timed("open a filtered record", hello.click, opened(hello_id, "raw"))
             ui.locator("#kind").select_option("")
 
@@ -239,6 +237,12 @@ def test_inspector_stays_interactive_while_a_training_cell_runs(jupyterlab: str,
             page.locator("iframe.localoai-ui").screenshot(path=str(ARTIFACTS / "inspector-plots-later.png"))
             busy()
             page.screenshot(path=str(ARTIFACTS / "inspector.png"), full_page=True)
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "inspector-failed.png"), full_page=True)
+            frame = page.frame(url=lambda url: "/ui/" in url)
+            if frame is not None:
+                (ARTIFACTS / "inspector-failed.html").write_text(frame.content())
+            raise
         finally:
             (tmp_path / STOP_FILE).write_text("done")
             browser.close()
