@@ -231,9 +231,10 @@ def test_inspector_stays_interactive_while_a_training_cell_runs(jupyterlab: str,
             expect(view.locator("svg.loai-plot", has_text="Reward by policy version").locator("circle").first).to_be_attached()
             page.locator("iframe.localoai-ui").screenshot(path=str(ARTIFACTS / "inspector-plots.png"))
             first = view.inner_html()
-            page.wait_for_function(  # live: the plots change as the training cell writes
-                "([old]) => document.querySelector('iframe.localoai-ui').contentDocument"
-                ".getElementById('view').innerHTML !== old", arg=[first])
+            frame = page.frame(url=lambda url: "/ui/" in url)  # another origin: reached as a frame, not via the DOM
+            assert frame is not None
+            frame.wait_for_function(  # live: the plots change as the training cell writes
+                "(old) => document.getElementById('view').innerHTML !== old", arg=first)
             page.locator("iframe.localoai-ui").screenshot(path=str(ARTIFACTS / "inspector-plots-later.png"))
             busy()
             page.screenshot(path=str(ARTIFACTS / "inspector.png"), full_page=True)

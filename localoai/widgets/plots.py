@@ -176,9 +176,11 @@ def activity(records: Sequence[GenerationRecord], buckets: int = 30) -> list[str
                     + [(admit - origin, +1, 1) for _, admit, _, _ in spans] + [(end - origin, -1, 1) for _, _, end, _ in spans])
     depth = [0, 0]
     queued, running = [(0.0, 0.0)], [(0.0, 0.0)]
-    for time, step, which in events:
+    for time, step, which in events:  # drawn as steps: the depth holds until the next event
+        series = (queued, running)[which]
+        series.append((time, float(depth[which])))
         depth[which] += step
-        (queued, running)[which].append((time, float(depth[which])))
+        series.append((time, float(depth[which])))
     return [
         xy_chart("Generations per second", [Series("finished", rate)], "seconds", "gen/s"),
         xy_chart("Latency", latency, "seconds (finish)", "seconds"),
