@@ -38,9 +38,10 @@ def test_readme_install_imports_the_package_from_the_folder_holding_the_clone(tm
     shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".git", "tests", "notebooks", "benchmarks", "*.egg-info",
                                                                "__pycache__", "test-artifacts", "localoai-store", "build"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    # The README's flags, without re-installing torch and the dependencies (already here).
+    # The README's flags, without re-installing torch and the dependencies (already here); pip and
+    # setuptools are the ones installed here (the venv sees them: no download).
     flags = [arg.strip('"') for arg in install[2:] if not arg.startswith('"torch')]
     installed = run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet", *flags],
                     cwd=clone)
