@@ -179,3 +179,26 @@ def test_plots_show_reward_by_version_activity_staleness_and_outcomes() -> None:
     assert "stop: 6" in finish and "length: 2" in finish and "unparsed: 1" in tools
     assert "no data yet" in plots.dashboard([], [], 0)
     json.dumps(html)  # plain text: it travels in the API's JSON
+
+
+def test_views_keep_call_ids_wrap_prompts_show_the_model_and_highlight_what_show_opens(tmp_path: Path) -> None:
+    from localoai.widgets import render
+    from localoai.widgets.format import Turn, row_label, summarize
+
+    html = render.turn_html(Turn("tool", "21 celsius", tool_call_id="call_AbC9xZ"))
+    role, rest = html.split('class="role">', 1)[1].split("</span>", 1)
+    assert role == "tool" and "call_AbC9xZ" in rest  # the id outside the upper-cased role label
+    assert "white-space:pre-wrap" in render.STYLE.split(".loai .tok{", 1)[1].split("}", 1)[0]  # long lines wrap
+    first = record(1, "ep", 5.0, [1, 2], [3, 4])
+    assert "m" in row_label(summarize(first)).split()  # the model column of the widget's list
+    pytest.importorskip("ipywidgets")
+    from localoai.widgets.inspector import Inspector
+
+    with SQLiteStore(tmp_path / "store.sqlite3") as store:
+        for i in range(3):
+            store.put(record(i, "ep", 5.0, [1, 2], [3, 4]))
+        inspector = Inspector(store, live=False)
+        inspector.show("chatcmpl-1")
+        assert inspector.listing.value == "chatcmpl-1" and inspector.record is not None
+        assert inspector.record.id == "chatcmpl-1" and "chatcmpl-1" in inspector.views[0].value
+        inspector.close()

@@ -273,7 +273,7 @@ class Server:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<localoai.Server {self.model!r} at {self.base_url} ({state}), store {self.store_location}>"
+        return f"<localoai.Server {self.model!r} at {self.base_url}, store {self.store_location} ({state})>"
 
     def inspect(self, *, widget: bool = False, proxy: bool | str | None = None, page_size: int = 25,
                 **options: Any) -> Any:

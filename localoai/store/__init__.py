@@ -58,7 +58,7 @@ __all__ = [
 
 def open_store(spec: str | Path | Store | None = None, **options: Any) -> Store:
     """A store from what a user passes: `None` is a new file for this run (`run_path()`:
-    `localoai-store/run-<start time>-<4 hex>.sqlite3` under the working directory, so runs never
+    `localoai-store/run-<start time, ms>-<4 hex>.sqlite3` under the working directory, so runs never
     mix), `":memory:"` an in-memory store, any other string or path a
     SQLite file (created with its directories), and a `Store` is used as is.
 

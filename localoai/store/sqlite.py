@@ -404,12 +404,13 @@ class SQLiteStore:
 
 
 def run_path(directory: str | Path = DEFAULT_DIRECTORY) -> Path:
-    """A new file for one run: `run-YYYYMMDD-HHMMSS-xxxx.sqlite3` in `directory` (names sort by start time).
+    """A new file for one run: `run-YYYYMMDD-HHMMSS.mmm-xxxx.sqlite3` in `directory` (names sort by start time).
 
     A fresh file per server start is the safe default: a trainer reading `trajectories()` or
     `export_jsonl` can never get another run's rollouts by accident; earlier runs stay on disk,
     one file each (`localoai.inspect("localoai-store")` opens the newest, any file can be opened by path)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    now = time.time()
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.{int(now * 1000) % 1000:03d}"
     return Path(directory).expanduser() / f"run-{stamp}-{secrets.token_hex(2)}.sqlite3"
 
 
