@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from localoai.store import GenerationRecord, SQLiteStore  # noqa: E402
 from localoai.widgets.data import ListQuery  # noqa: E402
+from localoai.app.routes.inspector import PLOTTED_RECORDS  # noqa: E402
+from localoai.widgets import plots  # noqa: E402
 from localoai.widgets.inspector import Inspector  # noqa: E402
 
 TOOLS = ["get_weather", "search_docs", "run_python"]
@@ -67,7 +69,10 @@ def chat_record(i: int, rng: random.Random) -> GenerationRecord:
                       "text": words, "finish_reason": "stop"}],
         output=output,
         episode_id=f"ep-{i // 4}",
+        group_id=f"group-{i // 16}",
         error={"message": "generation failed"} if i % 50 == 7 else None,
+        created_at=1_800_000_000 + i * 0.05,
+        timings={"queued": rng.random() * 0.05, "first_token": 0.05 + rng.random() * 0.1, "total": 0.5 + rng.random()},
     )
 
 
@@ -91,6 +96,8 @@ def main() -> None:
         fill = time.perf_counter()
         for i in range(args.records):
             store.put(chat_record(i, rng))
+        for episode in range(args.records // 4):  # rewards, for the plots
+            store.set_reward(f"ep-{episode}", rng.random())
         print(f"filled {store.count()} records ({store.stats()['bytes'] / 1e6:.1f} MB of JSON) in "
               f"{time.perf_counter() - fill:.1f} s")
 
@@ -132,6 +139,9 @@ def main() -> None:
                 inspector._render_tab(index)
 
         measure("widget: open a record's 4 views", open_views)
+        # What `GET /ui/api/plots` does: read the 2,000 most recent records and draw every plot.
+        measure("page: the plots over the 2,000 most recent records",
+                lambda: plots.dashboard(reader.recent(PLOTTED_RECORDS), store.episodes(), 9))
 
         print(f"\nbaseline store.list(limit=25): {baseline:.1f} ms (min {baseline_min:.1f})\n")
         print(f"| operation, {args.records} records (median of {args.repeats}, min) | time | / baseline |")

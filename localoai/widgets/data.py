@@ -74,6 +74,14 @@ class StoreReader:
                 total += 1
         return rows, total
 
+    def recent(self, limit: int) -> list[GenerationRecord]:
+        """The `limit` most recent records, oldest first (for the plots; off the store's lock when a file)."""
+        if self._search is not None:
+            records = self._search.page(ListQuery(), 0, limit)[0]
+        else:
+            records = self.store.list(order="desc", limit=limit)
+        return records[::-1]
+
     # -- single records, episodes, groups -------------------------------------------------------
 
     def get(self, record_id: str) -> GenerationRecord | None:

@@ -87,8 +87,7 @@ def blueprint(served: ServedModel) -> Blueprint:
     @routes.get("/ui/api/plots")
     async def plots_view() -> Response:
         def build() -> str:
-            recent = served.store.list(order="desc", limit=PLOTTED_RECORDS)[::-1]
-            return plots.dashboard(recent, served.store.episodes(), served.policy_version)
+            return plots.dashboard(reader.recent(PLOTTED_RECORDS), served.store.episodes(), served.policy_version)
 
         return json_response({"html": await asyncio.to_thread(build)})
 
