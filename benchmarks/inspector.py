@@ -139,8 +139,8 @@ def main() -> None:
                 inspector._render_tab(index)
 
         measure("widget: open a record's 4 views", open_views)
-        # What `GET /ui/api/plots` does: read the 2,000 most recent records and draw every plot.
-        measure("page: the plots over the 2,000 most recent records",
+        # What `GET /ui/api/plots` does: read the 1,000 most recent records and draw every plot.
+        measure("page: the plots over the 1,000 most recent records",
                 lambda: plots.dashboard(reader.recent(PLOTTED_RECORDS), store.episodes(), 9))
 
         print(f"\nbaseline store.list(limit=25): {baseline:.1f} ms (min {baseline_min:.1f})\n")

@@ -32,7 +32,7 @@ from localoai.widgets.format import ENDPOINTS, STATUS_MARKS, Summary
 from localoai.widgets.views import TABS, RecordViews
 
 VIEWS = tuple(tab.lower() for tab in TABS)
-PLOTTED_RECORDS = 2000
+PLOTTED_RECORDS = 1000
 """The plots cover this many of the most recent records: enough for a run's trend, cheap to read."""
 MAX_PAGE = 200
 FILTERS = ("episode_id", "status", "kind", "tool", "policy_version", "text", "group_id")
