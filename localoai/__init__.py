@@ -2,7 +2,7 @@
 
     server = localoai.start(model)          # a transformers model already in memory
     client = server.client()                # an openai.OpenAI pointed at it
-    server.inspect()                        # a live notebook view of every generation
+    server.inspect()                        # the live inspector (server.url + "/ui/"), in a notebook or a browser
 """
 
 from __future__ import annotations

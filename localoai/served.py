@@ -113,7 +113,7 @@ class ServedModel:
         reasoning_parser: str | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     ) -> ServedModel:
-        """`store`: a path, `":memory:"`, a `Store`, or None for `localoai-store/store.sqlite3`.
+        """`store`: a path, `":memory:"`, a `Store`, or None for a new `localoai-store/run-*.sqlite3`.
         `tool_parser`: a parser name (`"hermes"`), `"none"` to return tool-call markup as text, or
         None to choose from the chat template. `reasoning_parser`: likewise (`"qwen3"`, `"none"`, ...).
         `max_batch_size` / `max_queued_requests`: see `Engine`."""

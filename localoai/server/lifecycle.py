@@ -329,7 +329,8 @@ def start(
     given port held by a server of this process is taken over from it.
 
     Every generation is stored with its token-exact trace in `store`: a SQLite path, `":memory:"`,
-    a `localoai.store.Store`, or None for `localoai-store/store.sqlite3` under the working directory.
+    a `localoai.store.Store`, or None for a new file per start under `localoai-store/` in the
+    working directory (`localoai.store.run_path`): runs never read each other's records by default.
     `tool_parser` names the model's tool-call format (`"hermes"`), `"none"` returns tool-call markup
     as plain text; None chooses from the chat template. `reasoning_parser` likewise names how the
     model writes its reasoning (`"qwen3"`, `"deepseek_r1"`, `"harmony"`), `"none"` leaves it in the
