@@ -18,6 +18,7 @@ from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
 from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import model_not_found
+from localoai.metrics import ServingMetrics
 from localoai.parsers.harmony import HarmonyOutputParser
 from localoai.parsers.reasoning import HARMONY_FORMAT, ComposedOutputParser, OutputParser, reasoning_parser_for, \
     starts_in_reasoning
@@ -98,11 +99,19 @@ class ServedModel:
     """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
     episodes: EpisodeLedger = field(init=False)
     """Open episodes and their token ledger (see `localoai.episodes`)."""
+    metrics: ServingMetrics = field(init=False)
+    """This server's Prometheus metrics (`GET /metrics`), in a registry of its own."""
 
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tokenizer)
         self.conversations = ConversationStore.beside(self.store)
         self.episodes = EpisodeLedger(self.tokenizer)
+        self.metrics = ServingMetrics()
+        self.metrics.bind(
+            engine_stats=self.engine.stats, store_stats=self.store.stats,
+            recorder_stats=lambda: {"pending": self.recorder.pending, "failed": self.recorder.failed},
+            versions=lambda: {"policy_version": self.policy_version, "paused": int(self.engine.paused)})
+        self.engine.observer = self.metrics
         config = getattr(self.model, "config", None)
         identity = f"{self.name}:{getattr(config, 'model_type', '')}:{sum(p.numel() for p in self.model.parameters())}"
         self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from quart import Quart
 
-from localoai.app.auth import require_api_key
+from localoai.app.auth import OPEN_PATHS, require_api_key
 from localoai.app.errors import register_error_handlers
-from localoai.app.routes import admin, chat, completions, conversations, models, responses, stored_chat, tokenize
+from localoai.app.routes import admin, chat, completions, conversations, metrics, models, responses, stored_chat, \
+    tokenize
 from localoai.episodes.routing import EpisodePrefix
 from localoai.handlers.chat import ChatCompletions
 from localoai.handlers.completions import Completions
@@ -19,12 +20,14 @@ from localoai.served import ServedModel
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
-def create_app(served: ServedModel, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Quart:
+def create_app(served: ServedModel, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               public_metrics: bool = False) -> Quart:
+    """`public_metrics`: `GET /metrics` answers without the API key (a scraper that holds none)."""
     app = Quart("localoai")
     app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
     register_error_handlers(app)
     if api_key:
-        require_api_key(app, api_key)
+        require_api_key(app, api_key, open_paths=OPEN_PATHS | ({"/metrics"} if public_metrics else set()))
     app.register_blueprint(admin.blueprint(served))
     app.register_blueprint(models.blueprint(served))
     app.register_blueprint(chat.blueprint(ChatCompletions(served)))
@@ -33,5 +36,6 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
     app.register_blueprint(responses.blueprint(Responses(served), StoredResponses(served)))
     app.register_blueprint(conversations.blueprint(Conversations(served)))
     app.register_blueprint(tokenize.blueprint(served))
+    app.register_blueprint(metrics.blueprint(served))
     app.asgi_app = EpisodePrefix(app.asgi_app)  # type: ignore[method-assign]  # /episodes/{id}/v1/... is /v1/...
     return app
