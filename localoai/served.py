@@ -180,7 +180,11 @@ class ServedModel:
 
     @property
     def system_fingerprint(self) -> str:
-        return f"fp_{self._identity}_v{self.policy_version}"
+        return self.fingerprint(self.policy_version)
+
+    def fingerprint(self, version: int) -> str:
+        """The `system_fingerprint` of this model's weights at policy version `version`."""
+        return f"fp_{self._identity}_v{version}"
 
     def check_model(self, requested: str | None) -> None:
         """404 for a model this server does not serve (checked before any work)."""

@@ -142,10 +142,18 @@ class ChatCompletions:
         try:
             async with Generation.running(served, prepared.prompt.token_ids, prepared.params, live=live) as generation:
                 opening = [ChoiceStep(i, role=True, token_ids=[] if with_ids else None) for i in range(prepared.params.n)]
-                yield fold.add(opening)  # after submitting: the prefill runs while the role chunk goes out
+                # After submitting: the prefill runs while the role chunk goes out. While the engine is
+                # paused the chunk waits for the first output, whose weights the fingerprint names.
+                held = served.engine.paused
+                if not held:
+                    yield fold.add(opening)
                 async for item in generation:
                     if not isinstance(item, list):
                         continue
+                    fold.header["system_fingerprint"] = served.fingerprint(generation.policy_version)
+                    if held:
+                        held = False
+                        yield fold.add(opening)
                     steps = [
                         step
                         for delta in item
@@ -154,6 +162,8 @@ class ChatCompletions:
                     ]
                     if steps:
                         yield fold.add(steps)
+                if held:  # ended without any output
+                    yield fold.add(opening)
             for sample, output in zip(generation.samples, outputs or []):
                 sample.tool_parse_error = output.stream.error
                 sample.reasoning = "".join(output.reasoning) or None

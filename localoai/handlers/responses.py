@@ -58,7 +58,7 @@ from localoai.handlers.common import Generation, new_id, token_budget, token_log
 from localoai.handlers.recording import record_generation
 from localoai.handlers.stored import visible_record
 from localoai.handlers.response_events import ResponseEvents, final_response, usage
-from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
+from localoai.handlers.response_items import chat_messages, chat_tools, check_call_outputs, stored_items
 from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.responses import (
@@ -179,6 +179,7 @@ class Responses:
                     raise InvalidRequestError(f"The conversation already has an item with id '{item['id']}'.",
                                               param=f"input[{index}].id")
         items = earlier + new
+        check_call_outputs(items, len(earlier))
         prompt = render_chat(
             self.served.tokenizer,
             chat_messages(request.instructions, items),  # instructions are never carried over
