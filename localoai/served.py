@@ -7,6 +7,7 @@ model's identity and its weights version (bumped by trainers between updates).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -16,12 +17,14 @@ from typing import Any
 
 from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
+from localoai.engine.params import SamplingParams
+from localoai.engine.text import special_token_ids
 from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import model_not_found
 from localoai.metrics import ServingMetrics
 from localoai.parsers.harmony import HarmonyOutputParser
-from localoai.parsers.reasoning import HARMONY_FORMAT, ComposedOutputParser, OutputParser, reasoning_parser_for, \
-    starts_in_reasoning
+from localoai.parsers.reasoning import CLOSE_THINK, HARMONY_FORMAT, OPEN_THINK, ComposedOutputParser, OutputParser, \
+    reasoning_parser_for, starts_in_reasoning
 from localoai.parsers.tool_calls import ToolParser, tool_parser_for
 from localoai.store import ConversationStore, Recorder, Store, open_store
 from localoai.tokens import TokenTexts
@@ -152,6 +155,24 @@ class ServedModel:
             return None
         think = self.reasoning_format is not None
         return ComposedOutputParser(think=think, in_reasoning=think and starts_in_reasoning(prompt_text), tools=tools)
+
+    def decoded_for(self, parser: OutputParser | None, params: SamplingParams) -> SamplingParams:
+        """`params` decoding the text so that `parser` sees its markup: every special token when the
+        format is made of them (harmony), else the special tokens among its markers (Mistral's
+        `[TOOL_CALLS]` is one in Mistral's tokenizers, while `skip_special_tokens` drops the others)."""
+        if parser is None:
+            return params
+        if parser.needs_special_tokens:
+            return dataclasses.replace(params, skip_special_tokens=False)
+        kept = self.markup_token_ids(parser.tool_parser, think=self.reasoning_format is not None)
+        return dataclasses.replace(params, special_tokens_kept=kept) if kept else params
+
+    def markup_token_ids(self, tools: ToolParser | None, *, think: bool) -> tuple[int, ...]:
+        """The special tokens of the tokenizer among a format's markers (and `<think>` / `</think>`)."""
+        markers = (*(tools.markup if tools is not None else ()), *((OPEN_THINK, CLOSE_THINK) if think else ()))
+        special = special_token_ids(self.tokenizer)
+        vocabulary = self.tokenizer.get_vocab() if markers else {}
+        return tuple(sorted({vocabulary[m] for m in markers if m in vocabulary and vocabulary[m] in special}))
 
     def close(self) -> None:
         """Stop generating, then write every record still queued."""

@@ -122,6 +122,20 @@ class _Lark:
         return " ".join(out)
 
     def grammar(self, spec: OutputSpec) -> str:
+        body = self._body(spec)
+        if spec.reasoning_end is None:
+            return body
+        # The reasoning first, free up to its closing marker (and the blank line models write after it).
+        lines = [line for line in body.splitlines() if line != "%llguidance {}"]
+        lines = [f"body:{line[len('start:'):]}" if line.startswith("start:") else line for line in lines]
+        end = self.literal(spec.reasoning_end)
+        if end.startswith("<["):  # a special token: the reasoning is any other token
+            thought = [f"thought: <[^{end[2:-2]}]>* {end}"]
+        else:
+            thought = [f"thought[lazy]: THOUGHT {end}", "THOUGHT: /(.|\\n)*/"]
+        return "\n".join(["%llguidance {}", 'start: thought "\\n"? "\\n"? body', *thought, *lines])
+
+    def _body(self, spec: OutputSpec) -> str:
         rules = []
         starts = []
         if spec.answer is not None:

@@ -33,6 +33,7 @@ from localoai.engine.params import SamplingParams
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.handlers.client_tools import function_definition
 from localoai.parsers.base import ToolParser
+from localoai.parsers.reasoning import OutputParser
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.chat import ChatCompletionRequest, JsonSchemaFormat, NamedToolChoice, ResponseFormatJsonObject
 from localoai.protocol.responses import FunctionToolChoice, ResponseCreateRequest, TextFormatJsonObject
@@ -63,9 +64,10 @@ class _Request:
 
 
 def constrain_chat(
-    served: ServedModel, request: ChatCompletionRequest, parser: ToolParser | None, params: SamplingParams
+    served: ServedModel, request: ChatCompletionRequest, parser: OutputParser | None, params: SamplingParams
 ) -> SamplingParams:
-    """`params` with the constraint this chat completion request asks for, if any."""
+    """`params` with the constraint this chat completion request asks for, if any; `parser`: the
+    request's output parser (its tool-call format, and whether the output starts in reasoning)."""
     fmt = request.response_format
     answer: dict[str, Any] | None = None
     if isinstance(fmt, ResponseFormatJsonObject):
@@ -89,7 +91,7 @@ def constrain_chat(
 
 
 def constrain_response(
-    served: ServedModel, request: ResponseCreateRequest, parser: ToolParser | None, params: SamplingParams
+    served: ServedModel, request: ResponseCreateRequest, parser: OutputParser | None, params: SamplingParams
 ) -> SamplingParams:
     """`params` with the constraint this Responses request asks for, if any."""
     fmt = request.text.format if request.text is not None else None
@@ -132,11 +134,13 @@ def _schema_of(fmt: JsonSchemaFormat) -> dict[str, Any]:
 
 
 def _constrained(
-    served: ServedModel, fields: _Request, parser: ToolParser | None, params: SamplingParams
+    served: ServedModel, fields: _Request, output: OutputParser | None, params: SamplingParams
 ) -> SamplingParams:
-    spec = _spec(fields, parser)
+    spec = _spec(fields, output.tool_parser if output is not None else None)
     if spec is None:
         return params
+    if output is not None and output.reasoning_end is not None:
+        spec = dataclasses.replace(spec, reasoning_end=output.reasoning_end)
     for name, conflict in (("ignore_eos", params.ignore_eos), ("min_tokens", params.min_tokens > 0)):
         if conflict:
             raise InvalidRequestError(

@@ -13,7 +13,6 @@ it as an extra field of the message), tool calls to `delta.tool_calls`, the rest
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
@@ -92,9 +91,8 @@ class ChatCompletions:
         offered = request.tools if request.tool_choice != "none" else None
         parser = served.output_parser(prompt.text, [tool.function.name for tool in offered] if offered else None)
         params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs)
-        if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
-            params = dataclasses.replace(params, skip_special_tokens=False)
-        params = constrain_chat(served, request, parser.tool_parser if parser else None, params)
+        params = served.decoded_for(parser, params)  # the parser must see its markup
+        params = constrain_chat(served, request, parser, params)
         return PreparedChat(request, prompt, params, parser, turn)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:

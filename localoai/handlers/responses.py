@@ -34,7 +34,6 @@ that step only (reasoning and tool-call markup have none).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -154,9 +153,8 @@ class Responses:
         )
         offered = request.tools if request.tool_choice != "none" else None
         parser = self.served.output_parser(prompt.text, [offered_name(tool) for tool in offered] if offered else None)
-        if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
-            params = dataclasses.replace(params, skip_special_tokens=False)
-        params = constrain_response(self.served, request, parser.tool_parser if parser else None, params)
+        params = self.served.decoded_for(parser, params)  # the parser must see its markup
+        params = constrain_response(self.served, request, parser, params)
         return PreparedResponse(request, items, prompt, params, parser, new_from, turn)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:

@@ -95,6 +95,12 @@ class OutputParser(ABC):
         """The tool-call parser inside, whose markup a forced call is written in (None: no such format)."""
         return None
 
+    @property
+    def reasoning_end(self) -> str | None:
+        """The marker that closes the reasoning when the output starts inside it (the prompt opened the
+        block, as DeepSeek-R1's does): a grammar leaves the reasoning free up to it."""
+        return None
+
     @abstractmethod
     def stream(self) -> OutputStream: ...
 
@@ -259,6 +265,10 @@ class ComposedOutputParser(OutputParser):
     @property
     def tool_parser(self) -> ToolParser | None:
         return self.tools
+
+    @property
+    def reasoning_end(self) -> str | None:
+        return CLOSE_THINK if self.think and self.in_reasoning else None
 
     def stream(self) -> ComposedOutputStream:
         scanner = _ThinkScanner(in_reasoning=self.in_reasoning) if self.think else None
