@@ -18,6 +18,8 @@ What is enforced, and how:
   (a non-strict tool's must be a JSON object). Formats whose calls cannot follow text (Llama 3
   JSON) cannot be constrained that way: there `strict` is enforced only when calls are forced.
 - A json answer together with offered tools (`auto`): the answer, or calls.
+- `parallel_tool_calls: false` under `auto`: at most one call, and nothing after it (formats whose
+  calls may follow text, or with a json answer; Llama 3 JSON's free text cannot be constrained).
 """
 
 from __future__ import annotations
@@ -188,10 +190,12 @@ def _optional_calls(fields: _Request, parser: ToolParser | None, answer: str | N
     if call_format is None:
         return OutputSpec(answer=answer) if answer is not None else None
     tools = fields.tools
-    if tools and (answer is not None or (call_format.after_text and any(tool.strict for tool in tools))):
+    single = not fields.parallel  # at most one call: the grammar's to enforce
+    if tools and (answer is not None or (call_format.after_text and (single or any(tool.strict for tool in tools)))):
         specs = tuple(
             ToolSpec(tool.name, _checked(_arguments(tool), tool.param) if tool.strict else ANY_OBJECT)
             for tool in tools
         )
-        return OutputSpec(answer=answer, tools=specs, call_format=call_format, tool_calls="optional")
+        return OutputSpec(answer=answer, tools=specs, call_format=call_format, tool_calls="optional",
+                          parallel=fields.parallel)
     return OutputSpec(answer=answer) if answer is not None else None
