@@ -34,7 +34,6 @@ from localoai.constraints.spec import ANY_OBJECT, OutputSpec, ToolSpec, schema_t
 from localoai.engine.params import SamplingParams
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.handlers.client_tools import function_definition
-from localoai.parsers.base import ToolParser
 from localoai.parsers.reasoning import OutputParser
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.chat import ChatCompletionRequest, JsonSchemaFormat, NamedToolChoice, ResponseFormatJsonObject
@@ -138,7 +137,7 @@ def _schema_of(fmt: JsonSchemaFormat) -> dict[str, Any]:
 def _constrained(
     served: ServedModel, fields: _Request, output: OutputParser | None, params: SamplingParams
 ) -> SamplingParams:
-    spec = _spec(fields, output.tool_parser if output is not None else None)
+    spec = _spec(fields, output)
     if spec is None:
         return params
     if output is not None and output.reasoning_end is not None:
@@ -167,24 +166,25 @@ def _checked(schema: dict[str, Any], param: str) -> str:
     return text
 
 
-def _spec(fields: _Request, parser: ToolParser | None) -> OutputSpec | None:
+def _spec(fields: _Request, parser: OutputParser | None) -> OutputSpec | None:
     answer = _checked(fields.answer, fields.answer_param) if fields.answer is not None else None
     if fields.tool_choice in ("none", "auto"):
         return _optional_calls(fields, parser, answer)
     call_format = parser.call_format() if parser is not None else None
+    name = parser.format_name if parser is not None else None
     if call_format is None:
         why = ("this model's tool-call format is not known (set tool_parser when starting the server)"
-               if parser is None else f"the '{parser.name}' tool-call format cannot be described by a grammar")
+               if name is None else f"the '{name}' tool-call format cannot be described by a grammar")
         raise UnsupportedFieldError(f"Unsupported value for 'tool_choice': forcing a tool call needs the model's "
                                     f"tool-call format; {why}.", param="tool_choice")
     named = fields.tool_choice != "required"
     chosen = [tool for tool in fields.tools if not named or tool.name == fields.tool_choice]
     tools = tuple(ToolSpec(tool.name, _checked(_arguments(tool), tool.param)) for tool in chosen)
     return OutputSpec(tools=tools, call_format=call_format, tool_calls="required",
-                      parallel=fields.parallel and not named)
+                      parallel=fields.parallel and not named and call_format.parallel)
 
 
-def _optional_calls(fields: _Request, parser: ToolParser | None, answer: str | None) -> OutputSpec | None:
+def _optional_calls(fields: _Request, parser: OutputParser | None, answer: str | None) -> OutputSpec | None:
     """The answer (if constrained) or calls, when calls can be constrained; else the answer alone."""
     call_format = parser.call_format() if parser is not None and fields.tool_choice == "auto" else None
     if call_format is None:
@@ -197,5 +197,5 @@ def _optional_calls(fields: _Request, parser: ToolParser | None, answer: str | N
             for tool in tools
         )
         return OutputSpec(answer=answer, tools=specs, call_format=call_format, tool_calls="optional",
-                          parallel=fields.parallel)
+                          parallel=fields.parallel and call_format.parallel)
     return OutputSpec(answer=answer) if answer is not None else None

@@ -71,6 +71,8 @@ class ToolCallFormat:
     begin: tuple[str | Slot, ...] = ()
     separator: tuple[str | Slot, ...] = ()
     end: tuple[str | Slot, ...] = ()
+    parallel: bool = True
+    """Whether one output may hold several calls (not in harmony, where a call ends the turn)."""
     after_text: bool = True
     """Whether calls may follow free text, starting at `trigger`: then, under `tool_choice: auto`,
     a grammar can leave the text free and constrain each call from its first marker on."""

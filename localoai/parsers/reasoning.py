@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from localoai.parsers.base import ParsedToolCall, StreamDelta, ToolCallStream, ToolParser, _partial_suffix
+from localoai.parsers.base import ParsedToolCall, StreamDelta, ToolCallFormat, ToolCallStream, ToolParser, \
+    _partial_suffix
 
 OPEN_THINK = "<think>"
 CLOSE_THINK = "</think>"
@@ -94,6 +95,15 @@ class OutputParser(ABC):
     def tool_parser(self) -> ToolParser | None:
         """The tool-call parser inside, whose markup a forced call is written in (None: no such format)."""
         return None
+
+    def call_format(self) -> ToolCallFormat | None:
+        """How the model writes tool calls, for a grammar that forces them (None: none can)."""
+        return self.tool_parser.call_format() if self.tool_parser is not None else None
+
+    @property
+    def format_name(self) -> str | None:
+        """The tool-call format's name (None: not known)."""
+        return self.tool_parser.name if self.tool_parser is not None else None
 
     @property
     def reasoning_end(self) -> str | None:
