@@ -171,8 +171,9 @@ class ServedModel:
         """The special tokens of the tokenizer among a format's markers (and `<think>` / `</think>`)."""
         markers = (*(tools.markup if tools is not None else ()), *((OPEN_THINK, CLOSE_THINK) if think else ()))
         special = special_token_ids(self.tokenizer)
-        vocabulary = self.tokenizer.get_vocab() if markers else {}
-        return tuple(sorted({vocabulary[m] for m in markers if m in vocabulary and vocabulary[m] in special}))
+        ids = {marker: self.tokenizer.convert_tokens_to_ids(marker) for marker in markers}
+        return tuple(sorted({token for marker, token in ids.items()
+                             if token in special and self.tokenizer.convert_ids_to_tokens(token) == marker}))
 
     def close(self) -> None:
         """Stop generating, then write every record still queued."""
