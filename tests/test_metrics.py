@@ -99,9 +99,13 @@ def test_a_full_queue_and_a_pause_are_counted(served: Any) -> None:
     assert value(during, "localoai_paused") == 1 and value(after, "localoai_paused") == 0
     assert value(during, "localoai_requests_waiting") == 1
     assert value(after, "localoai_policy_version") == version + 1 == served.policy_version
-    assert value(after, "localoai_pauses_total", mode="wait") - value(before, "localoai_pauses_total", mode="wait") == 1
-    assert value(after, "localoai_pause_duration_seconds_count") - value(before, "localoai_pause_duration_seconds_count") == 1
-    assert value(after, "localoai_queue_rejections_total") - value(before, "localoai_queue_rejections_total") == 1
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("localoai_pauses_total", mode="wait") == 1
+    assert moved("localoai_pause_duration_seconds_count") == 1
+    assert moved("localoai_queue_rejections_total") == 1
     assert requests_of(after, "/v1/completions", "429") - requests_of(before, "/v1/completions", "429") == 1
 
 
