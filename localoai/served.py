@@ -7,6 +7,7 @@ model's identity and its weights version (bumped by trainers between updates).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -16,11 +17,14 @@ from typing import Any
 
 from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
+from localoai.engine.params import SamplingParams
+from localoai.engine.text import special_token_ids
 from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import model_not_found
+from localoai.metrics import ServingMetrics
 from localoai.parsers.harmony import HarmonyOutputParser
-from localoai.parsers.reasoning import HARMONY_FORMAT, ComposedOutputParser, OutputParser, reasoning_parser_for, \
-    starts_in_reasoning
+from localoai.parsers.reasoning import CLOSE_THINK, HARMONY_FORMAT, OPEN_THINK, ComposedOutputParser, OutputParser, \
+    reasoning_parser_for, starts_in_reasoning
 from localoai.parsers.tool_calls import ToolParser, tool_parser_for
 from localoai.store import ConversationStore, Recorder, Store, open_store
 from localoai.tokens import TokenTexts
@@ -98,11 +102,19 @@ class ServedModel:
     """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
     episodes: EpisodeLedger = field(init=False)
     """Open episodes and their token ledger (see `localoai.episodes`)."""
+    metrics: ServingMetrics = field(init=False)
+    """This server's Prometheus metrics (`GET /metrics`), in a registry of its own."""
 
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tokenizer)
         self.conversations = ConversationStore.beside(self.store)
         self.episodes = EpisodeLedger(self.tokenizer)
+        self.metrics = ServingMetrics()
+        self.metrics.bind(
+            engine_stats=self.engine.stats, store_stats=self.store.stats,
+            recorder_stats=lambda: {"pending": self.recorder.pending, "failed": self.recorder.failed},
+            versions=lambda: {"policy_version": self.policy_version, "paused": int(self.engine.paused)})
+        self.engine.observer = self.metrics
         config = getattr(self.model, "config", None)
         identity = f"{self.name}:{getattr(config, 'model_type', '')}:{sum(p.numel() for p in self.model.parameters())}"
         self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]
@@ -144,6 +156,25 @@ class ServedModel:
         think = self.reasoning_format is not None
         return ComposedOutputParser(think=think, in_reasoning=think and starts_in_reasoning(prompt_text), tools=tools)
 
+    def decoded_for(self, parser: OutputParser | None, params: SamplingParams) -> SamplingParams:
+        """`params` decoding the text so that `parser` sees its markup: every special token when the
+        format is made of them (harmony), else the special tokens among its markers (Mistral's
+        `[TOOL_CALLS]` is one in Mistral's tokenizers, while `skip_special_tokens` drops the others)."""
+        if parser is None:
+            return params
+        if parser.needs_special_tokens:
+            return dataclasses.replace(params, skip_special_tokens=False)
+        kept = self.markup_token_ids(parser.tool_parser, think=self.reasoning_format is not None)
+        return dataclasses.replace(params, special_tokens_kept=kept) if kept else params
+
+    def markup_token_ids(self, tools: ToolParser | None, *, think: bool) -> tuple[int, ...]:
+        """The special tokens of the tokenizer among a format's markers (and `<think>` / `</think>`)."""
+        markers = (*(tools.markup if tools is not None else ()), *((OPEN_THINK, CLOSE_THINK) if think else ()))
+        special = special_token_ids(self.tokenizer)
+        ids = {marker: self.tokenizer.convert_tokens_to_ids(marker) for marker in markers}
+        return tuple(sorted({token for marker, token in ids.items()
+                             if token in special and self.tokenizer.convert_ids_to_tokens(token) == marker}))
+
     def close(self) -> None:
         """Stop generating, then write every record still queued."""
         self.engine.stop()
@@ -171,7 +202,11 @@ class ServedModel:
 
     @property
     def system_fingerprint(self) -> str:
-        return f"fp_{self._identity}_v{self.policy_version}"
+        return self.fingerprint(self.policy_version)
+
+    def fingerprint(self, version: int) -> str:
+        """The `system_fingerprint` of this model's weights at policy version `version`."""
+        return f"fp_{self._identity}_v{version}"
 
     def check_model(self, requested: str | None) -> None:
         """404 for a model this server does not serve (checked before any work)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Quart
 
 from localoai.app.access import log_requests
-from localoai.app.auth import require_api_key
+from localoai.app.auth import OPEN_PATHS, require_api_key
 from localoai.app.errors import register_error_handlers
 from localoai.app.routes import (
     admin,
@@ -13,6 +13,7 @@ from localoai.app.routes import (
     completions,
     conversations,
     inspector,
+    metrics,
     models,
     responses,
     stored_chat,
@@ -30,13 +31,15 @@ from localoai.served import ServedModel
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
-def create_app(served: ServedModel, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Quart:
+def create_app(served: ServedModel, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               public_metrics: bool = False) -> Quart:
+    """`public_metrics`: `GET /metrics` answers without the API key (a scraper that holds none)."""
     app = Quart("localoai")
     app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
     register_error_handlers(app)
     log_requests(app)
     if api_key:
-        require_api_key(app, api_key)
+        require_api_key(app, api_key, open_paths=OPEN_PATHS | ({"/metrics"} if public_metrics else set()))
     app.register_blueprint(admin.blueprint(served))
     app.register_blueprint(models.blueprint(served))
     app.register_blueprint(chat.blueprint(ChatCompletions(served)))
@@ -46,5 +49,6 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
     app.register_blueprint(conversations.blueprint(Conversations(served)))
     app.register_blueprint(tokenize.blueprint(served))
     app.register_blueprint(inspector.blueprint(served))
+    app.register_blueprint(metrics.blueprint(served))
     app.asgi_app = EpisodePrefix(app.asgi_app)  # type: ignore[method-assign]  # /episodes/{id}/v1/... is /v1/...
     return app

@@ -122,6 +122,20 @@ class _Lark:
         return " ".join(out)
 
     def grammar(self, spec: OutputSpec) -> str:
+        body = self._body(spec)
+        if spec.reasoning_end is None:
+            return body
+        # The reasoning first, free up to its closing marker (and the blank line models write after it).
+        lines = [line for line in body.splitlines() if line != "%llguidance {}"]
+        lines = [f"body:{line[len('start:'):]}" if line.startswith("start:") else line for line in lines]
+        end = self.literal(spec.reasoning_end)
+        if end.startswith("<["):  # a special token: the reasoning is any other token
+            thought = [f"thought: <[^{end[2:-2]}]>* {end}"]
+        else:
+            thought = [f"thought[lazy]: THOUGHT {end}", "THOUGHT: /(.|\\n)*/"]
+        return "\n".join(["%llguidance {}", 'start: thought "\\n"? "\\n"? body', *thought, *lines])
+
+    def _body(self, spec: OutputSpec) -> str:
         rules = []
         starts = []
         if spec.answer is not None:
@@ -134,16 +148,18 @@ class _Lark:
             rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(spec.tools))))
             if spec.tool_calls == "optional" and spec.answer is None:
                 return self._after_text(spec, fmt, rules)
-            more = f"({self.pieces(fmt.separator)} call)*" if spec.parallel or spec.tool_calls == "optional" else ""
+            more = f"({self.pieces(fmt.separator)} call)*" if spec.parallel else ""
             rules.append(f"calls: {self.pieces(fmt.begin)} call {more} {self.pieces(fmt.end)}")
             starts.append("calls")
         return "\n".join([f"start: {' | '.join(starts)}", *rules])
 
     def _after_text(self, spec: OutputSpec, fmt: ToolCallFormat, rules: list[str]) -> str:
-        """Free text, in which each call is constrained from its trigger on."""
+        """Free text, in which each call is constrained from its trigger on. Without `parallel`, the
+        output is text or text then one call, which ends it."""
         trigger = fmt.trigger
         if fmt.begin:
-            body = f"{self.pieces(fmt.begin[1:])} call ({self.pieces(fmt.separator)} call)* {self.pieces(fmt.end)}"
+            more = f"({self.pieces(fmt.separator)} call)*" if spec.parallel else ""
+            body = f"{self.pieces(fmt.begin[1:])} call {more} {self.pieces(fmt.end)}"
         else:  # the trigger opens each call: what follows it differs per tool
             rules = [f"rest_{i}: {self.pieces(fmt.call[1:], tool)}" for i, tool in enumerate(spec.tools)]
             body = "(" + " | ".join(f"rest_{i}" for i in range(len(spec.tools))) + ")"
@@ -151,11 +167,14 @@ class _Lark:
         if literal.startswith("<["):  # a special token: text is any other token, special ones included
             token_id = literal[2:-2]
             rules.append(f"markup: {literal} {body}")
-            return "\n".join(["%llguidance {}", "start: (<[^" + token_id + "]> | markup)*", *rules])
+            text = "<[^" + token_id + "]>"
+            start = f"({text} | markup)*" if spec.parallel else f"{text}* markup?"
+            return "\n".join(["%llguidance {}", f"start: {start}", *rules])
         # A lazy text lexeme ends at the first trigger, as llguidance's `StructTag` does (text
         # lexemes cannot hold special tokens: here they cannot be written in the text).
         rules += [f"opening[lazy]: TEXT {literal}", f"markup: opening {body}"]
-        return "\n".join(["%llguidance {}", "start: markup* TEXT", "TEXT: /(.|\\n)*/", *rules])
+        start = "markup* TEXT" if spec.parallel else "TEXT | markup"
+        return "\n".join(["%llguidance {}", f"start: {start}", "TEXT: /(.|\\n)*/", *rules])
 
 
 # -- compiling -----------------------------------------------------------------------------

@@ -18,6 +18,8 @@ What is enforced, and how:
   (a non-strict tool's must be a JSON object). Formats whose calls cannot follow text (Llama 3
   JSON) cannot be constrained that way: there `strict` is enforced only when calls are forced.
 - A json answer together with offered tools (`auto`): the answer, or calls.
+- `parallel_tool_calls: false` under `auto`: at most one call, and nothing after it (formats whose
+  calls may follow text, or with a json answer; Llama 3 JSON's free text cannot be constrained).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from localoai.constraints.spec import ANY_OBJECT, OutputSpec, ToolSpec, schema_t
 from localoai.engine.params import SamplingParams
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.handlers.client_tools import function_definition
-from localoai.parsers.base import ToolParser
+from localoai.parsers.reasoning import OutputParser
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.chat import ChatCompletionRequest, JsonSchemaFormat, NamedToolChoice, ResponseFormatJsonObject
 from localoai.protocol.responses import FunctionToolChoice, ResponseCreateRequest, TextFormatJsonObject
@@ -63,9 +65,10 @@ class _Request:
 
 
 def constrain_chat(
-    served: ServedModel, request: ChatCompletionRequest, parser: ToolParser | None, params: SamplingParams
+    served: ServedModel, request: ChatCompletionRequest, parser: OutputParser | None, params: SamplingParams
 ) -> SamplingParams:
-    """`params` with the constraint this chat completion request asks for, if any."""
+    """`params` with the constraint this chat completion request asks for, if any; `parser`: the
+    request's output parser (its tool-call format, and whether the output starts in reasoning)."""
     fmt = request.response_format
     answer: dict[str, Any] | None = None
     if isinstance(fmt, ResponseFormatJsonObject):
@@ -89,7 +92,7 @@ def constrain_chat(
 
 
 def constrain_response(
-    served: ServedModel, request: ResponseCreateRequest, parser: ToolParser | None, params: SamplingParams
+    served: ServedModel, request: ResponseCreateRequest, parser: OutputParser | None, params: SamplingParams
 ) -> SamplingParams:
     """`params` with the constraint this Responses request asks for, if any."""
     fmt = request.text.format if request.text is not None else None
@@ -132,11 +135,13 @@ def _schema_of(fmt: JsonSchemaFormat) -> dict[str, Any]:
 
 
 def _constrained(
-    served: ServedModel, fields: _Request, parser: ToolParser | None, params: SamplingParams
+    served: ServedModel, fields: _Request, output: OutputParser | None, params: SamplingParams
 ) -> SamplingParams:
-    spec = _spec(fields, parser)
+    spec = _spec(fields, output)
     if spec is None:
         return params
+    if output is not None and output.reasoning_end is not None:
+        spec = dataclasses.replace(spec, reasoning_end=output.reasoning_end)
     for name, conflict in (("ignore_eos", params.ignore_eos), ("min_tokens", params.min_tokens > 0)):
         if conflict:
             raise InvalidRequestError(
@@ -161,33 +166,36 @@ def _checked(schema: dict[str, Any], param: str) -> str:
     return text
 
 
-def _spec(fields: _Request, parser: ToolParser | None) -> OutputSpec | None:
+def _spec(fields: _Request, parser: OutputParser | None) -> OutputSpec | None:
     answer = _checked(fields.answer, fields.answer_param) if fields.answer is not None else None
     if fields.tool_choice in ("none", "auto"):
         return _optional_calls(fields, parser, answer)
     call_format = parser.call_format() if parser is not None else None
+    name = parser.format_name if parser is not None else None
     if call_format is None:
         why = ("this model's tool-call format is not known (set tool_parser when starting the server)"
-               if parser is None else f"the '{parser.name}' tool-call format cannot be described by a grammar")
+               if name is None else f"the '{name}' tool-call format cannot be described by a grammar")
         raise UnsupportedFieldError(f"Unsupported value for 'tool_choice': forcing a tool call needs the model's "
                                     f"tool-call format; {why}.", param="tool_choice")
     named = fields.tool_choice != "required"
     chosen = [tool for tool in fields.tools if not named or tool.name == fields.tool_choice]
     tools = tuple(ToolSpec(tool.name, _checked(_arguments(tool), tool.param)) for tool in chosen)
     return OutputSpec(tools=tools, call_format=call_format, tool_calls="required",
-                      parallel=fields.parallel and not named)
+                      parallel=fields.parallel and not named and call_format.parallel)
 
 
-def _optional_calls(fields: _Request, parser: ToolParser | None, answer: str | None) -> OutputSpec | None:
+def _optional_calls(fields: _Request, parser: OutputParser | None, answer: str | None) -> OutputSpec | None:
     """The answer (if constrained) or calls, when calls can be constrained; else the answer alone."""
     call_format = parser.call_format() if parser is not None and fields.tool_choice == "auto" else None
     if call_format is None:
         return OutputSpec(answer=answer) if answer is not None else None
     tools = fields.tools
-    if tools and (answer is not None or (call_format.after_text and any(tool.strict for tool in tools))):
+    single = not fields.parallel  # at most one call: the grammar's to enforce
+    if tools and (answer is not None or (call_format.after_text and (single or any(tool.strict for tool in tools)))):
         specs = tuple(
             ToolSpec(tool.name, _checked(_arguments(tool), tool.param) if tool.strict else ANY_OBJECT)
             for tool in tools
         )
-        return OutputSpec(answer=answer, tools=specs, call_format=call_format, tool_calls="optional")
+        return OutputSpec(answer=answer, tools=specs, call_format=call_format, tool_calls="optional",
+                          parallel=fields.parallel and call_format.parallel)
     return OutputSpec(answer=answer) if answer is not None else None

@@ -38,6 +38,7 @@ class OutputSpec:
       "optional" free-text answer, text is free and each call is constrained from its trigger on
       (the format must allow calls after text).
     - `parallel`: whether more than one call may be made (with "required").
+    - `reasoning_end`: see below.
     """
 
     answer: str | None = None
@@ -45,6 +46,9 @@ class OutputSpec:
     call_format: ToolCallFormat | None = None
     tool_calls: Literal["none", "optional", "required"] = "none"
     parallel: bool = True
+    reasoning_end: str | None = None
+    """The marker closing a reasoning block the prompt opened (DeepSeek-R1's `</think>`): the output
+    is free reasoning up to it, then what the rest of the spec says."""
 
     def __post_init__(self) -> None:
         if self.tool_calls != "none" and (self.call_format is None or not self.tools):

@@ -29,7 +29,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -49,6 +49,27 @@ DEFAULT_MAX_QUEUED_REQUESTS = 1024
 
 class QueueFull(Exception):
     """The engine's waiting queue is at its limit; the request was not taken."""
+
+
+class EngineObserver(Protocol):
+    """Told of every step and pause (the server's metrics); called on the engine's threads, cheap."""
+
+    def step(self, rows: int) -> None: ...
+
+    def paused(self, mode: str) -> None: ...
+
+    def resumed(self) -> None: ...
+
+
+class _Unobserved:
+    def step(self, rows: int) -> None:
+        pass
+
+    def paused(self, mode: str) -> None:
+        pass
+
+    def resumed(self) -> None:
+        pass
 
 
 class Engine:
@@ -73,6 +94,7 @@ class Engine:
         """Held around every forward pass."""
         self.policy_version = 0
         """The version of the weights; tokens are tagged with it. `resume()` bumps it."""
+        self.observer: EngineObserver = _Unobserved()
         self._condition = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._pause_mode: PauseMode | None = None
@@ -137,6 +159,7 @@ class Engine:
         with self._condition:
             if self._pause_mode is None:
                 self._pause_mode = mode
+                self.observer.paused(mode)
                 self._condition.notify_all()
             if not self._condition.wait_for(lambda: self._parked or self._thread is None, timeout):
                 self._pause_mode = None
@@ -150,6 +173,7 @@ class Engine:
             if self._pause_mode is not None:
                 if bump_version:
                     self.policy_version += 1
+                self.observer.resumed()
                 self._pause_mode = None
                 self._parked = False
                 self._condition.notify_all()
@@ -203,6 +227,7 @@ class Engine:
         deliver_held()  # this step's tokens go out now, while the next forward pass runs
         if not self._running or self._batch is None:
             return
+        self.observer.step(len(self._batch.lengths))
         logits = self.backend.decode(self._batch, fed[kept] if len(kept) < fed.shape[0] else fed)
         self._scatter(logits)
 

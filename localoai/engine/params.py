@@ -55,6 +55,9 @@ class SamplingParams:
     min_tokens: int = 0
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    special_tokens_kept: tuple[int, ...] = ()
+    """Special tokens the text keeps even when `skip_special_tokens` drops the others: the markup an
+    output parser must see (`ServedModel.markup_token_ids`)."""
     logprobs: int | None = None
     """How many top alternatives to report per token. The sampled token's own logprob is always
     computed (every generation's trace keeps it); whether a response shows it is the handler's call."""

@@ -26,7 +26,8 @@ class Sample:
 
     def __init__(self, index: int, tokenizer: Any, params: SamplingParams) -> None:
         self.index = index
-        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=params.skip_special_tokens)
+        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=params.skip_special_tokens,
+                                                  keep=params.special_tokens_kept)
         self.stops = StopStringMatcher(params.stop, include_stop=params.include_stop_str_in_output)
         self.finished = False
         self.generated = 0

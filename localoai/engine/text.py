@@ -6,8 +6,10 @@ decoding at the step it is produced instead of after `max_tokens`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+import weakref
+from collections.abc import Collection, Sequence
 from typing import Any
 
 
@@ -19,9 +21,11 @@ class IncrementalDetokenizer:
     `_decoder`), so the concatenated deltas equal a full decode.
     """
 
-    def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True, keep: Collection[int] = ()) -> None:
+        """`keep`: special tokens decoded even when `skip_special_tokens` (the others are dropped)."""
         self._decode_ids = _decoder(tokenizer)
-        self._skip_special = skip_special_tokens
+        self._skip_special = skip_special_tokens and not keep
+        self._dropped = special_token_ids(tokenizer).difference(keep) if skip_special_tokens and keep else frozenset()
         self.ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
@@ -31,6 +35,8 @@ class IncrementalDetokenizer:
 
     def push(self, token_id: int) -> str:
         """Add one id; return the text it completes (possibly empty)."""
+        if token_id in self._dropped:
+            return ""
         self.ids.append(token_id)
         prefix_text = self._decode(self.ids[self._prefix_offset : self._read_offset])
         full_text = self._decode(self.ids[self._prefix_offset :])
@@ -46,6 +52,21 @@ class IncrementalDetokenizer:
         full_text = self._decode(self.ids[self._prefix_offset :])
         self._prefix_offset = self._read_offset = len(self.ids)
         return full_text[len(prefix_text) :]
+
+
+def special_token_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids `skip_special_tokens` drops: added tokens marked special (cached per tokenizer)."""
+    try:
+        return _special_ids[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    found = frozenset(token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special)
+    with contextlib.suppress(TypeError):  # not weakly referenceable: computed again next time
+        _special_ids[tokenizer] = found
+    return found
+
+
+_special_ids: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
 
 
 def _decoder(tokenizer: Any) -> Any:

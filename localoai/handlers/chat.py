@@ -13,7 +13,6 @@ it as an extra field of the message), tool calls to `delta.tool_calls`, the rest
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
@@ -92,9 +91,8 @@ class ChatCompletions:
         offered = request.tools if request.tool_choice != "none" else None
         parser = served.output_parser(prompt.text, [tool.function.name for tool in offered] if offered else None)
         params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs)
-        if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
-            params = dataclasses.replace(params, skip_special_tokens=False)
-        params = constrain_chat(served, request, parser.tool_parser if parser else None, params)
+        params = served.decoded_for(parser, params)  # the parser must see its markup
+        params = constrain_chat(served, request, parser, params)
         return PreparedChat(request, prompt, params, parser, turn)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:
@@ -142,10 +140,18 @@ class ChatCompletions:
         try:
             async with Generation.running(served, prepared.prompt.token_ids, prepared.params, live=live) as generation:
                 opening = [ChoiceStep(i, role=True, token_ids=[] if with_ids else None) for i in range(prepared.params.n)]
-                yield fold.add(opening)  # after submitting: the prefill runs while the role chunk goes out
+                # After submitting: the prefill runs while the role chunk goes out. While the engine is
+                # paused the chunk waits for the first output, whose weights the fingerprint names.
+                held = served.engine.paused
+                if not held:
+                    yield fold.add(opening)
                 async for item in generation:
                     if not isinstance(item, list):
                         continue
+                    fold.header["system_fingerprint"] = served.fingerprint(generation.policy_version)
+                    if held:
+                        held = False
+                        yield fold.add(opening)
                     steps = [
                         step
                         for delta in item
@@ -154,6 +160,8 @@ class ChatCompletions:
                     ]
                     if steps:
                         yield fold.add(steps)
+                if held:  # ended without any output
+                    yield fold.add(opening)
             for sample, output in zip(generation.samples, outputs or []):
                 sample.tool_parse_error = output.stream.error
                 sample.reasoning = "".join(output.reasoning) or None

@@ -166,6 +166,11 @@ class SampleTrace:
         self.text.append(delta.text)
         self.finish_reason = delta.finish_reason or self.finish_reason
 
+    def version_spans(self) -> list[tuple[int, int]]:
+        """`(tokens, version)`: how many tokens each run of one policy version produced."""
+        ends = [start for start, _ in self.policy_versions[1:]] + [len(self.token_ids)]
+        return [(end - start, version) for (start, version), end in zip(self.policy_versions, ends)]
+
     def as_record(self, index: int) -> CompletionTrace:
         trace = CompletionTrace(index=index, completion_token_ids=self.token_ids, logprobs=self.logprobs,
                                 text="".join(self.text), finish_reason=self.finish_reason,
@@ -195,10 +200,13 @@ class Generation:
         self.error: dict[str, Any] | None = None
         self.policy_version = served.policy_version
         """The version at the start: the first token's, or the server's at submission if none came."""
+        self._served = served
+        self._prompt_tokens = len(prompt_ids)
         self._stream = RequestStream(each_step=live)
         try:
             served.engine.submit(prompt_ids, params, self._stream)
         except QueueFull:
+            served.metrics.queue_rejected()
             self.status = "cancelled"
             raise RateLimitError(
                 "Too many requests are waiting for the model; try again shortly.", retry_after=1
@@ -221,11 +229,11 @@ class Generation:
         async for item in self._stream:
             if isinstance(item, RequestDone):
                 self.timings = item.timings
+                self.status = "failed" if item.error is not None else "completed"
+                self._observe()
                 if item.error is not None:
-                    self.status = "failed"
                     self.error = {"type": type(item.error).__name__, "message": str(item.error)}
                     raise ServerError("The model failed while generating this response.") from item.error
-                self.status = "completed"
                 return
             if isinstance(item, list):
                 for delta in item:
@@ -233,6 +241,12 @@ class Generation:
                         self.policy_version = delta.policy_version
                     self.samples[delta.index].add(delta)
             yield item
+
+    def _observe(self) -> None:
+        """Count the ended generation in the server's metrics (once, at its end)."""
+        spans = [sample.version_spans() for sample in self.samples]
+        self._served.metrics.generation(status=self.status, prompt_tokens=self._prompt_tokens, samples=spans,
+                                        timings=self.timings, current_version=self._served.policy_version)
 
     def traces(self, first_index: int = 0) -> list[CompletionTrace]:
         return [sample.as_record(first_index + i) for i, sample in enumerate(self.samples)]

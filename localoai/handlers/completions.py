@@ -126,12 +126,16 @@ class Completions:
         base = number * samples
         offsets = [0] * samples  # characters already sent per sample, for text_offset
         echo_pending = bool(request.echo)
+        # vLLM's placement: each choice's first chunk carries its prompt's ids (the echo, when there is one).
+        ids_pending = set(range(samples)) if request.return_token_ids and not request.echo else set()
         sent: list[Completion] = []
         generation: Generation | None = None
         recorded = False
         try:
             async with Generation.running(self.served, prompt.token_ids, prompt.params, live=live) as generation:
                 async for item in generation:
+                    # The weights that generated the output (a request may have waited through a pause).
+                    header["system_fingerprint"] = self.served.fingerprint(generation.policy_version)
                     if isinstance(item, PromptLogprobs) or (echo_pending and isinstance(item, list)):
                         entries = item.entries if isinstance(item, PromptLogprobs) else None
                         echoed = [self._echo_choice(base + i, prompt, entries, request) for i in range(samples)]
@@ -140,8 +144,10 @@ class Completions:
                         sent.append(Completion(**header, choices=echoed))
                         yield sent[-1]
                     if isinstance(item, list):
-                        choices = [self._choice(base, delta, offsets, request, prepared.shows_logprobs)
+                        choices = [self._choice(base, delta, offsets, request, prepared.shows_logprobs,
+                                                prompt.token_ids if delta.index in ids_pending else None)
                                    for delta in item]
+                        ids_pending.difference_update(delta.index for delta in item)
                         sent.append(Completion(**header, choices=choices))
                         yield sent[-1]
             usage.prompt_tokens += len(prompt.token_ids)
@@ -185,9 +191,12 @@ class Completions:
         return _choice(index=index, text=prompt.text, logprobs=logprobs, finish_reason=None, **extra)
 
     def _choice(
-        self, base: int, delta: SampleDelta, offsets: list[int], request: CompletionRequest, shows_logprobs: bool
+        self, base: int, delta: SampleDelta, offsets: list[int], request: CompletionRequest, shows_logprobs: bool,
+        prompt_token_ids: list[int] | None = None,
     ) -> CompletionChoice:
-        extra: dict[str, Any] = {"token_ids": delta.token_ids} if request.return_token_ids else {}
+        extra: dict[str, Any] = {"prompt_token_ids": prompt_token_ids} if prompt_token_ids is not None else {}
+        if request.return_token_ids:
+            extra["token_ids"] = delta.token_ids
         if delta.finish_reason is not None:
             extra["stop_reason"] = delta.stop_reason
         logprobs = None

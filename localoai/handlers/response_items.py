@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from localoai.handlers.client_tools import CLIENT_ITEMS, chat_tool_call, function_definition, stored_item, tool_result
+from localoai.errors import InvalidRequestError
 from localoai.handlers.common import new_id
 from localoai.protocol.chat import FunctionTool as ChatFunctionTool
 from localoai.protocol.chat import Message
@@ -84,11 +85,17 @@ def stored_items(given: str | Sequence[InputItem]) -> list[dict[str, Any]]:
 
 
 def _parts(item: MessageItem) -> list[dict[str, Any]]:
+    """Content as parts; an `output_text` part always with its `annotations` and `logprobs` (the spec
+    requires both; empty when the client sent none)."""
     if isinstance(item.content, str):
         if item.role == "assistant":
-            return [{"type": "output_text", "text": item.content, "annotations": []}]
+            return [{"type": "output_text", "text": item.content, "annotations": [], "logprobs": []}]
         return [{"type": "input_text", "text": item.content}]
-    return [part.model_dump(mode="json", exclude_none=True) for part in item.content]
+    parts = [part.model_dump(mode="json", exclude_none=True) for part in item.content]
+    for part in parts:
+        if part["type"] == "output_text":
+            part.setdefault("logprobs", [])
+    return parts
 
 
 def _text(content: str | list[dict[str, Any]]) -> str:
@@ -143,6 +150,21 @@ def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]]) -> 
     if system:
         messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return _MESSAGES.validate_python(messages)
+
+
+def check_call_outputs(items: Sequence[dict[str, Any]], first_new: int) -> None:
+    """A 400, as OpenAI's, for a `function_call_output` among the request's items (from `first_new`
+    on) whose `call_id` answers no call before it: the template would render a stray tool message."""
+    calls: set[str] = set()
+    for index, item in enumerate(items):
+        if item["type"] == "function_call":
+            calls.add(item["call_id"])
+        elif (call := chat_tool_call(item)) is not None:
+            calls.add(call["id"])
+        elif item["type"] == "function_call_output" and index >= first_new and item["call_id"] not in calls:
+            raise InvalidRequestError(
+                f"No tool call found for function call output with call_id {item['call_id']}.",
+                param="input")
 
 
 def chat_tools(tools: Sequence[Any] | None) -> list[ChatFunctionTool] | None:

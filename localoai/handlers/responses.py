@@ -34,7 +34,6 @@ that step only (reasoning and tool-call markup have none).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -58,7 +57,7 @@ from localoai.handlers.common import Generation, new_id, token_budget, token_log
 from localoai.handlers.recording import record_generation
 from localoai.handlers.stored import visible_record
 from localoai.handlers.response_events import ResponseEvents, final_response, usage
-from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
+from localoai.handlers.response_items import chat_messages, chat_tools, check_call_outputs, stored_items
 from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.responses import (
@@ -154,9 +153,8 @@ class Responses:
         )
         offered = request.tools if request.tool_choice != "none" else None
         parser = self.served.output_parser(prompt.text, [offered_name(tool) for tool in offered] if offered else None)
-        if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
-            params = dataclasses.replace(params, skip_special_tokens=False)
-        params = constrain_response(self.served, request, parser.tool_parser if parser else None, params)
+        params = self.served.decoded_for(parser, params)  # the parser must see its markup
+        params = constrain_response(self.served, request, parser, params)
         return PreparedResponse(request, items, prompt, params, parser, new_from, turn)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
@@ -179,6 +177,7 @@ class Responses:
                     raise InvalidRequestError(f"The conversation already has an item with id '{item['id']}'.",
                                               param=f"input[{index}].id")
         items = earlier + new
+        check_call_outputs(items, len(earlier))
         prompt = render_chat(
             self.served.tokenizer,
             chat_messages(request.instructions, items),  # instructions are never carried over

@@ -71,6 +71,8 @@ class ToolCallFormat:
     begin: tuple[str | Slot, ...] = ()
     separator: tuple[str | Slot, ...] = ()
     end: tuple[str | Slot, ...] = ()
+    parallel: bool = True
+    """Whether one output may hold several calls (not in harmony, where a call ends the turn)."""
     after_text: bool = True
     """Whether calls may follow free text, starting at `trigger`: then, under `tool_choice: auto`,
     a grammar can leave the text free and constrain each call from its first marker on."""
@@ -109,6 +111,9 @@ class ToolParser(ABC):
     name is treated as malformed (left in the content). None accepts any name."""
 
     name: ClassVar[str]
+    markup: ClassVar[tuple[str, ...]] = ()
+    """The format's markers. Where a tokenizer has one as a special token (Mistral's `[TOOL_CALLS]`),
+    the output is decoded keeping it (`ServedModel.markup_token_ids`): else the parser never sees it."""
 
     def __init__(self, tool_names: Collection[str] | None = None) -> None:
         self.tool_names = frozenset(tool_names) if tool_names is not None else None

@@ -89,6 +89,7 @@ class DeepSeekToolParser(_ScannerToolParser):
     a call block is delimited by that marker, so it must not appear inside the arguments."""
 
     name = "deepseek"
+    markup = (CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END, SEP)
 
     @classmethod
     def matches(cls, chat_template: str) -> bool:

@@ -24,7 +24,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from localoai.parsers.base import StreamDelta, _checked_call, _join_errors, _loads, _partial_suffix, new_call_id
+from localoai.parsers.base import Slot, StreamDelta, ToolCallFormat, _checked_call, _join_errors, _loads, \
+    _partial_suffix, new_call_id
 from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 
 START, END, MESSAGE, CHANNEL = "<|start|>", "<|end|>", "<|message|>", "<|channel|>"
@@ -224,6 +225,20 @@ class HarmonyOutputParser(OutputParser):
 
     def __init__(self, tool_names: Collection[str] | None = None) -> None:
         self.tool_names = frozenset(tool_names) if tool_names is not None else None
+
+    def call_format(self) -> ToolCallFormat:
+        # A forced call comes at once, without an analysis message first. It ends with `<|call|>`, one of
+        # gpt-oss's stop tokens, which a grammar leaves to the end of sequence (stop tokens may only
+        # come once the grammar is complete).
+        return ToolCallFormat(
+            call=(CHANNEL, "commentary to=functions.", Slot.NAME, " ", CONSTRAIN, "json", MESSAGE, Slot.ARGUMENTS),
+            parallel=False,
+            after_text=False,
+        )
+
+    @property
+    def format_name(self) -> str:
+        return "harmony"
 
     def stream(self) -> HarmonyOutputStream:
         return HarmonyOutputStream(self.tool_names)

@@ -131,6 +131,7 @@ class HermesToolParser(_ScannerToolParser):
     """
 
     name = "hermes"
+    markup = (OPEN, CLOSE)
 
     @classmethod
     def matches(cls, chat_template: str) -> bool:

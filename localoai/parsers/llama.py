@@ -120,6 +120,7 @@ class Llama3JsonToolParser(_ScannerToolParser):
     error. Each call is emitted when its closing brace arrives."""
 
     name = "llama3_json"
+    markup = (PYTHON_TAG,)
 
     @classmethod
     def matches(cls, chat_template: str) -> bool:

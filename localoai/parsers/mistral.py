@@ -118,6 +118,7 @@ class MistralToolParser(_ScannerToolParser):
     reject any other id when the conversation is sent back)."""
 
     name = "mistral"
+    markup = (TOOL_CALLS, ARGS)
 
     @classmethod
     def matches(cls, chat_template: str) -> bool:

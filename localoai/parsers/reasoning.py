@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from localoai.parsers.base import ParsedToolCall, StreamDelta, ToolCallStream, ToolParser, _partial_suffix
+from localoai.parsers.base import ParsedToolCall, StreamDelta, ToolCallFormat, ToolCallStream, ToolParser, \
+    _partial_suffix
 
 OPEN_THINK = "<think>"
 CLOSE_THINK = "</think>"
@@ -93,6 +94,21 @@ class OutputParser(ABC):
     @property
     def tool_parser(self) -> ToolParser | None:
         """The tool-call parser inside, whose markup a forced call is written in (None: no such format)."""
+        return None
+
+    def call_format(self) -> ToolCallFormat | None:
+        """How the model writes tool calls, for a grammar that forces them (None: none can)."""
+        return self.tool_parser.call_format() if self.tool_parser is not None else None
+
+    @property
+    def format_name(self) -> str | None:
+        """The tool-call format's name (None: not known)."""
+        return self.tool_parser.name if self.tool_parser is not None else None
+
+    @property
+    def reasoning_end(self) -> str | None:
+        """The marker that closes the reasoning when the output starts inside it (the prompt opened the
+        block, as DeepSeek-R1's does): a grammar leaves the reasoning free up to it."""
         return None
 
     @abstractmethod
@@ -259,6 +275,10 @@ class ComposedOutputParser(OutputParser):
     @property
     def tool_parser(self) -> ToolParser | None:
         return self.tools
+
+    @property
+    def reasoning_end(self) -> str | None:
+        return CLOSE_THINK if self.think and self.in_reasoning else None
 
     def stream(self) -> ComposedOutputStream:
         scanner = _ThinkScanner(in_reasoning=self.in_reasoning) if self.think else None

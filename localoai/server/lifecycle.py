@@ -320,6 +320,7 @@ def start(
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     token_ledger: bool = True,
     gc_freeze: bool = True,
+    public_metrics: bool = False,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -342,6 +343,7 @@ def start(
     `gc_freeze`: `gc.freeze()` the objects alive at start (the model, torch, transformers) while
     the server runs, so that Python's full garbage collections, which stop every thread, the
     engine's included, stay short; thawed at `stop()`. False leaves the collector alone.
+    `public_metrics`: serve `GET /metrics` (Prometheus) without `api_key`; by default it needs it.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.served import ServedModel, load_model
@@ -354,7 +356,8 @@ def start(
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)
     sock = bind_first_free(host) if port is None else bind(host, port)
-    app = create_app(served, api_key=api_key, max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    app = create_app(served, api_key=api_key, max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+                     public_metrics=public_metrics)
     server = Server(served, app, sock, api_key=api_key, gc_freeze=gc_freeze)
     server._start()
     with _registry_lock:

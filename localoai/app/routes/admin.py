@@ -31,6 +31,7 @@ def blueprint(served: ServedModel) -> Blueprint:
     async def refuse_when_queue_full() -> None:
         # Checked before the route streams anything; the engine's own bound stays the hard limit.
         if request.method == "POST" and request.path in GENERATION_PATHS and engine.queue_full:
+            served.metrics.queue_rejected()
             raise RateLimitError("Too many requests are waiting for the model; try again shortly.")
 
     def state() -> dict[str, object]:
