@@ -14,9 +14,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
+
+
+Pooling = Literal["last", "mean"]
+"""How an embedding is pooled from a prompt's hidden states: the last token's, or the mean of all."""
+POOLINGS: tuple[str, ...] = ("last", "mean")
 
 
 @dataclass
@@ -71,6 +76,11 @@ class Backend(Protocol):
 
     def decode(self, batch: Rows, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; return the next logits, shape (rows, vocab)."""
+        ...
+
+    def embed(self, prompts: Sequence[Sequence[int]], pooling: Pooling, normalize: bool) -> torch.Tensor:
+        """One vector per prompt from the last hidden states (what the LM head reads), read in one
+        padded forward pass: shape (prompts, hidden), float32."""
         ...
 
 
@@ -129,15 +139,31 @@ class TransformersBackend:
         output = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return Prefill(Rows(cache, [input_ids.shape[1]] * len(rows)), output.logits[:, -1, :])
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
-        if len(prompts) == 1:
-            return self.prefill(prompts[0], samples[0])
+    def embed(self, prompts: Sequence[Sequence[int]], pooling: Pooling, normalize: bool) -> torch.Tensor:
+        input_ids, mask, positions = self._left_padded(prompts)
+        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            output_hidden_states=True, use_cache=False, logits_to_keep=1)
+        hidden = output.hidden_states[-1].float()
+        if pooling == "last":
+            pooled = hidden[:, -1, :]  # left-padded: every row's last column is its last token
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1)
+        return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    def _left_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompts left-padded to one width: input ids, attention mask and per-row positions."""
         width = max(len(prompt) for prompt in prompts)
         lengths = torch.tensor([len(prompt) for prompt in prompts], device=self.device)
         input_ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long,
                                  device=self.device)
         mask = (torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+        if len(prompts) == 1:
+            return self.prefill(prompts[0], samples[0])
+        input_ids, mask, positions = self._left_padded(prompts)
         cache = self._cache_class(config=self.model.config)
         output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                             past_key_values=cache, use_cache=True, logits_to_keep=1)

@@ -29,11 +29,13 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from concurrent.futures import Future
+from typing import Any, Literal, TypeVar
 
 import torch
 
 from localoai.engine.backend import Backend, Rows
+from localoai.engine.jobs import JobQueue
 from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
 from localoai.engine.running import Request
 from localoai.engine.sampler import finite_logprob, sample_plain, token_logprobs
@@ -45,6 +47,7 @@ PauseMode = Literal["keep", "wait", "abort"]
 PAUSE_MODES: tuple[str, ...] = ("keep", "wait", "abort")
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_MAX_QUEUED_REQUESTS = 1024
+T = TypeVar("T")
 
 
 class QueueFull(Exception):
@@ -75,6 +78,7 @@ class Engine:
         """The version of the weights; tokens are tagged with it. `resume()` bumps it."""
         self._condition = threading.Condition()
         self._waiting: deque[Request] = deque()
+        self._jobs = JobQueue()
         self._pause_mode: PauseMode | None = None
         self._parked = False
         self._stopping = False
@@ -110,6 +114,16 @@ class Engine:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting")
             self._waiting.append(Request(list(prompt_ids), params, stream))
             self._condition.notify_all()
+
+    def call(self, run: Callable[[], T]) -> Future[T]:
+        """Run `run()` on the engine thread between steps, holding the model as a step does (see
+        `localoai.engine.jobs`); it waits while the engine is paused. `QueueFull` as for `submit`."""
+        with self._condition:
+            if len(self._waiting) + len(self._jobs) >= self.max_queued_requests:
+                raise QueueFull(f"{len(self._waiting) + len(self._jobs)} requests are already waiting")
+            future = self._jobs.put(run)
+            self._condition.notify_all()
+            return future
 
     @property
     def queue_full(self) -> bool:
@@ -183,16 +197,21 @@ class Engine:
                         self._condition.notify_all()
                     self._condition.wait()
                     continue
-                if self._running or (self._waiting and mode is None):
+                if self._running or ((self._waiting or self._jobs) and mode is None):
                     return True
                 self._condition.wait()
             self._abort_all()
+            self._jobs.fail_all(RuntimeError("the server stopped"))
             return False
 
     def _step(self) -> None:
         if self._stale:
             self._rebuild()
         if self._pause_mode is None:
+            with self._condition:
+                jobs = self._jobs.take()
+            for job in jobs:
+                job.execute()
             self._admit()
         self._drop(cancelled_only=True)
         if not self._running:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -60,6 +60,23 @@ async def interleave(iterators: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def on_engine(served: ServedModel, run: Callable[[], T]) -> T:
+    """`run()`'s result, computed on the engine thread between decode steps (see `Engine.call`): a
+    429 when the queue is full, a 500 (details logged) when it fails; cancelled with the request."""
+    try:
+        future = served.engine.call(run)
+    except QueueFull:
+        raise RateLimitError("Too many requests are waiting for the model; try again shortly.",
+                             retry_after=1) from None
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    except Exception as exc:
+        raise ServerError("The model failed while processing this request.") from exc
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
 
@@ -95,6 +112,23 @@ def _context_exceeded(window: int, prompt: int, completion: int, *, param: str) 
         param=param,
         code="context_length_exceeded",
     )
+
+
+def prompt_ids(served: ServedModel, prompt: str | Sequence[int], *, param: str) -> tuple[list[int], str]:
+    """A prompt given as text or token ids: its token ids and its text; a 400 for ids outside the
+    vocabulary or an empty prompt."""
+    if isinstance(prompt, str):
+        token_ids, text = served.encode(prompt), prompt
+    else:
+        token_ids = list(prompt)
+        if any(not 0 <= token < served.vocab_size for token in token_ids):
+            raise InvalidRequestError(
+                f"Invalid value for '{param}': token ids must be in [0, {served.vocab_size}).", param=param
+            )
+        text = served.decode(token_ids, skip_special_tokens=False)
+    if not token_ids:
+        raise InvalidRequestError(f"Invalid value for '{param}': the prompt is empty.", param=param)
+    return token_ids, text
 
 
 def _token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> None:

@@ -21,8 +21,7 @@ from openai.types.completion_choice import Logprobs
 from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
-from localoai.errors import InvalidRequestError
-from localoai.handlers.common import Generation, interleave, new_id, sampling_params, token_budget
+from localoai.handlers.common import Generation, interleave, new_id, prompt_ids, sampling_params, token_budget
 from localoai.handlers.recording import record_generation
 from localoai.protocol.completions import CompletionRequest
 from localoai.served import ServedModel
@@ -63,17 +62,7 @@ class Completions:
         decoded = max(n, request.best_of or n)
         prompts = []
         for prompt in request.prompts:
-            if isinstance(prompt, str):
-                token_ids, text = served.encode(prompt), prompt
-            else:
-                token_ids = list(prompt)
-                if any(not 0 <= token < served.vocab_size for token in token_ids):
-                    raise InvalidRequestError(
-                        f"Invalid value for 'prompt': token ids must be in [0, {served.vocab_size}).", param="prompt"
-                    )
-                text = served.decode(token_ids, skip_special_tokens=False)
-            if not token_ids:
-                raise InvalidRequestError("Invalid value for 'prompt': the prompt is empty.", param="prompt")
+            token_ids, text = prompt_ids(served, prompt, param="prompt")
             budget = token_budget(served, len(token_ids), request.max_tokens, param="max_tokens")
             params = sampling_params(
                 served,
