@@ -130,9 +130,10 @@ class Engine:
         return len(self._waiting) >= self.max_queued_requests
 
     def stats(self) -> dict[str, int]:
-        """What the engine holds now: `waiting` (queued), `running` requests and their `rows`."""
+        """What the engine holds now: `waiting` (queued), `running` requests and their `rows`, `jobs`
+        (forward passes such as embeddings waiting for the engine thread)."""
         with self._condition:
-            return {"waiting": len(self._waiting), "running": len(self._running),
+            return {"waiting": len(self._waiting), "running": len(self._running), "jobs": len(self._jobs),
                     "rows": len(self._batch.lengths) if self._batch is not None else 0}
 
     # --- pause and resume ----------------------------------------------------------
