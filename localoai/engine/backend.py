@@ -39,8 +39,8 @@ class Prefill:
 
     state: Rows
     next_logits: torch.Tensor
-    prompt_logits: torch.Tensor | None = None
-    """Logits at every prompt position (row 0 only), when asked for prompt logprobs."""
+    prompt_logits: list[torch.Tensor] | None = None
+    """Per prompt, the logits at each of its positions, when asked for prompt logprobs."""
 
 
 class Backend(Protocol):
@@ -62,7 +62,8 @@ class Backend(Protocol):
         """Read several sequences of equal length from scratch (a cache rebuilt after a weight update)."""
         ...
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int], *,
+                     prompt_logits: bool = False) -> Prefill:
         """Read several prompts in one forward pass; prompt i gets `samples[i]` rows."""
         ...
 
@@ -131,7 +132,7 @@ class TransformersBackend:
         next_logits = logits[-1:].expand(samples, -1)
         if samples > 1:
             cache.batch_repeat_interleave(samples)
-        return Prefill(Rows(cache, [len(prompt_ids)] * samples), next_logits, logits if prompt_logits else None)
+        return Prefill(Rows(cache, [len(prompt_ids)] * samples), next_logits, [logits] if prompt_logits else None)
 
     def prefill_rows(self, rows: Sequence[Sequence[int]]) -> Prefill:
         cache = self._cache_class(config=self.model.config)
@@ -160,13 +161,16 @@ class TransformersBackend:
         mask = (torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
         return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int], *,
+                     prompt_logits: bool = False) -> Prefill:
         if len(prompts) == 1:
-            return self.prefill(prompts[0], samples[0])
+            return self.prefill(prompts[0], samples[0], prompt_logits=prompt_logits)
         input_ids, mask, positions = self._left_padded(prompts)
         cache = self._cache_class(config=self.model.config)
         output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+                            past_key_values=cache, use_cache=True, logits_to_keep=0 if prompt_logits else 1)
+        width = input_ids.shape[1]
+        every = [output.logits[i, width - len(p):] for i, p in enumerate(prompts)] if prompt_logits else None
         repeat = torch.repeat_interleave(torch.arange(len(prompts), device=self.device),
                                          torch.tensor(list(samples), device=self.device))
         padding = (mask == 0)[repeat][:, None, :, None]
@@ -175,7 +179,7 @@ class TransformersBackend:
             layer.keys = layer.keys.index_select(0, repeat).masked_fill(padding, 0.0)
             layer.values = layer.values.index_select(0, repeat).masked_fill(padding, 0.0)
         rows = Rows(cache, [len(prompts[int(i)]) for i in repeat.tolist()])
-        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
+        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat), every)
 
     def join(self, batch: Rows | None, new: Rows) -> Rows:
         if batch is None:
