@@ -6,13 +6,14 @@ from quart import Quart
 
 from localoai.app.auth import require_api_key
 from localoai.app.errors import register_error_handlers
-from localoai.app.routes import (admin, chat, completions, conversations, embeddings, models, responses, stored_chat,
-                                 tokenize)
+from localoai.app.routes import (admin, chat, completions, conversations, embeddings, generate, models, responses,
+                                 stored_chat, tokenize)
 from localoai.episodes.routing import EpisodePrefix
 from localoai.handlers.chat import ChatCompletions
 from localoai.handlers.completions import Completions
 from localoai.handlers.conversations import Conversations
 from localoai.handlers.embeddings import Embeddings
+from localoai.handlers.generate import TokenGeneration
 from localoai.handlers.responses import Responses
 from localoai.handlers.stored_chat import StoredChatCompletions
 from localoai.handlers.stored_responses import StoredResponses
@@ -36,5 +37,6 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
     app.register_blueprint(conversations.blueprint(Conversations(served)))
     app.register_blueprint(tokenize.blueprint(served))
     app.register_blueprint(embeddings.blueprint(Embeddings(served)))
+    app.register_blueprint(generate.blueprint(TokenGeneration(served)))
     app.asgi_app = EpisodePrefix(app.asgi_app)  # type: ignore[method-assign]  # /episodes/{id}/v1/... is /v1/...
     return app

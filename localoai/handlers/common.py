@@ -15,6 +15,7 @@ from localoai.engine.engine import QueueFull
 from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams, TokenLogprob
 from localoai.engine.stream import RequestStream
 from localoai.errors import InvalidRequestError, RateLimitError, ServerError
+from localoai.protocol.generate import GenerateSamplingParams
 from localoai.protocol.sampling import SamplingFields
 from localoai.served import ServedModel
 from localoai.store.records import CompletionTrace, RecordStatus
@@ -143,7 +144,7 @@ def _token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> Non
 
 def sampling_params(
     served: ServedModel,
-    request: SamplingFields,
+    request: SamplingFields | GenerateSamplingParams,
     *,
     max_tokens: int,
     n: int | None = None,

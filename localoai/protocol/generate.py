@@ -99,6 +99,12 @@ class GenerateSamplingParams(RequestModel):
                 raise InvalidParam(f"keys must be token ids, got {key!r}", param="logit_bias")
         return self
 
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
 
 class GenerateRequest(RequestModel):
     """vLLM's `GenerateRequest`: token ids in, with the sampling parameters."""
