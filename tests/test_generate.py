@@ -36,7 +36,7 @@ def test_ids_and_logprobs_equal_the_chat_paths_for_the_same_prompt_and_seed(clie
         assert [entry["token"] for entry in ours["logprobs"]["content"]] == [f"token_id:{t}" for t in ours["token_ids"]]
         assert ours["finish_reason"] == theirs.finish_reason
     assert answer["usage"] == {"prompt_tokens": len(prompt_ids), "completion_tokens": 24, "total_tokens": len(prompt_ids) + 24}
-    record = server.store.get(answer["request_id"])
+    record = server.store.get(answer["id"])
     assert record.kind == "generate" and record.prompt_token_ids == prompt_ids
     assert [trace["completion_token_ids"] for trace in record.completions] == [c["token_ids"] for c in answer["choices"]]
 
@@ -111,11 +111,11 @@ def test_inside_an_episode_it_is_a_recorded_turn(server: Any) -> None:
     prompt = server.served.encode("episode turn")
     answer = generate(server, {"token_ids": prompt, "sampling_params": {"max_tokens": 3}},
                       path="/episodes/gen-episode-1/inference/v1/generate")
-    record = server.store.get(answer["request_id"])
+    record = server.store.get(answer["id"])
     assert record.episode_id == "gen-episode-1"
     [trajectory] = [t for t in server.trajectories() if t.episode_id == "gen-episode-1"]
     [turn] = trajectory.turns
-    assert (turn.record_id, turn.kind, turn.prompt_token_ids) == (answer["request_id"], "generate", prompt)
+    assert (turn.record_id, turn.kind, turn.prompt_token_ids) == (answer["id"], "generate", prompt)
     assert turn.completion_token_ids == answer["choices"][0]["token_ids"]
 
 

@@ -6,8 +6,8 @@ from quart import Quart
 
 from localoai.app.auth import require_api_key
 from localoai.app.errors import register_error_handlers
-from localoai.app.routes import (admin, chat, completions, conversations, embeddings, generate, models, responses,
-                                 stored_chat, tokenize)
+from localoai.app.routes import (admin, chat, completions, conversations, embeddings, generate, models, render,
+                                 responses, stored_chat, tokenize)
 from localoai.episodes.routing import EpisodePrefix
 from localoai.handlers.chat import ChatCompletions
 from localoai.handlers.completions import Completions
@@ -30,10 +30,12 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
         require_api_key(app, api_key)
     app.register_blueprint(admin.blueprint(served))
     app.register_blueprint(models.blueprint(served))
-    app.register_blueprint(chat.blueprint(ChatCompletions(served)))
+    chat_handler, completions_handler, responses_handler = ChatCompletions(served), Completions(served), Responses(served)
+    app.register_blueprint(render.blueprint(chat_handler, completions_handler, responses_handler))
+    app.register_blueprint(chat.blueprint(chat_handler))
     app.register_blueprint(stored_chat.blueprint(StoredChatCompletions(served)))
-    app.register_blueprint(completions.blueprint(Completions(served)))
-    app.register_blueprint(responses.blueprint(Responses(served), StoredResponses(served)))
+    app.register_blueprint(completions.blueprint(completions_handler))
+    app.register_blueprint(responses.blueprint(responses_handler, StoredResponses(served)))
     app.register_blueprint(conversations.blueprint(Conversations(served)))
     app.register_blueprint(tokenize.blueprint(served))
     app.register_blueprint(embeddings.blueprint(Embeddings(served)))

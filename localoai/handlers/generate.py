@@ -71,7 +71,8 @@ class TokenGeneration:
         """The answer as vLLM streams it: each step's token ids per sample, the prompt's logprobs
         first when asked, usage last (when asked); the generation is recorded as it ends."""
         served, request = self.served, prepared.request
-        header: dict[str, Any] = {"request_id": request.request_id or new_id("generate-tokens-"),
+        record_id = new_id("generate-tokens-")  # the store's id: unique even when a client repeats a request_id
+        header: dict[str, Any] = {"id": record_id, "request_id": request.request_id or record_id,
                                   "created": int(time.time()), "model": served.name,
                                   "system_fingerprint": served.system_fingerprint}
         shows = request.sampling_params.logprobs is not None
@@ -102,7 +103,7 @@ class TokenGeneration:
     def _record(self, prepared: PreparedGenerate, header: dict[str, Any], generation: Generation | None,
                 sent: list[GenerateResponse]) -> Any:
         return record_generation(
-            self.served, record_id=header["request_id"], kind="generate", created=header["created"],
+            self.served, record_id=header["id"], kind="generate", created=header["created"],
             request=prepared.request, prompt_text=prepared.prompt_text, prompt_token_ids=prepared.request.token_ids,
             generation=generation, output=accumulate(sent) if sent else None, episode=prepared.episode)
 
@@ -151,6 +152,6 @@ def accumulate(chunks: list[GenerateResponse]) -> GenerateResponse:
                                      + choice.logprobs["content"]}
             if choice.finish_reason is not None:
                 entry["finish_reason"], entry["stop_reason"] = choice.finish_reason, choice.stop_reason
-    header = chunks[0].model_dump(include={"request_id", "created", "model", "system_fingerprint"})
+    header = chunks[0].model_dump(include={"id", "request_id", "created", "model", "system_fingerprint"})
     return GenerateResponse(**header, choices=[GenerateChoice(**choices[i]) for i in sorted(choices)],
                             usage=usage, prompt_logprobs=prompt_logprobs)

@@ -145,7 +145,10 @@ class GenerateChoice(BaseModel):
 
 
 class GenerateResponse(BaseModel):
+    id: str
+    """The generation's record id in the store."""
     request_id: str
+    """The client's `request_id`, or `id` when it gave none."""
     created: int
     model: str
     system_fingerprint: str

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from localoai.app.responses import json_response
+from localoai.episodes.routing import episode_ref
+from localoai.handlers.chat import ChatCompletions
+from localoai.handlers.completions import Completions
+from localoai.handlers.render import generate_request
+from localoai.handlers.responses import Responses
+from localoai.protocol.base import parse_request
+from localoai.protocol.chat import ChatCompletionRequest
+from localoai.protocol.completions import CompletionRequest
+from localoai.protocol.responses import ResponseCreateRequest
+
+
+def blueprint(chat: ChatCompletions, completions: Completions, responses: Responses) -> Blueprint:
+    routes = Blueprint("render", __name__)
+
+    @routes.post("/v1/chat/completions/render")
+    async def render_chat() -> Response:
+        body = parse_request(ChatCompletionRequest, await request.get_data())
+        prepared = chat.prepare(body, episode_ref(request.headers, body.metadata))
+        return json_response(generate_request("chatcmpl-", body.model, prepared.prompt.token_ids, prepared.prompt.text,
+                                              prepared.params, body.stream, body.stream_options))
+
+    @routes.post("/v1/completions/render")
+    async def render_completion() -> Response:
+        body = parse_request(CompletionRequest, await request.get_data())
+        prepared = completions.prepare(body, episode_ref(request.headers, None))
+        return json_response([generate_request("cmpl-", body.model, prompt.token_ids, prompt.text, prompt.params,
+                                               body.stream, body.stream_options) for prompt in prepared.prompts])
+
+    @routes.post("/v1/responses/render")
+    async def render_response() -> Response:
+        body = parse_request(ResponseCreateRequest, await request.get_data())
+        prepared = await responses.prepare(body, episode_ref(request.headers, body.metadata))
+        return json_response(generate_request("resp_", body.model, prepared.prompt.token_ids, prepared.prompt.text,
+                                              prepared.params, body.stream))
+
+    return routes
