@@ -93,6 +93,49 @@ def token_logprob(served: ServedModel, entry: TokenLogprob) -> dict[str, Any]:
     return {"token": text, "bytes": data, "logprob": entry.logprob, "top_logprobs": top}
 
 
+def prompt_logprobs(served: ServedModel, item: PromptLogprobs, top: int | None,
+                    computed: int | None = None) -> list[dict[str, Any] | None]:
+    """vLLM's `prompt_logprobs`: per prompt token (the first has none) `{token_id: {"logprob", "rank",
+    "decoded_token"}}` for the token itself, the `top` most likely and any candidate ids asked for.
+    `computed`: how many top alternatives the engine computed (when more than `top`); candidates follow."""
+    decode = served.tokenizer.decode
+    top, computed = top or 0, max(computed or 0, top or 0)
+    result: list[dict[str, Any] | None] = []
+    for entry in item.entries:
+        if entry is None:
+            result.append(None)
+            continue
+        shown = {str(entry.token_id): {"logprob": entry.logprob, "rank": entry.rank,
+                                       "decoded_token": decode([entry.token_id])}}
+        for position, (token, value) in enumerate(entry.top):
+            if top <= position < computed:  # an alternative computed for someone else (the echo)
+                continue
+            shown.setdefault(str(token), {"logprob": value, "rank": position + 1 if position < top else None,
+                                          "decoded_token": decode([token])})
+        result.append(shown)
+    return result
+
+
+@dataclass(frozen=True)
+class Scoring:
+    prompt_logprobs: int | None
+    prompt_logprob_token_ids: tuple[tuple[int, ...], ...] | None
+
+
+def scoring(served: ServedModel, token_ids: Sequence[int], top: int | None,
+            candidates: Sequence[Sequence[int]] | None, *, param: str) -> Scoring:
+    """The prompt scoring asked for: `top` alternatives per prompt token, and per position the
+    `candidates` (one list per prompt token, ids in the vocabulary; they imply `top` 0)."""
+    if candidates is None:
+        return Scoring(top, None)
+    if len(candidates) != len(token_ids):
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': give one list per prompt token ({len(token_ids)}), not {len(candidates)}.",
+            param=param, code="invalid_value")
+    _token_ids(served, [token for ids in candidates for token in ids], param=param)
+    return Scoring(top if top is not None else 0, tuple(map(tuple, candidates)))
+
+
 def token_budget(served: ServedModel, prompt_tokens: int, requested: int | None, *, param: str) -> int:
     """The completion's token budget; a 400 when the prompt plus it exceed the context window."""
     window = served.context_length
@@ -150,6 +193,7 @@ def sampling_params(
     n: int | None = None,
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
+    prompt_logprob_token_ids: tuple[tuple[int, ...], ...] | None = None,
 ) -> SamplingParams:
     """Build the engine's parameters; OpenAI's defaults where a field is absent."""
     bias = [(int(key), float(value)) for key, value in (request.logit_bias or {}).items()]
@@ -175,6 +219,7 @@ def sampling_params(
         skip_special_tokens=request.skip_special_tokens is not False,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        prompt_logprob_token_ids=prompt_logprob_token_ids,
     )
 
 

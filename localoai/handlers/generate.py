@@ -14,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from localoai.constraints.requests import constrain_generate
 from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
-from localoai.errors import InvalidRequestError
-from localoai.handlers.common import Generation, new_id, prompt_ids, sampling_params, token_budget
+from localoai.handlers.common import (Generation, new_id, prompt_ids, prompt_logprobs, sampling_params, scoring,
+                                      token_budget)
 from localoai.handlers.recording import record_generation
 from localoai.protocol.generate import GenerateChoice, GenerateRequest, GenerateResponse
 from localoai.served import ServedModel
@@ -47,18 +47,11 @@ class TokenGeneration:
         token_ids, text = prompt_ids(served, request.token_ids, param="token_ids")
         fields = request.sampling_params
         budget = token_budget(served, len(token_ids), fields.max_tokens, param="sampling_params.max_tokens")
-        candidates = fields.prompt_logprob_token_ids
-        if candidates is not None:
-            param = "sampling_params.prompt_logprob_token_ids"
-            if len(candidates) != len(token_ids):
-                raise InvalidRequestError(
-                    f"Invalid value for '{param}': give one list per prompt token ({len(token_ids)}), not "
-                    f"{len(candidates)}.", param=param, code="invalid_value")
-            prompt_ids(served, [token for ids in candidates for token in ids] or [0], param=param)
-        scored = fields.prompt_logprobs if fields.prompt_logprobs is not None or candidates is None else 0
-        params = replace(sampling_params(served, fields, max_tokens=budget, logprobs=fields.logprobs,
-                                         prompt_logprobs=scored),
-                         prompt_logprob_token_ids=tuple(map(tuple, candidates)) if candidates else None)
+        scored = scoring(served, token_ids, fields.prompt_logprobs, fields.prompt_logprob_token_ids,
+                         param="sampling_params.prompt_logprob_token_ids")
+        params = sampling_params(served, fields, max_tokens=budget, logprobs=fields.logprobs,
+                                 prompt_logprobs=scored.prompt_logprobs,
+                                 prompt_logprob_token_ids=scored.prompt_logprob_token_ids)
         params = constrain_generate(served, fields.structured_outputs, params,
                                     param="sampling_params.structured_outputs")
         return PreparedGenerate(request, text, params, served.episodes.turn(episode))
@@ -84,7 +77,8 @@ class TokenGeneration:
                 async for item in generation:
                     if isinstance(item, PromptLogprobs):
                         sent.append(GenerateResponse(**header, choices=[],
-                                                     prompt_logprobs=self._prompt_logprobs(request, item)))
+                                                     prompt_logprobs=prompt_logprobs(
+                                                         served, item, request.sampling_params.prompt_logprobs)))
                     else:
                         sent.append(GenerateResponse(**header, choices=[self._choice(delta, shows) for delta in item]))
                     yield sent[-1]
@@ -113,22 +107,6 @@ class TokenGeneration:
         return GenerateChoice(index=delta.index, token_ids=delta.token_ids, logprobs=logprobs,
                               finish_reason=delta.finish_reason, stop_reason=delta.stop_reason)
 
-    def _prompt_logprobs(self, request: GenerateRequest, item: PromptLogprobs) -> list[dict[str, Any] | None]:
-        decode = self.served.tokenizer.decode
-        result: list[dict[str, Any] | None] = []
-        for entry in item.entries:
-            if entry is None:
-                result.append(None)
-                continue
-            shown = {str(entry.token_id): {"logprob": entry.logprob, "rank": entry.rank,
-                                           "decoded_token": decode([entry.token_id])}}
-            for rank, (token, value) in enumerate(entry.top, start=1):
-                top_k = request.sampling_params.prompt_logprobs or 0
-                shown.setdefault(str(token), {"logprob": value, "rank": rank if rank <= top_k else None,
-                                              "decoded_token": decode([token])})
-            result.append(shown)
-        return result
-
 
 def _token_logprob(entry: TokenLogprob) -> dict[str, Any]:
     """vLLM's token-in logprob entry: tokens named by id (`token_id:ID`), no text."""
@@ -139,9 +117,9 @@ def _token_logprob(entry: TokenLogprob) -> dict[str, Any]:
 def accumulate(chunks: list[GenerateResponse]) -> GenerateResponse:
     """Fold streamed chunks into the non-streamed answer."""
     choices: dict[int, dict[str, Any]] = {}
-    prompt_logprobs = usage = None
+    scored = usage = None
     for chunk in chunks:
-        prompt_logprobs = chunk.prompt_logprobs if chunk.prompt_logprobs is not None else prompt_logprobs
+        scored = chunk.prompt_logprobs if chunk.prompt_logprobs is not None else scored
         usage = chunk.usage or usage
         for choice in chunk.choices:
             entry = choices.setdefault(choice.index, {"index": choice.index, "token_ids": [], "logprobs": None,
@@ -154,4 +132,4 @@ def accumulate(chunks: list[GenerateResponse]) -> GenerateResponse:
                 entry["finish_reason"], entry["stop_reason"] = choice.finish_reason, choice.stop_reason
     header = chunks[0].model_dump(include={"id", "request_id", "created", "model", "system_fingerprint"})
     return GenerateResponse(**header, choices=[GenerateChoice(**choices[i]) for i in sorted(choices)],
-                            usage=usage, prompt_logprobs=prompt_logprobs)
+                            usage=usage, prompt_logprobs=scored)

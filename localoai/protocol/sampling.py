@@ -47,6 +47,9 @@ class SamplingFields(RequestModel):
     skip_special_tokens: StrictBool | None = None
     include_stop_str_in_output: StrictBool | None = None
     return_token_ids: StrictBool | None = None
+    prompt_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    prompt_logprob_token_ids: list[list[StrictInt]] | None = None
+    """Per prompt token, token ids whose logprobs at that position are wanted too (scoring)."""
 
     @field_validator("logit_bias")
     @classmethod
