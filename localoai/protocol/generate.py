@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
-from localoai.protocol.sampling import MAX_STOP_SEQUENCES, Number, StreamOptions
+from localoai.protocol.sampling import (MAX_STOP_SEQUENCES, Number, StreamOptions, non_empty_stops, stop_tuple,
+                                       token_id_keys)
 
 MAX_PROMPT_LOGPROBS = 20
 
@@ -94,16 +95,14 @@ class GenerateSamplingParams(RequestModel):
                 raise Unsupported("not supported by this server", param=name)
         if self.extra_args:
             raise Unsupported("custom engine arguments are not supported", param="extra_args")
-        for key in self.logit_bias or {}:
-            if not key.lstrip("-").isdigit():
-                raise InvalidParam(f"keys must be token ids, got {key!r}", param="logit_bias")
         return self
+
+    _token_ids_as_keys = field_validator("logit_bias")(lambda cls, bias: token_id_keys(bias))
+    _no_empty_stop = field_validator("stop")(lambda cls, stop: non_empty_stops(stop))
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return stop_tuple(self.stop)
 
 
 class GenerateRequest(RequestModel):
