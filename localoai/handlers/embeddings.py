@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,7 @@ class Embeddings:
 def _as_base64(response: CreateEmbeddingResponse, vectors: list[torch.Tensor]) -> dict[str, Any]:
     body = response.model_dump(mode="json")
     for item, vector in zip(body["data"], vectors):
-        item["embedding"] = base64.b64encode(vector.to(torch.float32).numpy().astype("<f4").tobytes()).decode()
+        values = vector.tolist()
+        item["embedding"] = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
     return body
 
