@@ -47,8 +47,9 @@ def main() -> None:
     def served() -> list[list[float]]:
         answer = client.completions.create(model="bench", prompt=sequences, max_tokens=0,
                                            extra_body={"prompt_logprobs": 0})
-        return [[entries[str(token)]["logprob"] for entries, token in zip(choice.model_extra["prompt_logprobs"][1:], seq[1:])]
-                for choice, seq in zip(answer.choices, sequences)]
+        return [[entries[str(token)]["logprob"]
+                 for entries, token in zip(choice.model_extra["prompt_logprobs"][1:], sequence[1:])]
+                for choice, sequence in zip(answer.choices, sequences)]
 
     def one_by_one() -> None:
         for sequence in sequences:
@@ -75,7 +76,8 @@ def main() -> None:
                     reference = result
         worst = max(abs(a - b) for x, y in zip(ours, reference) for a, b in zip(x, y))
         median = {name: statistics.median(values) for name, values in times.items()}
-        print(f"{args.sequences} sequences x {args.length} tokens, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+        size = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"{args.sequences} sequences x {args.length} tokens, {size:.1f}M "
               f"parameters, {torch.get_num_threads()} threads; largest logprob difference {worst:.2e}")
         for name, values in times.items():
             print(f"  {name:>10}: {median[name] * 1000:8.1f} ms ({min(values) * 1000:.1f})")

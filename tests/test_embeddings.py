@@ -40,7 +40,8 @@ def test_every_input_shape_equals_a_pooled_forward_pass(client: openai.OpenAI, t
 def test_base64_is_little_endian_float32_of_the_same_vectors(client: openai.OpenAI, server: Any) -> None:
     texts = ["one", "two words"]
     floats = client.embeddings.create(model="tiny", input=texts, encoding_format="float")
-    raw = httpx.post(f"{server.base_url}/embeddings", json={"model": "tiny", "input": texts, "encoding_format": "base64"})
+    raw = httpx.post(f"{server.base_url}/embeddings",
+                     json={"model": "tiny", "input": texts, "encoding_format": "base64"})
     assert raw.status_code == 200
     for item, expected in zip(raw.json()["data"], floats.data):
         decoded = torch.frombuffer(bytearray(base64.b64decode(item["embedding"])), dtype=torch.float32)

@@ -32,13 +32,16 @@ def test_ids_and_logprobs_equal_the_chat_paths_for_the_same_prompt_and_seed(clie
     assert len(answer["choices"]) == 2
     for ours, theirs in zip(answer["choices"], chat.choices):
         assert ours["token_ids"] == theirs.model_extra["token_ids"]
-        assert [entry["logprob"] for entry in ours["logprobs"]["content"]] == [e.logprob for e in theirs.logprobs.content]
+        assert [entry["logprob"] for entry in ours["logprobs"]["content"]] == \
+            [entry.logprob for entry in theirs.logprobs.content]
         assert [entry["token"] for entry in ours["logprobs"]["content"]] == [f"token_id:{t}" for t in ours["token_ids"]]
         assert ours["finish_reason"] == theirs.finish_reason
-    assert answer["usage"] == {"prompt_tokens": len(prompt_ids), "completion_tokens": 24, "total_tokens": len(prompt_ids) + 24}
+    assert answer["usage"] == {"prompt_tokens": len(prompt_ids), "completion_tokens": 24,
+                               "total_tokens": len(prompt_ids) + 24}
     record = server.store.get(answer["id"])
     assert record.kind == "generate" and record.prompt_token_ids == prompt_ids
-    assert [trace["completion_token_ids"] for trace in record.completions] == [c["token_ids"] for c in answer["choices"]]
+    assert [trace["completion_token_ids"] for trace in record.completions] == \
+        [choice["token_ids"] for choice in answer["choices"]]
 
 
 def test_stop_token_ids_end_a_sample_with_vllms_stop_reason(server: Any) -> None:

@@ -49,7 +49,8 @@ def test_a_rendered_request_generates_what_the_original_does(client: openai.Open
 
 
 def test_completions_render_gives_one_request_per_prompt(client: openai.OpenAI, server: Any) -> None:
-    for prompts, expected in [(["first prompt", "second"], [server.served.encode(p) for p in ("first prompt", "second")]),
+    texts = ["first prompt", "second"]
+    for prompts, expected in [(texts, [server.served.encode(text) for text in texts]),
                               ([[5, 6, 7], [8, 9]], [[5, 6, 7], [8, 9]])]:
         rendered = post(server, "/v1/completions/render", {"model": "tiny", "prompt": prompts, "max_tokens": 3})
         assert [item["token_ids"] for item in rendered] == expected

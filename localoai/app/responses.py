@@ -31,7 +31,9 @@ def _encode(payload: BaseModel | dict[str, Any] | list[Any]) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
-def json_response(payload: BaseModel | dict[str, Any] | list[Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    payload: BaseModel | dict[str, Any] | list[Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(_encode(payload), status=status, content_type="application/json", headers=headers)
 
 

@@ -159,8 +159,8 @@ def constrain_generate(served: ServedModel, structured: StructuredOutputs | None
     elif structured.regex is not None:
         grammar, kind = "start: /" + structured.regex.replace("/", "\\/") + "/", "regex"
     elif structured.choice is not None:
-        grammar, kind = "start: " + " | ".join(json.dumps(choice, ensure_ascii=False) for choice in structured.choice), \
-            "choice"
+        grammar = "start: " + " | ".join(json.dumps(choice, ensure_ascii=False) for choice in structured.choice)
+        kind = "choice"
     else:
         schema = structured.json_ if structured.json_ is not None else {"type": "object"}
         kind = "json" if structured.json_ is not None else "json_object"

@@ -177,9 +177,12 @@ class Completions:
         """Each sample's first choice: the echoed prompt (with its logprobs when asked), vLLM's
         `prompt_logprobs` when asked (on an empty choice if nothing is echoed)."""
         entries = item.entries if isinstance(item, PromptLogprobs) else None
-        extra: dict[str, Any] = {"prompt_token_ids": prompt.token_ids, "token_ids": []} if request.return_token_ids else {}
-        if entries is not None and (request.prompt_logprobs is not None or prompt.params.prompt_logprob_token_ids):
-            extra["prompt_logprobs"] = prompt_logprobs(self.served, item, request.prompt_logprobs,  # type: ignore[arg-type]
+        extra: dict[str, Any] = {}
+        if request.return_token_ids:
+            extra = {"prompt_token_ids": prompt.token_ids, "token_ids": []}
+        if isinstance(item, PromptLogprobs) and (request.prompt_logprobs is not None
+                                                 or prompt.params.prompt_logprob_token_ids):
+            extra["prompt_logprobs"] = prompt_logprobs(self.served, item, request.prompt_logprobs,
                                                        prompt.params.prompt_logprobs)
         logprobs = None
         if echo and entries is not None and request.logprobs is not None:

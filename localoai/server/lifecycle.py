@@ -332,7 +332,8 @@ def start(
     served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser,
                                 max_batch_size=max_batch_size, max_queued_requests=max_queued_requests)
     served.episodes.enabled = token_ledger
-    served.embedding_pooling, served.embedding_normalize = embedding_pooling, embedding_normalize  # type: ignore[assignment]
+    served.embedding_pooling = embedding_pooling  # type: ignore[assignment]  # checked above
+    served.embedding_normalize = embedding_normalize
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)
