@@ -83,6 +83,7 @@ def test_reasoning_effort_reaches_the_template_as_for_generation(client: openai.
     ("/v1/chat/completions/render", {"model": "tiny", "messages": MESSAGES, "n": 0}, 400, "n"),
     ("/v1/chat/completions/render", {"model": "tiny", "messages": MESSAGES, "max_tokens": 10**6}, 400, "max_tokens"),
     ("/v1/completions/render", {"model": "tiny", "prompt": [10**9]}, 400, "prompt"),
+    ("/v1/completions/render", {"model": "tiny", "prompt": "x", "best_of": 3}, 400, "best_of"),
     ("/v1/responses/render", {"model": "tiny", "input": "x", "unknown_field": 1}, 400, "unknown_field"),
 ])
 def test_render_refuses_what_generation_refuses(server: Any, path: str, body: dict[str, Any], status: int,

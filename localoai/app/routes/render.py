@@ -4,6 +4,7 @@ from quart import Blueprint, Response, request
 
 from localoai.app.responses import json_response
 from localoai.episodes.routing import episode_ref
+from localoai.errors import UnsupportedFieldError
 from localoai.handlers.chat import ChatCompletions
 from localoai.handlers.completions import Completions
 from localoai.handlers.render import generate_request
@@ -28,6 +29,9 @@ def blueprint(chat: ChatCompletions, completions: Completions, responses: Respon
     async def render_completion() -> Response:
         body = parse_request(CompletionRequest, await request.get_data())
         prepared = completions.prepare(body, episode_ref(request.headers, None))
+        if prepared.ranked:  # the token-in endpoint returns every sample; it would not keep the best n
+            raise UnsupportedFieldError("Unsupported value for 'best_of': a rendered request cannot rank its samples; "
+                                        "render with n and rank them yourself.", param="best_of")
         return json_response([generate_request("cmpl-", body.model, prompt.token_ids, prompt.text, prompt.params,
                                                body.stream, body.stream_options) for prompt in prepared.prompts])
 
