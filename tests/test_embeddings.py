@@ -110,3 +110,10 @@ def test_an_embedding_asked_for_during_a_pause_reads_the_updated_weights() -> No
             after = later.result().data[0].embedding
         torch.testing.assert_close(torch.tensor(after), 2 * torch.tensor(before), atol=1e-5, rtol=1e-4)
         assert server.store.list(kind="embedding", limit=1)[0].policy_version == server.policy_version == 1
+
+
+def test_inside_an_episode_embeddings_are_recorded_in_it(server: Any) -> None:
+    episode = openai.OpenAI(base_url=f"{server.url}/episodes/embedding-episode/v1", api_key="x", max_retries=0)
+    episode.embeddings.create(model="tiny", input="in an episode", encoding_format="float")
+    [record] = server.store.list(kind="embedding", episode_id="embedding-episode")
+    assert record.prompt_text == "in an episode"

@@ -91,3 +91,16 @@ def test_render_refuses_what_generation_refuses(server: Any, path: str, body: di
     response = httpx.post(f"{server.url}{path}", json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_inside_an_episode_render_gives_the_ledgers_prompt(server: Any) -> None:
+    episode = openai.OpenAI(base_url=f"{server.url}/episodes/render-episode/v1", api_key="x", max_retries=0)
+    first = episode.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, seed=2)
+    follow_up = [*MESSAGES, {"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And tomorrow?"}]
+    rendered = post(server, "/episodes/render-episode/v1/chat/completions/render",
+                    {"model": "tiny", "messages": follow_up, "max_tokens": 2})
+    second = episode.chat.completions.create(model="tiny", messages=follow_up, max_tokens=2)
+    record = server.store.get(second.id)
+    assert record.ledger is not None and record.ledger["extends"] == first.id
+    assert record.prompt_token_ids == rendered["token_ids"]
