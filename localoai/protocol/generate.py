@@ -97,8 +97,15 @@ class GenerateSamplingParams(RequestModel):
             raise Unsupported("custom engine arguments are not supported", param="extra_args")
         return self
 
-    _token_ids_as_keys = field_validator("logit_bias")(lambda cls, bias: token_id_keys(bias))
-    _no_empty_stop = field_validator("stop")(lambda cls, stop: non_empty_stops(stop))
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids_as_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        return token_id_keys(bias)
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        return non_empty_stops(stop)
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
