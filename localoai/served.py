@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localoai.engine.backend import TransformersBackend
+from localoai.engine.backend import Pooling, TransformersBackend
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
 from localoai.engine.params import SamplingParams
 from localoai.engine.text import special_token_ids
@@ -97,6 +97,10 @@ class ServedModel:
     reasoning_format: str | None = None
     """How the model writes its reasoning (`"qwen3"`, `"deepseek_r1"`, `"harmony"`), chosen from its
     chat template (or forced); None for none."""
+    embedding_pooling: Pooling = "last"
+    """How `/v1/embeddings` pools the last hidden states: the last token's (`"last"`) or the mean."""
+    embedding_normalize: bool = True
+    """Whether embeddings are scaled to unit length (as OpenAI's are)."""
     token_texts: TokenTexts = field(init=False)
     conversations: ConversationStore = field(init=False)
     """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
@@ -184,6 +188,11 @@ class ServedModel:
     @property
     def context_length(self) -> int:
         return self.engine.backend.context_length
+
+    @property
+    def hidden_size(self) -> int:
+        """The width of the last hidden states (an embedding's dimensions)."""
+        return int(self.model.get_output_embeddings().weight.shape[1])
 
     @property
     def vocab_size(self) -> int:

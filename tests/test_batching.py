@@ -148,7 +148,7 @@ def test_a_streamed_list_of_prompts_interleaves_and_cancels_together(server: Any
         seen.update(choice.index for choice in next(chunks).choices)
     assert engine.stats()["running"] == 3
     stream.close()  # the client goes away: every prompt's generation ends, each recorded as cancelled
-    wait_until(lambda: engine.stats() == {"waiting": 0, "running": 0, "rows": 0})
+    wait_until(lambda: engine.stats() == {"waiting": 0, "running": 0, "jobs": 0, "rows": 0})
     wait_until(lambda: len(server.store.list(kind="text_completion", status="cancelled", limit=100)) == cancelled_before + 3)
 
 
@@ -159,7 +159,7 @@ def test_n_samples_share_one_prefill_and_decode_as_rows(server: Any) -> None:
     chunks = iter(stream)
     next(chunks)
     with server.pause("keep", bump_version=False):
-        assert server.served.engine.stats() == {"waiting": 0, "running": 1, "rows": 4}
+        assert server.served.engine.stats() == {"waiting": 0, "running": 1, "jobs": 0, "rows": 4}
     assert sum(1 for _ in chunks) > 0
 
 
@@ -183,7 +183,7 @@ def test_cancellation_frees_the_slot(tiny: Any) -> None:
                                              temperature=0)  # greedy: no early end on this model
         wait_until(lambda: engine.stats()["running"] == 1)
         assert client.responses.cancel(background.id).status == "cancelled"
-        wait_until(lambda: engine.stats() == {"waiting": 0, "running": 0, "rows": 0})
+        wait_until(lambda: engine.stats() == {"waiting": 0, "running": 0, "jobs": 0, "rows": 0})
 
 
 def test_queue_limit_answers_429_with_retry_after(tiny: Any) -> None:
@@ -206,7 +206,7 @@ def test_queue_limit_answers_429_with_retry_after(tiny: Any) -> None:
                 with pytest.raises(openai.RateLimitError):
                     client.responses.create(model="tiny", input="hi", max_output_tokens=16)
             assert all(future.result().choices[0].finish_reason for future in waiting)
-        assert engine.stats() == {"waiting": 0, "running": 0, "rows": 0}
+        assert engine.stats() == {"waiting": 0, "running": 0, "jobs": 0, "rows": 0}
 
 
 def test_seeded_sampling_is_reproducible_in_any_company(server: Any) -> None:

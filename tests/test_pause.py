@@ -118,7 +118,7 @@ def test_abort_ends_running_requests_with_their_partial_output(served: tuple[Any
     next(chunks)
     next(chunks)
     with server.pause("abort"):
-        assert server.served.engine.stats() == {"waiting": 0, "running": 0, "rows": 0}
+        assert server.served.engine.stats() == {"waiting": 0, "running": 0, "jobs": 0, "rows": 0}
     rest = list(chunks)
     finish = [chunk.choices[0].finish_reason for chunk in rest if chunk.choices]
     assert finish[-1] == "length"  # OpenAI's closest: the output was cut short

@@ -96,7 +96,7 @@ def test_soak(tiny: tuple[Any, Any]) -> None:
         # A client may go away after its generation already ended (an abort, say): recorded as it ended.
         assert 0 < server.store.count(status="cancelled") - baseline_cancelled <= outcomes.count("cancelled")
 
-        assert engine.stats() == {"waiting": 0, "running": 0, "rows": 0}
+        assert engine.stats() == {"waiting": 0, "running": 0, "jobs": 0, "rows": 0}
         gc.collect()
         assert not [obj for obj in gc.get_objects() if type(obj) is RequestStream]
         assert rss_bytes() - baseline_rss < 150 * 2**20

@@ -102,7 +102,7 @@ def test_record_round_trip(store: SQLiteStore) -> None:
 
 def test_record_validation_and_forward_compatibility() -> None:
     with pytest.raises(ValueError, match="kind"):
-        make_record(0, kind="embedding")
+        make_record(0, kind="image_generation")
     with pytest.raises(ValueError, match="status"):
         make_record(0, status="done")
     with pytest.raises(ValueError, match="logprobs"):

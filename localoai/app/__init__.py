@@ -12,9 +12,12 @@ from localoai.app.routes import (
     chat,
     completions,
     conversations,
+    embeddings,
+    generate,
     inspector,
     metrics,
     models,
+    render,
     responses,
     stored_chat,
     tokenize,
@@ -23,6 +26,8 @@ from localoai.episodes.routing import EpisodePrefix
 from localoai.handlers.chat import ChatCompletions
 from localoai.handlers.completions import Completions
 from localoai.handlers.conversations import Conversations
+from localoai.handlers.embeddings import Embeddings
+from localoai.handlers.generate import TokenGeneration
 from localoai.handlers.responses import Responses
 from localoai.handlers.stored_chat import StoredChatCompletions
 from localoai.handlers.stored_responses import StoredResponses
@@ -42,12 +47,17 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
         require_api_key(app, api_key, open_paths=OPEN_PATHS | ({"/metrics"} if public_metrics else set()))
     app.register_blueprint(admin.blueprint(served))
     app.register_blueprint(models.blueprint(served))
-    app.register_blueprint(chat.blueprint(ChatCompletions(served)))
+    chat_handler, completions_handler = ChatCompletions(served), Completions(served)
+    responses_handler = Responses(served)
+    app.register_blueprint(render.blueprint(chat_handler, completions_handler, responses_handler))
+    app.register_blueprint(chat.blueprint(chat_handler))
     app.register_blueprint(stored_chat.blueprint(StoredChatCompletions(served)))
-    app.register_blueprint(completions.blueprint(Completions(served)))
-    app.register_blueprint(responses.blueprint(Responses(served), StoredResponses(served)))
+    app.register_blueprint(completions.blueprint(completions_handler))
+    app.register_blueprint(responses.blueprint(responses_handler, StoredResponses(served)))
     app.register_blueprint(conversations.blueprint(Conversations(served)))
     app.register_blueprint(tokenize.blueprint(served))
+    app.register_blueprint(embeddings.blueprint(Embeddings(served)))
+    app.register_blueprint(generate.blueprint(TokenGeneration(served)))
     app.register_blueprint(inspector.blueprint(served))
     app.register_blueprint(metrics.blueprint(served))
     app.asgi_app = EpisodePrefix(app.asgi_app)  # type: ignore[method-assign]  # /episodes/{id}/v1/... is /v1/...

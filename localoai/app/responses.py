@@ -24,14 +24,16 @@ from localoai.errors import OpenAIError, ServerError
 logger = logging.getLogger("localoai.http")
 
 
-def _encode(payload: BaseModel | dict[str, Any]) -> str:
+def _encode(payload: BaseModel | dict[str, Any] | list[Any]) -> str:
     if isinstance(payload, BaseModel):
         # The SDK's models omit fields never set and keep explicit nulls, as OpenAI sends them.
         return payload.model_dump_json(exclude_unset=True)
     return json.dumps(payload, separators=(",", ":"))
 
 
-def json_response(payload: BaseModel | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    payload: BaseModel | dict[str, Any] | list[Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(_encode(payload), status=status, content_type="application/json", headers=headers)
 
 

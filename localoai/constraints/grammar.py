@@ -235,8 +235,19 @@ _compiled = _CompiledCache(CACHE_SIZE)
 def compile_spec(spec: OutputSpec, tokenizer: Any, vocab_size: int) -> GrammarConstraint:
     """The constraint for `spec` on this tokenizer and model vocabulary (compiled, or cached)."""
     vocabulary = _vocabulary(tokenizer, vocab_size)
-    grammar = _Lark(vocabulary).grammar(spec)
+    return compile_grammar(_Lark(vocabulary).grammar(spec), tokenizer, vocab_size)
+
+
+def compile_grammar(grammar: str, tokenizer: Any, vocab_size: int) -> GrammarConstraint:
+    """The constraint for a grammar in llguidance's Lark dialect (one a `GrammarConstraint` recorded,
+    or a client's); `GrammarError` when it does not compile."""
+    vocabulary = _vocabulary(tokenizer, vocab_size)
     return GrammarConstraint.of(grammar, _compiled.get(grammar, vocabulary), vocabulary)
+
+
+def schema_grammar(schema_text: str) -> str:
+    """A grammar whose output is JSON valid against the schema (given as `schema_text`)."""
+    return f"start: {_schema(schema_text)}"
 
 
 # -- decoding ------------------------------------------------------------------------------

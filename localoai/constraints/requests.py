@@ -25,17 +25,19 @@ What is enforced, and how:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from localoai.constraints.grammar import GrammarError, check_schema, compile_spec
+from localoai.constraints.grammar import GrammarError, check_schema, compile_grammar, compile_spec, schema_grammar
 from localoai.constraints.spec import ANY_OBJECT, OutputSpec, ToolSpec, schema_text
 from localoai.engine.params import SamplingParams
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.handlers.client_tools import function_definition
 from localoai.parsers.reasoning import OutputParser
 from localoai.protocol.client_tools import offered_name
+from localoai.protocol.generate import StructuredOutputs
 from localoai.protocol.chat import ChatCompletionRequest, JsonSchemaFormat, NamedToolChoice, ResponseFormatJsonObject
 from localoai.protocol.responses import FunctionToolChoice, ResponseCreateRequest, TextFormatJsonObject
 from localoai.served import ServedModel
@@ -142,6 +144,47 @@ def _constrained(
         return params
     if output is not None and output.reasoning_end is not None:
         spec = dataclasses.replace(spec, reasoning_end=output.reasoning_end)
+    _check_compatible(params)
+    try:
+        constraint = compile_spec(spec, served.tokenizer, served.vocab_size)
+    except GrammarError as exc:
+        raise UnsupportedFieldError(f"Structured outputs are not available for this request: {exc}.",
+                                    param=fields.answer_param if spec.answer is not None else "tool_choice") from None
+    return dataclasses.replace(params, constraint=constraint)
+
+
+def constrain_generate(served: ServedModel, structured: StructuredOutputs | None, params: SamplingParams,
+                       *, param: str) -> SamplingParams:
+    """`params` with vLLM's `structured_outputs` (json, json_object, regex, choice or a Lark grammar)."""
+    if structured is None:
+        return params
+    _check_compatible(params)
+    if structured.grammar is not None:
+        grammar, kind = structured.grammar, "grammar"
+    elif structured.regex is not None:
+        grammar, kind = "start: /" + structured.regex.replace("/", "\\/") + "/", "regex"
+    elif structured.choice is not None:
+        grammar = "start: " + " | ".join(json.dumps(choice, ensure_ascii=False) for choice in structured.choice)
+        kind = "choice"
+    else:
+        schema = structured.json_ if structured.json_ is not None else {"type": "object"}
+        kind = "json" if structured.json_ is not None else "json_object"
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError:
+                raise InvalidRequestError(f"Invalid value for '{param}.json': not valid JSON.", param=f"{param}.json",
+                                          code="invalid_value") from None
+        grammar = schema_grammar(_checked(schema, f"{param}.{kind}"))
+    try:
+        constraint = compile_grammar(grammar, served.tokenizer, served.vocab_size)
+    except (GrammarError, ValueError, RuntimeError) as exc:
+        raise InvalidRequestError(f"Invalid value for '{param}.{kind}': {exc}", param=f"{param}.{kind}",
+                                  code="invalid_value") from None
+    return dataclasses.replace(params, constraint=constraint)
+
+
+def _check_compatible(params: SamplingParams) -> None:
     for name, conflict in (("ignore_eos", params.ignore_eos), ("min_tokens", params.min_tokens > 0)):
         if conflict:
             raise InvalidRequestError(
@@ -149,12 +192,6 @@ def _constrained(
                 "a forced or strict tool call): once the output is complete, only the end of sequence may follow.",
                 param=name, code="invalid_value",
             )
-    try:
-        constraint = compile_spec(spec, served.tokenizer, served.vocab_size)
-    except GrammarError as exc:
-        raise UnsupportedFieldError(f"Structured outputs are not available for this request: {exc}.",
-                                    param=fields.answer_param if spec.answer is not None else "tool_choice") from None
-    return dataclasses.replace(params, constraint=constraint)
 
 
 def _checked(schema: dict[str, Any], param: str) -> str:

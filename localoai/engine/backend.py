@@ -15,9 +15,14 @@ import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
+
+
+Pooling = Literal["last", "mean"]
+"""How an embedding is pooled from a prompt's hidden states: the last token's, or the mean of all."""
+POOLINGS: tuple[str, ...] = ("last", "mean")
 
 
 @dataclass
@@ -35,8 +40,8 @@ class Prefill:
 
     state: Rows
     next_logits: torch.Tensor
-    prompt_logits: torch.Tensor | None = None
-    """Logits at every prompt position (row 0 only), when asked for prompt logprobs."""
+    prompt_logits: list[torch.Tensor] | None = None
+    """Per prompt, the logits at each of its positions, when asked for prompt logprobs."""
 
 
 class Backend(Protocol):
@@ -58,7 +63,8 @@ class Backend(Protocol):
         """Read several sequences of equal length from scratch (a cache rebuilt after a weight update)."""
         ...
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int], *,
+                     prompt_logits: bool = False) -> Prefill:
         """Read several prompts in one forward pass; prompt i gets `samples[i]` rows."""
         ...
 
@@ -72,6 +78,11 @@ class Backend(Protocol):
 
     def decode(self, batch: Rows, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; return the next logits, shape (rows, vocab)."""
+        ...
+
+    def embed(self, prompts: Sequence[Sequence[int]], pooling: Pooling, normalize: bool) -> torch.Tensor:
+        """One vector per prompt from the last hidden states (what the LM head reads), read in one
+        padded forward pass: shape (prompts, hidden), float32."""
         ...
 
 
@@ -121,7 +132,7 @@ class TransformersBackend:
         next_logits = logits[-1:].expand(samples, -1)
         if samples > 1:
             cache.batch_repeat_interleave(samples)
-        return Prefill(Rows(cache, [len(prompt_ids)] * samples), next_logits, logits if prompt_logits else None)
+        return Prefill(Rows(cache, [len(prompt_ids)] * samples), next_logits, [logits] if prompt_logits else None)
 
     def prefill_rows(self, rows: Sequence[Sequence[int]]) -> Prefill:
         cache = self._cache_class(config=self.model.config)
@@ -129,18 +140,37 @@ class TransformersBackend:
         output = self._forward(input_ids=input_ids, cache=cache, logits_to_keep=1)
         return Prefill(Rows(cache, [input_ids.shape[1]] * len(rows)), output.logits[:, -1, :])
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int]) -> Prefill:
-        if len(prompts) == 1:
-            return self.prefill(prompts[0], samples[0])
+    def embed(self, prompts: Sequence[Sequence[int]], pooling: Pooling, normalize: bool) -> torch.Tensor:
+        input_ids, mask, positions = self._left_padded(prompts)
+        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            output_hidden_states=True, use_cache=False, logits_to_keep=1)
+        hidden = output.hidden_states[-1].float()
+        if pooling == "last":
+            pooled = hidden[:, -1, :]  # left-padded: every row's last column is its last token
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1)
+        return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    def _left_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompts left-padded to one width: input ids, attention mask and per-row positions."""
         width = max(len(prompt) for prompt in prompts)
         lengths = torch.tensor([len(prompt) for prompt in prompts], device=self.device)
         input_ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long,
                                  device=self.device)
         mask = (torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]], samples: Sequence[int], *,
+                     prompt_logits: bool = False) -> Prefill:
+        if len(prompts) == 1:
+            return self.prefill(prompts[0], samples[0], prompt_logits=prompt_logits)
+        input_ids, mask, positions = self._left_padded(prompts)
         cache = self._cache_class(config=self.model.config)
         output = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                               logits_to_keep=1)
+                               logits_to_keep=0 if prompt_logits else 1)
+        width = input_ids.shape[1]
+        every = [output.logits[i, width - len(p):] for i, p in enumerate(prompts)] if prompt_logits else None
         repeat = torch.repeat_interleave(torch.arange(len(prompts), device=self.device),
                                          torch.tensor(list(samples), device=self.device))
         padding = (mask == 0)[repeat][:, None, :, None]
@@ -149,7 +179,7 @@ class TransformersBackend:
             layer.keys = layer.keys.index_select(0, repeat).masked_fill(padding, 0.0)
             layer.values = layer.values.index_select(0, repeat).masked_fill(padding, 0.0)
         rows = Rows(cache, [len(prompts[int(i)]) for i in repeat.tolist()])
-        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
+        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat), every)
 
     def join(self, batch: Rows | None, new: Rows) -> Rows:
         if batch is None:

@@ -29,14 +29,16 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from concurrent.futures import Future
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
 from localoai.engine.backend import Backend, Rows
+from localoai.engine.jobs import JobQueue
 from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
 from localoai.engine.running import Request
-from localoai.engine.sampler import finite_logprob, sample_plain, token_logprobs
+from localoai.engine.sampler import finite_logprob, prompt_logprobs, sample_plain, token_logprobs
 from localoai.engine.stream import RequestStream, deliver_held, one_wakeup_per_loop
 
 logger = logging.getLogger("localoai.engine")
@@ -45,6 +47,7 @@ PauseMode = Literal["keep", "wait", "abort"]
 PAUSE_MODES: tuple[str, ...] = ("keep", "wait", "abort")
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_MAX_QUEUED_REQUESTS = 1024
+T = TypeVar("T")
 
 
 class QueueFull(Exception):
@@ -97,6 +100,7 @@ class Engine:
         self.observer: EngineObserver = _Unobserved()
         self._condition = threading.Condition()
         self._waiting: deque[Request] = deque()
+        self._jobs = JobQueue()
         self._pause_mode: PauseMode | None = None
         self._parked = False
         self._stopping = False
@@ -133,14 +137,25 @@ class Engine:
             self._waiting.append(Request(list(prompt_ids), params, stream))
             self._condition.notify_all()
 
+    def call(self, run: Callable[[], T]) -> Future[T]:
+        """Run `run()` on the engine thread between steps, holding the model as a step does (see
+        `localoai.engine.jobs`); it waits while the engine is paused. `QueueFull` as for `submit`."""
+        with self._condition:
+            if len(self._waiting) + len(self._jobs) >= self.max_queued_requests:
+                raise QueueFull(f"{len(self._waiting) + len(self._jobs)} requests are already waiting")
+            future = self._jobs.put(run)
+            self._condition.notify_all()
+            return future
+
     @property
     def queue_full(self) -> bool:
         return len(self._waiting) >= self.max_queued_requests
 
     def stats(self) -> dict[str, int]:
-        """What the engine holds now: `waiting` (queued), `running` requests and their `rows`."""
+        """What the engine holds now: `waiting` (queued), `running` requests and their `rows`, `jobs`
+        (forward passes such as embeddings waiting for the engine thread)."""
         with self._condition:
-            return {"waiting": len(self._waiting), "running": len(self._running),
+            return {"waiting": len(self._waiting), "running": len(self._running), "jobs": len(self._jobs),
                     "rows": len(self._batch.lengths) if self._batch is not None else 0}
 
     # --- pause and resume ----------------------------------------------------------
@@ -207,16 +222,21 @@ class Engine:
                         self._condition.notify_all()
                     self._condition.wait()
                     continue
-                if self._running or (self._waiting and mode is None):
+                if self._running or ((self._waiting or self._jobs) and mode is None):
                     return True
                 self._condition.wait()
             self._abort_all()
+            self._jobs.fail_all(RuntimeError("the server stopped"))
             return False
 
     def _step(self) -> None:
         if self._stale:
             self._rebuild()
         if self._pause_mode is None:
+            with self._condition:
+                jobs = self._jobs.take()
+            for job in jobs:
+                job.execute()
             self._admit()
         self._drop(cancelled_only=True)
         if not self._running:
@@ -280,21 +300,21 @@ class Engine:
             return [0] * request.rows
 
     def _admit(self) -> None:
-        """Take waiting requests while their rows fit, prefill them (in one forward pass when they
-        need no prompt logprobs), and join them into the batch."""
+        """Take waiting requests while their rows fit, prefill them (in one forward pass for those that
+        need no prompt logprobs, in as few as the logits budget allows for those that do), and join
+        them into the batch."""
         admitted = self._take_admissible()
         together = [request for request in admitted if request.params.prompt_logprobs is None]
-        groups = [[request] for request in admitted if request.params.prompt_logprobs is not None]
-        for group in ([together] if together else []) + groups:
+        scored = [request for request in admitted if request.params.prompt_logprobs is not None]
+        for group in ([together] if together else []) + _logit_groups(scored, self.backend.vocab_size):
+            scoring = group[0].params.prompt_logprobs is not None
             try:
-                if group[0].params.prompt_logprobs is not None:
-                    request = group[0]
-                    prefill = self.backend.prefill(request.prompt_ids, request.rows, prompt_logits=True)
-                    assert prefill.prompt_logits is not None
-                    request.stream.put(PromptLogprobs(_prompt_logprobs(
-                        request.prompt_ids, prefill.prompt_logits, request.params.prompt_logprobs or 0)))
-                else:
-                    prefill = self.backend.prefill_many([r.prompt_ids for r in group], [r.rows for r in group])
+                prefill = self.backend.prefill_many([r.prompt_ids for r in group], [r.rows for r in group],
+                                                    prompt_logits=scoring)
+                for request, logits in zip(group, prefill.prompt_logits or []):
+                    params = request.params
+                    request.stream.put(PromptLogprobs(prompt_logprobs(
+                        request.prompt_ids, logits, params.prompt_logprobs or 0, params.prompt_logprob_token_ids)))
             except Exception as exc:
                 logger.exception("prefill failed")
                 self._forget(group, exc)
@@ -386,10 +406,20 @@ class Engine:
                 request.finish()
 
 
-def _prompt_logprobs(prompt_ids: list[int], logits: torch.Tensor, top: int) -> list[TokenLogprob | None]:
-    """Logprob of each prompt token given the ones before it (the first has none)."""
-    if len(prompt_ids) < 2:
-        return [None] * len(prompt_ids)
-    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-    targets = torch.tensor(prompt_ids[1:], device=logprobs.device)
-    return [None, *token_logprobs(logprobs, targets, top)]
+PROMPT_LOGITS_BUDGET = 1 << 27
+"""Logits (floats) one scoring prefill may hold: prompts x width x vocab (512 MiB in float32)."""
+
+
+def _logit_groups(requests: list[Request], vocab_size: int) -> list[list[Request]]:
+    """Requests that need every prompt position's logits, in order, grouped to fit the budget."""
+    groups: list[list[Request]] = []
+    width = 0
+    for request in requests:
+        grown = max(width, len(request.prompt_ids))
+        if groups and (len(groups[-1]) + 1) * grown * vocab_size <= PROMPT_LOGITS_BUDGET:
+            groups[-1].append(request)
+            width = grown
+        else:
+            groups.append([request])
+            width = len(request.prompt_ids)
+    return groups

@@ -62,7 +62,11 @@ class SamplingParams:
     """How many top alternatives to report per token. The sampled token's own logprob is always
     computed (every generation's trace keeps it); whether a response shows it is the handler's call."""
     prompt_logprobs: int | None = None
-    """As `logprobs`, for every prompt token after the first (the legacy endpoint's `echo`)."""
+    """As `logprobs`, for every prompt token after the first (the legacy endpoint's `echo`, vLLM's
+    `prompt_logprobs`), with each token's rank."""
+    prompt_logprob_token_ids: tuple[tuple[int, ...], ...] | None = None
+    """Per prompt position, token ids whose logprobs there are wanted besides the top ones (scoring
+    given continuations; vLLM's name). Needs `prompt_logprobs`."""
     constraint: TokenConstraint | None = None
     """Structured outputs: tokens outside the constraint are masked before sampling."""
 
@@ -76,6 +80,8 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    rank: int | None = None
+    """1 + how many tokens were more likely (given for prompt tokens)."""
 
 
 @dataclass

@@ -157,3 +157,25 @@ def token_logprobs(logprobs: torch.Tensor, tokens: torch.Tensor, top: int) -> li
         TokenLogprob(token_id=int(token), logprob=finite_logprob(value), top=tuple(alts))
         for token, value, alts in zip(tokens.tolist(), chosen, alternatives)
     ]
+
+
+def prompt_logprobs(prompt_ids: Sequence[int], logits: torch.Tensor, top: int,
+                    candidates: Sequence[Sequence[int]] | None = None) -> list[TokenLogprob | None]:
+    """Each prompt token's logprob given the ones before it (the first has none), its rank, the `top`
+    most likely alternatives and, per position, the logprobs of `candidates[position]` after them."""
+    if len(prompt_ids) < 2:
+        return [None] * len(prompt_ids)
+    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+    targets = torch.tensor(list(prompt_ids[1:]), device=logprobs.device)
+    chosen = logprobs.gather(-1, targets.unsqueeze(-1))
+    ranks = ((logprobs > chosen).sum(-1) + 1).tolist()
+    entries = token_logprobs(logprobs, targets, top)
+    for position, entry in enumerate(entries):
+        extra: tuple[tuple[int, float], ...] = ()
+        wanted = candidates[position + 1] if candidates is not None else ()
+        if wanted:
+            values = logprobs[position, torch.tensor(list(wanted), device=logprobs.device)].tolist()
+            shown = {token for token, _ in entry.top}
+            extra = tuple((token, finite_logprob(value)) for token, value in zip(wanted, values) if token not in shown)
+        entries[position] = TokenLogprob(entry.token_id, entry.logprob, entry.top + extra, rank=ranks[position])
+    return [None, *entries]

@@ -21,7 +21,7 @@ EPISODE_HEADER = "X-Episode-Id"
 GROUP_HEADER = "X-Episode-Group"
 EPISODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 """What an episode id may be: safe in a URL path segment, a header and a log line."""
-_PREFIX = re.compile(r"^/episodes/([^/]+)(/v1(?:/.*)?)$")
+_PREFIX = re.compile(r"^/episodes/([^/]+)((?:/inference)?/v1(?:/.*)?)$")
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
@@ -35,7 +35,8 @@ class EpisodeRef:
 
 
 class EpisodePrefix:
-    """ASGI middleware: `/episodes/{id}/v1/...` is served as `/v1/...` with `X-Episode-Id: {id}`.
+    """ASGI middleware: `/episodes/{id}/v1/...` is served as `/v1/...` with `X-Episode-Id: {id}` (and
+    `/episodes/{id}/inference/v1/...` as `/inference/v1/...`).
 
     A path whose id is not a valid episode id is left alone (and answered 404 by the app)."""
 

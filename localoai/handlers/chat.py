@@ -35,10 +35,11 @@ from openai.types.chat.chat_completion_token_logprob import TopLogprob
 
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.constraints.requests import constrain_chat
-from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
+from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
-from localoai.handlers.common import Generation, new_id, sampling_params, token_budget, token_logprob
+from localoai.handlers.common import (Generation, new_id, prompt_logprobs, sampling_params, scoring, token_budget,
+                                      token_logprob)
 from localoai.handlers.recording import record_generation
 from localoai.parsers.reasoning import OutputParser, OutputStream, ReasoningDelta
 from localoai.protocol.chat import ChatCompletionRequest
@@ -90,7 +91,11 @@ class ChatCompletions:
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
         offered = request.tools if request.tool_choice != "none" else None
         parser = served.output_parser(prompt.text, [tool.function.name for tool in offered] if offered else None)
-        params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs)
+        scored = scoring(served, prompt.token_ids, request.prompt_logprobs, request.prompt_logprob_token_ids,
+                         param="prompt_logprob_token_ids")
+        params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs,
+                                 prompt_logprobs=scored.prompt_logprobs,
+                                 prompt_logprob_token_ids=scored.prompt_logprob_token_ids)
         params = served.decoded_for(parser, params)  # the parser must see its markup
         params = constrain_chat(served, request, parser, params)
         return PreparedChat(request, prompt, params, parser, turn)
@@ -108,7 +113,10 @@ class ChatCompletions:
             header["usage"] = None
         fold = ChoiceFold(header, prepared)
         first_extra = {"prompt_token_ids": prepared.prompt.token_ids} if prepared.request.return_token_ids else {}
+        scored_sent = False
         async for steps in self._steps(prepared, fold, live=True):
+            if fold.prompt_logprobs is not None and not scored_sent:  # vLLM's, on the chunk after the prefill
+                first_extra, scored_sent = {**first_extra, "prompt_logprobs": fold.prompt_logprobs}, True
             yield ChatCompletionChunk(**header, choices=[self._chunk_choice(step) for step in steps], **first_extra)
             first_extra = {}
         if include_usage:
@@ -146,6 +154,9 @@ class ChatCompletions:
                 if not held:
                     yield fold.add(opening)
                 async for item in generation:
+                    if isinstance(item, PromptLogprobs):
+                        fold.prompt_logprobs = prompt_logprobs(served, item, request.prompt_logprobs,
+                                                               prepared.params.prompt_logprobs)
                     if not isinstance(item, list):
                         continue
                     fold.header["system_fingerprint"] = served.fingerprint(generation.policy_version)
@@ -324,6 +335,8 @@ class ChoiceFold:
     def __init__(self, header: dict[str, Any], prepared: PreparedChat) -> None:
         self.header = header
         self.usage: CompletionUsage | None = None
+        self.prompt_logprobs: list[dict[str, Any] | None] | None = None
+        """vLLM's `prompt_logprobs` (top level), when asked for."""
         self._prompt_token_ids = prepared.prompt.token_ids if prepared.request.return_token_ids else None
         self._texts: dict[int, list[str]] = {}
         self._reasoning: dict[int, list[str]] = {}
@@ -400,5 +413,8 @@ class ChoiceFold:
             )
         header = {key: self.header[key] for key in ("id", "created", "model", "system_fingerprint", "service_tier")
                   if key in self.header}
-        top_extra = {"prompt_token_ids": self._prompt_token_ids} if self._prompt_token_ids is not None else {}
+        top_extra: dict[str, Any] = {"prompt_token_ids": self._prompt_token_ids} \
+            if self._prompt_token_ids is not None else {}
+        if self.prompt_logprobs is not None:
+            top_extra["prompt_logprobs"] = self.prompt_logprobs
         return ChatCompletion(**header, object="chat.completion", choices=choices, usage=self.usage, **top_extra)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -15,6 +15,7 @@ from localoai.engine.engine import QueueFull
 from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams, TokenLogprob
 from localoai.engine.stream import RequestStream
 from localoai.errors import InvalidRequestError, RateLimitError, ServerError
+from localoai.protocol.generate import GenerateSamplingParams
 from localoai.protocol.sampling import SamplingFields
 from localoai.served import ServedModel
 from localoai.store.records import CompletionTrace, RecordStatus
@@ -60,6 +61,23 @@ async def interleave(iterators: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def on_engine(served: ServedModel, run: Callable[[], T]) -> T:
+    """`run()`'s result, computed on the engine thread between decode steps (see `Engine.call`): a
+    429 when the queue is full, a 500 (details logged) when it fails; cancelled with the request."""
+    try:
+        future = served.engine.call(run)
+    except QueueFull:
+        raise RateLimitError("Too many requests are waiting for the model; try again shortly.",
+                             retry_after=1) from None
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    except Exception as exc:
+        raise ServerError("The model failed while processing this request.") from exc
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
 
@@ -73,6 +91,49 @@ def token_logprob(served: ServedModel, entry: TokenLogprob) -> dict[str, Any]:
         alt_text, alt_bytes = served.token_texts(token_id)
         top.append({"token": alt_text, "bytes": alt_bytes, "logprob": value})
     return {"token": text, "bytes": data, "logprob": entry.logprob, "top_logprobs": top}
+
+
+def prompt_logprobs(served: ServedModel, item: PromptLogprobs, top: int | None,
+                    computed: int | None = None) -> list[dict[str, Any] | None]:
+    """vLLM's `prompt_logprobs`: per prompt token (the first has none) `{token_id: {"logprob", "rank",
+    "decoded_token"}}` for the token itself, the `top` most likely and any candidate ids asked for.
+    `computed`: how many top alternatives the engine computed (when more than `top`); candidates follow."""
+    decode = served.tokenizer.decode
+    top, computed = top or 0, max(computed or 0, top or 0)
+    result: list[dict[str, Any] | None] = []
+    for entry in item.entries:
+        if entry is None:
+            result.append(None)
+            continue
+        shown = {str(entry.token_id): {"logprob": entry.logprob, "rank": entry.rank,
+                                       "decoded_token": decode([entry.token_id])}}
+        for position, (token, value) in enumerate(entry.top):
+            if top <= position < computed:  # an alternative computed for someone else (the echo)
+                continue
+            shown.setdefault(str(token), {"logprob": value, "rank": position + 1 if position < top else None,
+                                          "decoded_token": decode([token])})
+        result.append(shown)
+    return result
+
+
+@dataclass(frozen=True)
+class Scoring:
+    prompt_logprobs: int | None
+    prompt_logprob_token_ids: tuple[tuple[int, ...], ...] | None
+
+
+def scoring(served: ServedModel, token_ids: Sequence[int], top: int | None,
+            candidates: Sequence[Sequence[int]] | None, *, param: str) -> Scoring:
+    """The prompt scoring asked for: `top` alternatives per prompt token, and per position the
+    `candidates` (one list per prompt token, ids in the vocabulary; they imply `top` 0)."""
+    if candidates is None:
+        return Scoring(top, None)
+    if len(candidates) != len(token_ids):
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': give one list per prompt token ({len(token_ids)}), not {len(candidates)}.",
+            param=param, code="invalid_value")
+    _token_ids(served, [token for ids in candidates for token in ids], param=param)
+    return Scoring(top if top is not None else 0, tuple(map(tuple, candidates)))
 
 
 def token_budget(served: ServedModel, prompt_tokens: int, requested: int | None, *, param: str) -> int:
@@ -97,6 +158,23 @@ def _context_exceeded(window: int, prompt: int, completion: int, *, param: str) 
     )
 
 
+def prompt_ids(served: ServedModel, prompt: str | Sequence[int], *, param: str) -> tuple[list[int], str]:
+    """A prompt given as text or token ids: its token ids and its text; a 400 for ids outside the
+    vocabulary or an empty prompt."""
+    if isinstance(prompt, str):
+        token_ids, text = served.encode(prompt), prompt
+    else:
+        token_ids = list(prompt)
+        if any(not 0 <= token < served.vocab_size for token in token_ids):
+            raise InvalidRequestError(
+                f"Invalid value for '{param}': token ids must be in [0, {served.vocab_size}).", param=param
+            )
+        text = served.decode(token_ids, skip_special_tokens=False)
+    if not token_ids:
+        raise InvalidRequestError(f"Invalid value for '{param}': the prompt is empty.", param=param)
+    return token_ids, text
+
+
 def _token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> None:
     for value in values:
         if not 0 <= value < served.vocab_size:
@@ -109,12 +187,13 @@ def _token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> Non
 
 def sampling_params(
     served: ServedModel,
-    request: SamplingFields,
+    request: SamplingFields | GenerateSamplingParams,
     *,
     max_tokens: int,
     n: int | None = None,
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
+    prompt_logprob_token_ids: tuple[tuple[int, ...], ...] | None = None,
 ) -> SamplingParams:
     """Build the engine's parameters; OpenAI's defaults where a field is absent."""
     bias = [(int(key), float(value)) for key, value in (request.logit_bias or {}).items()]
@@ -140,6 +219,7 @@ def sampling_params(
         skip_special_tokens=request.skip_special_tokens is not False,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        prompt_logprob_token_ids=prompt_logprob_token_ids,
     )
 
 

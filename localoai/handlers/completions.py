@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
@@ -22,7 +22,8 @@ from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, 
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError
-from localoai.handlers.common import Generation, interleave, new_id, sampling_params, token_budget
+from localoai.handlers.common import (Generation, interleave, new_id, prompt_ids, prompt_logprobs, sampling_params,
+                                      scoring, token_budget)
 from localoai.handlers.recording import record_generation
 from localoai.protocol.completions import CompletionRequest
 from localoai.served import ServedModel
@@ -61,27 +62,25 @@ class Completions:
         served.check_model(request.model)
         n = request.n or 1
         decoded = max(n, request.best_of or n)
+        if request.prompt_logprob_token_ids is not None and len(request.prompts) > 1:
+            raise InvalidRequestError("Invalid value for 'prompt_logprob_token_ids': it needs a single prompt.",
+                                      param="prompt_logprob_token_ids", code="invalid_value")
+        echoed = request.logprobs if request.echo and request.logprobs is not None else None
         prompts = []
         for prompt in request.prompts:
-            if isinstance(prompt, str):
-                token_ids, text = served.encode(prompt), prompt
-            else:
-                token_ids = list(prompt)
-                if any(not 0 <= token < served.vocab_size for token in token_ids):
-                    raise InvalidRequestError(
-                        f"Invalid value for 'prompt': token ids must be in [0, {served.vocab_size}).", param="prompt"
-                    )
-                text = served.decode(token_ids, skip_special_tokens=False)
-            if not token_ids:
-                raise InvalidRequestError("Invalid value for 'prompt': the prompt is empty.", param="prompt")
+            token_ids, text = prompt_ids(served, prompt, param="prompt")
             budget = token_budget(served, len(token_ids), request.max_tokens, param="max_tokens")
+            scored = scoring(served, token_ids, request.prompt_logprobs, request.prompt_logprob_token_ids,
+                             param="prompt_logprob_token_ids")
+            wanted = [top for top in (echoed, scored.prompt_logprobs) if top is not None]
             params = sampling_params(
                 served,
                 request,
                 max_tokens=budget,
                 n=decoded,
                 logprobs=request.logprobs,
-                prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None else None,
+                prompt_logprobs=max(wanted) if wanted else None,
+                prompt_logprob_token_ids=scored.prompt_logprob_token_ids,
             )
             prompts.append(PreparedPrompt(text=text, token_ids=token_ids, params=params))
         return PreparedCompletion(request, prompts, self.served.episodes.turn(episode))
@@ -137,11 +136,11 @@ class Completions:
                     # The weights that generated the output (a request may have waited through a pause).
                     header["system_fingerprint"] = self.served.fingerprint(generation.policy_version)
                     if isinstance(item, PromptLogprobs) or (echo_pending and isinstance(item, list)):
-                        entries = item.entries if isinstance(item, PromptLogprobs) else None
-                        echoed = [self._echo_choice(base + i, prompt, entries, request) for i in range(samples)]
-                        offsets = [len(choice.text) for choice in echoed]
-                        echo_pending = False
-                        sent.append(Completion(**header, choices=echoed))
+                        opening = self._opening(base, prompt, item, request, echo=echo_pending)
+                        if echo_pending:
+                            offsets = [len(choice.text) for choice in opening]
+                            echo_pending = False
+                        sent.append(Completion(**header, choices=opening))
                         yield sent[-1]
                     if isinstance(item, list):
                         choices = [self._choice(base, delta, offsets, request, prepared.shows_logprobs,
@@ -179,16 +178,24 @@ class Completions:
             episode=prepared.episode,
         )
 
-    def _echo_choice(
-        self, index: int, prompt: PreparedPrompt, entries: list[TokenLogprob | None] | None, request: CompletionRequest
-    ) -> CompletionChoice:
-        extra: dict[str, Any] = {"prompt_token_ids": prompt.token_ids} if request.return_token_ids else {}
+    def _opening(self, base: int, prompt: PreparedPrompt, item: PromptLogprobs | list[SampleDelta],
+                 request: CompletionRequest, *, echo: bool) -> list[CompletionChoice]:
+        """Each sample's first choice: the echoed prompt (with its logprobs when asked), vLLM's
+        `prompt_logprobs` when asked (on an empty choice if nothing is echoed)."""
+        entries = item.entries if isinstance(item, PromptLogprobs) else None
+        extra: dict[str, Any] = {}
         if request.return_token_ids:
-            extra["token_ids"] = []
+            extra = {"prompt_token_ids": prompt.token_ids, "token_ids": []}
+        if isinstance(item, PromptLogprobs) and (request.prompt_logprobs is not None
+                                                 or prompt.params.prompt_logprob_token_ids):
+            extra["prompt_logprobs"] = prompt_logprobs(self.served, item, request.prompt_logprobs,
+                                                       prompt.params.prompt_logprobs)
         logprobs = None
-        if entries is not None:
-            logprobs = self._logprobs(prompt.token_ids, entries, start=0)
-        return _choice(index=index, text=prompt.text, logprobs=logprobs, finish_reason=None, **extra)
+        if echo and entries is not None and request.logprobs is not None:
+            shown = [entry and replace(entry, top=entry.top[:request.logprobs]) for entry in entries]
+            logprobs = self._logprobs(prompt.token_ids, shown, start=0)
+        return [_choice(index=base + i, text=prompt.text if echo else "", logprobs=logprobs, finish_reason=None,
+                        **extra) for i in range(prompt.params.n)]
 
     def _choice(
         self, base: int, delta: SampleDelta, offsets: list[int], request: CompletionRequest, shows_logprobs: bool,

@@ -40,6 +40,7 @@ def record_generation(
     input_items: list[dict[str, Any]] | None = None,
     status: RecordStatus | None = None,
     episode: EpisodeTurn | None = None,
+    policy_version: int | None = None,
 ) -> Future[bool]:
     """Queue the record; the future resolves once it is written (see `Recorder.record`).
 
@@ -51,6 +52,8 @@ def record_generation(
     recorded "in_progress" before its generation starts).
 
     `episode`: the request's episode turn; a finished one joins the episode's token ledger.
+
+    `policy_version`: the weights' version when there is no generation to take it from (embeddings).
     """
     if status is None:
         status = generation.status if generation is not None else "cancelled"
@@ -63,7 +66,8 @@ def record_generation(
         kind=kind,
         model=served.name,
         created_at=created,
-        policy_version=generation.policy_version if generation is not None else served.policy_version,
+        policy_version=(generation.policy_version if generation is not None
+                        else policy_version if policy_version is not None else served.policy_version),
         status=status,
         request=body,
         prompt_text=prompt_text,

@@ -34,8 +34,13 @@ class CompletionRequest(SamplingFields):
     @property
     def prompts(self) -> list[str] | list[list[int]]:
         """The prompt as a list of texts or a list of token-id lists."""
-        if isinstance(self.prompt, str):
-            return [self.prompt]
-        if isinstance(self.prompt[0], int):
-            return [list(self.prompt)]  # type: ignore[arg-type]
-        return list(self.prompt)  # type: ignore[arg-type]
+        return prompt_list(self.prompt)
+
+
+def prompt_list(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
+    """One prompt or several (texts or token ids) as a list of them."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value[0], int):
+        return [list(value)]  # type: ignore[arg-type]
+    return list(value)  # type: ignore[arg-type]

@@ -47,14 +47,14 @@ class SamplingFields(RequestModel):
     skip_special_tokens: StrictBool | None = None
     include_stop_str_in_output: StrictBool | None = None
     return_token_ids: StrictBool | None = None
+    prompt_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    prompt_logprob_token_ids: list[list[StrictInt]] | None = None
+    """Per prompt token, token ids whose logprobs at that position are wanted too (scoring)."""
 
     @field_validator("logit_bias")
     @classmethod
     def _token_ids_as_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        for key in bias or {}:
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"keys must be token ids, got {key!r}")
-        return bias
+        return token_id_keys(bias)
 
     @field_validator("top_k")
     @classmethod
@@ -66,10 +66,7 @@ class SamplingFields(RequestModel):
     @field_validator("stop")
     @classmethod
     def _no_empty_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        for item in [stop] if isinstance(stop, str) else stop or []:
-            if item == "":
-                raise ValueError("stop sequences must not be empty")
-        return stop
+        return non_empty_stops(stop)
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingFields:
@@ -79,6 +76,25 @@ class SamplingFields(RequestModel):
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return stop_tuple(self.stop)
+
+
+def token_id_keys(bias: dict[str, float] | None) -> dict[str, float] | None:
+    """`logit_bias` validation: its keys must be token ids."""
+    for key in bias or {}:
+        if not key.lstrip("-").isdigit():
+            raise ValueError(f"keys must be token ids, got {key!r}")
+    return bias
+
+
+def non_empty_stops(stop: str | list[str] | None) -> str | list[str] | None:
+    for item in [stop] if isinstance(stop, str) else stop or []:
+        if item == "":
+            raise ValueError("stop sequences must not be empty")
+    return stop
+
+
+def stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)

@@ -321,6 +321,8 @@ def start(
     token_ledger: bool = True,
     gc_freeze: bool = True,
     public_metrics: bool = False,
+    embedding_pooling: str = "last",
+    embedding_normalize: bool = True,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -344,14 +346,21 @@ def start(
     the server runs, so that Python's full garbage collections, which stop every thread, the
     engine's included, stay short; thawed at `stop()`. False leaves the collector alone.
     `public_metrics`: serve `GET /metrics` (Prometheus) without `api_key`; by default it needs it.
+    `embedding_pooling`: how `/v1/embeddings` pools the last hidden states, `"last"` (the last
+    token's) or `"mean"`; `embedding_normalize`: scale embeddings to unit length.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
+    from localoai.engine.backend import POOLINGS
     from localoai.served import ServedModel, load_model
 
+    if embedding_pooling not in POOLINGS:
+        raise ValueError(f"embedding_pooling must be one of {POOLINGS}, not {embedding_pooling!r}")
     model, tokenizer = load_model(model, tokenizer)
     served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser,
                                 max_batch_size=max_batch_size, max_queued_requests=max_queued_requests)
     served.episodes.enabled = token_ledger
+    served.embedding_pooling = embedding_pooling  # type: ignore[assignment]  # checked above
+    served.embedding_normalize = embedding_normalize
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)

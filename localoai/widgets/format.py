@@ -21,6 +21,8 @@ ENDPOINTS: dict[str, str] = {
     "chat.completion": "chat",
     "response": "responses",
     "text_completion": "completions",
+    "embedding": "embeddings",
+    "generate": "generate",
 }
 """Record kind -> the short endpoint name the list shows."""
 
