@@ -6,11 +6,22 @@ from quart import Quart
 
 from localoai.app.auth import require_api_key
 from localoai.app.errors import register_error_handlers
-from localoai.app.routes import admin, chat, completions, conversations, models, responses, stored_chat, tokenize
+from localoai.app.routes import (
+    admin,
+    chat,
+    completions,
+    conversations,
+    messages,
+    models,
+    responses,
+    stored_chat,
+    tokenize,
+)
 from localoai.episodes.routing import EpisodePrefix
 from localoai.handlers.chat import ChatCompletions
 from localoai.handlers.completions import Completions
 from localoai.handlers.conversations import Conversations
+from localoai.handlers.messages import Messages
 from localoai.handlers.responses import Responses
 from localoai.handlers.stored_chat import StoredChatCompletions
 from localoai.handlers.stored_responses import StoredResponses
@@ -32,6 +43,7 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
     app.register_blueprint(completions.blueprint(Completions(served)))
     app.register_blueprint(responses.blueprint(Responses(served), StoredResponses(served)))
     app.register_blueprint(conversations.blueprint(Conversations(served)))
+    app.register_blueprint(messages.blueprint(Messages(served)))
     app.register_blueprint(tokenize.blueprint(served))
     app.asgi_app = EpisodePrefix(app.asgi_app)  # type: ignore[method-assign]  # /episodes/{id}/v1/... is /v1/...
     return app

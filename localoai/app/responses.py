@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 from quart import Response
 
-from localoai.errors import OpenAIError, ServerError
+from localoai.errors import OpenAIError, ServerError, anthropic_error
 
 logger = logging.getLogger("localoai.http")
 
@@ -35,8 +35,10 @@ def json_response(payload: BaseModel | dict[str, Any], status: int = 200, header
     return Response(_encode(payload), status=status, content_type="application/json", headers=headers)
 
 
-def error_response(error: OpenAIError) -> Response:
-    return json_response(error.to_dict(), status=error.status, headers=error.headers)
+def error_response(error: OpenAIError, *, anthropic: bool = False) -> Response:
+    """`anthropic`: in Anthropic's error shape (the Messages API's paths)."""
+    body = anthropic_error(error) if anthropic else error.to_dict()
+    return json_response(body, status=error.status, headers=error.headers)
 
 
 def sse_event(payload: BaseModel | dict[str, Any] | str, *, event: str | None = None) -> bytes:
@@ -45,7 +47,8 @@ def sse_event(payload: BaseModel | dict[str, Any] | str, *, event: str | None = 
     return f"{name}data: {data}\n\n".encode()
 
 
-async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool) -> AsyncIterator[bytes]:
+async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool, anthropic: bool) -> AsyncIterator[bytes]:
+    shape = anthropic_error if anthropic else OpenAIError.to_dict
     try:
         async for event in events:
             yield sse_event(event, event=getattr(event, "type", None) if typed else None)
@@ -54,19 +57,20 @@ async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool) -> AsyncIt
     except OpenAIError as exc:
         if exc.__cause__ is not None:
             logger.error("stream failed", exc_info=exc.__cause__)
-        yield sse_event(exc.to_dict(), event="error" if typed else None)
+        yield sse_event(shape(exc), event="error" if typed else None)
     except Exception:
         logger.exception("stream failed")
         failure = ServerError("The server failed while streaming this response.")
-        yield sse_event(failure.to_dict(), event="error" if typed else None)
+        yield sse_event(shape(failure), event="error" if typed else None)
     if not typed:
         yield sse_event("[DONE]")
 
 
-def sse_response(events: AsyncIterator[BaseModel], *, typed: bool = False) -> Response:
-    """`typed`: name each event after its `type` and send no `[DONE]` (the Responses API's framing)."""
+def sse_response(events: AsyncIterator[BaseModel], *, typed: bool = False, anthropic: bool = False) -> Response:
+    """`typed`: name each event after its `type` and send no `[DONE]` (the Responses and Messages APIs'
+    framing); `anthropic`: a failure after the start is sent in Anthropic's error shape."""
     response = Response(
-        _sse_body(events, typed=typed),
+        _sse_body(events, typed=typed, anthropic=anthropic),
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
