@@ -165,7 +165,7 @@ def chat_request(request: MessageCreateRequest, served_name: str, template: str,
     choice = request.tool_choice
     tools = [FunctionTool(type="function", function=FunctionDefinition.model_construct(
         name=tool.name, description=tool.description, parameters=tool.input_schema,
-        strict=tool.strict)) for tool in request.tools or []]
+        strict=tool.strict)) for tool in request.tools or [] if not tool.defer_loading]
     if isinstance(choice, ToolChoiceNone):
         tool_choice: Any = "none"
     elif isinstance(choice, ToolChoiceAny):

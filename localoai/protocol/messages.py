@@ -85,6 +85,9 @@ class MessageParam(RequestModel):
     # folded into the prompt as the template renders a later system message.
     role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
+    # Claude Code's per-turn effort (beta `per-turn-control`): the request's thinking switch is one per
+    # prompt, so this changes nothing a template renders.
+    output_config: OutputConfig | None = None
 
 
 class Tool(RequestModel):
@@ -94,7 +97,7 @@ class Tool(RequestModel):
     type: Literal["custom"] | None = None
     cache_control: CacheControl | None = None
     strict: StrictBool | None = None
-    # Claude Code's deferred tools (`ToolSearch`): when set, the tool is offered as usual here.
+    # A deferred tool (Claude Code's `ToolSearch`) is not shown to the model, as on Anthropic's API.
     defer_loading: StrictBool | None = None
     eager_input_streaming: StrictBool | None = None
     input_examples: list[dict[str, Any]] | None = None
