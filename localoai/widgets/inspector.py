@@ -32,7 +32,7 @@ logger = logging.getLogger("localoai.widgets")
 STATUS_OPTIONS = [("any status", ""), ("completed", "completed"), ("failed", "failed"),
                   ("incomplete", "incomplete"), ("cancelled", "cancelled"), ("in progress", "in_progress")]
 ENDPOINT_OPTIONS = [("any endpoint", ""), ("responses", "response"), ("chat", "chat.completion"),
-                    ("completions", "text_completion")]
+                    ("completions", "text_completion"), ("messages", "message")]
 TABS = ("Episode", "Tokens", "Group", "Raw")
 
 
