@@ -209,7 +209,8 @@ def _message_turns(record: GenerationRecord) -> list[Turn]:
     """An Anthropic Messages record: `system`, then each message's blocks, then the generated `message`."""
     system = record.request.get("system")
     turns = [Turn("system", content_text(system))] if system else []
-    messages = [*record.request.get("messages") or [], {"role": "assistant", **(record.output or {}), "generated": True}]
+    generated = {"role": "assistant", **(record.output or {}), "generated": True}
+    messages = [*(record.request.get("messages") or []), generated]
     for message in messages:
         content = message.get("content") or []
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
