@@ -36,12 +36,11 @@ def claude_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    cwd = str(tmp_path_factory.mktemp("project"))
-    body = capture_request(PROMPT, cwd=cwd, home=str(tmp_path_factory.mktemp("capture-home")))
+    cwd, home = str(tmp_path_factory.mktemp("project")), str(tmp_path_factory.mktemp("home"))
+    body = capture_request(PROMPT, cwd=cwd, home=home)  # the prompt names HOME and cwd: the same for both runs
     model, tokenizer = train_claude_code_agent(body)
     with running_server(model, tokenizer, name="tiny-agent", api_key="sk-claude-code") as server:
-        env = claude_env(str(tmp_path_factory.mktemp("home")), f"{server.url}/episodes/claude-code-1",
-                         api_key="sk-claude-code")
+        env = claude_env(home, f"{server.url}/episodes/claude-code-1", api_key="sk-claude-code")
         done = run_claude(PROMPT, cwd=cwd, env=env)
         records = sorted(server.store.list(episode_id="claude-code-1"), key=lambda record: record.created_at)
     return {"body": body, "done": done, "records": records}

@@ -2,16 +2,18 @@
 
 Claude Code's real prompt (system text, ~12 tool schemas, environment notes) is ~50 kB: a tiny
 BPE tokenizer would make it 30k+ tokens. So the prompt is captured first (`capture_request`: one
-`claude -p` run against a stand-in endpoint that answers one canned message), each long line of its
-rendering becomes a single added token, and the model is trained (`train_claude_code_agent`) on the
+`claude -p` run against a stand-in endpoint that answers one canned message), each long stretch of
+its rendering between markup tokens becomes a single added token, and the model is trained (`train_claude_code_agent`) on the
 captured prompt to call Claude Code's `Bash` tool once and, after its result, to answer. The prompt is
-deterministic for one working directory and one day, so the real run sends what was trained on.
+deterministic for one HOME, one working directory, one user prompt and one day (it names them all), so
+a real run with the same ones sends what was trained on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -82,7 +84,8 @@ class _Capture(BaseHTTPRequestHandler):
 
 
 def capture_request(prompt: str, *, cwd: str, home: str) -> dict[str, Any]:
-    """The first `/v1/messages` body `claude -p PROMPT` sends, answered by a stand-in endpoint."""
+    """The first `/v1/messages` body `claude -p PROMPT` sends, answered by a stand-in endpoint. Run the
+    real session with the same `cwd` and `home`: the prompt names both."""
     handler = type("Capture", (_Capture,), {"bodies": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -123,11 +126,11 @@ def train_claude_code_agent(body: dict[str, Any], *, steps: int = 80, seed: int 
     second, _ = _history(turn_two, tokenizer)
     rendered = tokenizer.apply_chat_template(second, tools=tools, add_generation_prompt=True, tokenize=False)
     markup = [str(token) for token in tokenizer.all_special_tokens] + list(tokenizer.get_added_vocab())
-    lines = sorted({line for line in rendered.split("\n")
-                    if len(line) >= 24 and not any(token in line for token in markup)})
+    pieces = re.split("|".join(re.escape(token) for token in sorted(set(markup), key=len, reverse=True)), rendered)
     arguments = '{"name": "Bash", "arguments": ' + json.dumps(_CALL_INPUT) + '}'
-    # Each long line one token: the prompt shrinks ~25-fold. The answers too: a few steps learn them.
-    tokenizer.add_tokens([*lines, arguments, FINAL_ANSWER])
+    # Each long stretch between markup tokens (the system prompt, a tool list, a turn) becomes one token,
+    # as do the answers: the prompt is a few dozen tokens, and a few seconds of training learn it.
+    tokenizer.add_tokens(sorted({piece for piece in pieces if len(piece) >= 24}) + [arguments, FINAL_ANSWER])
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.max_position_embeddings = max(model.config.max_position_embeddings, 4096)
     call = f"<tool_call>{arguments}</tool_call>"
