@@ -162,7 +162,7 @@ def test_episode_url_captures_the_loop(server: Any) -> None:
     records = {record.id: record for record in server.store.list(episode_id="anthropic-1")}
     assert set(records) == {first.id, second.id}
     ledger = records[second.id].ledger
-    assert ledger["extends"] == first.id and ledger["spliced"] and ledger["rendered_extends"]
+    assert ledger["extends"] == first.id and ledger["spliced"]  # the sampled call, not its re-rendering
     head = records[first.id].prompt_token_ids + records[first.id].completions[0]["completion_token_ids"]
     assert records[second.id].prompt_token_ids[:len(head)] == head
 
