@@ -221,3 +221,34 @@ def test_any_bad_field_is_a_4xx_before_generation(server: Any, field: str, value
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert response.json()["type"] == "error"
+
+
+def test_translation_into_chat_messages() -> None:
+    from localoai.handlers.message_content import ThinkingSigner, chat_messages
+    from localoai.protocol.messages import MessageCreateRequest
+
+    signer = ThinkingSigner()
+    request = MessageCreateRequest.model_validate({
+        "model": "m", "max_tokens": 5,
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": QUESTION}]},
+            {"role": "system", "content": "Mid-conversation note.", "output_config": {"effort": "low"}},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "", "signature": signer.sign(THINK_BEFORE_CALL)},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "paris"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+                 "content": [{"type": "text", "text": "timeout"}]},
+                {"type": "text", "text": "Try again."}]},
+        ]})
+    messages = [message.model_dump(exclude_none=True) for message in chat_messages(request, signer)]
+    assert messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": QUESTION},
+        {"role": "system", "content": "Mid-conversation note."},
+        {"role": "assistant", "reasoning_content": THINK_BEFORE_CALL, "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "paris"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "Error: timeout"},
+        {"role": "user", "content": "Try again."},
+    ]
