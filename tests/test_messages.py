@@ -186,6 +186,8 @@ def _error(response: httpx.Response, status: int, kind: str) -> str:
      "context_management"),
     ({"model": "m", "max_tokens": 5, "messages": FIRST, "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice"),
     ({"model": "m", "max_tokens": 5, "messages": FIRST, "temperature": 1.5}, "temperature"),
+    ({"model": "m", "max_tokens": 5, "messages": FIRST, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+     "web_search_20250305"),
 ])
 def test_bad_bodies_get_anthropic_errors(server: Any, body: dict[str, Any], needle: str) -> None:
     response = httpx.post(f"{server.url}/v1/messages", json=body, headers={"x-api-key": KEY}, timeout=30)

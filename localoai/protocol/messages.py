@@ -91,6 +91,15 @@ class MessageParam(RequestModel):
 
 
 class Tool(RequestModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _no_server_tools(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind not in (None, "custom"):
+            raise Unsupported(f"tools of type {kind!r} are run by Anthropic's servers; only client tools "
+                              "(name, description, input_schema) can be offered here")
+        return data
+
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_-]+$")]
     description: str | None = None
     input_schema: dict[str, Any]
