@@ -93,6 +93,17 @@ class ServerError(OpenAIError):
         return {"x-should-retry": "false"}
 
 
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                         404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                         500: "api_error", 529: "overloaded_error"}
+
+
+def anthropic_error(error: OpenAIError) -> dict[str, Any]:
+    """The error in Anthropic's shape (`/v1/messages` paths): `{"type": "error", "error": {type, message}}`."""
+    kind = ANTHROPIC_ERROR_TYPES.get(error.status, "invalid_request_error" if error.status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
 def model_not_found(model: str) -> NotFoundError:
     return NotFoundError(
         f"The model `{model}` does not exist or you do not have access to it.", param="model", code="model_not_found"

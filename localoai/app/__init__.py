@@ -15,6 +15,7 @@ from localoai.app.routes import (
     embeddings,
     generate,
     inspector,
+    messages,
     metrics,
     models,
     render,
@@ -28,6 +29,7 @@ from localoai.handlers.completions import Completions
 from localoai.handlers.conversations import Conversations
 from localoai.handlers.embeddings import Embeddings
 from localoai.handlers.generate import TokenGeneration
+from localoai.handlers.messages import Messages
 from localoai.handlers.responses import Responses
 from localoai.handlers.stored_chat import StoredChatCompletions
 from localoai.handlers.stored_responses import StoredResponses
@@ -55,6 +57,7 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body_byte
     app.register_blueprint(completions.blueprint(completions_handler))
     app.register_blueprint(responses.blueprint(responses_handler, StoredResponses(served)))
     app.register_blueprint(conversations.blueprint(Conversations(served)))
+    app.register_blueprint(messages.blueprint(Messages(served)))
     app.register_blueprint(tokenize.blueprint(served))
     app.register_blueprint(embeddings.blueprint(Embeddings(served)))
     app.register_blueprint(generate.blueprint(TokenGeneration(served)))

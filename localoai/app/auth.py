@@ -1,5 +1,6 @@
-"""Bearer-key check: when a key is set, every route but `/health`, the inspector's page (`/ui/`, which
-holds no data; its API calls send the key) and `/metrics` if public requires it."""
+"""API-key check: when a key is set, every route requires it, as `Authorization: Bearer KEY` (OpenAI's
+clients) or `x-api-key: KEY` (Anthropic's clients, Claude Code); except `/health`, the inspector's page
+(`/ui/`, which holds no data; its API calls send the key) and `/metrics` if public."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ def require_api_key(app: Quart, api_key: str, open_paths: frozenset[str] = OPEN_
         if request.path in open_paths:
             return
         header = request.headers.get("Authorization")
-        if header is None:
+        key = request.headers.get("x-api-key")
+        if header is None and key is None:
             raise AuthenticationError(
-                "You didn't provide an API key. Provide it in an Authorization header (Authorization: Bearer KEY)."
+                "You didn't provide an API key. Provide it in an Authorization header (Authorization: Bearer KEY) "
+                "or an x-api-key header."
             )
-        if not hmac.compare_digest(header.encode(), expected):
+        offered = [value.encode() for value in (header, f"Bearer {key}" if key is not None else None) if value]
+        if not any(hmac.compare_digest(value, expected) for value in offered):
             raise AuthenticationError("Incorrect API key provided.")

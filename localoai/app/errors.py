@@ -1,10 +1,11 @@
-"""Every error the app returns is OpenAI-shaped, the framework's own 404/405/413 included."""
+"""Every error the app returns is OpenAI-shaped (Anthropic-shaped under `/v1/messages`), the framework's
+own 404/405/413 included."""
 
 from __future__ import annotations
 
 import logging
 
-from quart import Quart, Response
+from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from localoai.app.responses import error_response
@@ -32,16 +33,25 @@ def _from_http(exc: HTTPException) -> OpenAIError:
     return ServerError("The server failed to handle this request.")
 
 
+MESSAGES_PATH = "/v1/messages"
+
+
+def _anthropic() -> bool:
+    """Whether this request is answered in Anthropic's error shape: the Messages API's paths."""
+    path = request.path
+    return path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/")
+
+
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(OpenAIError)
     async def openai_error(exc: OpenAIError) -> Response:
         if isinstance(exc, ServerError) and exc.__cause__ is not None:
             logger.error("request failed", exc_info=exc.__cause__)
-        return error_response(exc)
+        return error_response(exc, anthropic=_anthropic())
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        response = error_response(_from_http(exc))
+        response = error_response(_from_http(exc), anthropic=_anthropic())
         if exc.code == 413:
             # The unread rest of the body makes the connection unusable: say so, or a keep-alive
             # client reuses it and finds it closed before its next request is answered.
@@ -51,4 +61,5 @@ def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
         logger.exception("unexpected error")  # details stay in the log, never in the response
-        return error_response(ServerError("The server had an error while processing your request."))
+        return error_response(ServerError("The server had an error while processing your request."),
+                              anthropic=_anthropic())

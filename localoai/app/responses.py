@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 from quart import Response, current_app, has_app_context
 
-from localoai.errors import OpenAIError, ServerError
+from localoai.errors import OpenAIError, ServerError, anthropic_error
 
 logger = logging.getLogger("localoai.http")
 
@@ -37,8 +37,10 @@ def json_response(
     return Response(_encode(payload), status=status, content_type="application/json", headers=headers)
 
 
-def error_response(error: OpenAIError) -> Response:
-    return json_response(error.to_dict(), status=error.status, headers=error.headers)
+def error_response(error: OpenAIError, *, anthropic: bool = False) -> Response:
+    """`anthropic`: in Anthropic's error shape (the Messages API's paths)."""
+    body = anthropic_error(error) if anthropic else error.to_dict()
+    return json_response(body, status=error.status, headers=error.headers)
 
 
 def sse_event(payload: BaseModel | dict[str, Any] | str, *, event: str | None = None) -> bytes:
@@ -65,8 +67,9 @@ def open_streams(app: Any) -> OpenStreams:
     return app.extensions.setdefault("localoai.streams", OpenStreams())
 
 
-async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool, streams: OpenStreams | None = None
-                    ) -> AsyncIterator[bytes]:
+async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool, anthropic: bool,
+                    streams: OpenStreams | None = None) -> AsyncIterator[bytes]:
+    shape = anthropic_error if anthropic else OpenAIError.to_dict
     task = asyncio.current_task()
     if streams is not None and task is not None:
         streams.tasks.add(task)
@@ -80,15 +83,15 @@ async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool, streams: O
             task.uncancel()  # the server is stopping (`OpenStreams.stop_all`): end this stream properly
         await events.aclose()  # the generation ends as cancelled, as on a disconnect
         stopping = ServerError("The server stopped while streaming this response.")
-        yield sse_event(stopping.to_dict(), event="error" if typed else None)
+        yield sse_event(shape(stopping), event="error" if typed else None)
     except OpenAIError as exc:
         if exc.__cause__ is not None:
             logger.error("stream failed", exc_info=exc.__cause__)
-        yield sse_event(exc.to_dict(), event="error" if typed else None)
+        yield sse_event(shape(exc), event="error" if typed else None)
     except Exception:
         logger.exception("stream failed")
         failure = ServerError("The server failed while streaming this response.")
-        yield sse_event(failure.to_dict(), event="error" if typed else None)
+        yield sse_event(shape(failure), event="error" if typed else None)
     finally:
         if streams is not None and task is not None:
             streams.tasks.discard(task)
@@ -96,10 +99,12 @@ async def _sse_body(events: AsyncIterator[BaseModel], *, typed: bool, streams: O
         yield sse_event("[DONE]")
 
 
-def sse_response(events: AsyncIterator[BaseModel], *, typed: bool = False) -> Response:
-    """`typed`: name each event after its `type` and send no `[DONE]` (the Responses API's framing)."""
+def sse_response(events: AsyncIterator[BaseModel], *, typed: bool = False, anthropic: bool = False) -> Response:
+    """`typed`: name each event after its `type` and send no `[DONE]` (the Responses and Messages APIs'
+    framing); `anthropic`: a failure after the start is sent in Anthropic's error shape."""
     response = Response(
-        _sse_body(events, typed=typed, streams=open_streams(current_app) if has_app_context() else None),
+        _sse_body(events, typed=typed, anthropic=anthropic,
+                  streams=open_streams(current_app) if has_app_context() else None),
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -266,7 +266,7 @@ def _parsed(arguments: Any) -> Any:
 
 
 def answers(output: Any) -> list[list[dict[str, Any]]]:
-    """Each sample's answer as canonical assistant messages, from a `ChatCompletion` or a `Response`."""
+    """Each sample's answer as canonical assistant messages, from a `ChatCompletion`, a `Response` or a `Message`."""
     from openai.types.chat import ChatCompletion
     from openai.types.responses import Response
 
@@ -283,4 +283,10 @@ def answers(output: Any) -> list[list[dict[str, Any]]]:
 
         items = [item.model_dump(mode="json", exclude_none=True) for item in output.output]
         return [canonical(template_messages(chat_messages(None, items)))]
+    from anthropic.types import Message
+
+    if isinstance(output, Message):
+        from localoai.handlers.message_content import answer_message
+
+        return [canonical(template_messages([answer_message(output)]))]
     return []

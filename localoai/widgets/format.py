@@ -23,6 +23,7 @@ ENDPOINTS: dict[str, str] = {
     "text_completion": "completions",
     "embedding": "embeddings",
     "generate": "generate",
+    "message": "messages",
 }
 """Record kind -> the short endpoint name the list shows."""
 
@@ -128,6 +129,8 @@ def conversation(record: GenerationRecord) -> list[Turn]:
         return _chat_turns(record)
     if record.kind == "response":
         return _response_turns(record)
+    if record.kind == "message":
+        return _message_turns(record)
     turns = [Turn("prompt", record.prompt_text or content_text(record.request.get("prompt")))]
     turns += [Turn("assistant", sample.get("text", ""), generated=True) for sample in record.completions]
     return turns
@@ -201,6 +204,32 @@ def _response_item_turns(items: Iterable[Mapping[str, Any]], *, generated: bool)
             assistant().reasoning += reasoning_text(item)
         else:
             turns.append(Turn(str(item.get("role", kind)), json.dumps(item, ensure_ascii=False)))
+    return turns
+
+
+def _message_turns(record: GenerationRecord) -> list[Turn]:
+    """An Anthropic Messages record: `system`, then each message's blocks, then the generated `message`."""
+    system = record.request.get("system")
+    turns = [Turn("system", content_text(system))] if system else []
+    generated = {"role": "assistant", **(record.output or {}), "generated": True}
+    messages = [*(record.request.get("messages") or []), generated]
+    for message in messages:
+        content = message.get("content") or []
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        turn = Turn(str(message.get("role", "?")), generated=bool(message.get("generated")))
+        for block in blocks:
+            kind = block.get("type")
+            if kind == "tool_result":
+                turns.append(Turn("tool", content_text(block.get("content")), tool_call_id=block.get("tool_use_id")))
+            elif kind == "tool_use":
+                turn.tool_calls.append(ToolCall(str(block.get("name", "")), pretty_arguments(block.get("input", {})),
+                                                block.get("id")))
+            elif kind == "thinking":
+                turn.reasoning += str(block.get("thinking", ""))
+            else:
+                turn.text += str(block.get("text", f"[{kind}]"))
+        if turn.text or turn.reasoning or turn.tool_calls or turn.generated:
+            turns.append(turn)
     return turns
 
 

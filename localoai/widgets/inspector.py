@@ -32,7 +32,8 @@ logger = logging.getLogger("localoai.widgets")
 STATUS_OPTIONS = [("any status", ""), ("completed", "completed"), ("failed", "failed"),
                   ("incomplete", "incomplete"), ("cancelled", "cancelled"), ("in progress", "in_progress")]
 ENDPOINT_OPTIONS = [("any endpoint", ""), ("responses", "response"), ("chat", "chat.completion"),
-                    ("completions", "text_completion"), ("generate", "generate"), ("embeddings", "embedding")]
+                    ("completions", "text_completion"), ("messages", "message"), ("generate", "generate"),
+                    ("embeddings", "embedding")]
 
 
 class Inspector(widgets.VBox):
