@@ -18,6 +18,7 @@ from localoai.engine.backend import TransformersBackend
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
 from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import model_not_found
+from localoai.handlers.hosted_tools import HostedTools
 from localoai.parsers.harmony import HarmonyOutputParser
 from localoai.parsers.reasoning import HARMONY_FORMAT, ComposedOutputParser, OutputParser, reasoning_parser_for, \
     starts_in_reasoning
@@ -98,6 +99,8 @@ class ServedModel:
     """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
     episodes: EpisodeLedger = field(init=False)
     """Open episodes and their token ledger (see `localoai.episodes`)."""
+    hosted_tools: HostedTools = field(default_factory=HostedTools)
+    """Implementations of hosted tools (`start(hosted_tools=...)`); none by default."""
 
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tokenizer)

@@ -38,6 +38,7 @@ def record_generation(
     visible: bool = False,
     previous_response_id: str | None = None,
     input_items: list[dict[str, Any]] | None = None,
+    tools_not_offered: list[str] | None = None,
     status: RecordStatus | None = None,
     episode: EpisodeTurn | None = None,
 ) -> Future[bool]:
@@ -46,6 +47,9 @@ def record_generation(
     `input_items` (responses): the resolved input items, replayed chain first, each with its id.
     They are kept in the record's `request["input_items"]` (not an OpenAI request field), which is
     what `GET /v1/responses/{id}/input_items` lists and what a later `previous_response_id` replays.
+
+    `tools_not_offered` (responses): hosted tool types the request offered that the model never saw
+    (no implementation here), kept in `request["tools_not_offered"]`.
 
     `status`: the record's status when it is not the generation's (a background response is
     recorded "in_progress" before its generation starts).
@@ -58,6 +62,8 @@ def record_generation(
     body = request.model_dump(mode="json", exclude_unset=True)
     if input_items is not None:
         body["input_items"] = input_items
+    if tools_not_offered:
+        body["tools_not_offered"] = tools_not_offered
     record = GenerationRecord(
         id=record_id,
         kind=kind,

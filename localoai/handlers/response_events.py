@@ -114,10 +114,12 @@ class _FunctionCall:
     name: str
     arguments: list[str] = field(default_factory=list)
     status: ItemStatus = "in_progress"
+    namespace: str | None = None
 
     def item(self, status: ItemStatus | None = None) -> ResponseFunctionToolCall:
         return ResponseFunctionToolCall(id=self.id, type="function_call", call_id=self.call_id, name=self.name,
-                                        arguments="".join(self.arguments), status=status or self.status)
+                                        arguments="".join(self.arguments), status=status or self.status,
+                                        namespace=self.namespace)
 
 
 @dataclass
@@ -151,6 +153,8 @@ class ResponseEvents:
     """Why a client tool's call came back as a plain `function_call` (its arguments did not fit)."""
     item_ids: list[str] = field(default_factory=list)
     """Ids for the next output items, in order (a replay reuses the stored ones); new ones when empty."""
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Offered names of `namespace` tools' members -> (namespace, name): their calls carry both."""
 
     def _item_id(self, prefix: str) -> str:
         return self.item_ids.pop(0) if self.item_ids else new_id(prefix)
@@ -244,11 +248,12 @@ class ResponseEvents:
         if piece.id is not None:
             events += self._close()
             kind = self.client_tools.get(piece.name or "")
+            namespace, name = self.namespaced.get(piece.name or "", (None, piece.name or ""))
             if kind is not None:  # its events go out when it closes, whole
-                self.items.append(ClientToolCall(kind=kind, call_id=piece.id, name=piece.name or "",
+                self.items.append(ClientToolCall(kind=kind, call_id=piece.id, name=name, namespace=namespace,
                                                  id=self.item_ids.pop(0) if self.item_ids else ""))
             else:
-                call = _FunctionCall(id=self._item_id("fc_"), call_id=piece.id, name=piece.name or "")
+                call = _FunctionCall(id=self._item_id("fc_"), call_id=piece.id, name=name, namespace=namespace)
                 self.items.append(call)
                 events.append(self._event(ResponseOutputItemAddedEvent, type="response.output_item.added",
                                           output_index=len(self.items) - 1, item=call.item()))
@@ -352,8 +357,9 @@ class ResponseEvents:
         if isinstance(item, _FunctionCall):
             item.status = "completed"
             return [
+                # `name` is in OpenAI's reference (and stream), not in the SDK's class: an extra field
                 self._event(ResponseFunctionCallArgumentsDoneEvent, type="response.function_call_arguments.done",
-                            item_id=item.id, output_index=index, arguments="".join(item.arguments)),
+                            item_id=item.id, output_index=index, arguments="".join(item.arguments), name=item.name),
                 self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
                             item=item.item()),
             ]
@@ -388,7 +394,8 @@ class _Whole:
 
 
 def _as_function_call(call: ClientToolCall) -> _FunctionCall:
-    return _FunctionCall(id=new_id("fc_"), call_id=call.call_id, name=call.name, arguments=call.arguments)
+    return _FunctionCall(id=new_id("fc_"), call_id=call.call_id, name=call.name, arguments=call.arguments,
+                         namespace=call.namespace)
 
 
 def _output_item(item: _Message | _FunctionCall | ClientToolCall | _Whole, status: ItemStatus | None) -> Any:

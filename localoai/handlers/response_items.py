@@ -28,6 +28,7 @@ from localoai.handlers.client_tools import CLIENT_ITEMS, chat_tool_call, functio
 from localoai.handlers.common import new_id
 from localoai.protocol.chat import FunctionTool as ChatFunctionTool
 from localoai.protocol.chat import Message
+from localoai.protocol.hosted_tools import namespaced_name
 from localoai.protocol.responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -62,6 +63,7 @@ def stored_items(given: str | Sequence[InputItem]) -> list[dict[str, Any]]:
                 "name": item.name,
                 "arguments": item.arguments,
                 "status": item.status or "completed",
+                **({"namespace": item.namespace} if item.namespace else {}),
             })
         elif isinstance(item, FunctionCallOutputItem):
             output = item.output if isinstance(item.output, str) else [
@@ -128,8 +130,9 @@ def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]]) -> 
             else:
                 messages.append({"role": item["role"], "content": _text(item["content"])})
         elif kind == "function_call":
+            name = namespaced_name(item["namespace"], item["name"]) if item.get("namespace") else item["name"]
             add_call({"id": item["call_id"], "type": "function",
-                      "function": {"name": item["name"], "arguments": item["arguments"]}})
+                      "function": {"name": name, "arguments": item["arguments"]}})
         elif (call := chat_tool_call(item)) is not None:
             add_call(call)
         elif kind == "function_call_output":

@@ -61,9 +61,11 @@ from localoai.handlers.response_events import ResponseEvents, final_response, us
 from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
 from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 from localoai.protocol.client_tools import offered_name
+from localoai.protocol.hosted_tools import HostedTool
 from localoai.protocol.responses import (
     OUTPUT_LOGPROBS,
     InputTokensRequest,
+    OfferedTools,
     ResponseCreateRequest,
     ResponseInputFields,
 )
@@ -86,6 +88,7 @@ class PreparedResponse:
     items: list[dict[str, Any]]
     prompt: RenderedPrompt
     params: SamplingParams
+    offered: OfferedTools
     output_parser: OutputParser | None = None
     """Reasoning and tool calls (when function tools are offered and not `tool_choice: none`) out of
     the text; None when the model has neither format (or no tools were offered)."""
@@ -138,7 +141,8 @@ class Responses:
         """Every check that can fail, before any generation starts."""
         self.served.check_model(request.model)
         items, prompt, new_from = await self._render(request)
-        tools = chat_tools(request.tools) if request.tool_choice != "none" else None
+        offered = self._offered(request)
+        tools = chat_tools(offered.tools)
         prompt, turn = self.served.episodes.attach(
             episode, chat_messages(request.instructions, items), prompt, lambda history: render_chat(
                 self.served.tokenizer, history, tools=tools, add_generation_prompt=False,
@@ -152,12 +156,19 @@ class Responses:
             top_p=float(request.top_p if request.top_p is not None else 1.0),
             logprobs=(request.top_logprobs or 0) if OUTPUT_LOGPROBS in (request.include or []) else None,
         )
-        offered = request.tools if request.tool_choice != "none" else None
-        parser = self.served.output_parser(prompt.text, [offered_name(tool) for tool in offered] if offered else None)
+        names = [offered_name(tool) for tool in offered.tools]
+        parser = self.served.output_parser(prompt.text, names or None)
         if parser is not None and parser.needs_special_tokens:  # the parser reads the markup
             params = dataclasses.replace(params, skip_special_tokens=False)
-        params = constrain_response(self.served, request, parser.tool_parser if parser else None, params)
-        return PreparedResponse(request, items, prompt, params, parser, new_from, turn)
+        params = constrain_response(self.served, request, offered.tools, parser.tool_parser if parser else None,
+                                    params)
+        if offered.not_offered:
+            logger.warning("hosted tools %s not offered to the model: no implementation is registered "
+                           "(start(hosted_tools=...))", ", ".join(offered.not_offered))
+        return PreparedResponse(request, items, prompt, params, offered, parser, new_from, turn)
+
+    def _offered(self, request: ResponseInputFields) -> OfferedTools:
+        return request.offered_tools(self.served.hosted_tools.definitions())
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
         self.served.check_model(request.model)
@@ -182,7 +193,7 @@ class Responses:
         prompt = render_chat(
             self.served.tokenizer,
             chat_messages(request.instructions, items),  # instructions are never carried over
-            tools=chat_tools(request.tools) if request.tool_choice != "none" else None,
+            tools=chat_tools(self._offered(request).tools),
             template_kwargs=request.chat_template_kwargs,
             reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
             effort_param="reasoning.effort",
@@ -230,9 +241,11 @@ class Responses:
         return self._stream(self._run(prepared))
 
     def _run(self, prepared: PreparedResponse, *, live: bool = True) -> _Run:
-        client_tools = client_tool_types(prepared.request.tools) if prepared.output_parser else {}
-        return _Run(prepared, ResponseEvents(settings=self._settings(prepared), client_tools=client_tools),
-                    live=live)
+        offered = prepared.offered
+        client_tools = client_tool_types(offered.tools) if prepared.output_parser else {}
+        build = ResponseEvents(settings=self._settings(prepared), client_tools=client_tools,
+                               namespaced=offered.namespaced)
+        return _Run(prepared, build, live=live)
 
     # -- background ------------------------------------------------------------------------
 
@@ -374,10 +387,12 @@ class Responses:
             "service_tier": "default",
             "store": request.store is not False,
             "temperature": float(prepared.params.temperature),
-            "text": {"format": _format(request), "verbosity": "medium"},
+            "text": {"format": _format(request),
+                     "verbosity": request.text.verbosity if request.text and request.text.verbosity else "medium"},
             "tool_choice": _dumped(request.tool_choice) or "auto",
-            "tools": [_TOOL.validate_python(tool.model_dump(exclude_none=tool.type != "function"))
-                      for tool in request.tools or []],
+            # what the model was offered: a hosted tool with no implementation here is left out
+            "tools": [_TOOL.validate_python(tool.model_dump(by_alias=True, exclude_none=tool.type != "function"))
+                      for tool in request.tools or [] if _echoed(tool, prepared.offered)],
             "top_logprobs": request.top_logprobs or 0,
             "top_p": float(prepared.params.top_p),
             "truncation": request.truncation or "disabled",
@@ -401,6 +416,7 @@ class Responses:
             visible=request.store is not False,
             previous_response_id=request.previous_response_id,
             input_items=run.prepared.items,
+            tools_not_offered=run.prepared.offered.not_offered,
             status=status,
             episode=run.prepared.episode,
         )
@@ -408,7 +424,11 @@ class Responses:
 
 def _format(request: ResponseCreateRequest) -> dict[str, Any]:
     fmt = request.text.format if request.text is not None else None
-    return fmt.model_dump(mode="json", exclude_none=True) if fmt is not None else {"type": "text"}
+    return fmt.model_dump(mode="json", by_alias=True, exclude_none=True) if fmt is not None else {"type": "text"}
+
+
+def _echoed(tool: Any, offered: OfferedTools) -> bool:
+    return not (isinstance(tool, HostedTool) and tool.type in offered.not_offered)
 
 
 def _dumped(value: Any) -> Any:

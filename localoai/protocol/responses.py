@@ -3,8 +3,9 @@ OpenAI reference, with the field policy.
 
 Input items are allow-listed by `type` (a message may omit it): an unknown type is refused naming
 its index, and a known one this server cannot use (hosted tool calls, `item_reference`) is refused
-naming it, never silently dropped. Hosted tools (web search, file search, code interpreter,
-computer use, image generation, MCP, ...) are refused by name: a local model has none of them.
+naming it, never silently dropped. Hosted tools (web search, image generation, ...) and `namespace`
+tools are accepted as Codex sends them (see `hosted_tools`): `offered_tools` is what the model is
+offered.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from localoai.protocol.client_tools import (
     offered_name,
 )
 from localoai.protocol.content import RefusalPart, RefusedPart
+from localoai.protocol.hosted_tools import HOSTED_TOOLS, HostedTool, NamespaceTool, hosted_family, namespaced_name
 from localoai.protocol.sampling import Number
 from localoai.protocol.stored import ListQuery, parse_list_query
 
@@ -109,6 +111,7 @@ class FunctionCallItem(RequestModel):
     arguments: str
     id: str | None = None
     status: ItemStatus | None = None
+    namespace: str | None = None  # the `namespace` tool it belongs to (rendered as `{namespace}__{name}`)
 
 
 class FunctionCallOutputItem(RequestModel):
@@ -188,14 +191,25 @@ class FunctionTool(RequestModel):
     strict: StrictBool | None = None
 
 
-HOSTED_TOOLS = frozenset({
-    "web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26", "file_search",
-    "code_interpreter", "computer_use_preview", "computer", "computer_use", "image_generation", "mcp",
-    "tool_search", "programmatic_tool_calling",
-})
 Tool = Annotated[
-    Union[FunctionTool, CustomTool, LocalShellTool, ShellTool, ApplyPatchTool], Field(discriminator="type")
+    Union[FunctionTool, CustomTool, LocalShellTool, ShellTool, ApplyPatchTool, NamespaceTool, HostedTool],
+    Field(discriminator="type"),
 ]
+OfferedTool = Union[FunctionTool, CustomTool, LocalShellTool, ShellTool, ApplyPatchTool]
+
+
+@dataclass(frozen=True)
+class OfferedTools:
+    """The tools as the model is offered them: namespaces flattened, hosted tools as the functions
+    their implementations take (or left out, listed in `not_offered`)."""
+
+    tools: list[OfferedTool]
+    namespaced: dict[str, tuple[str, str]]
+    """Offered name -> (namespace, the member's own name), for the calls of namespace members."""
+    hosted: dict[str, str]
+    """Offered name -> hosted tool family, for the calls the server runs."""
+    not_offered: list[str]
+    """Hosted tool types in `tools` that have no implementation here, so the model never saw them."""
 
 
 class TextFormatText(RequestModel):
@@ -220,6 +234,8 @@ class FunctionToolChoice(RequestModel):
 
 class TextConfig(RequestModel):
     format: TextFormat | None = None
+    # Accepted and echoed: OpenAI's models are trained on it; no chat template reads it, so it changes
+    # nothing here (Codex sends it by default).
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
@@ -312,15 +328,42 @@ class ResponseInputFields(RequestModel):
         tools = data.get("tools")
         for index, tool in enumerate(tools if isinstance(tools, list) else []):
             kind = tool.get("type") if isinstance(tool, Mapping) else None
-            if kind in HOSTED_TOOLS:
-                raise Unsupported(f"'{kind}' is a hosted OpenAI tool and is not available on a local model; "
-                                  "only tools the client executes (function, custom, local_shell, shell, "
-                                  "apply_patch) are supported", param=f"tools[{index}].type")
             if kind == "shell":
                 check_shell_environment(tool, param=f"tools[{index}].environment")
-            if kind not in ("function", None, *CLIENT_TOOL_TYPES):
+            if kind not in ("function", "namespace", None, *CLIENT_TOOL_TYPES, *HOSTED_TOOLS):
                 raise Unsupported(f"tools of type {kind!r} are not supported", param=f"tools[{index}].type")
         return data
+
+    def offered_tools(self, hosted: Mapping[str, dict[str, Any]]) -> OfferedTools:
+        """The tools the model is offered (none with `tool_choice: "none"`). `hosted`: the function
+        definition of each hosted tool family this server runs (see `handlers.hosted_tools`)."""
+        offered: list[OfferedTool] = []
+        namespaced: dict[str, tuple[str, str]] = {}
+        families: dict[str, str] = {}
+        not_offered: list[str] = []
+        for tool in self.tools or []:
+            if isinstance(tool, NamespaceTool):
+                for member in tool.tools:
+                    name = namespaced_name(tool.name, member.name)
+                    namespaced[name] = (tool.name, member.name)
+                    if isinstance(member, CustomTool):
+                        offered.append(member.model_copy(update={"name": name}))
+                    else:
+                        offered.append(FunctionTool.model_construct(
+                            type="function", name=name, description=member.description,
+                            parameters=member.parameters, strict=member.strict))
+            elif isinstance(tool, HostedTool):
+                definition = hosted.get(hosted_family(tool.type))
+                if definition is None:
+                    not_offered.append(tool.type)
+                    continue
+                families[definition["name"]] = hosted_family(tool.type)
+                offered.append(FunctionTool.model_construct(type="function", strict=True, **definition))
+            else:
+                offered.append(tool)
+        if self.tool_choice == "none":
+            offered = []
+        return OfferedTools(offered, namespaced, families, not_offered)
 
     @model_validator(mode="after")
     def _field_policy(self) -> ResponseInputFields:
@@ -328,13 +371,17 @@ class ResponseInputFields(RequestModel):
             raise InvalidParam("conversation and previous_response_id cannot both be given", param="conversation")
         names: set[str] = set()
         for index, tool in enumerate(self.tools or []):
-            name = offered_name(tool)
-            if name in names:
-                raise InvalidParam(f"tool names must be unique: '{name}' is offered twice", param=f"tools[{index}]")
-            names.add(name)
+            if isinstance(tool, HostedTool):
+                continue
+            members = tool.tools if isinstance(tool, NamespaceTool) else [tool]
+            for member in members:
+                name = namespaced_name(tool.name, member.name) if isinstance(tool, NamespaceTool) \
+                    else offered_name(member)
+                if name in names:
+                    raise InvalidParam(f"tool names must be unique: '{name}' is offered twice",
+                                       param=f"tools[{index}]")
+                names.add(name)
         refusals = {
-            "text.verbosity": (self.text is not None and self.text.verbosity is not None,
-                               "verbosity is not supported by this server"),
             "reasoning.summary": (
                 self.reasoning is not None and self.reasoning.summary in ("concise", "detailed"),
                 "reasoning summaries are not generated here (there is no summarizer model); reasoning "
@@ -363,7 +410,8 @@ class ResponseInputFields(RequestModel):
             raise Unsupported(f"tool_choice of type {kind!r} is not supported; use 'none', 'auto', 'required' or "
                               "a function", param="tool_choice")
         if self.tool_choice not in (None, "none", "auto"):
-            names = [offered_name(tool) for tool in self.tools or []]
+            names = [offered_name(tool) for tool in self.tools or []
+                     if not isinstance(tool, (HostedTool, NamespaceTool))]
             if not names:
                 raise InvalidParam("'tool_choice' is only allowed when 'tools' are specified", param="tool_choice")
             if isinstance(self.tool_choice, FunctionToolChoice) and self.tool_choice.name not in names:
@@ -374,6 +422,8 @@ class ResponseInputFields(RequestModel):
 class ResponseCreateRequest(ResponseInputFields):
     model: str
     background: StrictBool | None = None
+    # Codex's turn metadata (ids, sandbox mode, ...): it changes nothing in the generation; recorded.
+    client_metadata: dict[str, str] | None = None
     include: list[str] | None = None
     max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     max_tool_calls: Annotated[StrictInt, Field(ge=1)] | None = None  # limits hosted tool calls: none here

@@ -19,10 +19,11 @@ import os
 import socket
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
+from localoai.handlers.hosted_tools import HostedTools
 from localoai.server.sockets import bind, bind_first_free
 
 if TYPE_CHECKING:
@@ -296,6 +297,7 @@ def start(
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     token_ledger: bool = True,
     gc_freeze: bool = True,
+    hosted_tools: Mapping[str, Callable[..., str]] | None = None,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -317,6 +319,9 @@ def start(
     `gc_freeze`: `gc.freeze()` the objects alive at start (the model, torch, transformers) while
     the server runs, so that Python's full garbage collections, which stop every thread, the
     engine's included, stay short; thawed at `stop()`. False leaves the collector alone.
+    `hosted_tools`: Python implementations of OpenAI-hosted tools, by family (`{"web_search": fn}`,
+    `fn(query=...) -> str`), run server-side when the model calls them; a hosted tool without one is
+    not offered to the model (see `localoai.handlers.hosted_tools`).
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.served import ServedModel, load_model
@@ -325,6 +330,7 @@ def start(
     served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser,
                                 max_batch_size=max_batch_size, max_queued_requests=max_queued_requests)
     served.episodes.enabled = token_ledger
+    served.hosted_tools = HostedTools(dict(hosted_tools or {}))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)
