@@ -83,6 +83,7 @@ _SHELL = {
             "max_output_length": {"type": "integer"},
         },
         "required": ["commands"],
+        "additionalProperties": False,
     },
 }
 _APPLY_PATCH = {
@@ -211,7 +212,8 @@ def call_item(kind: ClientToolType, item_id: str, call_id: str, name: str, argum
     if kind == "custom":
         text = args.get("input") if isinstance(args, dict) and set(args) == {"input"} else None
         return ResponseCustomToolCall(type="custom_tool_call", id=item_id, call_id=call_id, name=name,
-                                      input=text if isinstance(text, str) else arguments, namespace=namespace)
+                                      input=text if isinstance(text, str) else arguments,
+                                      **({"namespace": namespace} if namespace else {}))
     if not isinstance(args, dict):
         raise ValueError(f"the arguments of {name!r} are not a JSON object")
     try:
@@ -219,9 +221,13 @@ def call_item(kind: ClientToolType, item_id: str, call_id: str, name: str, argum
             action = {"env": {}, **args, "type": "exec", "command": _as_list(args.get("command"))}
             return LocalShellCall(type="local_shell_call", id=item_id, call_id=call_id, status=status, action=action)
         if kind == "shell":
-            action = {**args, "commands": _as_list(args.get("commands"))}
+            unknown = sorted(set(args) - set(_SHELL["parameters"]["properties"]))
+            if unknown:  # the reference's action has exactly these keys
+                raise ValueError(f"the arguments of {name!r} have keys a shell action has not: {unknown}")
+            action = {"commands": _as_list(args.get("commands")), "timeout_ms": args.get("timeout_ms"),
+                      "max_output_length": args.get("max_output_length")}
             return ResponseFunctionShellToolCall(type="shell_call", id=item_id, call_id=call_id, status=status,
-                                                 action=action)
+                                                 action=action, environment=None)
         return ResponseApplyPatchToolCall(type="apply_patch_call", id=item_id, call_id=call_id,
                                           status="completed" if status == "completed" else "in_progress",
                                           operation=args.get("operation"))

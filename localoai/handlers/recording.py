@@ -75,7 +75,7 @@ def record_generation(
         prompt_text=prompt_text,
         prompt_token_ids=list(prompt_token_ids),
         completions=generation.traces(first_index) if generation is not None else [],
-        output=output.model_dump(mode="json", exclude_unset=True) if output is not None else {},
+        output=output.model_dump(mode="json", exclude_unset=True, by_alias=True) if output is not None else {},
         sampling=_sampling(generation),
         timings=generation.timings if generation is not None else {},
         error=generation.error if generation is not None else None,

@@ -117,9 +117,9 @@ class _FunctionCall:
     namespace: str | None = None
 
     def item(self, status: ItemStatus | None = None) -> ResponseFunctionToolCall:
+        namespace = {"namespace": self.namespace} if self.namespace else {}  # never a null: the spec has none
         return ResponseFunctionToolCall(id=self.id, type="function_call", call_id=self.call_id, name=self.name,
-                                        arguments="".join(self.arguments), status=status or self.status,
-                                        namespace=self.namespace)
+                                        arguments="".join(self.arguments), status=status or self.status, **namespace)
 
 
 @dataclass

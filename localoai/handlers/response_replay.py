@@ -26,6 +26,7 @@ _RESULT_FIELDS = {"status", "output", "usage", "completed_at", "incomplete_detai
 def replay_builder(response: Response) -> ResponseEvents:
     """A builder that re-creates `response`'s items under their stored ids."""
     settings = {key: getattr(response, key) for key in response.model_fields_set - _RESULT_FIELDS}
+    settings.update(error=None, incomplete_details=None)  # as the live stream's opening events carry them
     return ResponseEvents(settings=settings, item_ids=[item.id for item in response.output if item.id])
 
 

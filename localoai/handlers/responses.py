@@ -396,8 +396,8 @@ class Responses:
             "top_logprobs": request.top_logprobs or 0,
             "top_p": float(prepared.params.top_p),
             "truncation": request.truncation or "disabled",
-            "usage": None,
-            "user": request.user,
+            # `usage` comes with the terminal event; `user` only when given (neither is nullable in the reference)
+            **({"user": request.user} if request.user is not None else {}),
         }
 
     def _record(self, run: _Run, response: Response, *, status: RecordStatus | None = None) -> Future[bool]:
