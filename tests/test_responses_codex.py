@@ -19,6 +19,7 @@ import pytest
 from localoai.handlers.response_items import chat_tools
 from localoai.protocol.responses import ResponseCreateRequest
 from localoai.testing import running_server
+from localoai.testing.openapi import sse_events
 from localoai.testing.trained import train_assistant
 
 CUSTOM = {"type": "custom", "name": "exec", "format": {"type": "text"}}
@@ -141,6 +142,19 @@ def test_codex_multi_turn_with_custom_and_shell_tools(codex_server: Any, stream:
     listed = [item["type"] for item in record.request["input_items"]]
     assert listed == ["message", "message", "reasoning", "message", "message", "reasoning", "custom_tool_call",
                       "custom_tool_call_output", "shell_call", "shell_call_output"]
+
+
+def test_codex_turns_validate_against_openapi(codex_server: Any, openapi: Any) -> None:
+    """The custom and shell calls, as streamed and as returned, in OpenAI's OpenAPI shapes."""
+    url, items = f"{codex_server.base_url}/responses", history()
+    first = openapi.check_stream(sse_events(url, {**REQUEST, "input": items, "stream": True}))
+    [custom] = first["output"]
+    assert custom["type"] == "custom_tool_call"
+    items += [custom, {"type": "custom_tool_call_output", "call_id": custom["call_id"], "output": "todo.txt"}]
+    second = openapi.check_stream(sse_events(url, {**REQUEST, "input": items, "stream": True, "store": True}))
+    assert [item["type"] for item in second["output"]] == ["shell_call"]
+    openapi.check(httpx.post(url, json={**REQUEST, "input": items}).json(), "Response")
+    openapi.check_stream(sse_events(f"{url}/{second['id']}?stream=true"))  # replayed from the store
 
 
 def test_stored_chain_replays_client_tool_items(codex_server: Any) -> None:

@@ -1,14 +1,13 @@
 """Every Responses stream event and every Response object, as they go over the wire, validates
 against OpenAI's OpenAPI description (`../shared/fixtures/openapi/openai-openapi.yaml`), through
 many request shapes: text, logprobs, structured output, incomplete, background (queued, polled,
-replayed), stored replays, forced calls of every tool kind (function, namespace member, custom,
-shell, local_shell, apply_patch), reasoning, and the output items the builder makes alone
-(`web_search_call` of a hosted tool)."""
+replayed), stored replays, forced function and namespace-member calls, every tool kind offered,
+and every output item kind from the event builder alone (reasoning, client tool calls, a hosted
+`web_search_call`). Real custom / shell calls over the wire: `test_responses_codex.py`."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,47 +17,13 @@ from localoai.handlers.response_events import ResponseEvents, usage
 from localoai.handlers.response_replay import replay_events
 from localoai.parsers.tool_calls import StreamDelta
 from localoai.testing import wait_until
-from localoai.testing.openapi import OpenAPISchemas
+from localoai.testing.openapi import OpenAPISchemas, sse_events
 
 SHELL = {"type": "shell", "environment": {"type": "local"}}
 NAMESPACE = {"type": "namespace", "name": "crm", "description": "Customers.", "tools": [
-    {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {"id": {"type": "string"}},
-                                                          "required": ["id"], "additionalProperties": False}}]}
+    {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {},
+                                                          "additionalProperties": False}}]}
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
-
-
-@pytest.fixture(scope="session")
-def openapi(shared_fixtures: Path) -> OpenAPISchemas:
-    return OpenAPISchemas(shared_fixtures / "openapi" / "openai-openapi.yaml")
-
-
-def streamed(url: str, body: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The events of a stream as sent (`POST` with `body`, else `GET`), each checked to be framed
-    `event: <type>` / `data: <json>`."""
-    events = []
-    request = httpx.stream("POST", url, json=body, timeout=120) if body is not None else \
-        httpx.stream("GET", url, timeout=120)
-    with request as response:
-        assert response.status_code == 200, response.read()
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                event = json.loads(line.removeprefix("data: "))
-                assert event["type"] == name
-                events.append(event)
-    return events
-
-
-def check_stream(openapi: OpenAPISchemas, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every event (and the response each carries) valid; the final response returned."""
-    assert events[0]["type"] in ("response.created", "response.queued")
-    for event in events:
-        openapi.check_event(event)
-        if "response" in event:
-            openapi.check(event["response"], "Response")
-    return events[-1]["response"]
 
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -71,13 +36,13 @@ SHAPES: dict[str, dict[str, Any]] = {
     "instructions_metadata": {"instructions": "Be brief.", "metadata": {"k": "v"}, "temperature": 0.5,
                               "top_p": 0.9, "store": False, "prompt_cache_key": "s1",
                               "client_metadata": {"x-codex-turn-metadata": "{}"}},
-    "function": {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}],
+    "function": {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {},
+                                                                           "additionalProperties": False}}],
                  "tool_choice": "required"},
     "namespace": {"tools": [NAMESPACE], "tool_choice": "required"},
-    "custom": {"tools": [{"type": "custom", "name": "exec", "format": {"type": "text"}}], "tool_choice": "required"},
-    "shell": {"tools": [SHELL], "tool_choice": "required"},
-    "local_shell": {"tools": [{"type": "local_shell"}], "tool_choice": "required"},
-    "apply_patch": {"tools": [{"type": "apply_patch"}], "tool_choice": "required"},
+    # offered (their echo validated); their calls, over the wire, in test_responses_codex.py
+    "client_tools": {"tools": [{"type": "custom", "name": "exec", "format": {"type": "text"}}, SHELL,
+                               {"type": "local_shell"}, {"type": "apply_patch"}], "tool_choice": "auto"},
     "hosted_not_offered": {"tools": [{"type": "web_search", "external_web_access": False}], "tool_choice": "auto"},
     "no_tools": {"tools": [], "tool_choice": "auto", "parallel_tool_calls": True},
 }
@@ -85,22 +50,21 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_streams_and_objects_validate(server: Any, openapi: OpenAPISchemas, shape: str) -> None:
-    body = {"model": server.model, "input": "hi", "max_output_tokens": 80 if "tool_choice" in SHAPES[shape] else 12,
+    body = {"model": server.model, "input": "hi", "max_output_tokens": 40 if "tool_choice" in SHAPES[shape] else 12,
             **SHAPES[shape]}
-    final = check_stream(openapi, streamed(f"{server.base_url}/responses", {**body, "stream": True}))
+    final = openapi.check_stream(sse_events(f"{server.base_url}/responses", {**body, "stream": True}))
     created = httpx.post(f"{server.base_url}/responses", json=body, timeout=120)
     assert created.status_code == 200, created.text
     openapi.check(created.json(), "Response")
-    if shape in ("function", "custom", "shell", "local_shell", "apply_patch", "namespace"):
-        kinds = {item["type"] for item in final["output"]}
-        assert kinds & {"function_call", "custom_tool_call", "shell_call", "local_shell_call", "apply_patch_call"}
+    if shape == "function":
+        assert [item["type"] for item in final["output"]] == ["function_call"]
     if shape == "namespace":
         [call] = [item for item in final["output"] if item["type"] == "function_call"]
         assert (call["namespace"], call["name"]) == ("crm", "lookup")
     if body.get("store", True):  # stored: retrieved and replayed as a stream, both valid
         response_id = created.json()["id"]
         openapi.check(httpx.get(f"{server.base_url}/responses/{response_id}").json(), "Response")
-        check_stream(openapi, streamed(f"{server.base_url}/responses/{response_id}?stream=true"))
+        openapi.check_stream(sse_events(f"{server.base_url}/responses/{response_id}?stream=true"))
 
 
 def test_background_response_validates_queued_polled_and_replayed(server: Any, openapi: OpenAPISchemas) -> None:
@@ -110,8 +74,8 @@ def test_background_response_validates_queued_polled_and_replayed(server: Any, o
     url = f"{server.base_url}/responses/{queued['id']}"
     wait_until(lambda: httpx.get(url).json()["status"] not in ("queued", "in_progress"), message="never finished")
     openapi.check(httpx.get(url).json(), "Response")
-    check_stream(openapi, streamed(f"{url}?stream=true"))
-    check_stream(openapi, streamed(f"{server.base_url}/responses", {**body, "stream": True}))
+    openapi.check_stream(sse_events(f"{url}?stream=true"))
+    openapi.check_stream(sse_events(f"{server.base_url}/responses", {**body, "stream": True}))
 
 
 def test_every_output_item_kind_validates_from_the_builder(openapi: OpenAPISchemas) -> None:
@@ -138,10 +102,10 @@ def test_every_output_item_kind_validates_from_the_builder(openapi: OpenAPISchem
     events += build.whole_item(ResponseFunctionWebSearch(id="ws_1", type="web_search_call", status="completed",
                                                          action={"type": "search", "query": "q"}))
     events += build.finished(usage(3, 4, 1), incomplete=False)
-    wire = [json.loads(event.model_dump_json(exclude_unset=True)) for event in events]
-    final = check_stream(openapi, wire)
+    wire = [json.loads(event.model_dump_json(exclude_unset=True, by_alias=True)) for event in events]
+    final = openapi.check_stream(wire)
     assert [item["type"] for item in final["output"]] == [
         "reasoning", "message", "custom_tool_call", "local_shell_call", "shell_call", "apply_patch_call",
         "function_call", "web_search_call"]
     replayed = replay_events(events[-1].response)
-    check_stream(openapi, [json.loads(event.model_dump_json(exclude_unset=True)) for event in replayed])
+    openapi.check_stream([json.loads(event.model_dump_json(exclude_unset=True, by_alias=True)) for event in replayed])

@@ -9,11 +9,21 @@ reads next (see `handlers.responses`). Families without an implementation are no
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from openai.types.responses import ResponseFunctionWebSearch
+from openai.types.responses import (
+    ResponseFunctionWebSearch,
+    ResponseOutputItemAddedEvent,
+    ResponseOutputItemDoneEvent,
+    ResponseStreamEvent,
+    ResponseWebSearchCallCompletedEvent,
+    ResponseWebSearchCallInProgressEvent,
+    ResponseWebSearchCallSearchingEvent,
+)
 
 WEB_SEARCH_FUNCTION: dict[str, Any] = {
     "name": "web_search",
@@ -33,11 +43,17 @@ HostedToolFunction = Callable[..., str]
 the text the model reads."""
 
 
+RESULTS_KEPT = 4096
+"""Results kept in memory by item id, so that a `web_search_call` a client sends back renders with it."""
+UNAVAILABLE = "(the result of this call is no longer available)"
+
+
 @dataclass(frozen=True)
 class HostedTools:
-    """The hosted tool implementations of one server, by family."""
+    """The hosted tool implementations of one server, by family, and the recent calls' results."""
 
     functions: Mapping[str, HostedToolFunction] = field(default_factory=dict)
+    results: OrderedDict[str, str] = field(default_factory=OrderedDict, compare=False)
 
     def __post_init__(self) -> None:
         for family, function in self.functions.items():
@@ -51,15 +67,59 @@ class HostedTools:
         """The function definition of each family with an implementation."""
         return {family: FUNCTIONS[family] for family in self.functions}
 
-    def run(self, family: str, arguments: dict[str, Any]) -> str:
-        """Run one call (blocking: call it off the event loop); an exception's text is the result."""
+    def run(self, call: HostedCall) -> str:
+        """Run one call (blocking: call it off the event loop); an exception's text is the result.
+        The result is kept by the call's item id."""
         try:
-            return str(self.functions[family](**arguments))
+            arguments = json.loads("".join(call.arguments) or "{}")
+            result = str(self.functions[call.family](**arguments))
         except Exception as exc:  # noqa: BLE001 - the model reads the failure, as a tool result
-            return f"error: {type(exc).__name__}: {exc}"
+            result = f"error: {type(exc).__name__}: {exc}"
+        self.results[call.id] = result
+        while len(self.results) > RESULTS_KEPT:
+            self.results.popitem(last=False)
+        return result
+
+    def result(self, item_id: str) -> str:
+        return self.results.get(item_id, UNAVAILABLE)
 
 
-def call_item(family: str, item_id: str, arguments: dict[str, Any]) -> ResponseFunctionWebSearch:
-    """The output item of a hosted call, as OpenAI returns it."""
-    return ResponseFunctionWebSearch(id=item_id, type="web_search_call", status="completed",
-                                     action={"type": "search", "query": str(arguments.get("query", ""))})
+@dataclass
+class HostedCall:
+    """The model's call of a hosted tool, as the event builder holds it: no event goes out until
+    the server has run it (`events`)."""
+
+    family: str
+    call_id: str
+    name: str
+    id: str
+    arguments: list[str] = field(default_factory=list)
+    status: Literal["in_progress", "pending"] = "in_progress"
+    """`pending` once its arguments are whole (it is no longer the open item), until it has run."""
+    result: str | None = None
+
+    def query(self) -> str:
+        try:
+            arguments = json.loads("".join(self.arguments) or "{}")
+        except ValueError:
+            return "".join(self.arguments)
+        return str(arguments.get("query", "")) if isinstance(arguments, dict) else str(arguments)
+
+    def item(self, status: str | None = None) -> ResponseFunctionWebSearch:
+        done = self.result is not None
+        return ResponseFunctionWebSearch(id=self.id, type="web_search_call",
+                                         status="completed" if done else "in_progress" if status is None else "failed",
+                                         action={"type": "search", "query": self.query()})
+
+    def events(self, index: int, event: Callable[..., Any]) -> list[ResponseStreamEvent]:
+        """Its events once run, `event(EventType, **fields)` stamping each with its sequence number."""
+        ids = {"item_id": self.id, "output_index": index}
+        added = self.item().model_copy(update={"status": "in_progress"})
+        return [
+            event(ResponseOutputItemAddedEvent, type="response.output_item.added", output_index=index, item=added),
+            event(ResponseWebSearchCallInProgressEvent, type="response.web_search_call.in_progress", **ids),
+            event(ResponseWebSearchCallSearchingEvent, type="response.web_search_call.searching", **ids),
+            event(ResponseWebSearchCallCompletedEvent, type="response.web_search_call.completed", **ids),
+            event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
+                  item=self.item()),
+        ]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, StrictBool, StrictInt, Tag, model_validator
+from pydantic import ConfigDict, Discriminator, Field, StrictBool, StrictInt, Tag, model_validator
 
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
@@ -145,6 +145,22 @@ class ReasoningItem(RequestModel):
     status: ItemStatus | None = None
 
 
+class WebSearchAction(RequestModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)  # `sources` and what OpenAI adds
+    type: Literal["search", "open_page", "find", "find_in_page"]
+    query: str | None = None
+
+
+class WebSearchCallItem(RequestModel):
+    """A hosted web search from an earlier turn (Codex sends it back): rendered as the `web_search`
+    call and the result the server kept for it (see `handlers.hosted_tools`)."""
+
+    type: Literal["web_search_call"]
+    id: str
+    status: Literal["in_progress", "searching", "completed", "failed", "incomplete"] | None = None
+    action: WebSearchAction | None = None
+
+
 def _item_type(item: Any) -> str | None:
     if isinstance(item, Mapping):
         return item.get("type") or "message"  # an "easy" message may omit its type
@@ -157,6 +173,7 @@ InputItem = Annotated[
         Annotated[FunctionCallItem, Tag("function_call")],
         Annotated[FunctionCallOutputItem, Tag("function_call_output")],
         Annotated[ReasoningItem, Tag("reasoning")],
+        Annotated[WebSearchCallItem, Tag("web_search_call")],
         Annotated[CustomToolCallItem, Tag("custom_tool_call")],
         Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")],
         Annotated[LocalShellCallItem, Tag("local_shell_call")],
@@ -168,11 +185,12 @@ InputItem = Annotated[
     ],
     Discriminator(_item_type),
 ]
-INPUT_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning", *CLIENT_CALL_ITEMS})
+INPUT_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning", "web_search_call",
+                              *CLIENT_CALL_ITEMS})
 
 # Item types of the OpenAI reference that belong to hosted tools (or to features not built yet).
 HOSTED_ITEM_TYPES = frozenset({
-    "file_search_call", "computer_call", "computer_call_output", "web_search_call", "image_generation_call",
+    "file_search_call", "computer_call", "computer_call_output", "image_generation_call",
     "code_interpreter_call", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
     "tool_search_call", "tool_search_output", "additional_tools", "configuration_update", "compaction",
     "compaction_trigger", "program", "program_output",

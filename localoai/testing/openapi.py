@@ -3,8 +3,9 @@
 `OpenAPISchemas(path)` loads the description once; `check(instance, "Response")` raises an
 `AssertionError` listing every violation of that component schema, `check_event(event)` picks a
 stream event's schema by its `type` (the spec's `ResponseStreamEvent` is a union of 60 schemas,
-whose errors alone would say little). Instances are JSON as on the wire. Needs `pyyaml` and
-`jsonschema` (the `test` extra).
+whose errors alone would say little), `check_stream(events)` a whole Responses stream.
+Instances are JSON as on the wire: `sse_events(url, body)` reads a stream's events as sent. Needs
+`pyyaml` and `jsonschema` (the `test` extra).
 """
 
 from __future__ import annotations
@@ -85,6 +86,38 @@ class OpenAPISchemas:
         if name is None:
             raise AssertionError(f"{event.get('type')!r} is not a Responses stream event of the OpenAPI description")
         self.check(event, name)
+
+    def check_stream(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Every event of a Responses stream valid, and the `Response` each carries; returns the last one's."""
+        if not events or events[0].get("type") not in ("response.created", "response.queued"):
+            raise AssertionError(f"a Responses stream starts with response.created, not {events[:1]}")
+        for event in events:
+            self.check_event(event)
+            if "response" in event:
+                self.check(event["response"], "Response")
+        return events[-1].get("response", {})
+
+
+def sse_events(url: str, body: dict[str, Any] | None = None, **headers: str) -> list[dict[str, Any]]:
+    """The events of a typed SSE stream as sent (`POST` with `body`, else `GET`), checking that each
+    is framed `event: <type>` then `data: <json>`."""
+    import httpx
+
+    events = []
+    with httpx.stream("POST" if body is not None else "GET", url, json=body, headers=headers,
+                      timeout=300) as response:
+        if response.status_code != 200:
+            raise AssertionError(f"{response.status_code}: {response.read()!r}")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                event = json.loads(line.removeprefix("data: "))
+                if event.get("type") != name:
+                    raise AssertionError(f"event {name!r} carries data of type {event.get('type')!r}")
+                events.append(event)
+    return events
 
 
 def _leaves(error: Any) -> list[Any]:
