@@ -147,8 +147,9 @@ class Responses:
         items, prompt, new_from = await self._render(request)
         offered = self._offered(request)
         tools = chat_tools(offered.tools)
+        messages = chat_messages(request.instructions, items, self.served.hosted_tools.result)
         prompt, turn = self.served.episodes.attach(
-            episode, chat_messages(request.instructions, items, self.served.hosted_tools.result), prompt, lambda history: render_chat(
+            episode, messages, prompt, lambda history: render_chat(
                 self.served.tokenizer, history, tools=tools, add_generation_prompt=False,
                 template_kwargs=request.chat_template_kwargs).text,
             context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])

@@ -428,8 +428,8 @@ class ResponseInputFields(RequestModel):
             raise Unsupported(f"tool_choice of type {kind!r} is not supported; use 'none', 'auto', 'required' or "
                               "a function", param="tool_choice")
         if self.tool_choice not in (None, "none", "auto"):
-            names = [namespaced_name(tool.name, member.name) if isinstance(tool, NamespaceTool) else offered_name(member)
-                     for tool in self.tools or [] if not isinstance(tool, HostedTool)
+            names = [namespaced_name(tool.name, member.name) if isinstance(tool, NamespaceTool)
+                     else offered_name(member) for tool in self.tools or [] if not isinstance(tool, HostedTool)
                      for member in (tool.tools if isinstance(tool, NamespaceTool) else [tool])]
             if not names:
                 raise InvalidParam("'tool_choice' is only allowed when 'tools' are specified", param="tool_choice")
