@@ -288,3 +288,66 @@ def test_builder_maps_each_client_tool_call_to_its_item_type() -> None:
         state.handle_event(event)
     assert state._completed_response.model_dump(exclude={"output": {"__all__": {"parsed_arguments"}}}) \
         == final.model_dump()
+
+
+# --- what the current Codex sends besides its items, on the session model ---------------------
+
+
+def codex_body(server: Any, **fields: Any) -> dict[str, Any]:
+    """A request as Codex 0.17x shapes it (see tests/test_codex_cli.py for the real one)."""
+    return {"model": server.model, "input": [{"type": "message", "role": "user",
+                                              "content": [{"type": "input_text", "text": "hi"}]}],
+            "tools": [], "tool_choice": "auto", "parallel_tool_calls": True, "reasoning": {"summary": "auto"},
+            "store": False, "include": ["reasoning.encrypted_content"], "prompt_cache_key": "0193-session",
+            "client_metadata": {"x-codex-turn-metadata": '{"turn_id": "t1"}', "session_id": "0193-session"},
+            "text": {"verbosity": "low"}, "max_output_tokens": 2, **fields}
+
+
+def test_codex_fields_are_accepted_and_echoed(server: Any) -> None:
+    response = httpx.post(f"{server.base_url}/responses", json=codex_body(server))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["text"]["verbosity"] == "low" and body["prompt_cache_key"] == "0193-session"
+    assert body["tools"] == [] and body["tool_choice"] == "auto"
+
+
+@pytest.mark.parametrize(("headers", "episode"), [
+    ({"session_id": "0193a-b"}, "0193a-b"),
+    ({"session-id": "0193a-c", "x-openai-subagent": "review"}, "0193a-c"),
+    ({"session_id": "0193a-d", "X-Episode-Id": "mine"}, "mine"),  # an episode named otherwise wins
+    ({"session_id": "not a valid id!"}, None),  # not ours to refuse: no episode
+])
+def test_codex_session_header_selects_the_episode(server: Any, headers: dict[str, str], episode: str | None) -> None:
+    response = httpx.post(f"{server.base_url}/responses", json=codex_body(server), headers=headers)
+    assert response.status_code == 200, response.text
+    assert server.store.get(response.json()["id"]).episode_id == episode
+
+
+def test_namespace_calls_render_under_their_flat_name(server: Any, tiny: Any) -> None:
+    """Codex sends a namespaced call back with its `namespace`: the model sees it as it is offered."""
+    namespace = {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.", "tools": [
+        {"type": "function", "name": "spawn_agent", "strict": False,
+         "parameters": {"type": "object", "properties": {"task": {"type": "string"}}}}]}
+    items = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]},
+        {"type": "function_call", "call_id": "c1", "name": "spawn_agent", "namespace": "multi_agent_v1",
+         "arguments": '{"task": "t"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "spawned"},
+        # after a compaction a developer message can follow user messages: merged into the system turn
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
+    ]
+    response = httpx.post(f"{server.base_url}/responses", json=codex_body(server, input=items, tools=[namespace]))
+    assert response.status_code == 200, response.text
+    record = server.store.get(response.json()["id"])
+    _, tokenizer = tiny
+    function = {"type": "function", "function": {"name": "multi_agent_v1__spawn_agent", "description": "Sub-agents.",
+                                                 "parameters": namespace["tools"][0]["parameters"]}}
+    expected = tokenizer.apply_chat_template([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "multi_agent_v1__spawn_agent", "arguments": '{"task": "t"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "spawned"},
+    ], tools=[function], add_generation_prompt=True, tokenize=False)
+    assert record.prompt_text == expected
+    assert record.request["input_items"][1]["namespace"] == "multi_agent_v1"

@@ -4,7 +4,9 @@ coding agents (Codex) send them in `tools`.
 A local model has no hosted tool of its own. A hosted tool is accepted (a default Codex config
 offers `web_search`) and then, on the server, either run by the Python function registered for its
 family (`start(hosted_tools={"web_search": fn})`, see `handlers.hosted_tools`) or NOT offered to
-the model, which the response's `tools` echo, the record and the log show.
+the model, which the response's `tools` echo, the record and the log show. `mcp` (a remote MCP
+server the client names) and `programmatic_tool_calling` stay refused: the server connects to no
+MCP server (Codex runs MCP itself and sends its tools as functions or namespaces).
 
 A `namespace` tool groups function / custom tools (Codex's MCP and dynamic tools): the model is
 offered each member as a function named `{namespace}__{name}` (Codex's own flat MCP naming), and
@@ -22,14 +24,17 @@ from localoai.protocol.client_tools import CustomTool, ToolName
 
 HOSTED_TOOLS = (
     "web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26", "file_search",
-    "code_interpreter", "computer_use_preview", "computer", "computer_use", "image_generation", "mcp",
-    "tool_search", "programmatic_tool_calling",
+    "code_interpreter", "computer_use_preview", "computer", "computer_use", "image_generation", "tool_search",
 )
 HostedToolType = Literal[
     "web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26", "file_search",
-    "code_interpreter", "computer_use_preview", "computer", "computer_use", "image_generation", "mcp",
-    "tool_search", "programmatic_tool_calling",
+    "code_interpreter", "computer_use_preview", "computer", "computer_use", "image_generation", "tool_search",
 ]
+REFUSED_HOSTED_TOOLS = {
+    "mcp": "the server connects to no MCP server; run the MCP client yourself and offer its tools as functions "
+           "(Codex does: they arrive as `namespace` tools)",
+    "programmatic_tool_calling": "programs calling tools run on OpenAI's side",
+}
 FAMILIES = {"web_search_preview": "web_search", "web_search_preview_2025_03_11": "web_search",
             "web_search_2025_08_26": "web_search", "computer_use_preview": "computer", "computer_use": "computer"}
 """Dated and preview variants of a tool, by the family an implementation is registered under."""

@@ -38,7 +38,7 @@ from localoai.protocol.client_tools import (
     offered_name,
 )
 from localoai.protocol.content import RefusalPart, RefusedPart
-from localoai.protocol.hosted_tools import HOSTED_TOOLS, HostedTool, NamespaceTool, hosted_family, namespaced_name
+from localoai.protocol.hosted_tools import HOSTED_TOOLS, REFUSED_HOSTED_TOOLS, HostedTool, NamespaceTool, hosted_family, namespaced_name
 from localoai.protocol.sampling import Number
 from localoai.protocol.stored import ListQuery, parse_list_query
 
@@ -348,6 +348,9 @@ class ResponseInputFields(RequestModel):
             kind = tool.get("type") if isinstance(tool, Mapping) else None
             if kind == "shell":
                 check_shell_environment(tool, param=f"tools[{index}].environment")
+            if kind in REFUSED_HOSTED_TOOLS:
+                raise Unsupported(f"'{kind}' is a hosted OpenAI tool that is not available here: "
+                                  f"{REFUSED_HOSTED_TOOLS[kind]}", param=f"tools[{index}].type")
             if kind not in ("function", "namespace", None, *CLIENT_TOOL_TYPES, *HOSTED_TOOLS):
                 raise Unsupported(f"tools of type {kind!r} are not supported", param=f"tools[{index}].type")
         return data
@@ -368,7 +371,7 @@ class ResponseInputFields(RequestModel):
                         offered.append(member.model_copy(update={"name": name}))
                     else:
                         offered.append(FunctionTool.model_construct(
-                            type="function", name=name, description=member.description,
+                            type="function", name=name, description=member.description or tool.description,
                             parameters=member.parameters, strict=member.strict))
             elif isinstance(tool, HostedTool):
                 definition = hosted.get(hosted_family(tool.type))
