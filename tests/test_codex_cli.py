@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
+from localoai.protocol.offered_tools import offered_tools
 from localoai.protocol.responses import ResponseCreateRequest
 from localoai.testing import build_tiny_model, running_server
 from localoai.testing.trained import train_assistant
@@ -103,7 +104,7 @@ def capture_request(binary: str, home: Path, work: Path) -> dict[str, Any]:
 def offered(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
     """The chat messages and function tools the server renders Codex's request as."""
     request = ResponseCreateRequest.model_validate(body)
-    tools = chat_tools(request.offered_tools({}).tools) or []
+    tools = chat_tools(offered_tools(request, {}).tools) or []
     messages = [message.model_dump(exclude_none=True) for message in
                 chat_messages(request.instructions, stored_items(request.input))]
     return messages, [tool.model_dump(mode="json", exclude_none=True) for tool in tools]

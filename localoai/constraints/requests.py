@@ -93,7 +93,7 @@ def constrain_response(
     params: SamplingParams,
 ) -> SamplingParams:
     """`params` with the constraint this Responses request asks for, if any; `tools` as the model is
-    offered them (`ResponseInputFields.offered_tools`)."""
+    offered them (`protocol.offered_tools`)."""
     fmt = request.text.format if request.text is not None else None
     answer: dict[str, Any] | None = None
     if isinstance(fmt, TextFormatJsonObject):

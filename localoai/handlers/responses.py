@@ -62,10 +62,10 @@ from localoai.handlers.response_items import chat_messages, chat_tools, stored_i
 from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.hosted_tools import HostedTool
+from localoai.protocol.offered_tools import OfferedTools, offered_tools
 from localoai.protocol.responses import (
     OUTPUT_LOGPROBS,
     InputTokensRequest,
-    OfferedTools,
     ResponseCreateRequest,
     ResponseInputFields,
 )
@@ -173,7 +173,7 @@ class Responses:
         return PreparedResponse(request, items, prompt, params, offered, parser, new_from, turn)
 
     def _offered(self, request: ResponseInputFields) -> OfferedTools:
-        return request.offered_tools(self.served.hosted_tools.definitions())
+        return offered_tools(request, self.served.hosted_tools.definitions())
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
         self.served.check_model(request.model)

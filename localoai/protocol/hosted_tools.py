@@ -70,6 +70,22 @@ class NamespaceTool(RequestModel):
                      Field(min_length=1)]
 
 
+class WebSearchAction(RequestModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)  # `sources` and what OpenAI adds
+    type: Literal["search", "open_page", "find", "find_in_page"]
+    query: str | None = None
+
+
+class WebSearchCallItem(RequestModel):
+    """A hosted web search from an earlier turn (Codex sends it back): rendered as the `web_search`
+    call and the result the server kept for it (see `handlers.hosted_tools`)."""
+
+    type: Literal["web_search_call"]
+    id: str
+    status: Literal["in_progress", "searching", "completed", "failed", "incomplete"] | None = None
+    action: WebSearchAction | None = None
+
+
 NAMESPACE_SEPARATOR = "__"
 
 

@@ -4,7 +4,7 @@ OpenAI reference, with the field policy.
 Input items are allow-listed by `type` (a message may omit it): an unknown type is refused naming
 its index, and a known one this server cannot use (hosted tool calls, `item_reference`) is refused
 naming it, never silently dropped. Hosted tools (web search, image generation, ...) and `namespace`
-tools are accepted as Codex sends them (see `hosted_tools`): `offered_tools` is what the model is
+tools are accepted as Codex sends them (see `hosted_tools`); `offered_tools` says what the model is
 offered.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import ConfigDict, Discriminator, Field, StrictBool, StrictInt, Tag, model_validator
+from pydantic import Discriminator, Field, StrictBool, StrictInt, Tag, model_validator
 
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
@@ -38,7 +38,14 @@ from localoai.protocol.client_tools import (
     offered_name,
 )
 from localoai.protocol.content import RefusalPart, RefusedPart
-from localoai.protocol.hosted_tools import HOSTED_TOOLS, REFUSED_HOSTED_TOOLS, HostedTool, NamespaceTool, hosted_family, namespaced_name
+from localoai.protocol.hosted_tools import (
+    HOSTED_TOOLS,
+    REFUSED_HOSTED_TOOLS,
+    HostedTool,
+    NamespaceTool,
+    WebSearchCallItem,
+    namespaced_name,
+)
 from localoai.protocol.sampling import Number
 from localoai.protocol.stored import ListQuery, parse_list_query
 
@@ -145,22 +152,6 @@ class ReasoningItem(RequestModel):
     status: ItemStatus | None = None
 
 
-class WebSearchAction(RequestModel):
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)  # `sources` and what OpenAI adds
-    type: Literal["search", "open_page", "find", "find_in_page"]
-    query: str | None = None
-
-
-class WebSearchCallItem(RequestModel):
-    """A hosted web search from an earlier turn (Codex sends it back): rendered as the `web_search`
-    call and the result the server kept for it (see `handlers.hosted_tools`)."""
-
-    type: Literal["web_search_call"]
-    id: str
-    status: Literal["in_progress", "searching", "completed", "failed", "incomplete"] | None = None
-    action: WebSearchAction | None = None
-
-
 def _item_type(item: Any) -> str | None:
     if isinstance(item, Mapping):
         return item.get("type") or "message"  # an "easy" message may omit its type
@@ -213,21 +204,6 @@ Tool = Annotated[
     Union[FunctionTool, CustomTool, LocalShellTool, ShellTool, ApplyPatchTool, NamespaceTool, HostedTool],
     Field(discriminator="type"),
 ]
-OfferedTool = Union[FunctionTool, CustomTool, LocalShellTool, ShellTool, ApplyPatchTool]
-
-
-@dataclass(frozen=True)
-class OfferedTools:
-    """The tools as the model is offered them: namespaces flattened, hosted tools as the functions
-    their implementations take (or left out, listed in `not_offered`)."""
-
-    tools: list[OfferedTool]
-    namespaced: dict[str, tuple[str, str]]
-    """Offered name -> (namespace, the member's own name), for the calls of namespace members."""
-    hosted: dict[str, str]
-    """Offered name -> hosted tool family, for the calls the server runs."""
-    not_offered: list[str]
-    """Hosted tool types in `tools` that have no implementation here, so the model never saw them."""
 
 
 class TextFormatText(RequestModel):
@@ -354,37 +330,6 @@ class ResponseInputFields(RequestModel):
             if kind not in ("function", "namespace", None, *CLIENT_TOOL_TYPES, *HOSTED_TOOLS):
                 raise Unsupported(f"tools of type {kind!r} are not supported", param=f"tools[{index}].type")
         return data
-
-    def offered_tools(self, hosted: Mapping[str, dict[str, Any]]) -> OfferedTools:
-        """The tools the model is offered (none with `tool_choice: "none"`). `hosted`: the function
-        definition of each hosted tool family this server runs (see `handlers.hosted_tools`)."""
-        offered: list[OfferedTool] = []
-        namespaced: dict[str, tuple[str, str]] = {}
-        families: dict[str, str] = {}
-        not_offered: list[str] = []
-        for tool in self.tools or []:
-            if isinstance(tool, NamespaceTool):
-                for member in tool.tools:
-                    name = namespaced_name(tool.name, member.name)
-                    namespaced[name] = (tool.name, member.name)
-                    if isinstance(member, CustomTool):
-                        offered.append(member.model_copy(update={"name": name}))
-                    else:
-                        offered.append(FunctionTool.model_construct(
-                            type="function", name=name, description=member.description or tool.description,
-                            parameters=member.parameters, strict=member.strict))
-            elif isinstance(tool, HostedTool):
-                definition = hosted.get(hosted_family(tool.type))
-                if definition is None:
-                    not_offered.append(tool.type)
-                    continue
-                families[definition["name"]] = hosted_family(tool.type)
-                offered.append(FunctionTool.model_construct(type="function", strict=True, **definition))
-            else:
-                offered.append(tool)
-        if self.tool_choice == "none":
-            offered = []
-        return OfferedTools(offered, namespaced, families, not_offered)
 
     @model_validator(mode="after")
     def _field_policy(self) -> ResponseInputFields:
