@@ -109,3 +109,17 @@ def test_every_output_item_kind_validates_from_the_builder(openapi: OpenAPISchem
         "function_call", "web_search_call"]
     replayed = replay_events(events[-1].response)
     openapi.check_stream([json.loads(event.model_dump_json(exclude_unset=True, by_alias=True)) for event in replayed])
+
+
+def test_the_validator_reports_each_violation(openapi: OpenAPISchemas) -> None:
+    event = {"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 0,
+             "sequence_number": 3, "arguments": "{}"}
+    with pytest.raises(AssertionError, match="'name' is a required property"):
+        openapi.check_event(event)
+    openapi.check_event({**event, "name": "f"})
+    shell = {"type": "shell_call", "id": "sh_1", "call_id": "c", "status": "completed", "environment": None,
+             "action": {"commands": ["ls"]}}
+    with pytest.raises(AssertionError, match="timeout_ms"):
+        openapi.check(shell, "FunctionShellCall")
+    with pytest.raises(AssertionError, match="not a Responses stream event"):
+        openapi.check_event({"type": "response.telepathy"})
