@@ -29,7 +29,7 @@ import pytest
 from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
 from localoai.protocol.offered_tools import offered_tools
 from localoai.protocol.responses import ResponseCreateRequest
-from localoai.testing import build_tiny_model, running_server
+from localoai.testing import build_tiny_model, build_tokenizer, running_server
 from localoai.testing.trained import train_assistant
 
 QUESTION = "Say the word in note.txt."
@@ -38,6 +38,7 @@ WORD = "pelican"
 ANSWER = f"The word is {WORD}."
 SHELL_TOOL = "exec_command"  # Codex 0.17x's shell tool (unified exec)
 CODEX_TIMEOUT = 180
+pytestmark = pytest.mark.timeout(600)  # capture, training and two codex runs: about a minute on an idle CI machine
 
 
 def codex_binary() -> str:
@@ -130,7 +131,7 @@ def codex_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     result = {"role": "tool", "tool_call_id": "call_0",
               "content": f"Chunk ID: 0\nWall time: 0.0 seconds\nProcess exited with code 0\nOutput:\n{WORD}\n"}
     turns = [(messages, call_markup({"cmd": COMMAND})), (messages + [call, result], ANSWER)]
-    _, plain = build_tiny_model()
+    plain = build_tokenizer()
     # the prompt and what the model writes: each becomes a few tokens, learnt in a few steps
     corpus = [plain.apply_chat_template(messages + [call, result], tools=tools, tokenize=False),
               *[target + "<|im_end|>" for _, target in turns]]

@@ -47,7 +47,7 @@ def searcher() -> Iterator[tuple[Any, list[tuple[str, str]]]]:
         yield server, searched
 
 
-def test_the_server_runs_the_search_and_the_model_answers(searcher: Any, openapi: Any) -> None:
+def test_the_server_runs_the_search_and_the_model_answers(searcher: Any) -> None:
     server, searched = searcher
     client = server.client(max_retries=0)
     tools = [{"type": "web_search", "external_web_access": False}]
@@ -64,18 +64,24 @@ def test_the_server_runs_the_search_and_the_model_answers(searcher: Any, openapi
     assert "web_search" in first.completions[0]["text"] and not first.store_visible
     assert response.usage.input_tokens == len(first.prompt_token_ids) + len(final.prompt_token_ids)
 
-    events = sse_events(f"{server.base_url}/responses", {"model": server.model, "input": QUESTION, "tools": tools,
-                                                         "temperature": 0, "stream": True})
-    final_response = openapi.check_stream(events)
-    assert [item["type"] for item in final_response["output"]] == ["web_search_call", "message"]
-    types = [event["type"] for event in events]
-    assert types.index("response.web_search_call.searching") < types.index("response.web_search_call.completed")
-
     # Codex sends the call back: it renders with the result the server kept for it
     again = client.responses.create(model=server.model, tools=tools, temperature=0, max_output_tokens=5, input=[
         {"role": "user", "content": QUESTION}, *[item.model_dump(exclude_none=True) for item in response.output],
         {"role": "user", "content": "Thanks."}])
     assert RESULT in server.store.get(again.id).prompt_text
+
+
+def test_the_stream_of_a_hosted_call_validates(searcher: Any, openapi: Any) -> None:
+    server, _ = searcher
+    tools = [{"type": "web_search"}]
+    events = sse_events(f"{server.base_url}/responses", {"model": server.model, "input": QUESTION, "tools": tools,
+                                                         "temperature": 0, "stream": True})
+    final_response = openapi.check_stream(events)
+    assert [item["type"] for item in final_response["output"]] == ["web_search_call", "message"]
+    types = [event["type"] for event in events]
+    assert types[types.index("response.output_item.added"):types.index("response.output_item.done") + 1] == [
+        "response.output_item.added", "response.web_search_call.in_progress", "response.web_search_call.searching",
+        "response.web_search_call.completed", "response.output_item.done"]
 
 
 def test_a_hosted_tool_without_implementation_is_not_offered_and_says_so(
