@@ -110,6 +110,13 @@ def test_every_output_item_kind_validates_from_the_builder(openapi: OpenAPISchem
     replayed = replay_events(events[-1].response)
     openapi.check_stream([json.loads(event.model_dump_json(exclude_unset=True, by_alias=True)) for event in replayed])
 
+    # a failure after the stream began: the output so far, an open item incomplete
+    failing = ResponseEvents(settings=settings)
+    events = [failing.created(), failing.in_progress(), *failing.text_delta("Hal"), failing.failed("boom")]
+    failed = openapi.check_stream([json.loads(event.model_dump_json(exclude_unset=True, by_alias=True))
+                                   for event in events])
+    assert failed["status"] == "failed" and failed["output"][0]["status"] == "incomplete"
+
 
 def test_the_validator_reports_each_violation(openapi: OpenAPISchemas) -> None:
     event = {"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 0,
