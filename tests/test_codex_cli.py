@@ -111,6 +111,14 @@ def offered(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
     return messages, [tool.model_dump(mode="json", exclude_none=True) for tool in tools]
 
 
+def tool_outputs() -> list[str]:
+    """Outputs of `cat note.txt` in the shape Codex 0.171 sends them back (`exec_command`)."""
+    noise = "pyenv: cannot rehash: /root/.pyenv/shims isn't writable\n"
+    return [f"Chunk ID: {chunk}\nWall time: {seconds} seconds\nProcess exited with code 0\n"
+            f"Original token count: {count}\nOutput:\n{before}{WORD}\n"
+            for chunk, seconds, count, before in [("797768", "0.9312", 30, noise * 2), ("1e0f2a", "0.0021", 2, "")]]
+
+
 def call_markup(arguments: dict[str, Any]) -> str:
     return f'<tool_call>\n{json.dumps({"name": SHELL_TOOL, "arguments": arguments})}\n</tool_call>'
 
@@ -127,16 +135,19 @@ def codex_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     call = {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_0", "type": "function", "function": {"name": SHELL_TOOL,
                                                           "arguments": json.dumps({"cmd": COMMAND})}}]}
-    # Codex's output format for the tool, as near as the test can know it before the run
-    result = {"role": "tool", "tool_call_id": "call_0",
-              "content": f"Chunk ID: 0\nWall time: 0.0 seconds\nProcess exited with code 0\nOutput:\n{WORD}\n"}
-    turns = [(messages, call_markup({"cmd": COMMAND})), (messages + [call, result], ANSWER)]
+    # Codex's output of the tool varies (a random chunk id, the wall time, whatever the shell prints
+    # first): the answer is trained after several such outputs, so that it follows the real one
+    results = [{"role": "tool", "tool_call_id": "call_0", "content": output} for output in tool_outputs()]
+    turns = [(messages, call_markup({"cmd": COMMAND})),
+             *[(messages + [call, result], ANSWER) for result in results]]
     plain = build_tokenizer()
     # the prompt and what the model writes: each becomes a few tokens, learnt in a few steps
-    corpus = [plain.apply_chat_template(messages + [call, result], tools=tools, tokenize=False),
-              *[target + "<|im_end|>" for _, target in turns]]
+    corpus = [plain.apply_chat_template(messages + [call, results[0]], tools=tools, tokenize=False),
+              *[target + "<|im_end|>" for _, target in turns[:2]]]
     # merges across words, as many as the text has: Codex's ~40,000-character prompt becomes ~300 tokens
-    model, tokenizer = train_assistant(turns, tools=tools, model_and_tokenizer=build_tiny_model(
+    # Codex sends no temperature, so the server samples at 1.0: trained long enough that sampling
+    # writes the targets as greedy decoding would (each token's probability near 1)
+    model, tokenizer = train_assistant(turns, tools=tools, steps=300, model_and_tokenizer=build_tiny_model(
         corpus=corpus, split_words=False, vocab_size=16384, max_position_embeddings=8192))
     with running_server(model, tokenizer, name="tiny") as server:
         with server.episode() as episode:
