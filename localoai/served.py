@@ -22,6 +22,7 @@ from localoai.engine.text import special_token_ids
 from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import model_not_found
 from localoai.metrics import ServingMetrics
+from localoai.handlers.hosted_tools import HostedTools
 from localoai.parsers.harmony import HarmonyOutputParser
 from localoai.parsers.reasoning import CLOSE_THINK, HARMONY_FORMAT, OPEN_THINK, ComposedOutputParser, OutputParser, \
     reasoning_parser_for, starts_in_reasoning
@@ -108,6 +109,8 @@ class ServedModel:
     """Open episodes and their token ledger (see `localoai.episodes`)."""
     metrics: ServingMetrics = field(init=False)
     """This server's Prometheus metrics (`GET /metrics`), in a registry of its own."""
+    hosted_tools: HostedTools = field(default_factory=HostedTools)
+    """Implementations of hosted tools (`start(hosted_tools=...)`); none by default."""
 
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tokenizer)

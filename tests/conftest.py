@@ -50,3 +50,11 @@ def shared_fixtures() -> Path:
     if not SHARED_FIXTURES.is_dir():
         pytest.skip(f"shared fixtures not present at {SHARED_FIXTURES}")
     return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def openapi(shared_fixtures: Path) -> Any:
+    """OpenAI's OpenAPI description, to validate what the server sends (`localoai.testing.openapi`)."""
+    from localoai.testing.openapi import OpenAPISchemas
+
+    return OpenAPISchemas(shared_fixtures / "openapi" / "openai-openapi.yaml")

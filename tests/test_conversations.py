@@ -122,7 +122,7 @@ def test_unknown_ids_are_openai_shaped_404s(client: openai.OpenAI) -> None:
 def test_bad_input_is_refused_naming_the_field(client: openai.OpenAI) -> None:
     cases = [
         ({"items": [{"role": "user", "content": "ok"}, {"type": "bogus"}]}, "items[1].type"),
-        ({"items": [{"type": "web_search_call", "id": "ws_1"}]}, "items[0].type"),
+        ({"items": [{"type": "image_generation_call", "id": "ig_1"}]}, "items[0].type"),
         ({"items": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "items[0].arguments"),
         ({"items": [{"role": "user", "content": "x"}] * 21}, "items"),
         ({"metadata": {"k": 1}}, "metadata.k"),

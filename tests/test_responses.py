@@ -300,13 +300,11 @@ def test_input_tokens_is_the_generation_prompt_length(client: openai.OpenAI, ser
 
 
 @pytest.mark.parametrize(("fields", "param", "named"), [
-    ({"tools": [{"type": "web_search"}]}, "tools[0].type", "web_search"),
-    ({"tools": [TOOL, {"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools[1].type",
-     "code_interpreter"),
+    ({"tools": [TOOL, {"type": "programmatic_tool_calling"}]}, "tools[1].type", "programmatic_tool_calling"),
     ({"tools": [{"type": "mcp", "server_label": "x"}]}, "tools[0].type", "mcp"),
     ({"input": [{"role": "user", "content": "x"}, {"type": "telepathy"}]}, "input[1].type", "index 1"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "item references"),
-    ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type", "web_search_call"),
+    ({"input": [{"type": "image_generation_call", "id": "ig_1"}]}, "input[0].type", "image_generation_call"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0]",
      "input_image"),
     ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"not": {}}}}}, "text.format.schema", "'not'"),

@@ -19,6 +19,7 @@ import pytest
 from localoai.handlers.response_items import chat_tools
 from localoai.protocol.responses import ResponseCreateRequest
 from localoai.testing import running_server
+from localoai.testing.openapi import sse_events
 from localoai.testing.trained import train_assistant
 
 CUSTOM = {"type": "custom", "name": "exec", "format": {"type": "text"}}
@@ -143,6 +144,19 @@ def test_codex_multi_turn_with_custom_and_shell_tools(codex_server: Any, stream:
                       "custom_tool_call_output", "shell_call", "shell_call_output"]
 
 
+def test_codex_turns_validate_against_openapi(codex_server: Any, openapi: Any) -> None:
+    """The custom and shell calls, as streamed and as returned, in OpenAI's OpenAPI shapes."""
+    url, items = f"{codex_server.base_url}/responses", history()
+    first = openapi.check_stream(sse_events(url, {**REQUEST, "input": items, "stream": True}))
+    [custom] = first["output"]
+    assert custom["type"] == "custom_tool_call"
+    items += [custom, {"type": "custom_tool_call_output", "call_id": custom["call_id"], "output": "todo.txt"}]
+    second = openapi.check_stream(sse_events(url, {**REQUEST, "input": items, "stream": True, "store": True}))
+    assert [item["type"] for item in second["output"]] == ["shell_call"]
+    openapi.check(httpx.post(url, json={**REQUEST, "input": items}).json(), "Response")
+    openapi.check_stream(sse_events(f"{url}/{second['id']}?stream=true"))  # replayed from the store
+
+
 def test_stored_chain_replays_client_tool_items(codex_server: Any) -> None:
     """With `store` and `previous_response_id` the call items are replayed from the store."""
     client = codex_server.client(max_retries=0)
@@ -206,10 +220,10 @@ def test_every_client_tool_item_renders_as_tool_calls_and_results(client: openai
 @pytest.mark.parametrize(("fields", "param", "named"), [
     ({"tools": [{"type": "shell", "environment": {"type": "container_auto"}}]}, "tools[0].environment",
      "container_auto"),
-    ({"tools": [{"type": "image_generation"}]}, "tools[0].type", "image_generation"),
-    ({"tools": [{"type": "computer_use_preview", "display_width": 1, "display_height": 1,
-                 "environment": "linux"}]}, "tools[0].type", "computer_use_preview"),
-    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs"]}]}, "tools[0].type", "file_search"),
+    ({"tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}, "tool_choice", "web_search"),
+    ({"tools": [{"type": "namespace", "name": "mcp", "tools": [{"type": "function", "name": "a"}]},
+                {"type": "function", "name": "mcp__a"}]}, "tools[1]", "unique"),
+    ({"tools": [{"type": "namespace", "name": "mcp", "tools": []}]}, "tools[0].tools", "at least 1"),
     ({"tools": [{"type": "shell"}, {"type": "function", "name": "shell"}]}, "tools[1]", "unique"),
     ({"input": [{"type": "code_interpreter_call", "id": "ci"}]}, "input[0].type", "code_interpreter_call"),
     ({"input": [{"type": "mcp_call", "id": "m"}]}, "input[0].type", "mcp_call"),
@@ -274,3 +288,66 @@ def test_builder_maps_each_client_tool_call_to_its_item_type() -> None:
         state.handle_event(event)
     assert state._completed_response.model_dump(exclude={"output": {"__all__": {"parsed_arguments"}}}) \
         == final.model_dump()
+
+
+# --- what the current Codex sends besides its items, on the session model ---------------------
+
+
+def codex_body(server: Any, **fields: Any) -> dict[str, Any]:
+    """A request as Codex 0.17x shapes it (see tests/test_codex_cli.py for the real one)."""
+    return {"model": server.model, "input": [{"type": "message", "role": "user",
+                                              "content": [{"type": "input_text", "text": "hi"}]}],
+            "tools": [], "tool_choice": "auto", "parallel_tool_calls": True, "reasoning": {"summary": "auto"},
+            "store": False, "include": ["reasoning.encrypted_content"], "prompt_cache_key": "0193-session",
+            "client_metadata": {"x-codex-turn-metadata": '{"turn_id": "t1"}', "session_id": "0193-session"},
+            "text": {"verbosity": "low"}, "max_output_tokens": 2, **fields}
+
+
+def test_codex_fields_are_accepted_and_echoed(server: Any) -> None:
+    response = httpx.post(f"{server.base_url}/responses", json=codex_body(server))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["text"]["verbosity"] == "low" and body["prompt_cache_key"] == "0193-session"
+    assert body["tools"] == [] and body["tool_choice"] == "auto"
+
+
+@pytest.mark.parametrize(("headers", "episode"), [
+    ({"session_id": "0193a-b"}, "0193a-b"),
+    ({"session-id": "0193a-c", "x-openai-subagent": "review"}, "0193a-c"),
+    ({"session_id": "0193a-d", "X-Episode-Id": "mine"}, "mine"),  # an episode named otherwise wins
+    ({"session_id": "not a valid id!"}, None),  # not ours to refuse: no episode
+])
+def test_codex_session_header_selects_the_episode(server: Any, headers: dict[str, str], episode: str | None) -> None:
+    response = httpx.post(f"{server.base_url}/responses", json=codex_body(server), headers=headers)
+    assert response.status_code == 200, response.text
+    assert server.store.get(response.json()["id"]).episode_id == episode
+
+
+def test_namespace_calls_render_under_their_flat_name(server: Any, tiny: Any) -> None:
+    """Codex sends a namespaced call back with its `namespace`: the model sees it as it is offered."""
+    namespace = {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.", "tools": [
+        {"type": "function", "name": "spawn_agent", "strict": False,
+         "parameters": {"type": "object", "properties": {"task": {"type": "string"}}}}]}
+    items = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]},
+        {"type": "function_call", "call_id": "c1", "name": "spawn_agent", "namespace": "multi_agent_v1",
+         "arguments": '{"task": "t"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "spawned"},
+        # after a compaction a developer message can follow user messages: merged into the system turn
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
+    ]
+    response = httpx.post(f"{server.base_url}/responses", json=codex_body(server, input=items, tools=[namespace]))
+    assert response.status_code == 200, response.text
+    record = server.store.get(response.json()["id"])
+    _, tokenizer = tiny
+    function = {"type": "function", "function": {"name": "multi_agent_v1__spawn_agent", "description": "Sub-agents.",
+                                                 "parameters": namespace["tools"][0]["parameters"]}}
+    expected = tokenizer.apply_chat_template([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "multi_agent_v1__spawn_agent", "arguments": '{"task": "t"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "spawned"},
+    ], tools=[function], add_generation_prompt=True, tokenize=False)
+    assert record.prompt_text == expected
+    assert record.request["input_items"][1]["namespace"] == "multi_agent_v1"

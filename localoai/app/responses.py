@@ -26,8 +26,9 @@ logger = logging.getLogger("localoai.http")
 
 def _encode(payload: BaseModel | dict[str, Any] | list[Any]) -> str:
     if isinstance(payload, BaseModel):
-        # The SDK's models omit fields never set and keep explicit nulls, as OpenAI sends them.
-        return payload.model_dump_json(exclude_unset=True)
+        # The SDK's models omit fields never set and keep explicit nulls, as OpenAI sends them; fields
+        # named differently on the wire (`schema_` is `schema`) go by their wire name.
+        return payload.model_dump_json(exclude_unset=True, by_alias=True)
     return json.dumps(payload, separators=(",", ":"))
 
 

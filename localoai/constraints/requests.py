@@ -94,9 +94,11 @@ def constrain_chat(
 
 
 def constrain_response(
-    served: ServedModel, request: ResponseCreateRequest, parser: OutputParser | None, params: SamplingParams
+    served: ServedModel, request: ResponseCreateRequest, tools: Sequence[Any], parser: OutputParser | None,
+    params: SamplingParams,
 ) -> SamplingParams:
-    """`params` with the constraint this Responses request asks for, if any."""
+    """`params` with the constraint this Responses request asks for, if any; `tools` as the model is
+    offered them (`protocol.offered_tools`)."""
     fmt = request.text.format if request.text is not None else None
     answer: dict[str, Any] | None = None
     if isinstance(fmt, TextFormatJsonObject):
@@ -107,7 +109,7 @@ def constrain_response(
     fields = _Request(
         answer=answer,
         answer_param="text.format.schema" if fmt is not None and fmt.type == "json_schema" else "text.format",
-        tools=[_response_tool(index, tool) for index, tool in enumerate(request.tools or [])],
+        tools=[_response_tool(index, tool) for index, tool in enumerate(tools)],
         tool_choice=choice.name if isinstance(choice, FunctionToolChoice) else str(choice or "auto"),
         parallel=request.parallel_tool_calls is not False,
     )

@@ -1,5 +1,6 @@
 """Which episode a request belongs to: the `/episodes/{id}/v1` URL prefix, the `X-Episode-Id` header,
-or `metadata.episode_id` in the body.
+or `metadata.episode_id` in the body; failing those, a harness's session header (Codex sends
+`session_id` / `session-id` with its session's id), so that an unmodified Codex session is one episode.
 
 The URL prefix exists so that agent code that only takes a base URL is traced without a change:
 `EpisodePrefix` (ASGI middleware around the app) strips the prefix and sends the id on as the
@@ -19,6 +20,8 @@ from localoai.errors import InvalidRequestError
 
 EPISODE_HEADER = "X-Episode-Id"
 GROUP_HEADER = "X-Episode-Group"
+SESSION_HEADERS = ("session_id", "session-id")
+"""Harness session headers (Codex's) that name the episode when nothing else does."""
 EPISODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 """What an episode id may be: safe in a URL path segment, a header and a log line."""
 _PREFIX = re.compile(r"^/episodes/([^/]+)((?:/inference)?/v1(?:/.*)?)$")
@@ -67,7 +70,7 @@ def episode_ref(headers: Mapping[str, str], metadata: Mapping[str, str] | None) 
             f"({from_header!r}, by URL prefix or {EPISODE_HEADER}).", param="metadata")
     episode_id = from_header if from_header is not None else from_body
     if episode_id is None:
-        return None
+        return _session_episode(headers)
     group = headers.get(GROUP_HEADER) or (metadata or {}).get("episode_group")
     for value, what in ((episode_id, "episode id"), (group, "episode group")):
         if value is not None and not EPISODE_ID.fullmatch(value):
@@ -75,3 +78,13 @@ def episode_ref(headers: Mapping[str, str], metadata: Mapping[str, str] | None) 
                 f"Invalid {what} {value!r}: use 1-128 letters, digits, '_', '.', ':' or '-'.",
                 param="metadata" if from_header is None else None)
     return EpisodeRef(episode_id, group)
+
+
+def _session_episode(headers: Mapping[str, str]) -> EpisodeRef | None:
+    """The episode a harness's session header names; None without one, or when it is not a valid
+    episode id (a session header is not ours to refuse)."""
+    for name in SESSION_HEADERS:
+        value = headers.get(name)
+        if value is not None and EPISODE_ID.fullmatch(value):
+            return EpisodeRef(value)
+    return None

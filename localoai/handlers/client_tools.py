@@ -39,6 +39,7 @@ from openai.types.responses.response_output_item import LocalShellCall
 from pydantic import BaseModel, ValidationError
 
 from localoai.handlers.common import new_id
+from localoai.protocol.hosted_tools import namespaced_name
 from localoai.protocol.client_tools import (
     BUILT_IN_NAMES,
     ApplyPatchCallItem,
@@ -82,6 +83,7 @@ _SHELL = {
             "max_output_length": {"type": "integer"},
         },
         "required": ["commands"],
+        "additionalProperties": False,
     },
 }
 _APPLY_PATCH = {
@@ -160,6 +162,8 @@ def chat_tool_call(item: dict[str, Any]) -> dict[str, Any] | None:
     kind = item["type"]
     if kind == "custom_tool_call":
         name, arguments = item["name"], _arguments({"input": item["input"]})
+        if item.get("namespace"):
+            name = namespaced_name(item["namespace"], name)
     elif kind == "local_shell_call":
         action = {key: value for key, value in item["action"].items() if key != "type"}
         name, arguments = BUILT_IN_NAMES["local_shell"], _arguments(action)
@@ -198,7 +202,7 @@ def _as_list(value: Any) -> Any:
 
 
 def call_item(kind: ClientToolType, item_id: str, call_id: str, name: str, arguments: str,
-              status: ItemStatus) -> BaseModel:
+              status: ItemStatus, namespace: str | None = None) -> BaseModel:
     """The output item for a model's call of a client tool. Raises ValueError when its arguments
     do not fit the item's shape."""
     try:
@@ -208,7 +212,8 @@ def call_item(kind: ClientToolType, item_id: str, call_id: str, name: str, argum
     if kind == "custom":
         text = args.get("input") if isinstance(args, dict) and set(args) == {"input"} else None
         return ResponseCustomToolCall(type="custom_tool_call", id=item_id, call_id=call_id, name=name,
-                                      input=text if isinstance(text, str) else arguments)
+                                      input=text if isinstance(text, str) else arguments,
+                                      **({"namespace": namespace} if namespace else {}))
     if not isinstance(args, dict):
         raise ValueError(f"the arguments of {name!r} are not a JSON object")
     try:
@@ -216,9 +221,13 @@ def call_item(kind: ClientToolType, item_id: str, call_id: str, name: str, argum
             action = {"env": {}, **args, "type": "exec", "command": _as_list(args.get("command"))}
             return LocalShellCall(type="local_shell_call", id=item_id, call_id=call_id, status=status, action=action)
         if kind == "shell":
-            action = {**args, "commands": _as_list(args.get("commands"))}
+            unknown = sorted(set(args) - set(_SHELL["parameters"]["properties"]))
+            if unknown:  # the reference's action has exactly these keys
+                raise ValueError(f"the arguments of {name!r} have keys a shell action has not: {unknown}")
+            action = {"commands": _as_list(args.get("commands")), "timeout_ms": args.get("timeout_ms"),
+                      "max_output_length": args.get("max_output_length")}
             return ResponseFunctionShellToolCall(type="shell_call", id=item_id, call_id=call_id, status=status,
-                                                 action=action)
+                                                 action=action, environment=None)
         return ResponseApplyPatchToolCall(type="apply_patch_call", id=item_id, call_id=call_id,
                                           status="completed" if status == "completed" else "in_progress",
                                           operation=args.get("operation"))
@@ -239,6 +248,8 @@ class ClientToolCall:
     arguments: list[str] = field(default_factory=list)
     status: ItemStatus = "in_progress"
     id: str = ""
+    namespace: str | None = None
+    """The `namespace` tool a custom tool belongs to, if any."""
 
     def __post_init__(self) -> None:
         self.id = self.id or new_id({"custom": "ctc_", "local_shell": "lsh_", "shell": "sh_",
@@ -246,7 +257,7 @@ class ClientToolCall:
 
     def item(self, status: ItemStatus | None = None) -> BaseModel:
         return call_item(self.kind, self.id, self.call_id, self.name, "".join(self.arguments),
-                         status or self.status)
+                         status or self.status, self.namespace)
 
     def closing_events(self, index: int, event: Callable[..., Any]) -> list[ResponseStreamEvent]:
         """The call's events, `event(EventType, **fields)` stamping each with its sequence number.

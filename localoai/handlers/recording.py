@@ -38,6 +38,7 @@ def record_generation(
     visible: bool = False,
     previous_response_id: str | None = None,
     input_items: list[dict[str, Any]] | None = None,
+    tools_not_offered: list[str] | None = None,
     status: RecordStatus | None = None,
     episode: EpisodeTurn | None = None,
     policy_version: int | None = None,
@@ -47,6 +48,9 @@ def record_generation(
     `input_items` (responses): the resolved input items, replayed chain first, each with its id.
     They are kept in the record's `request["input_items"]` (not an OpenAI request field), which is
     what `GET /v1/responses/{id}/input_items` lists and what a later `previous_response_id` replays.
+
+    `tools_not_offered` (responses): hosted tool types the request offered that the model never saw
+    (no implementation here), kept in `request["tools_not_offered"]`.
 
     `status`: the record's status when it is not the generation's (a background response is
     recorded "in_progress" before its generation starts).
@@ -61,6 +65,8 @@ def record_generation(
     body = request.model_dump(mode="json", exclude_unset=True)
     if input_items is not None:
         body["input_items"] = input_items
+    if tools_not_offered:
+        body["tools_not_offered"] = tools_not_offered
     record = GenerationRecord(
         id=record_id,
         kind=kind,
@@ -73,7 +79,7 @@ def record_generation(
         prompt_text=prompt_text,
         prompt_token_ids=list(prompt_token_ids),
         completions=generation.traces(first_index) if generation is not None else [],
-        output=output.model_dump(mode="json", exclude_unset=True) if output is not None else {},
+        output=output.model_dump(mode="json", exclude_unset=True, by_alias=True) if output is not None else {},
         sampling=_sampling(generation),
         timings=generation.timings if generation is not None else {},
         error=generation.error if generation is not None else None,

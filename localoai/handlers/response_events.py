@@ -68,6 +68,7 @@ from openai.types.responses.response_usage import InputTokensDetails, OutputToke
 
 from localoai.handlers.client_tools import ClientToolCall, ClientToolType
 from localoai.handlers.common import new_id
+from localoai.handlers.hosted_tools import HostedCall
 from localoai.parsers.tool_calls import StreamDelta
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -114,10 +115,12 @@ class _FunctionCall:
     name: str
     arguments: list[str] = field(default_factory=list)
     status: ItemStatus = "in_progress"
+    namespace: str | None = None
 
     def item(self, status: ItemStatus | None = None) -> ResponseFunctionToolCall:
+        namespace = {"namespace": self.namespace} if self.namespace else {}  # never a null: the spec has none
         return ResponseFunctionToolCall(id=self.id, type="function_call", call_id=self.call_id, name=self.name,
-                                        arguments="".join(self.arguments), status=status or self.status)
+                                        arguments="".join(self.arguments), status=status or self.status, **namespace)
 
 
 @dataclass
@@ -143,7 +146,8 @@ class ResponseEvents:
 
     settings: dict[str, Any]
     sequence: int = 0
-    items: list[_Message | _FunctionCall | ClientToolCall | _Whole | _Reasoning] = field(default_factory=list)
+    items: list[_Message | _FunctionCall | ClientToolCall | HostedCall | _Whole | _Reasoning] = \
+        field(default_factory=list)
     """The output items so far, in `output_index` order; only the last one may still be open."""
     client_tools: dict[str, ClientToolType] = field(default_factory=dict)
     """Offered client-executed tools by the name the model calls them: their calls become their own item types."""
@@ -151,6 +155,10 @@ class ResponseEvents:
     """Why a client tool's call came back as a plain `function_call` (its arguments did not fit)."""
     item_ids: list[str] = field(default_factory=list)
     """Ids for the next output items, in order (a replay reuses the stored ones); new ones when empty."""
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Offered names of `namespace` tools' members -> (namespace, name): their calls carry both."""
+    hosted: dict[str, str] = field(default_factory=dict)
+    """Offered names of hosted tools the server runs -> their family: held until run (`hosted_done`)."""
 
     def _item_id(self, prefix: str) -> str:
         return self.item_ids.pop(0) if self.item_ids else new_id(prefix)
@@ -161,7 +169,7 @@ class ResponseEvents:
         return event
 
     @property
-    def _open(self) -> _Message | _FunctionCall | ClientToolCall | _Whole | _Reasoning | None:
+    def _open(self) -> _Message | _FunctionCall | ClientToolCall | HostedCall | _Whole | _Reasoning | None:
         last = self.items[-1] if self.items else None
         return last if last is not None and last.status == "in_progress" else None
 
@@ -244,16 +252,20 @@ class ResponseEvents:
         if piece.id is not None:
             events += self._close()
             kind = self.client_tools.get(piece.name or "")
-            if kind is not None:  # its events go out when it closes, whole
-                self.items.append(ClientToolCall(kind=kind, call_id=piece.id, name=piece.name or "",
+            namespace, name = self.namespaced.get(piece.name or "", (None, piece.name or ""))
+            if piece.name in self.hosted:  # its events go out once the server has run it
+                self.items.append(HostedCall(family=self.hosted[piece.name], call_id=piece.id, name=piece.name,
+                                             id=self._item_id("ws_")))
+            elif kind is not None:  # its events go out when it closes, whole
+                self.items.append(ClientToolCall(kind=kind, call_id=piece.id, name=name, namespace=namespace,
                                                  id=self.item_ids.pop(0) if self.item_ids else ""))
             else:
-                call = _FunctionCall(id=self._item_id("fc_"), call_id=piece.id, name=piece.name or "")
+                call = _FunctionCall(id=self._item_id("fc_"), call_id=piece.id, name=name, namespace=namespace)
                 self.items.append(call)
                 events.append(self._event(ResponseOutputItemAddedEvent, type="response.output_item.added",
                                           output_index=len(self.items) - 1, item=call.item()))
         call = self._open
-        if isinstance(call, ClientToolCall):
+        if isinstance(call, (ClientToolCall, HostedCall)):
             call.arguments.append(piece.arguments or "")
             return events
         if not isinstance(call, _FunctionCall):
@@ -279,6 +291,19 @@ class ResponseEvents:
             response = self.response("completed", output, usage=response_usage, completed_at=int(time.time()))
             closing.append(self._event(ResponseCompletedEvent, type="response.completed", response=response))
         return closing
+
+    def pending_hosted(self) -> list[HostedCall]:
+        """Hosted calls the model has made that the server has not run yet."""
+        return [item for item in self.items if isinstance(item, HostedCall) and item.result is None]
+
+    def only_hosted_calls_since(self, first: int) -> bool:
+        """Whether the items from `first` on call no tool but hosted ones (the server can go on)."""
+        return not any(isinstance(item, (_FunctionCall, ClientToolCall)) for item in self.items[first:])
+
+    def hosted_done(self, call: HostedCall, result: str) -> list[ResponseStreamEvent]:
+        """A hosted call's events, now that the server has run it."""
+        call.result = result
+        return call.events(self.items.index(call), self._event)
 
     def whole_item(self, item: Any) -> list[ResponseStreamEvent]:
         """An output item that is streamed whole (added, then done): a replayed item of a type
@@ -337,6 +362,9 @@ class ResponseEvents:
         if item is None:
             return []
         index = len(self.items) - 1
+        if isinstance(item, HostedCall):
+            item.status = "pending"
+            return []
         if isinstance(item, ClientToolCall):
             try:
                 return item.closing_events(index, self._event)
@@ -352,8 +380,9 @@ class ResponseEvents:
         if isinstance(item, _FunctionCall):
             item.status = "completed"
             return [
+                # `name` is in OpenAI's reference (and stream), not in the SDK's class: an extra field
                 self._event(ResponseFunctionCallArgumentsDoneEvent, type="response.function_call_arguments.done",
-                            item_id=item.id, output_index=index, arguments="".join(item.arguments)),
+                            item_id=item.id, output_index=index, arguments="".join(item.arguments), name=item.name),
                 self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
                             item=item.item()),
             ]
@@ -388,10 +417,12 @@ class _Whole:
 
 
 def _as_function_call(call: ClientToolCall) -> _FunctionCall:
-    return _FunctionCall(id=new_id("fc_"), call_id=call.call_id, name=call.name, arguments=call.arguments)
+    return _FunctionCall(id=new_id("fc_"), call_id=call.call_id, name=call.name, arguments=call.arguments,
+                         namespace=call.namespace)
 
 
-def _output_item(item: _Message | _FunctionCall | ClientToolCall | _Whole, status: ItemStatus | None) -> Any:
+def _output_item(item: _Message | _FunctionCall | ClientToolCall | HostedCall | _Whole,
+                 status: ItemStatus | None) -> Any:
     if isinstance(item, ClientToolCall):
         try:
             return item.item(status)

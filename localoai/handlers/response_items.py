@@ -19,7 +19,8 @@ last user turn). A reasoning item with no assistant turn after it, or with only 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -27,14 +28,17 @@ from pydantic import TypeAdapter
 from localoai.handlers.client_tools import CLIENT_ITEMS, chat_tool_call, function_definition, stored_item, tool_result
 from localoai.errors import InvalidRequestError
 from localoai.handlers.common import new_id
+from localoai.handlers.hosted_tools import UNAVAILABLE, WEB_SEARCH_FUNCTION
 from localoai.protocol.chat import FunctionTool as ChatFunctionTool
 from localoai.protocol.chat import Message
+from localoai.protocol.hosted_tools import namespaced_name
 from localoai.protocol.responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
     InputItem,
     MessageItem,
     ReasoningItem,
+    WebSearchCallItem,
 )
 
 _MESSAGES = TypeAdapter(list[Message])
@@ -63,6 +67,7 @@ def stored_items(given: str | Sequence[InputItem]) -> list[dict[str, Any]]:
                 "name": item.name,
                 "arguments": item.arguments,
                 "status": item.status or "completed",
+                **({"namespace": item.namespace} if item.namespace else {}),
             })
         elif isinstance(item, FunctionCallOutputItem):
             output = item.output if isinstance(item.output, str) else [
@@ -75,6 +80,8 @@ def stored_items(given: str | Sequence[InputItem]) -> list[dict[str, Any]]:
                 "output": output,
                 "status": item.status or "completed",
             })
+        elif isinstance(item, WebSearchCallItem):
+            items.append(item.model_dump(mode="json", exclude_none=True))
         elif isinstance(item, ReasoningItem):
             items.append({**item.model_dump(mode="json", exclude_none=True), "id": item.id or new_id("rs_")})
         elif isinstance(item, CLIENT_ITEMS):
@@ -105,8 +112,11 @@ def _text(content: str | list[dict[str, Any]]) -> str:
     return "\n".join(part.get("text", part.get("refusal", "")) for part in content)
 
 
-def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]]) -> list[Message]:
-    """Stored items (and this request's `instructions`) as the chat messages the template renders."""
+def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]],
+                  hosted_result: Callable[[str], str] = lambda item_id: UNAVAILABLE) -> list[Message]:
+    """Stored items (and this request's `instructions`) as the chat messages the template renders.
+    A hosted `web_search_call` renders as a `web_search` call and its result (`hosted_result(item id)`:
+    the server keeps recent results, see `HostedTools`)."""
     system: list[str] = [instructions] if instructions else []
     messages: list[dict[str, Any]] = []
     reasoning: list[str] = []  # reasoning items waiting for the assistant turn they belong to
@@ -135,10 +145,16 @@ def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]]) -> 
             else:
                 messages.append({"role": item["role"], "content": _text(item["content"])})
         elif kind == "function_call":
+            name = namespaced_name(item["namespace"], item["name"]) if item.get("namespace") else item["name"]
             add_call({"id": item["call_id"], "type": "function",
-                      "function": {"name": item["name"], "arguments": item["arguments"]}})
+                      "function": {"name": name, "arguments": item["arguments"]}})
         elif (call := chat_tool_call(item)) is not None:
             add_call(call)
+        elif kind == "web_search_call":
+            query = (item.get("action") or {}).get("query", "")
+            add_call({"id": item["id"], "type": "function", "function": {
+                "name": WEB_SEARCH_FUNCTION["name"], "arguments": json.dumps({"query": query}, ensure_ascii=False)}})
+            messages.append({"role": "tool", "tool_call_id": item["id"], "content": hosted_result(item["id"])})
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _text(item["output"])})
         elif (result := tool_result(item)) is not None:

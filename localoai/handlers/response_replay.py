@@ -16,6 +16,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from localoai.handlers.client_tools import chat_tool_call
 from localoai.handlers.response_events import ResponseEvents
 from localoai.parsers.tool_calls import StreamDelta
+from localoai.protocol.hosted_tools import namespaced_name
 
 _CLIENT_CALLS = {"custom_tool_call": "custom", "local_shell_call": "local_shell", "shell_call": "shell",
                  "apply_patch_call": "apply_patch"}
@@ -25,6 +26,7 @@ _RESULT_FIELDS = {"status", "output", "usage", "completed_at", "incomplete_detai
 def replay_builder(response: Response) -> ResponseEvents:
     """A builder that re-creates `response`'s items under their stored ids."""
     settings = {key: getattr(response, key) for key in response.model_fields_set - _RESULT_FIELDS}
+    settings.update(error=None, incomplete_details=None)  # as the live stream's opening events carry them
     return ResponseEvents(settings=settings, item_ids=[item.id for item in response.output if item.id])
 
 
@@ -42,11 +44,17 @@ def item_events(build: ResponseEvents, response: Response) -> list[ResponseStrea
                 logprobs = [entry.model_dump(mode="json") for entry in part.logprobs or []]
                 events += build.text_delta(part.text, logprobs)
         elif item.type == "function_call":
-            events += _call(build, index, item.call_id, item.name, item.arguments)
+            name = item.name
+            if item.namespace:
+                name = namespaced_name(item.namespace, item.name)
+                build.namespaced[name] = (item.namespace, item.name)
+            events += _call(build, index, item.call_id, name, item.arguments)
         elif item.type in _CLIENT_CALLS:
             call = chat_tool_call(item.model_dump(mode="json", exclude_none=True))
             assert call is not None
             name = call["function"]["name"]
+            if getattr(item, "namespace", None):
+                build.namespaced[name] = (item.namespace, item.name)  # type: ignore[union-attr]
             build.client_tools[name] = _CLIENT_CALLS[item.type]  # type: ignore[assignment]
             events += _call(build, index, item.call_id, name, call["function"]["arguments"])
         else:  # reasoning and any item without deltas of its own here

@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,8 @@ from localoai.handlers.response_events import ResponseEvents, final_response, us
 from localoai.handlers.response_items import chat_messages, chat_tools, check_call_outputs, stored_items
 from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 from localoai.protocol.client_tools import offered_name
+from localoai.protocol.hosted_tools import HostedTool
+from localoai.protocol.offered_tools import OfferedTools, offered_tools
 from localoai.protocol.responses import (
     OUTPUT_LOGPROBS,
     InputTokensRequest,
@@ -73,6 +76,8 @@ from localoai.store.records import RecordStatus
 logger = logging.getLogger(__name__)
 
 KIND = "response"
+MAX_HOSTED_ROUNDS = 8
+"""Rounds of hosted tool calls (`start(hosted_tools=...)`) one response may run before it ends."""
 _TOOL: TypeAdapter[Tool] = TypeAdapter(Tool)
 FAILED = "The model failed while generating this response."
 
@@ -85,12 +90,15 @@ class PreparedResponse:
     items: list[dict[str, Any]]
     prompt: RenderedPrompt
     params: SamplingParams
+    offered: OfferedTools
     output_parser: OutputParser | None = None
     """Reasoning and tool calls (when function tools are offered and not `tool_choice: none`) out of
     the text; None when the model has neither format (or no tools were offered)."""
     new_items_from: int = 0
     """Where this request's own items start in `items` (before: the replayed chain or conversation)."""
     episode: EpisodeTurn | None = None
+    continued: list[dict[str, Any]] | None = None
+    """After a round of hosted tool calls: `items` then the earlier rounds' output, which `prompt` renders."""
 
 
 @dataclass
@@ -137,9 +145,11 @@ class Responses:
         """Every check that can fail, before any generation starts."""
         self.served.check_model(request.model)
         items, prompt, new_from = await self._render(request)
-        tools = chat_tools(request.tools) if request.tool_choice != "none" else None
+        offered = self._offered(request)
+        tools = chat_tools(offered.tools)
+        messages = chat_messages(request.instructions, items, self.served.hosted_tools.result)
         prompt, turn = self.served.episodes.attach(
-            episode, chat_messages(request.instructions, items), prompt, lambda history: render_chat(
+            episode, messages, prompt, lambda history: render_chat(
                 self.served.tokenizer, history, tools=tools, add_generation_prompt=False,
                 template_kwargs=request.chat_template_kwargs).text,
             context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
@@ -151,11 +161,17 @@ class Responses:
             top_p=float(request.top_p if request.top_p is not None else 1.0),
             logprobs=(request.top_logprobs or 0) if OUTPUT_LOGPROBS in (request.include or []) else None,
         )
-        offered = request.tools if request.tool_choice != "none" else None
-        parser = self.served.output_parser(prompt.text, [offered_name(tool) for tool in offered] if offered else None)
+        names = [offered_name(tool) for tool in offered.tools]
+        parser = self.served.output_parser(prompt.text, names or None)
         params = self.served.decoded_for(parser, params)  # the parser must see its markup
-        params = constrain_response(self.served, request, parser, params)
-        return PreparedResponse(request, items, prompt, params, parser, new_from, turn)
+        params = constrain_response(self.served, request, offered.tools, parser, params)
+        if offered.not_offered:
+            logger.warning("hosted tools %s not offered to the model: no implementation is registered "
+                           "(start(hosted_tools=...))", ", ".join(offered.not_offered))
+        return PreparedResponse(request, items, prompt, params, offered, parser, new_from, turn)
+
+    def _offered(self, request: ResponseInputFields) -> OfferedTools:
+        return offered_tools(request, self.served.hosted_tools.definitions())
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
         self.served.check_model(request.model)
@@ -180,8 +196,8 @@ class Responses:
         check_call_outputs(items, len(earlier))
         prompt = render_chat(
             self.served.tokenizer,
-            chat_messages(request.instructions, items),  # instructions are never carried over
-            tools=chat_tools(request.tools) if request.tool_choice != "none" else None,
+            chat_messages(request.instructions, items, self.served.hosted_tools.result),  # never carried over
+            tools=chat_tools(self._offered(request).tools),
             template_kwargs=request.chat_template_kwargs,
             reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
             effort_param="reasoning.effort",
@@ -229,9 +245,11 @@ class Responses:
         return self._stream(self._run(prepared))
 
     def _run(self, prepared: PreparedResponse, *, live: bool = True) -> _Run:
-        client_tools = client_tool_types(prepared.request.tools) if prepared.output_parser else {}
-        return _Run(prepared, ResponseEvents(settings=self._settings(prepared), client_tools=client_tools),
-                    live=live)
+        offered = prepared.offered
+        client_tools = client_tool_types(offered.tools) if prepared.output_parser else {}
+        build = ResponseEvents(settings=self._settings(prepared), client_tools=client_tools,
+                               namespaced=offered.namespaced, hosted=offered.hosted)
+        return _Run(prepared, build, live=live)
 
     # -- background ------------------------------------------------------------------------
 
@@ -296,46 +314,61 @@ class Responses:
     # -- the event stream ------------------------------------------------------------------
 
     async def _stream(self, run: _Run) -> AsyncIterator[ResponseStreamEvent]:
-        served, prepared, build = self.served, run.prepared, run.build
-        calls = prepared.output_parser.stream() if prepared.output_parser else None
-        with_logprobs = prepared.params.logprobs is not None
+        served, build = self.served, run.build
+        with_logprobs = run.prepared.params.logprobs is not None
         pending: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
-        reasoning_tokens = 0
+        counts = [0, 0, 0]  # prompt, output and reasoning tokens, over every round
         recorded = False
         try:
             yield build.created("queued" if build.settings["background"] else "in_progress")
             yield build.in_progress()
-            try:
-                async with Generation.running(served, prepared.prompt.token_ids, prepared.params,
-                                              live=run.live) as generation:
-                    run.generation = generation
-                    async for item in generation:
-                        if isinstance(item, list):
-                            for delta in item:
-                                if with_logprobs:
-                                    pending += [token_logprob(served, entry) for entry in delta.logprobs]
-                                was_reasoning = calls is not None and calls.in_reasoning
-                                events = _shaped(build, calls, delta, pending)
-                                if was_reasoning or (calls is not None and calls.in_reasoning):
-                                    reasoning_tokens += len(delta.token_ids)
-                                for event in events:
-                                    yield event
-            except ServerError:  # the engine failed; its cause is in the record and the log
-                recorded = True
-                failed = build.failed(FAILED)
-                await _written(self._record(run, failed.response))
-                yield failed
-                return
-            sample = generation.samples[0]
-            if calls is not None:
-                for event in _parsed(build, calls.finish()):  # nothing left if the last delta ended it
-                    yield event
-                sample.tool_parse_error = "; ".join(filter(None, [calls.error, *build.call_errors])) or None
-                sample.reasoning = build.reasoning or None
-            closing = build.finished(
-                usage(len(prepared.prompt.token_ids), len(sample.token_ids), reasoning_tokens),
-                incomplete=sample.finish_reason != "stop",  # "length" (or the engine's "abort")
-            )
+            for hosted_round in range(MAX_HOSTED_ROUNDS + 1):
+                prepared, first_item = run.prepared, len(build.items)
+                calls = prepared.output_parser.stream() if prepared.output_parser else None
+                try:
+                    async with Generation.running(served, prepared.prompt.token_ids, prepared.params,
+                                                  live=run.live) as generation:
+                        run.generation = generation
+                        async for item in generation:
+                            if isinstance(item, list):
+                                for delta in item:
+                                    if with_logprobs:
+                                        pending += [token_logprob(served, entry) for entry in delta.logprobs]
+                                    was_reasoning = calls is not None and calls.in_reasoning
+                                    events = _shaped(build, calls, delta, pending)
+                                    if was_reasoning or (calls is not None and calls.in_reasoning):
+                                        counts[2] += len(delta.token_ids)
+                                    for event in events:
+                                        yield event
+                except ServerError:  # the engine failed; its cause is in the record and the log
+                    recorded = True
+                    failed = build.failed(FAILED)
+                    await _written(self._record(run, failed.response))
+                    yield failed
+                    return
+                sample = generation.samples[0]
+                if calls is not None:
+                    for event in _parsed(build, calls.finish()):  # nothing left if the last delta ended it
+                        yield event
+                    sample.tool_parse_error = "; ".join(filter(None, [calls.error, *build.call_errors])) or None
+                    sample.reasoning = build.reasoning or None
+                counts[0] += len(prepared.prompt.token_ids)
+                counts[1] += len(sample.token_ids)
+                hosted = build.pending_hosted()
+                if not hosted:
+                    break
+                # The model called a hosted tool the server runs: this round is recorded on its own,
+                # the calls run (off the loop), and the model goes on from their results.
+                await _written(self._record(run, build.snapshot("completed"), record_id=f"{run.id}_{hosted_round}"))
+                for call in hosted:
+                    result = await asyncio.to_thread(served.hosted_tools.run, call)
+                    for event in build.hosted_done(call, result):
+                        yield event
+                if sample.finish_reason != "stop" or hosted_round == MAX_HOSTED_ROUNDS \
+                        or not build.only_hosted_calls_since(first_item):
+                    break  # out of tokens or rounds, or the client has calls of its own to run
+                run.prepared = await self._continued(prepared, build.output()[first_item:], counts[1])
+            closing = build.finished(usage(*counts), incomplete=sample.finish_reason != "stop")
             recorded = True
             await _written(self._record(run, closing[-1].response))
             await self._append_to_conversation(run, closing[-1].response)  # type: ignore[union-attr]
@@ -344,6 +377,25 @@ class Responses:
         finally:
             if not recorded:  # cancelled: recorded as it stands, without waiting
                 run.cancelled_write = self._record(run, build.snapshot("cancelled"))
+
+    async def _continued(self, prepared: PreparedResponse, round_items: list[Any], used: int) -> PreparedResponse:
+        """The next round of a response whose model called hosted tools: the same request rendered
+        with this round's output (the calls and their results) after its items."""
+        request = prepared.request
+        output = [item.model_dump(mode="json", exclude_none=True) for item in round_items]
+        items = [*prepared.items, *output] if not prepared.continued else [*prepared.continued, *output]
+        prompt = render_chat(self.served.tokenizer, chat_messages(request.instructions, items,
+                                                                  self.served.hosted_tools.result),
+                             tools=chat_tools(prepared.offered.tools), template_kwargs=request.chat_template_kwargs,
+                             reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
+                             effort_param="reasoning.effort")
+        remaining = request.max_output_tokens - used if request.max_output_tokens is not None else None
+        budget = token_budget(self.served, len(prompt.token_ids), max(remaining or 0, 1) if remaining is not None
+                              else None, param="max_output_tokens")
+        names = [offered_name(tool) for tool in prepared.offered.tools]
+        parser = self.served.output_parser(prompt.text, names or None)
+        return dataclasses.replace(prepared, prompt=prompt, output_parser=parser, continued=items,
+                                   params=dataclasses.replace(prepared.params, max_tokens=budget))
 
     def _settings(self, prepared: PreparedResponse) -> dict[str, Any]:
         """The `Response` fields echoed from the request, with OpenAI's defaults."""
@@ -373,22 +425,27 @@ class Responses:
             "service_tier": "default",
             "store": request.store is not False,
             "temperature": float(prepared.params.temperature),
-            "text": {"format": _format(request), "verbosity": "medium"},
+            "text": {"format": _format(request),
+                     "verbosity": request.text.verbosity if request.text and request.text.verbosity else "medium"},
             "tool_choice": _dumped(request.tool_choice) or "auto",
-            "tools": [_TOOL.validate_python(tool.model_dump(exclude_none=tool.type != "function"))
-                      for tool in request.tools or []],
+            # what the model was offered: a hosted tool with no implementation here is left out
+            "tools": [_TOOL.validate_python(tool.model_dump(by_alias=True, exclude_none=tool.type != "function"))
+                      for tool in request.tools or [] if _echoed(tool, prepared.offered)],
             "top_logprobs": request.top_logprobs or 0,
             "top_p": float(prepared.params.top_p),
             "truncation": request.truncation or "disabled",
-            "usage": None,
-            "user": request.user,
+            # `usage` comes with the terminal event; `user` only when given (neither is nullable in the reference)
+            **({"user": request.user} if request.user is not None else {}),
         }
 
-    def _record(self, run: _Run, response: Response, *, status: RecordStatus | None = None) -> Future[bool]:
+    def _record(self, run: _Run, response: Response, *, status: RecordStatus | None = None,
+                record_id: str | None = None) -> Future[bool]:
+        """`record_id`: a round before the last of a response that ran hosted tools (not in the API,
+        not in the episode)."""
         request = run.prepared.request
         return record_generation(
             self.served,
-            record_id=run.id,
+            record_id=record_id or run.id,
             kind=KIND,
             created=run.build.settings["created_at"],
             request=request,
@@ -397,17 +454,22 @@ class Responses:
             generation=run.generation,
             output=response,
             metadata=request.metadata,
-            visible=request.store is not False,
+            visible=request.store is not False and record_id is None,
             previous_response_id=request.previous_response_id,
             input_items=run.prepared.items,
+            tools_not_offered=run.prepared.offered.not_offered,
             status=status,
-            episode=run.prepared.episode,
+            episode=run.prepared.episode if record_id is None else None,
         )
 
 
 def _format(request: ResponseCreateRequest) -> dict[str, Any]:
     fmt = request.text.format if request.text is not None else None
-    return fmt.model_dump(mode="json", exclude_none=True) if fmt is not None else {"type": "text"}
+    return fmt.model_dump(mode="json", by_alias=True, exclude_none=True) if fmt is not None else {"type": "text"}
+
+
+def _echoed(tool: Any, offered: OfferedTools) -> bool:
+    return not (isinstance(tool, HostedTool) and tool.type in offered.not_offered)
 
 
 def _dumped(value: Any) -> Any:

@@ -3,8 +3,9 @@ OpenAI reference, with the field policy.
 
 Input items are allow-listed by `type` (a message may omit it): an unknown type is refused naming
 its index, and a known one this server cannot use (hosted tool calls, `item_reference`) is refused
-naming it, never silently dropped. Hosted tools (web search, file search, code interpreter,
-computer use, image generation, MCP, ...) are refused by name: a local model has none of them.
+naming it, never silently dropped. Hosted tools (web search, image generation, ...) and `namespace`
+tools are accepted as Codex sends them (see `hosted_tools`); `offered_tools` says what the model is
+offered.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ from localoai.protocol.client_tools import (
     offered_name,
 )
 from localoai.protocol.content import RefusalPart, RefusedPart
+from localoai.protocol.hosted_tools import (
+    HOSTED_TOOLS,
+    REFUSED_HOSTED_TOOLS,
+    HostedTool,
+    NamespaceTool,
+    WebSearchCallItem,
+    namespaced_name,
+)
 from localoai.protocol.sampling import Number
 from localoai.protocol.stored import ListQuery, parse_list_query
 
@@ -109,6 +118,7 @@ class FunctionCallItem(RequestModel):
     arguments: str
     id: str | None = None
     status: ItemStatus | None = None
+    namespace: str | None = None  # the `namespace` tool it belongs to (rendered as `{namespace}__{name}`)
 
 
 class FunctionCallOutputItem(RequestModel):
@@ -154,6 +164,7 @@ InputItem = Annotated[
         Annotated[FunctionCallItem, Tag("function_call")],
         Annotated[FunctionCallOutputItem, Tag("function_call_output")],
         Annotated[ReasoningItem, Tag("reasoning")],
+        Annotated[WebSearchCallItem, Tag("web_search_call")],
         Annotated[CustomToolCallItem, Tag("custom_tool_call")],
         Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")],
         Annotated[LocalShellCallItem, Tag("local_shell_call")],
@@ -165,11 +176,12 @@ InputItem = Annotated[
     ],
     Discriminator(_item_type),
 ]
-INPUT_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning", *CLIENT_CALL_ITEMS})
+INPUT_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning", "web_search_call",
+                              *CLIENT_CALL_ITEMS})
 
 # Item types of the OpenAI reference that belong to hosted tools (or to features not built yet).
 HOSTED_ITEM_TYPES = frozenset({
-    "file_search_call", "computer_call", "computer_call_output", "web_search_call", "image_generation_call",
+    "file_search_call", "computer_call", "computer_call_output", "image_generation_call",
     "code_interpreter_call", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
     "tool_search_call", "tool_search_output", "additional_tools", "configuration_update", "compaction",
     "compaction_trigger", "program", "program_output",
@@ -188,13 +200,9 @@ class FunctionTool(RequestModel):
     strict: StrictBool | None = None
 
 
-HOSTED_TOOLS = frozenset({
-    "web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26", "file_search",
-    "code_interpreter", "computer_use_preview", "computer", "computer_use", "image_generation", "mcp",
-    "tool_search", "programmatic_tool_calling",
-})
 Tool = Annotated[
-    Union[FunctionTool, CustomTool, LocalShellTool, ShellTool, ApplyPatchTool], Field(discriminator="type")
+    Union[FunctionTool, CustomTool, LocalShellTool, ShellTool, ApplyPatchTool, NamespaceTool, HostedTool],
+    Field(discriminator="type"),
 ]
 
 
@@ -220,6 +228,8 @@ class FunctionToolChoice(RequestModel):
 
 class TextConfig(RequestModel):
     format: TextFormat | None = None
+    # Accepted and echoed: OpenAI's models are trained on it; no chat template reads it, so it changes
+    # nothing here (Codex sends it by default).
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
@@ -312,13 +322,12 @@ class ResponseInputFields(RequestModel):
         tools = data.get("tools")
         for index, tool in enumerate(tools if isinstance(tools, list) else []):
             kind = tool.get("type") if isinstance(tool, Mapping) else None
-            if kind in HOSTED_TOOLS:
-                raise Unsupported(f"'{kind}' is a hosted OpenAI tool and is not available on a local model; "
-                                  "only tools the client executes (function, custom, local_shell, shell, "
-                                  "apply_patch) are supported", param=f"tools[{index}].type")
             if kind == "shell":
                 check_shell_environment(tool, param=f"tools[{index}].environment")
-            if kind not in ("function", None, *CLIENT_TOOL_TYPES):
+            if kind in REFUSED_HOSTED_TOOLS:
+                raise Unsupported(f"'{kind}' is a hosted OpenAI tool that is not available here: "
+                                  f"{REFUSED_HOSTED_TOOLS[kind]}", param=f"tools[{index}].type")
+            if kind not in ("function", "namespace", None, *CLIENT_TOOL_TYPES, *HOSTED_TOOLS):
                 raise Unsupported(f"tools of type {kind!r} are not supported", param=f"tools[{index}].type")
         return data
 
@@ -328,13 +337,17 @@ class ResponseInputFields(RequestModel):
             raise InvalidParam("conversation and previous_response_id cannot both be given", param="conversation")
         names: set[str] = set()
         for index, tool in enumerate(self.tools or []):
-            name = offered_name(tool)
-            if name in names:
-                raise InvalidParam(f"tool names must be unique: '{name}' is offered twice", param=f"tools[{index}]")
-            names.add(name)
+            if isinstance(tool, HostedTool):
+                continue
+            members = tool.tools if isinstance(tool, NamespaceTool) else [tool]
+            for member in members:
+                name = namespaced_name(tool.name, member.name) if isinstance(tool, NamespaceTool) \
+                    else offered_name(member)
+                if name in names:
+                    raise InvalidParam(f"tool names must be unique: '{name}' is offered twice",
+                                       param=f"tools[{index}]")
+                names.add(name)
         refusals = {
-            "text.verbosity": (self.text is not None and self.text.verbosity is not None,
-                               "verbosity is not supported by this server"),
             "reasoning.summary": (
                 self.reasoning is not None and self.reasoning.summary in ("concise", "detailed"),
                 "reasoning summaries are not generated here (there is no summarizer model); reasoning "
@@ -363,7 +376,9 @@ class ResponseInputFields(RequestModel):
             raise Unsupported(f"tool_choice of type {kind!r} is not supported; use 'none', 'auto', 'required' or "
                               "a function", param="tool_choice")
         if self.tool_choice not in (None, "none", "auto"):
-            names = [offered_name(tool) for tool in self.tools or []]
+            names = [namespaced_name(tool.name, member.name) if isinstance(tool, NamespaceTool)
+                     else offered_name(member) for tool in self.tools or [] if not isinstance(tool, HostedTool)
+                     for member in (tool.tools if isinstance(tool, NamespaceTool) else [tool])]
             if not names:
                 raise InvalidParam("'tool_choice' is only allowed when 'tools' are specified", param="tool_choice")
             if isinstance(self.tool_choice, FunctionToolChoice) and self.tool_choice.name not in names:
@@ -374,6 +389,8 @@ class ResponseInputFields(RequestModel):
 class ResponseCreateRequest(ResponseInputFields):
     model: str
     background: StrictBool | None = None
+    # Codex's turn metadata (ids, sandbox mode, ...): it changes nothing in the generation; recorded.
+    client_metadata: dict[str, str] | None = None
     include: list[str] | None = None
     max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     max_tool_calls: Annotated[StrictInt, Field(ge=1)] | None = None  # limits hosted tool calls: none here

@@ -19,10 +19,11 @@ import os
 import socket
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
+from localoai.handlers.hosted_tools import HostedTools
 from localoai.server.sockets import bind, bind_first_free
 
 if TYPE_CHECKING:
@@ -323,6 +324,7 @@ def start(
     public_metrics: bool = False,
     embedding_pooling: str = "last",
     embedding_normalize: bool = True,
+    hosted_tools: Mapping[str, Callable[..., str]] | None = None,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -348,6 +350,9 @@ def start(
     `public_metrics`: serve `GET /metrics` (Prometheus) without `api_key`; by default it needs it.
     `embedding_pooling`: how `/v1/embeddings` pools the last hidden states, `"last"` (the last
     token's) or `"mean"`; `embedding_normalize`: scale embeddings to unit length.
+    `hosted_tools`: Python implementations of OpenAI-hosted tools, by family (`{"web_search": fn}`,
+    `fn(query=...) -> str`), run server-side when the model calls them; a hosted tool without one is
+    not offered to the model (see `localoai.handlers.hosted_tools`).
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.engine.backend import POOLINGS
@@ -361,6 +366,7 @@ def start(
     served.episodes.enabled = token_ledger
     served.embedding_pooling = embedding_pooling  # type: ignore[assignment]  # checked above
     served.embedding_normalize = embedding_normalize
+    served.hosted_tools = HostedTools(dict(hosted_tools or {}))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)

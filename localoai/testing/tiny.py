@@ -9,6 +9,7 @@ about a second, so a fresh clone (and CI) never downloads anything.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,11 +73,18 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerBase:
+def build_tokenizer(
+    vocab_size: int = 1024, *, corpus: Iterable[str] | None = None, split_words: bool = True,
+) -> PreTrainedTokenizerBase:
     """Train a byte-level BPE vocabulary and wrap it as a Qwen2 tokenizer with a chat template.
 
     The vocabulary is trained with `tokenizers`, then handed to `Qwen2Tokenizer` so that
     saving and reloading with `AutoTokenizer` gives back exactly the same tokenization.
+
+    `corpus`: lines to train on instead of the built-in ones (e.g. a harness's long system prompt, so
+    that it becomes few tokens). `split_words=False` lets merges cross word boundaries (the text is
+    split at line ends only): long repeated text then compresses to very few tokens; such a tokenizer
+    is for tests in one process (saved and reloaded, Qwen2's word splitting comes back).
     """
     import json
 
@@ -84,14 +92,15 @@ def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerBase:
     from transformers import Qwen2Tokenizer
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_words)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_corpus(), trainer=trainer)
+    lines = _corpus() if corpus is None else [line for text in corpus for line in text.splitlines(keepends=True)]
+    backend.train_from_iterator(lines, trainer=trainer)
     trained = json.loads(backend.to_str())["model"]
     tokenizer = Qwen2Tokenizer(
         vocab=trained["vocab"],
@@ -100,6 +109,8 @@ def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerBase:
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"],
     )
+    if not split_words:
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.add_tokens(MARKUP_TOKENS)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -114,9 +125,12 @@ def build_tiny_model(
     max_position_embeddings: int = 2048,
     vocab_size: int = 1024,
     seed: int = 0,
+    corpus: Iterable[str] | None = None,
+    split_words: bool = True,
     **config_overrides: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Build a Qwen2-style model with random weights and its tokenizer.
+    """Build a Qwen2-style model with random weights and its tokenizer (`corpus`, `split_words`:
+    see `build_tokenizer`).
 
     With `path`, both are saved there (so `localoai serve PATH` and
     `from_pretrained(PATH)` work) and the model's `name_or_path` points to it.
@@ -124,7 +138,7 @@ def build_tiny_model(
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = build_tokenizer(vocab_size)
+    tokenizer = build_tokenizer(vocab_size, corpus=corpus, split_words=split_words)
     im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     config = Qwen2Config(
         vocab_size=len(tokenizer),

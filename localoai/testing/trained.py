@@ -47,11 +47,12 @@ def train_tool_caller(steps: int = 150, seed: int = 0) -> tuple[Any, Any]:
 
 def train_assistant(
     turns: list[tuple[list[dict[str, Any]], str]], *, tools: list[dict[str, Any]] | None = None,
-    steps: int = 80, seed: int = 0,
+    steps: int = 80, seed: int = 0, model_and_tokenizer: tuple[Any, Any] | None = None,
 ) -> tuple[Any, Any]:
     """Return (model, tokenizer) trained so that greedy decoding, after each turn's chat history
-    (rendered with `tools`), writes that turn's text (e.g. Hermes tool-call markup) and ends."""
-    model, tokenizer = _build(seed)
+    (rendered with `tools`), writes that turn's text (e.g. Hermes tool-call markup) and ends.
+    `model_and_tokenizer`: start from these (e.g. `build_tiny_model(corpus=...)` for a long prompt)."""
+    model, tokenizer = model_and_tokenizer or _build(seed)
     _train(model, tokenizer, turns, tools=tools, steps=steps, seed=seed, share_prefix=True)
     return model, tokenizer
 
