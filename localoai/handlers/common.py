@@ -191,6 +191,8 @@ class Generation:
         self.params = params
         self.samples = [SampleTrace() for _ in range(params.n)]
         self.timings: dict[str, float] = {}
+        self.cached_tokens = 0
+        """Prompt tokens whose KV the prefix cache supplied (known at the end)."""
         self.status: RecordStatus = "in_progress"
         self.error: dict[str, Any] | None = None
         self.policy_version = served.policy_version
@@ -220,7 +222,7 @@ class Generation:
     async def __aiter__(self) -> AsyncIterator[list[SampleDelta] | PromptLogprobs]:
         async for item in self._stream:
             if isinstance(item, RequestDone):
-                self.timings = item.timings
+                self.timings, self.cached_tokens = item.timings, item.cached_tokens
                 if item.error is not None:
                     self.status = "failed"
                     self.error = {"type": type(item.error).__name__, "message": str(item.error)}

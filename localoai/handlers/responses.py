@@ -334,7 +334,8 @@ class Responses:
                 sample.tool_parse_error = "; ".join(filter(None, [calls.error, *build.call_errors])) or None
                 sample.reasoning = build.reasoning or None
             closing = build.finished(
-                usage(len(prepared.prompt.token_ids), len(sample.token_ids), reasoning_tokens),
+                usage(len(prepared.prompt.token_ids), len(sample.token_ids), reasoning_tokens,
+                      generation.cached_tokens),
                 incomplete=sample.finish_reason != "stop",  # "length" (or the engine's "abort")
             )
             recorded = True

@@ -296,6 +296,7 @@ def start(
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     token_ledger: bool = True,
     gc_freeze: bool = True,
+    prefix_cache: bool | int = True,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -317,13 +318,18 @@ def start(
     `gc_freeze`: `gc.freeze()` the objects alive at start (the model, torch, transformers) while
     the server runs, so that Python's full garbage collections, which stop every thread, the
     engine's included, stay short; thawed at `stop()`. False leaves the collector alone.
+    `prefix_cache`: reuse the KV of prompt prefixes read before by the same weights (an episode's
+    earlier turns, a shared system prompt or tool list; see `localoai.engine.prefix_cache`): True
+    sizes its byte budget to the device, an int is the budget in bytes, False (or 0) reads every
+    prompt in full. Models whose KV cache is not a plain per-layer one never use it.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.served import ServedModel, load_model
 
     model, tokenizer = load_model(model, tokenizer)
     served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser,
-                                max_batch_size=max_batch_size, max_queued_requests=max_queued_requests)
+                                max_batch_size=max_batch_size, max_queued_requests=max_queued_requests,
+                                prefix_cache=prefix_cache)
     served.episodes.enabled = token_ledger
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
