@@ -152,11 +152,13 @@ def test_a_weight_update_under_pause_makes_the_next_turn_a_miss(model: tuple[Any
 def test_eviction_under_a_small_budget_keeps_results_right(model: tuple[Any, Any]) -> None:
     with running_server(*model, name="tiny", prefix_cache=4 * BLOCK_BYTES) as running:
         client = running.client(max_retries=0)
-        prompts = [tokens(40, seed=10 + i) for i in range(4)]
-        for _ in range(2):
-            for prompt in prompts:
-                reply = complete(client, prompt, max_tokens=4)
-                assert_matches_full_read(model[0], prompt, reply.choices[0])
+        prompts = [tokens(40, seed=10 + i) for i in range(4)]  # 2 whole blocks each: two prompts fit
+        cached = []
+        for prompt in prompts + prompts[::-1]:
+            reply = complete(client, prompt, max_tokens=4)
+            cached.append(reply.usage.prompt_tokens_details.cached_tokens)
+            assert_matches_full_read(model[0], prompt, reply.choices[0])
+        assert cached == [0, 0, 0, 0, 32, 32, 0, 0]  # the two most recent hit; the others were evicted
         stats = running.served.engine.stats()
         assert stats["prefix_cache_evicted_blocks"] > 0 and stats["prefix_cache_bytes"] <= 4 * BLOCK_BYTES
 
