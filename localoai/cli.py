@@ -12,7 +12,8 @@ from collections.abc import Sequence
 def _serve(args: argparse.Namespace) -> int:
     from localoai.server import start
 
-    server = start(args.path, host=args.host, port=args.port, api_key=args.api_key, name=args.name, store=args.store)
+    server = start(args.path, host=args.host, port=args.port, api_key=args.api_key, name=args.name, store=args.store,
+                   prefix_cache=True if args.prefix_cache_bytes is None else args.prefix_cache_bytes)
     print(f"localoai serving {server.model!r} at {server.base_url} (Ctrl+C to stop)", flush=True)
     _wait_for_interrupt()
     server.stop()
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--name", default=None, help="the model id clients send (default: the directory name)")
     serve.add_argument("--store", default=None,
                        help="SQLite file keeping every generation (default: localoai-store/store.sqlite3; ':memory:')")
+    serve.add_argument("--prefix-cache-bytes", type=int, default=None,
+                       help="byte budget of the prefix cache (default: sized to the device; 0 turns it off)")
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="build a tiny model locally, serve it and drive it with the openai SDK")

@@ -60,14 +60,15 @@ def assert_matches_full_read(model: Any, prompt: list[int], choice: Any) -> None
 def test_cached_prefill_agrees_with_a_full_read_alone_and_batched(model: tuple[Any, Any]) -> None:
     backend = TransformersBackend(model[0])
     shared = tokens(70, seed=1)
-    prompts = [shared[:40], shared + [7, 8, 9], shared[:33] + tokens(9, seed=2), tokens(25, seed=3)]
-    samples = [1, 2, 1, 1]
+    prompts = [shared[:40], shared + [7, 8, 9], shared[:33] + tokens(9, seed=2), tokens(25, seed=3), shared[:56]]
+    samples = [1, 2, 1, 1, 3]
     cache = PrefixCache(1 << 30)
     with backend.generation_mode():
         cache.insert(shared, *backend.row_kv(backend.prefill(shared, 1).state, 0))
         prefixes = [cache.lookup(prompt) for prompt in prompts]
-        assert [p.length if p else 0 for p in prefixes] == [32, 64, 32, 0]
-        for group in ([0, 1, 2, 3], [1]):  # batched with a miss and unequal prefixes; alone
+        assert [p.length if p else 0 for p in prefixes] == [32, 64, 32, 0, 48]
+        # Batched: with a miss, unequal prefixes and suffixes; unequal prefixes, equal suffixes. Alone.
+        for group in ([0, 1, 2, 3], [0, 4], [1]):
             full = backend.prefill_many([prompts[i] for i in group], [samples[i] for i in group])
             cached = backend.prefill_cached([prompts[i] for i in group], [samples[i] for i in group],
                                             [prefixes[i] for i in group])
@@ -159,8 +160,8 @@ def test_eviction_under_a_small_budget_keeps_results_right(model: tuple[Any, Any
             cached.append(reply.usage.prompt_tokens_details.cached_tokens)
             assert_matches_full_read(model[0], prompt, reply.choices[0])
         assert cached == [0, 0, 0, 0, 32, 32, 0, 0]  # the two most recent hit; the others were evicted
-        stats = running.served.engine.stats()
-        assert stats["prefix_cache_evicted_blocks"] > 0 and stats["prefix_cache_bytes"] <= 4 * BLOCK_BYTES
+        stats = running.served.engine.prefix_cache_stats()
+        assert stats["evicted_blocks"] > 0 and stats["bytes"] <= 4 * BLOCK_BYTES
 
 
 def test_mixed_hits_and_misses_concurrently(server: Any, model: tuple[Any, Any]) -> None:
@@ -192,4 +193,4 @@ def test_prefix_cache_off(model: tuple[Any, Any]) -> None:
         complete(client, prompt, max_tokens=2)
         assert complete(client, prompt, max_tokens=2).usage.prompt_tokens_details.cached_tokens == 0
         assert running.served.engine.prefix_cache is None
-        assert "prefix_cache_bytes" not in running.served.engine.stats()
+        assert running.served.engine.prefix_cache_stats() == {}

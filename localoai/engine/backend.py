@@ -196,9 +196,19 @@ class TransformersBackend:
             cache.update(_stack_right(template.keys[layer], [p.keys[layer] if p else None for p in prefixes], past),
                          _stack_right(template.values[layer], [p.values[layer] if p else None for p in prefixes],
                                       past), layer)
-        output = self.model(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions.clamp(min=0),
+        output = self.model(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask.long(),
+                            position_ids=positions.clamp(min=0),
                             past_key_values=cache, use_cache=True, logits_to_keep=1)
         lengths = [c + len(s) for c, s in zip(cached, suffixes)]
+        repeat = torch.repeat_interleave(torch.arange(len(prompts), device=device),
+                                         torch.tensor(list(samples), device=device))
+        rows = Rows(cache, [lengths[int(i)] for i in repeat.tolist()])
+        next_logits = output.logits[:, -1, :].index_select(0, repeat)
+        if len(set(map(len, suffixes))) == 1:  # no padding between prefix and suffix: left-padded already
+            if len(repeat) > len(prompts):
+                for layer in cache.layers:
+                    layer.keys, layer.values = layer.keys.index_select(0, repeat), layer.values.index_select(0, repeat)
+            return Prefill(rows, next_logits)
         total = max(lengths)
         # Per row, the source column of each output column: real columns right-aligned after the padding
         # (the padding's own scatters go to a spare last column, dropped).
@@ -206,18 +216,14 @@ class TransformersBackend:
         targets = torch.where(mask, mask.long().cumsum(-1) - 1 + pads, total)
         gather = torch.zeros(len(prompts), total + 1, dtype=torch.long, device=device)
         gather = gather.scatter_(1, targets, columns.expand_as(targets))[:, :total]
-        repeat = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(list(samples),
-                                                                                                  device=device))
-        padding = torch.arange(total, device=device).unsqueeze(0) < pads
         index = gather[repeat][:, None, :, None]
-        padding = padding[repeat][:, None, :, None]
+        padding = (torch.arange(total, device=device).unsqueeze(0) < pads)[repeat][:, None, :, None]
         for layer in cache.layers:
             expand = (-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
             layer.keys = layer.keys.index_select(0, repeat).gather(2, index.expand(*expand)).masked_fill(padding, 0.0)
             layer.values = layer.values.index_select(0, repeat).gather(2, index.expand(*expand)).masked_fill(
                 padding, 0.0)
-        rows = Rows(cache, [lengths[int(i)] for i in repeat.tolist()])
-        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
+        return Prefill(rows, next_logits)
 
     def row_kv(self, state: Rows, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         start = _width(state) - state.lengths[row]

@@ -120,14 +120,14 @@ class Engine:
         return len(self._waiting) >= self.max_queued_requests
 
     def stats(self) -> dict[str, int]:
-        """What the engine holds now: `waiting` (queued), `running` requests and their `rows`; with the
-        prefix cache on, its `PrefixCache.stats()` prefixed `prefix_cache_`."""
+        """What the engine holds now: `waiting` (queued), `running` requests and their `rows`."""
         with self._condition:
-            stats = {"waiting": len(self._waiting), "running": len(self._running),
-                     "rows": len(self._batch.lengths) if self._batch is not None else 0}
-            if self.prefix_cache is not None:
-                stats.update({f"prefix_cache_{k}": v for k, v in self.prefix_cache.stats().items()})
-            return stats
+            return {"waiting": len(self._waiting), "running": len(self._running),
+                    "rows": len(self._batch.lengths) if self._batch is not None else 0}
+
+    def prefix_cache_stats(self) -> dict[str, int]:
+        """The prefix cache's `PrefixCache.stats()` (bytes, blocks, hits, evictions); empty when it is off."""
+        return self.prefix_cache.stats() if self.prefix_cache is not None else {}
 
     # --- pause and resume ----------------------------------------------------------
     def pause(self, mode: PauseMode = "abort", timeout: float | None = None) -> None:
