@@ -9,7 +9,7 @@ samples) and joined into the batch, the requests whose sampling is plain this st
 every other request's own `Sampler` picks its rows' tokens, finished or cancelled requests
 leave, and the rest decode together. The step's stream items reach each event loop with one
 wake-up (`one_wakeup_per_loop`). Stop strings, cancellation and pauses take effect at the step
-they happen.
+they happen. With a `PrefixCache`, a prompt is read only past its longest cached prefix.
 
 Why not transformers' `ContinuousBatchingManager` (evaluated on transformers 5.23, CPU):
 its seed and `num_return_sequences` are manager-wide (no per-request seed or `n`), its
@@ -296,11 +296,10 @@ class Engine:
     def _prefill(self, group: list[Request]) -> Prefill:
         """Read the prompts of `group` in one forward pass, past the prefix of each that is cached."""
         prompts, samples = [r.prompt_ids for r in group], [r.rows for r in group]
-        prefixes: list[Prefix | None] = [None] * len(group)
-        if self.prefix_cache is not None:
-            prefixes = [self.prefix_cache.lookup(prompt) for prompt in prompts]
-            for request, prefix in zip(group, prefixes):
-                request.done.cached_tokens = prefix.length if prefix is not None else 0
+        cache = self.prefix_cache
+        prefixes: list[Prefix | None] = [cache.lookup(p) if cache is not None else None for p in prompts]
+        for request, prefix in zip(group, prefixes):
+            request.done.cached_tokens = prefix.length if prefix is not None else 0
         if not any(prefixes):
             return self.backend.prefill_many(prompts, samples)
         return self.backend.prefill_cached(prompts, samples, prefixes)
