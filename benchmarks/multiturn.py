@@ -42,12 +42,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TOOLS = [{"type": "function", "function": {
-    "name": name, "description": f"{name.replace('_', ' ')}: " + "use it when the task needs it. " * 6,
+    "name": name, "description": f"{name.replace('_', ' ')}: use it when the task needs it.",
     "parameters": {"type": "object", "properties": {
         "path": {"type": "string", "description": "a path in the repository"},
         "pattern": {"type": "string", "description": "what to look for"},
         "limit": {"type": "integer", "description": "how many results at most"}}, "required": ["path"]}}}
-    for name in ("read_file", "list_directory", "search_code", "run_tests", "apply_patch", "git_diff")]
+    for name in ("read_file", "search_code", "run_tests", "apply_patch")]
 
 
 @dataclass
@@ -146,7 +146,8 @@ def server_command(side: str, model_dir: str, port: int, args: argparse.Namespac
         return command + (["--prefix-cache-bytes", "0"] if cache == "off" else []), "m"
     command = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
                "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-               "--enable-prompt-tokens-details", "--max-model-len", str(args.context), "--disable-log-requests"]
+               "--enable-prompt-tokens-details", "--max-model-len", str(args.context),
+               "--gpu-memory-utilization", str(args.vllm_memory)]  # on CPU: the share of RAM it reserves
     return command + (["--no-enable-prefix-caching"] if cache == "off" else ["--enable-prefix-caching"]), "m"
 
 
@@ -164,15 +165,17 @@ def summarize(wall: float, episodes: list[Episode]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden-size", type=int, default=384)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=6, help="head dim = hidden / heads; vLLM's CPU needs >= 32")
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4, help="head dim = hidden / heads; vLLM's CPU needs >= 32")
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32, help="sampled tokens per turn")
-    parser.add_argument("--result-words", type=int, default=200, help="words of each tool result")
+    parser.add_argument("--result-words", type=int, default=80, help="words of each tool result")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--vllm-python", default=None, help="a Python with vllm installed: adds vLLM's server")
+    parser.add_argument("--vllm-memory", type=float, default=0.15,
+                        help="vLLM's --gpu-memory-utilization, on CPU the share of RAM for its KV cache")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
