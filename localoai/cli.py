@@ -83,7 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         server = start(model, tokenizer, host=args.host, port=args.port, api_key=args.api_key,
                        name=args.name or directory.resolve().name, store=args.store, tool_parser=args.tool_parser,
-                       reasoning_parser=args.reasoning_parser, token_ledger=not args.no_token_ledger, **limits)
+                       reasoning_parser=args.reasoning_parser, token_ledger=not args.no_token_ledger,
+                       prefix_cache=True if args.prefix_cache_bytes is None else args.prefix_cache_bytes, **limits)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     print(f"localoai serving {server.model!r} on {device} ({str(dtype).removeprefix('torch.')}) at {server.base_url}\n"
@@ -156,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--max-queued-requests", type=int, default=None,
                        help="requests waiting beyond this get a 429 (default: start()'s)")
     serve.add_argument("--no-token-ledger", action="store_true", help="do not splice earlier turns' exact tokens")
+    serve.add_argument("--prefix-cache-bytes", type=int, default=None,
+                       help="byte budget of the prefix cache (default: sized to the device; 0 turns it off)")
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", parents=[log_level],

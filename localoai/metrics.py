@@ -47,8 +47,8 @@ class ServingMetrics:
         self.generation_tokens = Counter("localoai_generation_tokens", "Tokens generated (every sample).",
                                          registry=registry)
         self.cached_tokens = Counter(
-            "localoai_prompt_tokens_cached", "Prompt tokens read from a cache instead of computed (no prefix "
-            "cache yet: every prompt is prefilled in full, as usage's cached_tokens 0 says).", registry=registry)
+            "localoai_prompt_tokens_cached", "Prompt tokens whose KV the prefix cache gave instead of a "
+            "prefill (usage's cached_tokens).", registry=registry)
         self.generations = Counter("localoai_generations", "Generations that ended, by how they ended.",
                                    ["status"], registry=registry)
         self.queue_time = Histogram("localoai_request_queue_time_seconds", "Time from submission to admission.",
@@ -90,10 +90,12 @@ class ServingMetrics:
         self.requests.labels(endpoint, method, str(status)).inc()
 
     def generation(self, *, status: str, prompt_tokens: int, samples: Sequence[Sequence[tuple[int, int]]],
-                   timings: dict[str, float], current_version: int) -> None:
+                   timings: dict[str, float], current_version: int, cached_tokens: int = 0) -> None:
         """One generation ended. `samples`: per sample, its `(tokens, policy_version)` spans."""
         self.generations.labels(status).inc()
         self.prompt_tokens.inc(prompt_tokens)
+        if cached_tokens:
+            self.cached_tokens.inc(cached_tokens)
         counts = [sum(tokens for tokens, _ in spans) for spans in samples]
         generated = sum(counts)
         self.generation_tokens.inc(generated)

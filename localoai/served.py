@@ -18,6 +18,7 @@ from typing import Any
 from localoai.engine.backend import Pooling, TransformersBackend
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
 from localoai.engine.params import SamplingParams
+from localoai.engine.prefix_cache import PrefixCache, default_budget
 from localoai.engine.text import special_token_ids
 from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import model_not_found
@@ -130,18 +131,20 @@ class ServedModel:
     def create(
         cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None, tool_parser: str | None = None,
         reasoning_parser: str | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS, prefix_cache: bool | int = True,
     ) -> ServedModel:
         """`store`: a path, `":memory:"`, a `Store`, or None for a new `localoai-store/run-*.sqlite3`.
         `tool_parser`: a parser name (`"hermes"`), `"none"` to return tool-call markup as text, or
         None to choose from the chat template. `reasoning_parser`: likewise (`"qwen3"`, `"none"`, ...).
-        `max_batch_size` / `max_queued_requests`: see `Engine`."""
+        `max_batch_size` / `max_queued_requests`: see `Engine`. `prefix_cache`: see `localoai.start`."""
         template = getattr(tokenizer, "chat_template", None)
         reasoning = reasoning_parser_for(template, reasoning_parser)  # a bad name fails before any work
         parser = None if tool_parser == "none" else tool_parser_for(template, tool_parser)
         backend = TransformersBackend(model)
+        budget = default_budget(backend.device) if prefix_cache is True else int(prefix_cache)
         engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer), max_batch_size=max_batch_size,
-                        max_queued_requests=max_queued_requests)
+                        max_queued_requests=max_queued_requests,
+                        prefix_cache=PrefixCache(budget) if budget else None)
         opened = open_store(store)
         return cls(name=name or default_name(model), model=model, tokenizer=tokenizer, engine=engine,
                    store=opened, recorder=Recorder(opened), tool_parser_class=type(parser) if parser else None,

@@ -48,7 +48,7 @@ def test_counters_move_with_streamed_and_non_streamed_requests(served: Any) -> N
     answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                             max_tokens=5, extra_body={"ignore_eos": True})
     streamed = list(client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4, n=2, stream=True,
-                                              extra_body={"ignore_eos": True}))
+                                              stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
     assert streamed
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="tiny", messages=[], max_tokens=1)
@@ -71,7 +71,9 @@ def test_counters_move_with_streamed_and_non_streamed_requests(served: Any) -> N
         assert moved(f"{histogram}_sum") > 0, histogram
     assert moved("localoai_batch_rows_count") >= 4 + 3  # a decode step per token after the first
     assert value(after, "localoai_batch_rows_bucket", le="1.0") >= 1
-    assert value(after, "localoai_prompt_tokens_cached_total") == 0
+    cached = sum(usage.prompt_tokens_details.cached_tokens or 0 if usage.prompt_tokens_details else 0
+                 for usage in (answer.usage, streamed[-1].usage))
+    assert moved("localoai_prompt_tokens_cached_total") == cached
     assert value(after, "localoai_requests_running") == 0 and value(after, "localoai_requests_waiting") == 0
     served.served.recorder.flush()
     stats = served.store.stats()
@@ -161,3 +163,17 @@ def test_each_server_has_its_own_registry(tiny: tuple[Any, Any]) -> None:
                    for family in text_string_to_metric_families(text) for s in family.samples}
         assert value(samples, "localoai_requests_total", endpoint="/health", method="GET", status="200") == 1
         assert value(samples, "localoai_generation_tokens_total") == 0
+
+
+def test_prompt_tokens_from_the_prefix_cache_are_counted(served: Any) -> None:
+    client = served.client(max_retries=0)
+    messages = [{"role": "system", "content": " ".join(["the policy answers the question"] * 12)},
+                {"role": "user", "content": "hello"}]
+    client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)
+    before = scrape(served)
+    again = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)
+    after = scrape(served)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert cached > 0
+    assert value(after, "localoai_prompt_tokens_cached_total") - value(before, "localoai_prompt_tokens_cached_total") \
+        == cached

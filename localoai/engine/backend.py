@@ -19,6 +19,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from localoai.engine.prefix_cache import Prefix
+
 
 Pooling = Literal["last", "mean"]
 """How an embedding is pooled from a prompt's hidden states: the last token's, or the mean of all."""
@@ -50,6 +52,8 @@ class Backend(Protocol):
     device: torch.device
     batches: bool
     """Whether rows of different requests can share a batch; when not, requests decode one at a time."""
+    prefix_cacheable: bool
+    """Whether `prefill_cached` and `row_kv` work (a plain per-layer KV cache), so prefixes can be reused."""
 
     def generation_mode(self) -> contextlib.AbstractContextManager[None]:
         """Everything the model needs around generation (eval mode, no autograd)."""
@@ -70,6 +74,16 @@ class Backend(Protocol):
 
     def join(self, batch: Rows | None, new: Rows) -> Rows:
         """The rows of `batch` followed by those of `new`, as one batch."""
+        ...
+
+    def prefill_cached(self, prompts: Sequence[Sequence[int]], samples: Sequence[int],
+                       prefixes: Sequence[Prefix | None]) -> Prefill:
+        """Like `prefill_many`, reading only the tokens after each prompt's cached `prefixes[i]`
+        (its KV, from `row_kv`). Only when `prefix_cacheable`."""
+        ...
+
+    def row_kv(self, state: Rows, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the KV of `row`'s tokens (without padding), shape (kv heads, tokens, head dim)."""
         ...
 
     def keep(self, batch: Rows, rows: Sequence[int]) -> Rows:
@@ -111,6 +125,7 @@ class TransformersBackend:
         # Sliding-window, static, quantized or linear-attention layers keep their own bookkeeping
         # that left-padding would break; such models decode one request at a time.
         self.batches = all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+        self.prefix_cacheable = self.batches
 
     @contextlib.contextmanager
     def generation_mode(self) -> Iterator[None]:
@@ -190,6 +205,60 @@ class TransformersBackend:
             into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
         return Rows(batch.cache, batch.lengths + new.lengths)
 
+    def prefill_cached(self, prompts: Sequence[Sequence[int]], samples: Sequence[int],
+                       prefixes: Sequence[Prefix | None]) -> Prefill:
+        # Row i is [padding][its prefix KV] in a past of width P, then [padding][its suffix] as input;
+        # afterwards its real columns are gathered right-aligned, so the batch stays left-padded only.
+        cached = [prefix.length if prefix is not None else 0 for prefix in prefixes]
+        suffixes = [list(prompt[length:]) for prompt, length in zip(prompts, cached)]
+        past, width = max(cached), max(len(suffix) for suffix in suffixes)
+        device = self.device
+        cached_t = torch.tensor(cached, device=device)
+        suffix_t = torch.tensor([len(suffix) for suffix in suffixes], device=device)
+        columns = torch.arange(past + width, device=device).unsqueeze(0)
+        mask = ((columns >= past - cached_t.unsqueeze(1)) & (columns < past)) | (
+            columns >= past + width - suffix_t.unsqueeze(1))
+        input_ids = torch.tensor([[0] * (width - len(s)) + s for s in suffixes], dtype=torch.long, device=device)
+        positions = (cached_t.unsqueeze(1) + torch.arange(width, device=device) - (width - suffix_t).unsqueeze(1))
+        cache = self._cache_class(config=self.model.config)
+        template = next(prefix for prefix in prefixes if prefix is not None)
+        for layer in range(len(template.keys)):
+            cache.update(_stack_right(template.keys[layer], [p.keys[layer] if p else None for p in prefixes], past),
+                         _stack_right(template.values[layer], [p.values[layer] if p else None for p in prefixes],
+                                      past), layer)
+        output = self._forward(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask.long(),
+                               position_ids=positions.clamp(min=0), cache=cache, logits_to_keep=1)
+        lengths = [c + len(s) for c, s in zip(cached, suffixes)]
+        repeat = torch.repeat_interleave(torch.arange(len(prompts), device=device),
+                                         torch.tensor(list(samples), device=device))
+        rows = Rows(cache, [lengths[int(i)] for i in repeat.tolist()])
+        next_logits = output.logits[:, -1, :].index_select(0, repeat)
+        if len(set(map(len, suffixes))) == 1:  # no padding between prefix and suffix: left-padded already
+            if len(repeat) > len(prompts):
+                for layer in cache.layers:
+                    layer.keys, layer.values = layer.keys.index_select(0, repeat), layer.values.index_select(0, repeat)
+            return Prefill(rows, next_logits)
+        total = max(lengths)
+        # Per row, the source column of each output column: real columns right-aligned after the padding
+        # (the padding's own scatters go to a spare last column, dropped).
+        pads = (total - cached_t - suffix_t).unsqueeze(1)
+        targets = torch.where(mask, mask.long().cumsum(-1) - 1 + pads, total)
+        gather = torch.zeros(len(prompts), total + 1, dtype=torch.long, device=device)
+        gather = gather.scatter_(1, targets, columns.expand_as(targets))[:, :total]
+        index = gather[repeat][:, None, :, None]
+        padding = (torch.arange(total, device=device).unsqueeze(0) < pads)[repeat][:, None, :, None]
+        for layer in cache.layers:
+            expand = (-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys = layer.keys.index_select(0, repeat).gather(2, index.expand(*expand)).masked_fill(padding, 0.0)
+            layer.values = layer.values.index_select(0, repeat).gather(2, index.expand(*expand)).masked_fill(
+                padding, 0.0)
+        return Prefill(rows, next_logits)
+
+    def row_kv(self, state: Rows, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        start = _width(state) - state.lengths[row]
+        return ([layer.keys[row, :, start:] for layer in state.cache.layers],
+                [layer.values[row, :, start:] for layer in state.cache.layers])
+
     def keep(self, batch: Rows, rows: Sequence[int]) -> Rows:
         lengths = [batch.lengths[row] for row in rows]
         unused = _width(batch) - max(lengths)  # columns that are padding in every remaining row
@@ -230,6 +299,12 @@ def cache_argument(model: Any) -> str:
 
 def _width(rows: Rows) -> int:
     return int(rows.cache.get_seq_length())
+
+
+def _stack_right(template: torch.Tensor, rows: list[torch.Tensor | None], width: int) -> torch.Tensor:
+    """Per-row (heads, length, dim) tensors (None: empty), right-aligned in one (rows, heads, width, dim) of zeros."""
+    shape = (template.shape[0], 0, template.shape[2])
+    return torch.stack([_pad_left(row if row is not None else template.new_zeros(shape), width) for row in rows])
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:

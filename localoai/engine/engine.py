@@ -9,7 +9,7 @@ samples) and joined into the batch, the requests whose sampling is plain this st
 every other request's own `Sampler` picks its rows' tokens, finished or cancelled requests
 leave, and the rest decode together. The step's stream items reach each event loop with one
 wake-up (`one_wakeup_per_loop`). Stop strings, cancellation and pauses take effect at the step
-they happen.
+they happen. With a `PrefixCache`, a prompt is read only past its longest cached prefix.
 
 Why not transformers' `ContinuousBatchingManager` (evaluated on transformers 5.23, CPU):
 its seed and `num_return_sequences` are manager-wide (no per-request seed or `n`), its
@@ -34,9 +34,10 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
-from localoai.engine.backend import Backend, Rows
+from localoai.engine.backend import Backend, Prefill, Rows
 from localoai.engine.jobs import JobQueue
 from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
+from localoai.engine.prefix_cache import Prefix, PrefixCache
 from localoai.engine.running import Request
 from localoai.engine.sampler import finite_logprob, prompt_logprobs, sample_plain, token_logprobs
 from localoai.engine.stream import RequestStream, deliver_held, one_wakeup_per_loop
@@ -84,6 +85,7 @@ class Engine:
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queued_requests < 1:
             raise ValueError("max_batch_size and max_queued_requests must be at least 1")
@@ -93,6 +95,8 @@ class Engine:
         self.max_batch_size = max_batch_size
         """Rows (samples) decoded together; a request with more rows runs alone. 1 disables batching."""
         self.max_queued_requests = max_queued_requests
+        self.prefix_cache = prefix_cache if backend.prefix_cacheable else None
+        """Reused prompt KV (see `localoai.engine.prefix_cache`); None when off or the model's cache can't."""
         self.model_lock = threading.RLock()
         """Held around every forward pass."""
         self.policy_version = 0
@@ -157,6 +161,10 @@ class Engine:
         with self._condition:
             return {"waiting": len(self._waiting), "running": len(self._running), "jobs": len(self._jobs),
                     "rows": len(self._batch.lengths) if self._batch is not None else 0}
+
+    def prefix_cache_stats(self) -> dict[str, int]:
+        """The prefix cache's `PrefixCache.stats()` (bytes, blocks, hits, evictions); empty when it is off."""
+        return self.prefix_cache.stats() if self.prefix_cache is not None else {}
 
     # --- pause and resume ----------------------------------------------------------
     def pause(self, mode: PauseMode = "abort", timeout: float | None = None) -> None:
@@ -230,6 +238,8 @@ class Engine:
             return False
 
     def _step(self) -> None:
+        if self.prefix_cache is not None and self.prefix_cache.version != self.policy_version:
+            self.prefix_cache.reset(self.policy_version)  # new weights: nothing computed before may serve
         if self._stale:
             self._rebuild()
         if self._pause_mode is None:
@@ -309,12 +319,15 @@ class Engine:
         for group in ([together] if together else []) + _logit_groups(scored, self.backend.vocab_size):
             scoring = group[0].params.prompt_logprobs is not None
             try:
-                prefill = self.backend.prefill_many([r.prompt_ids for r in group], [r.rows for r in group],
-                                                    prompt_logits=scoring)
-                for request, logits in zip(group, prefill.prompt_logits or []):
-                    params = request.params
-                    request.stream.put(PromptLogprobs(prompt_logprobs(
-                        request.prompt_ids, logits, params.prompt_logprobs or 0, params.prompt_logprob_token_ids)))
+                if scoring:
+                    prefill = self.backend.prefill_many([r.prompt_ids for r in group], [r.rows for r in group],
+                                                        prompt_logits=True)
+                    for request, logits in zip(group, prefill.prompt_logits or []):
+                        params = request.params
+                        request.stream.put(PromptLogprobs(prompt_logprobs(
+                            request.prompt_ids, logits, params.prompt_logprobs or 0, params.prompt_logprob_token_ids)))
+                else:
+                    prefill = self._prefill(group)
             except Exception as exc:
                 logger.exception("prefill failed")
                 self._forget(group, exc)
@@ -323,8 +336,29 @@ class Engine:
             for request in group:
                 request.admit(self.tokenizer, self.eos_token_ids, prefill.next_logits[row:row + request.rows],
                               self.policy_version)
+                if self.prefix_cache is not None:
+                    self.prefix_cache.insert(request.prompt_ids, *self.backend.row_kv(prefill.state, row))
                 row += request.rows
             self._batch = self.backend.join(self._batch, prefill.state)
+
+    def _prefill(self, group: list[Request]) -> Prefill:
+        """Read the prompts of `group` in one forward pass, past the prefix of each that is cached."""
+        prompts, samples = [r.prompt_ids for r in group], [r.rows for r in group]
+        cache = self.prefix_cache
+        prefixes: list[Prefix | None] = [cache.lookup(p) if cache is not None else None for p in prompts]
+        for request, prefix in zip(group, prefixes):
+            request.done.cached_tokens = prefix.length if prefix is not None else 0
+        if not any(prefixes):
+            return self.backend.prefill_many(prompts, samples)
+        return self.backend.prefill_cached(prompts, samples, prefixes)
+
+    def _remember(self, request: Request, rows: range) -> None:
+        """Keep the KV of a leaving request's rows: its prompt and each sample's tokens up to its end,
+        which the next turn of an episode extends."""
+        assert self.prefix_cache is not None and self._batch is not None
+        for row, sample, fed in zip(rows, request.samples, request.fed):
+            tokens = (request.prompt_ids + fed[:sample.generated])[:self._batch.lengths[row]]
+            self.prefix_cache.insert(tokens, *self.backend.row_kv(self._batch, row))
 
     def _take_admissible(self) -> list[Request]:
         """Move the waiting requests that fit into the batch to the running list, in order."""
@@ -358,6 +392,8 @@ class Engine:
         for request in self._running:
             if request.stream.cancelled or (not cancelled_only and request.finished):
                 if request.done.error is None:
+                    if self.prefix_cache is not None and request.samples:
+                        self._remember(request, range(row, row + request.rows))
                     request.finish()
             else:
                 kept.append(request)

@@ -112,3 +112,5 @@ class RequestDone:
 
     error: BaseException | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    cached_tokens: int = 0
+    """Prompt tokens whose KV came from the prefix cache rather than being read again."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openai.types import CompletionUsage
-from openai.types.completion_usage import CompletionTokensDetails
+from openai.types.completion_usage import CompletionTokensDetails, PromptTokensDetails
 from openai.types.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -185,6 +185,7 @@ class ChatCompletions:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
+                prompt_tokens_details=PromptTokensDetails(cached_tokens=generation.cached_tokens),
                 **details,
             )
             recorded = True

@@ -276,6 +276,8 @@ class Generation:
         self.params = params
         self.samples = [SampleTrace() for _ in range(params.n)]
         self.timings: dict[str, float] = {}
+        self.cached_tokens = 0
+        """Prompt tokens whose KV the prefix cache supplied (known at the end)."""
         self.status: RecordStatus = "in_progress"
         self.error: dict[str, Any] | None = None
         self.policy_version = served.policy_version
@@ -308,7 +310,7 @@ class Generation:
     async def __aiter__(self) -> AsyncIterator[list[SampleDelta] | PromptLogprobs]:
         async for item in self._stream:
             if isinstance(item, RequestDone):
-                self.timings = item.timings
+                self.timings, self.cached_tokens = item.timings, item.cached_tokens
                 self.status = "failed" if item.error is not None else "completed"
                 self._observe()
                 if item.error is not None:
@@ -326,7 +328,8 @@ class Generation:
         """Count the ended generation in the server's metrics (once, at its end)."""
         spans = [sample.version_spans() for sample in self.samples]
         self._served.metrics.generation(status=self.status, prompt_tokens=self._prompt_tokens, samples=spans,
-                                        timings=self.timings, current_version=self._served.policy_version)
+                                        timings=self.timings, current_version=self._served.policy_version,
+                                        cached_tokens=self.cached_tokens)
 
     def traces(self, first_index: int = 0) -> list[CompletionTrace]:
         return [sample.as_record(first_index + i) for i, sample in enumerate(self.samples)]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
+from openai.types.completion_usage import PromptTokensDetails
 from openai.types.completion_choice import Logprobs
 
 from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
@@ -107,7 +108,8 @@ class Completions:
         }
         if include_usage:
             header["usage"] = None
-        usage = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        usage = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0,
+                                prompt_tokens_details=PromptTokensDetails(cached_tokens=0))
         # Every prompt's generation at once: they are decoded together, as separate requests would be.
         async for chunk in interleave([self._prompt_chunks(prepared, number, header, usage, live)
                                        for number in range(len(prepared.prompts))]):
@@ -150,6 +152,7 @@ class Completions:
                         sent.append(Completion(**header, choices=choices))
                         yield sent[-1]
             usage.prompt_tokens += len(prompt.token_ids)
+            usage.prompt_tokens_details.cached_tokens += generation.cached_tokens  # type: ignore[union-attr,operator]
             usage.completion_tokens += sum(len(sample.token_ids) for sample in generation.samples)
             recorded = True
             # Shielded: a disconnect during the wait must not cancel the write itself.

@@ -82,6 +82,7 @@ def record_generation(
         output=output.model_dump(mode="json", exclude_unset=True, by_alias=True) if output is not None else {},
         sampling=_sampling(generation),
         timings=generation.timings if generation is not None else {},
+        cached_tokens=generation.cached_tokens if generation is not None else 0,
         error=generation.error if generation is not None else None,
         metadata=dict(metadata or {}),
         store_visible=visible,

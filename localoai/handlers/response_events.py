@@ -75,10 +75,10 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respo
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
-def usage(input_tokens: int, output_tokens: int, reasoning_tokens: int = 0) -> ResponseUsage:
+def usage(input_tokens: int, output_tokens: int, reasoning_tokens: int = 0, cached_tokens: int = 0) -> ResponseUsage:
     return ResponseUsage(
         input_tokens=input_tokens,
-        input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+        input_tokens_details=InputTokensDetails(cached_tokens=cached_tokens, cache_write_tokens=0),
         output_tokens=output_tokens,
         output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens),
         total_tokens=input_tokens + output_tokens,

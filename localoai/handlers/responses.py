@@ -317,7 +317,7 @@ class Responses:
         served, build = self.served, run.build
         with_logprobs = run.prepared.params.logprobs is not None
         pending: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
-        counts = [0, 0, 0]  # prompt, output and reasoning tokens, over every round
+        counts = [0, 0, 0, 0]  # prompt, output, reasoning and cached prompt tokens, over every round
         recorded = False
         try:
             yield build.created("queued" if build.settings["background"] else "in_progress")
@@ -354,6 +354,7 @@ class Responses:
                     sample.reasoning = build.reasoning or None
                 counts[0] += len(prepared.prompt.token_ids)
                 counts[1] += len(sample.token_ids)
+                counts[3] += generation.cached_tokens
                 hosted = build.pending_hosted()
                 if not hosted:
                     break

@@ -325,6 +325,7 @@ def start(
     embedding_pooling: str = "last",
     embedding_normalize: bool = True,
     hosted_tools: Mapping[str, Callable[..., str]] | None = None,
+    prefix_cache: bool | int = True,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -353,6 +354,10 @@ def start(
     `hosted_tools`: Python implementations of OpenAI-hosted tools, by family (`{"web_search": fn}`,
     `fn(query=...) -> str`), run server-side when the model calls them; a hosted tool without one is
     not offered to the model (see `localoai.handlers.hosted_tools`).
+    `prefix_cache`: reuse the KV of prompt prefixes read before by the same weights (an episode's
+    earlier turns, a shared system prompt or tool list; see `localoai.engine.prefix_cache`): True
+    sizes its byte budget to the device, an int is the budget in bytes, False (or 0) reads every
+    prompt in full. Models whose KV cache is not a plain per-layer one never use it.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.engine.backend import POOLINGS
@@ -362,7 +367,8 @@ def start(
         raise ValueError(f"embedding_pooling must be one of {POOLINGS}, not {embedding_pooling!r}")
     model, tokenizer = load_model(model, tokenizer)
     served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser,
-                                max_batch_size=max_batch_size, max_queued_requests=max_queued_requests)
+                                max_batch_size=max_batch_size, max_queued_requests=max_queued_requests,
+                                prefix_cache=prefix_cache)
     served.episodes.enabled = token_ledger
     served.embedding_pooling = embedding_pooling  # type: ignore[assignment]  # checked above
     served.embedding_normalize = embedding_normalize

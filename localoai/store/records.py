@@ -62,6 +62,8 @@ class GenerationRecord:
     sampling: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds: `queued`, `first_token`, `total`."""
+    cached_tokens: int = 0
+    """How many of the first prompt tokens had their KV reused from the prefix cache, not read again."""
     error: dict[str, Any] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     episode_id: str | None = None

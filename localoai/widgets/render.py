@@ -260,7 +260,8 @@ def raw_view(record: GenerationRecord) -> str:
         ("timings (seconds)", _json(record.timings)),
         ("sampling", _json(record.sampling)),
         ("metadata", _json({"metadata": record.metadata, "episode_id": record.episode_id,
-                            "previous_response_id": record.previous_response_id, "error": record.error})),
+                            "previous_response_id": record.previous_response_id, "error": record.error,
+                            "cached_tokens (first prompt tokens from the prefix cache)": record.cached_tokens})),
     ]
     body = "".join(f"<details{' open' if i < 2 else ''}><summary>{escape(title)}</summary>{_pre(text)}</details>"
                    for i, (title, text) in enumerate(sections))
