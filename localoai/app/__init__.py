@@ -17,11 +17,14 @@ from localoai.handlers.stored_responses import StoredResponses
 from localoai.served import ServedModel
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+BODY_TIMEOUT = 30.0
 
 
 def create_app(served: ServedModel, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Quart:
-    app = Quart("localoai")
-    app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
+    app = Quart("localoai", static_folder=None)  # no `/static/...` route: this app serves no files
+    # BODY_TIMEOUT: a client that stops sending its body gets a 408 instead of holding the connection.
+    app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False,
+                      BODY_TIMEOUT=BODY_TIMEOUT)
     register_error_handlers(app)
     if api_key:
         require_api_key(app, api_key)

@@ -8,7 +8,6 @@ the `n` with the highest total logprob (non-streamed only, as OpenAI requires).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import Future
@@ -23,7 +22,7 @@ from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError
 from localoai.handlers.common import Generation, interleave, new_id, sampling_params, token_budget
-from localoai.handlers.recording import record_generation
+from localoai.handlers.recording import record_generation, written
 from localoai.protocol.completions import CompletionRequest
 from localoai.served import ServedModel
 
@@ -57,6 +56,7 @@ class Completions:
         self.served = served
 
     def prepare(self, request: CompletionRequest, episode: EpisodeRef | None = None) -> PreparedCompletion:
+        """Blocking (it tokenizes): the route runs it with `ServedModel.off_loop`."""
         served = self.served
         served.check_model(request.model)
         n = request.n or 1
@@ -147,8 +147,7 @@ class Completions:
             usage.prompt_tokens += len(prompt.token_ids)
             usage.completion_tokens += sum(len(sample.token_ids) for sample in generation.samples)
             recorded = True
-            # Shielded: a disconnect during the wait must not cancel the write itself.
-            await asyncio.shield(asyncio.wrap_future(self._record(prepared, number, header, generation, sent)))
+            await written(self._record(prepared, number, header, generation, sent))
         finally:
             if not recorded:  # failed or cancelled: recorded as it stands, without waiting
                 self._record(prepared, number, header, generation, sent)

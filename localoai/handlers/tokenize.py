@@ -11,6 +11,7 @@ from localoai.served import ServedModel
 
 
 def tokenize(served: ServedModel, request: TokenizeRequest) -> dict[str, Any]:
+    """Blocking: the route runs it with `ServedModel.off_loop`."""
     served.check_model(request.model)
     if request.messages is not None:
         rendered = render_chat(
@@ -20,6 +21,7 @@ def tokenize(served: ServedModel, request: TokenizeRequest) -> dict[str, Any]:
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             template_kwargs=request.chat_template_kwargs,
+            policy=served.template_policy,
         )
         token_ids = rendered.token_ids
         if request.add_special_tokens:

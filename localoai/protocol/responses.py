@@ -222,6 +222,7 @@ class TextFormatJsonObject(RequestModel):
 
 class TextFormatJsonSchema(JsonSchemaFormat):
     type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")  # required here, as in the SDK's Response (optional in chat)
 
 
 TextFormat = Annotated[Union[TextFormatText, TextFormatJsonObject, TextFormatJsonSchema], Field(discriminator="type")]
