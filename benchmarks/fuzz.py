@@ -20,8 +20,8 @@ import httpx
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from localoai.testing import running_server
-from localoai.testing.fuzz import Tally, discover_routes, json_requests, raw_requests, request_models, send
+from localoai.testing import build_tiny_model, running_server
+from localoai.testing.fuzz import FUZZ_CONTEXT, Tally, discover_routes, json_requests, raw_requests, request_models, send
 
 
 def main() -> int:
@@ -36,7 +36,8 @@ def main() -> int:
 
     tally = Tally()
     started = time.monotonic()
-    with running_server(name="tiny", reasoning_parser="none") as server:
+    model, tokenizer = build_tiny_model(max_position_embeddings=FUZZ_CONTEXT)
+    with running_server(model, tokenizer, name="tiny", reasoning_parser="none") as server:
         routes = discover_routes(server.app)
         models = request_models()
         with httpx.Client(base_url=server.url, timeout=args.timeout) as client:

@@ -181,7 +181,7 @@ class ServedModel:
     def close(self) -> None:
         """Stop generating, then write every record still queued."""
         self.engine.stop()
-        self._preparing.shutdown(wait=False, cancel_futures=True)
+        self._preparing.shutdown(wait=True, cancel_futures=True)
         self.recorder.close()
         self.conversations.close()
 

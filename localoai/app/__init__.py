@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quart import Quart
+from quart import Quart, Response, request
 
 from localoai.app.auth import require_api_key
 from localoai.app.errors import register_error_handlers
@@ -20,12 +20,24 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 BODY_TIMEOUT = 30.0
 
 
+async def _drain_body(response: Response) -> Response:
+    """Read a body the route did not (a GET's, a refused request's): with it unread, hypercorn closes
+    the connection after the answer without saying so, and a keep-alive client's next request on it
+    fails with no answer at all."""
+    try:
+        await request.get_data()
+    except Exception:  # noqa: BLE001 - too large, or the client went: the connection closes anyway
+        response.headers["Connection"] = "close"
+    return response
+
+
 def create_app(served: ServedModel, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Quart:
     app = Quart("localoai", static_folder=None)  # no `/static/...` route: this app serves no files
     # BODY_TIMEOUT: a client that stops sending its body gets a 408 instead of holding the connection.
     app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False,
                       BODY_TIMEOUT=BODY_TIMEOUT)
     register_error_handlers(app)
+    app.after_request(_drain_body)
     if api_key:
         require_api_key(app, api_key)
     app.register_blueprint(admin.blueprint(served))

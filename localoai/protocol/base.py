@@ -217,9 +217,9 @@ def check_json_numbers(body: bytes | str) -> None:
         return
     try:
         parsed = json.loads(raw)
+        where = _out_of_range(parsed)
     except (ValueError, RecursionError):
-        return  # not JSON: the model's own parse names it
-    where = _out_of_range(parsed)
+        return  # not JSON, or nested deeper than pydantic's parser accepts: the model's own parse names it
     if where is not None:
         raise InvalidRequestError(
             f"Invalid value for '{where}': numbers must be finite and integers within 64 bits "

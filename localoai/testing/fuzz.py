@@ -10,6 +10,7 @@ below 500, JSON error bodies in OpenAI's shape, streams that end, ids that reach
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -24,7 +25,8 @@ from hypothesis import strategies as st
 from localoai.protocol.base import RequestModel
 
 GENERATED_PREFIXES = ("chatcmpl-", "cmpl-", "resp_")
-GENERATION_LIMIT = {"max_tokens": 4}  # keeps a body that happens to be valid cheap to answer
+FUZZ_CONTEXT = 96
+"""The fuzzed model's context: a valid body that asks for "as many tokens as fit" stays cheap."""
 _PARAM = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
 # Valid starting points for the routes whose bodies a schema alone rarely gets right.
@@ -61,7 +63,9 @@ def discover_routes(app: Any) -> list[Route]:
 
 
 def request_models() -> list[type[RequestModel]]:
-    """Every request model defined so far (the app's imports define them all)."""
+    """Every request model the app's routes import (new families' included)."""
+    import localoai.app  # noqa: F401  # defines them all
+
     found: list[type[RequestModel]] = []
     pending = list(RequestModel.__subclasses__())
     while pending:
@@ -100,11 +104,12 @@ def hostile_values(names: list[str]) -> st.SearchStrategy[Any]:
     ) | st.builds(_deep, st.integers(min_value=50, max_value=3000))
 
 
-def _deep(depth: int) -> Any:
-    value: Any = 0
-    for _ in range(depth):
-        value = [value]
-    return value
+_DEEP = re.compile(rb'"__deep_([0-9]+)__"')
+
+
+def _deep(depth: int) -> str:
+    """A list nested `depth` deep, spelled out by `body_bytes` (json.dumps would recurse that deep)."""
+    return f"__deep_{depth}__"
 
 
 def from_schema(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> st.SearchStrategy[Any]:
@@ -147,6 +152,11 @@ def from_schema(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) ->
 
 
 def model_bodies(models: list[type[RequestModel]]) -> st.SearchStrategy[Any]:
+    return _model_bodies(tuple(models))
+
+
+@functools.lru_cache(maxsize=256)
+def _model_bodies(models: tuple[type[RequestModel], ...]) -> st.SearchStrategy[Any]:
     schemas = [model.model_json_schema() for model in models]
     return st.one_of([from_schema(schema, schema.get("$defs", {})) for schema in schemas])
 
@@ -206,7 +216,8 @@ def fill(rule: str, ids: list[str], draw: st.DrawFn) -> str:
 
 
 def body_bytes(body: Any) -> bytes:
-    return json.dumps(body, allow_nan=True).encode()  # NaN / Infinity on purpose
+    raw = json.dumps(body, allow_nan=True).encode()  # NaN / Infinity on purpose
+    return _DEEP.sub(lambda match: b"[" * int(match[1]) + b"0" + b"]" * int(match[1]), raw)
 
 
 def json_requests(routes: list[Route], models: list[type[RequestModel]], ids: list[str]) -> st.SearchStrategy[Sample]:
@@ -219,8 +230,8 @@ def json_requests(routes: list[Route], models: list[type[RequestModel]], ids: li
 
     def body_for(route: Route) -> st.SearchStrategy[Any]:
         seeds = SEEDS.get(route.rule) or ([ITEM_SEED] if route.rule.endswith("/items") else [METADATA_SEED])
-        bodies = st.sampled_from(seeds) | any_model
-        return spoiled(bodies, names) | bodies.map(_limited)
+        bodies = (st.sampled_from(seeds) | any_model).map(_limited)
+        return spoiled(bodies, names) | bodies
 
     by_route = {route.rule: body_for(route) for route in posts}
 
@@ -235,8 +246,9 @@ def json_requests(routes: list[Route], models: list[type[RequestModel]], ids: li
 
 
 def _limited(body: Any) -> Any:
+    """A few new tokens for a body that asks for none in particular."""
     if isinstance(body, dict) and not {"max_tokens", "max_output_tokens", "max_completion_tokens"} & set(body):
-        return {**body, **GENERATION_LIMIT}
+        return {**body, ("max_output_tokens" if "input" in body else "max_tokens"): 4}
     return body
 
 
@@ -355,6 +367,10 @@ def send(client: httpx.Client, sample: Sample, tally: Tally) -> None:
     tally.last = f"{sample.method} {sample.path[:120]} {sample.headers} {(sample.body or b'')[:100]!r}"
     check_answer(sample, reply.status_code, reply.headers.get("content-type", ""), body, tally)
     if sample.path.startswith("/pause") and reply.status_code == 200:
-        client.post("/resume")  # a paused engine holds every later generation: resume at once
+        try:
+            client.post("/resume")  # a paused engine holds every later generation: resume at once
+        except httpx.TransportError:
+            tally.dropped.append(f"resume after {tally.last}")
+            client.post("/resume")
     tally.slowest = sorted([*tally.slowest, (time.monotonic() - started, f"{sample.method} {sample.path[:80]} "
                                              f"{(sample.body or b'')[:200]!r} -> {reply.status_code}")])[-5:]
