@@ -24,10 +24,15 @@ from localoai.testing import build_tiny_model, running_server
 from localoai.testing.fuzz import FUZZ_CONTEXT, Tally, discover_routes, json_requests, raw_requests, request_models, send
 
 
+class TimeUp(Exception):
+    """Raised in the property to end the run at `--seconds` (hypothesis then stops generating)."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds without an answer that count as a hang")
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this long, reporting what was sent")
     parser.add_argument("--progress", type=int, default=1000, help="print a line every this many requests")
     parser.add_argument("--show", type=int, default=5, help="examples printed per kind of failure")
     args = parser.parse_args()
@@ -50,12 +55,17 @@ def main() -> int:
                       suppress_health_check=list(HealthCheck))
             @given(samples)
             def fuzz(sample):  # type: ignore[no-untyped-def]
+                if args.seconds is not None and time.monotonic() - started > args.seconds:
+                    raise TimeUp
                 send(client, sample, tally)
                 if tally.sent % args.progress == 0:
                     print(f"  {tally.sent} sent, {time.monotonic() - started:.0f} s, 5xx {len(tally.server_errors)}, "
                           f"bad bodies {len(tally.bad_bodies)}, hangs {len(tally.hangs)}", flush=True)
 
-            fuzz()
+            try:
+                fuzz()
+            except TimeUp:
+                print(f"stopped after {args.seconds:.0f} s", flush=True)
             server.served.recorder.flush()
             lost = [record_id for record_id in tally.generated_ids if server.store.get(record_id) is None]
             failed_writes = server.served.recorder.failed

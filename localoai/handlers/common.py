@@ -97,7 +97,8 @@ def _context_exceeded(window: int, prompt: int, completion: int, *, param: str) 
     )
 
 
-def _token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> None:
+def check_token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> None:
+    """Every id inside the vocabulary, or a 400 naming `param` (the protocol bounded them already)."""
     for value in values:
         if not 0 <= value < served.vocab_size:
             raise InvalidRequestError(
@@ -118,8 +119,8 @@ def sampling_params(
 ) -> SamplingParams:
     """Build the engine's parameters; OpenAI's defaults where a field is absent."""
     bias = [(int(key), float(value)) for key, value in (request.logit_bias or {}).items()]
-    _token_ids(served, [token for token, _ in bias], param="logit_bias")
-    _token_ids(served, request.stop_token_ids or [], param="stop_token_ids")
+    check_token_ids(served, [token for token, _ in bias], param="logit_bias")
+    check_token_ids(served, request.stop_token_ids or [], param="stop_token_ids")
     return SamplingParams(
         max_tokens=max_tokens,
         n=n if n is not None else request.n or 1,

@@ -21,7 +21,7 @@ from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, 
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError
-from localoai.handlers.common import Generation, interleave, new_id, sampling_params, token_budget
+from localoai.handlers.common import Generation, check_token_ids, interleave, new_id, sampling_params, token_budget
 from localoai.handlers.recording import record_generation, written
 from localoai.protocol.completions import CompletionRequest
 from localoai.served import ServedModel
@@ -67,10 +67,7 @@ class Completions:
                 token_ids, text = served.encode(prompt), prompt
             else:
                 token_ids = list(prompt)
-                if any(not 0 <= token < served.vocab_size for token in token_ids):
-                    raise InvalidRequestError(
-                        f"Invalid value for 'prompt': token ids must be in [0, {served.vocab_size}).", param="prompt"
-                    )
+                check_token_ids(served, token_ids, param="prompt")
                 text = served.decode(token_ids, skip_special_tokens=False)
             if not token_ids:
                 raise InvalidRequestError("Invalid value for 'prompt': the prompt is empty.", param="prompt")
