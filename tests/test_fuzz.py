@@ -24,9 +24,11 @@ from localoai.testing.fuzz import (
     field_names,
     json_requests,
     model_bodies,
+    raw_http,
     raw_requests,
     request_models,
     send,
+    send_raw,
     spoiled,
 )
 
@@ -104,3 +106,11 @@ def test_server_is_sound_after_fuzzing(fuzzed: Any, fuzzing: Fuzzing) -> None:
     fuzzed.served.recorder.flush()
     assert fuzzed.served.recorder.failed == 0 and fuzzed.store.stats()["failed_writes"] == 0
     assert fuzzed.served.engine.stats() == {"waiting": 0, "running": 0, "rows": 0}
+
+
+@FUZZ
+@given(data=raw_http())
+def test_broken_http_framing_is_answered_in_shape_or_closed(fuzzed: Any, data: bytes) -> None:
+    tally = Tally()
+    send_raw(fuzzed.host, fuzzed.port, data, tally)
+    assert_sound(tally)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
+from localoai.server.http_errors import shape_protocol_errors
 from localoai.server.sockets import (
     BACKLOG,
     DEFAULT_MAX_CONNECTIONS,
@@ -220,9 +221,12 @@ class Server:
         listener = self.listener
 
         class _Config(Config):
+            openai_errors = True  # see localoai.server.http_errors
+
             def create_sockets(self) -> Sockets:  # hypercorn closes the socket it is given: a dup
                 return Sockets(secure_sockets=[], insecure_sockets=[listener], quic_sockets=[])
 
+        shape_protocol_errors()
         config = _Config()
         config.accesslog = None
         config.errorlog = logging.getLogger("localoai.hypercorn")
