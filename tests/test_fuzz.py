@@ -32,7 +32,7 @@ from localoai.testing.fuzz import (
     spoiled,
 )
 
-FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 MODELS = request_models()
 NAMES = field_names(MODELS)
 Fuzzing = tuple[httpx.Client, st.SearchStrategy[Any], st.SearchStrategy[Any]]
@@ -69,7 +69,7 @@ def test_every_route_of_the_app_is_fuzzed(fuzzed: Any) -> None:
     assert len(MODELS) > 40  # every family's request models, nested ones included
 
 
-@settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=250, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(model=st.sampled_from(MODELS), data=st.data())
 def test_request_models_refuse_with_openai_errors_only(model: Any, data: st.DataObject) -> None:
     """Validation alone: any spoiled body becomes the model or an `OpenAIError`, never another exception."""

@@ -396,18 +396,21 @@ def send_raw(host: str, port: int, data: bytes, tally: Tally, timeout: float = 3
     """Send `data` on a new connection and read until the server closes it (or a timeout: a hang).
     What comes back must be nothing, or HTTP answers whose errors are OpenAI-shaped."""
     what = f"raw {data[:120]!r}"
+    answer = b""
     with socket.create_connection((host, port), timeout=timeout) as conn:
         try:
             conn.sendall(data)
             conn.shutdown(socket.SHUT_WR)
-            answer = b""
+        except OSError:
+            pass  # the server answered (a 431, say) and closed before all of it was sent: read the answer
+        try:
             while chunk := conn.recv(65536):
                 answer += chunk
         except TimeoutError:
             tally.hangs.append(what)
             return
-        except ConnectionResetError:
-            answer = b""
+        except OSError:  # reset after the answer
+            pass
     if not answer or (data.startswith(b"PRI * HTTP/2.0") and not answer.startswith(b"HTTP/")):
         tally.add(0)  # closed, or HTTP/2 spoken back to HTTP/2's connection preface
         return
