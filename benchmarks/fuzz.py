@@ -67,7 +67,9 @@ def main() -> int:
             except TimeUp:
                 print(f"stopped after {args.seconds:.0f} s", flush=True)
             server.served.recorder.flush()
-            lost = [record_id for record_id in tally.generated_ids if server.store.get(record_id) is None]
+            deleted = set(tally.deleted_ids)
+            lost = [record_id for record_id in tally.generated_ids
+                    if record_id not in deleted and server.store.get(record_id) is None]
             failed_writes = server.served.recorder.failed
             health = client.get("/health").status_code
     elapsed = time.monotonic() - started

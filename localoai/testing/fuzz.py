@@ -290,6 +290,8 @@ class Tally:
     generated_ids: list[str] = field(default_factory=list)
     slowest: list[tuple[float, str]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    deleted_ids: list[str] = field(default_factory=list)
+    """Records the fuzzer itself deleted (a DELETE that succeeded): not lost."""
     last: str = ""
 
     def add(self, status: int) -> None:
@@ -315,7 +317,8 @@ def check_answer(sample: Sample, status: int, content_type: str, body: bytes, ta
             elif isinstance(event, dict) and event.get("type") == "response.failed":
                 tally.server_errors.append(f"{what}: {event!r:.300}")
             answer = event.get("response", event) if isinstance(event, dict) else None
-            if isinstance(answer, dict) and str(answer.get("id", "")).startswith(GENERATED_PREFIXES) \
+            if sample.method == "POST" and isinstance(answer, dict) \
+                    and str(answer.get("id", "")).startswith(GENERATED_PREFIXES) \
                     and answer["id"] not in tally.generated_ids:
                 tally.generated_ids.append(answer["id"])
         return
@@ -326,8 +329,12 @@ def check_answer(sample: Sample, status: int, content_type: str, body: bytes, ta
         return
     if status >= 400 and not _error_shaped(parsed):
         tally.bad_bodies.append(f"{what}: {parsed!r:.300}")
-    if status == 200 and isinstance(parsed, dict) and str(parsed.get("id", "")).startswith(GENERATED_PREFIXES):
+    # Only a POST generates; a GET of a stored answer does not (and a later DELETE may remove it on purpose).
+    if sample.method == "POST" and status == 200 and isinstance(parsed, dict) \
+            and str(parsed.get("id", "")).startswith(GENERATED_PREFIXES) and "deleted" not in parsed:
         tally.generated_ids.append(parsed["id"])
+    if sample.method == "DELETE" and status == 200 and isinstance(parsed, dict) and parsed.get("deleted"):
+        tally.deleted_ids.append(str(parsed.get("id")))
 
 
 def _stream_events(body: bytes) -> Iterable[Any]:
