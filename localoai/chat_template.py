@@ -13,6 +13,11 @@ decides whether to show it. A requested reasoning effort becomes the template's 
 as it is; templates with Qwen3's `enable_thinking` get `enable_thinking=False` for "none" and
 "minimal" and `True` for any other effort; a template with neither has no way to honour an
 effort, so asking for one is a 400 naming the field.
+
+A client cannot replace the template: `chat_template` in `chat_template_kwargs` is refused unless
+the server was started with `allow_client_chat_template=True` (a template is code: it can run for
+as long and take as much memory as it likes). A rendered prompt longer in characters than the
+context could hold in tokens is refused before it is tokenized (`TemplatePolicy.max_prompt_chars`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,26 @@ from typing import Any
 
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.protocol.chat import FunctionTool, Message, TextPart
+
+
+@dataclass(frozen=True)
+class TemplatePolicy:
+    """What a server lets a request do to rendering (`ServedModel.template_policy`)."""
+
+    allow_client_chat_template: bool = False
+    max_prompt_chars: int | None = None
+    """Above this many characters a prompt cannot fit the context whatever its tokens: refused untokenized."""
+
+
+DEFAULT_POLICY = TemplatePolicy()
+
+
+def check_prompt_chars(text: str, policy: TemplatePolicy, *, param: str) -> None:
+    if policy.max_prompt_chars is not None and len(text) > policy.max_prompt_chars:
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': the prompt is {len(text)} characters long, more than this model's "
+            f"context could hold whatever its tokens ({policy.max_prompt_chars} characters).",
+            param=param, code="context_length_exceeded")
 
 
 @dataclass(frozen=True)
@@ -82,9 +107,10 @@ def render_chat(
     template_kwargs: dict[str, Any] | None = None,
     reasoning_effort: str | None = None,
     effort_param: str = "reasoning_effort",
+    policy: TemplatePolicy = DEFAULT_POLICY,
 ) -> RenderedPrompt:
     """`reasoning_effort` (named `effort_param` in errors) is mapped onto the template's thinking
-    switch, see `effort_template_kwargs`."""
+    switch, see `effort_template_kwargs`. Blocking: run it off the event loop (`ServedModel.off_loop`)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidRequestError(
             "This model's tokenizer has no chat template; use /v1/completions or pass a tokenizer with one.",
@@ -92,6 +118,11 @@ def render_chat(
         )
     from jinja2 import TemplateError
 
+    if "chat_template" in (template_kwargs or {}) and not policy.allow_client_chat_template:
+        raise UnsupportedFieldError(
+            "Unsupported value for 'chat_template_kwargs.chat_template': this server renders with its model's own "
+            "chat template (start it with allow_client_chat_template=True to let clients replace it).",
+            param="chat_template_kwargs.chat_template")
     kwargs = effort_template_kwargs(tokenizer.chat_template, reasoning_effort, template_kwargs, param=effort_param)
     try:
         text = tokenizer.apply_chat_template(
@@ -105,10 +136,11 @@ def render_chat(
     except TemplateError as exc:
         # The template's own `raise_exception` messages are written for the caller.
         raise InvalidRequestError(f"The chat template rejected the messages: {exc}", param="messages") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError) as exc:
         raise InvalidRequestError(f"Could not render the messages with the chat template: {exc}",
                                   param="messages") from None
     _check_nothing_dropped(messages, text)
+    check_prompt_chars(text, policy, param="messages")
     token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return RenderedPrompt(text=text, token_ids=list(token_ids))
 

@@ -7,13 +7,18 @@ model's identity and its weights version (bumped by trainers between updates).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from localoai.chat_template import TemplatePolicy, check_prompt_chars
 
 from localoai.engine.backend import Pooling, TransformersBackend
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
@@ -21,15 +26,23 @@ from localoai.engine.params import SamplingParams
 from localoai.engine.prefix_cache import PrefixCache, default_budget
 from localoai.engine.text import special_token_ids
 from localoai.episodes.ledger import EpisodeLedger
-from localoai.errors import model_not_found
-from localoai.metrics import ServingMetrics
+from localoai.errors import InvalidRequestError, model_not_found
 from localoai.handlers.hosted_tools import HostedTools
+from localoai.metrics import ServingMetrics
+from localoai.protocol.base import INT64_MAX, INT64_MIN
 from localoai.parsers.harmony import HarmonyOutputParser
 from localoai.parsers.reasoning import CLOSE_THINK, HARMONY_FORMAT, OPEN_THINK, ComposedOutputParser, OutputParser, \
     reasoning_parser_for, starts_in_reasoning
 from localoai.parsers.tool_calls import ToolParser, tool_parser_for
 from localoai.store import ConversationStore, Recorder, Store, open_store
 from localoai.tokens import TokenTexts
+
+
+T = TypeVar("T")
+PREPARE_WORKERS = 4
+"""Threads that render templates and tokenize prompts: at most this many at once, off the event loop."""
+PREPARE_TIMEOUT = 30.0
+"""Seconds a request's rendering and tokenizing may take before it is refused."""
 
 
 def load_model(source: Any, tokenizer: Any = None) -> tuple[Any, Any]:
@@ -112,6 +125,8 @@ class ServedModel:
     """This server's Prometheus metrics (`GET /metrics`), in a registry of its own."""
     hosted_tools: HostedTools = field(default_factory=HostedTools)
     """Implementations of hosted tools (`start(hosted_tools=...)`); none by default."""
+    allow_client_chat_template: bool = False
+    """Whether `chat_template_kwargs.chat_template` may replace the model's template (see `start`)."""
 
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tokenizer)
@@ -126,6 +141,25 @@ class ServedModel:
         config = getattr(self.model, "config", None)
         identity = f"{self.name}:{getattr(config, 'model_type', '')}:{sum(p.numel() for p in self.model.parameters())}"
         self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]
+        self._preparing = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="localoai-prepare")
+
+    @functools.cached_property
+    def template_policy(self) -> TemplatePolicy:
+        # No token is longer (in characters) than its own string in the vocabulary: a text longer than
+        # context * the longest token cannot fit, whatever the tokenizer makes of it.
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        longest = max((len(token) for token in tokens if isinstance(token, str)), default=1)
+        return TemplatePolicy(self.allow_client_chat_template, self.context_length * max(longest, 1))
+
+    async def off_loop(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `work` (template rendering, tokenizing) on the prepare threads, never on the event loop,
+        refusing the request after `PREPARE_TIMEOUT` seconds (the thread finishes on its own)."""
+        future = asyncio.get_running_loop().run_in_executor(self._preparing, functools.partial(work, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(future, PREPARE_TIMEOUT)
+        except TimeoutError:
+            raise InvalidRequestError(f"Preparing the prompt took longer than {PREPARE_TIMEOUT:.0f} seconds.",
+                                      code="prompt_preparation_timeout") from None
 
     @classmethod
     def create(
@@ -188,6 +222,7 @@ class ServedModel:
     def close(self) -> None:
         """Stop generating, then write every record still queued."""
         self.engine.stop()
+        self._preparing.shutdown(wait=True, cancel_futures=True)
         self.recorder.close()
         self.conversations.close()
 
@@ -213,6 +248,8 @@ class ServedModel:
     def policy_version(self, version: int) -> None:
         if isinstance(version, bool) or not isinstance(version, int):
             raise TypeError(f"policy_version must be an int, not {type(version).__name__}")
+        if not INT64_MIN <= version <= INT64_MAX:  # every record carries it into an SQLite integer
+            raise ValueError(f"policy_version must fit in 64 bits, got {version}")
         self.engine.policy_version = version
 
     @property
@@ -231,5 +268,7 @@ class ServedModel:
     def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+    def encode(self, text: str, *, add_special_tokens: bool = True, param: str = "prompt") -> list[int]:
+        """Blocking: run it off the event loop (`off_loop`). Refuses a text too long for the context untokenized."""
+        check_prompt_chars(text, self.template_policy, param=param)
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])

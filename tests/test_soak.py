@@ -1,6 +1,8 @@
-"""Soak: 200 requests from 32 concurrent clients, random cancellations, a pause/resume every
-few tenths of a second in a random mode. Every request that was not cancelled completes, every
-request is in the store, and the engine and the process give back what they took."""
+"""Soak: 200 requests from 32 concurrent clients, random disconnects, background responses cancelled
+or polled to their end, a pause/resume every few tenths of a second in a random mode. Every answered
+request is recorded complete, none hangs, and the engine and the process give back what they took:
+threads and descriptors back to their baseline (within 2 threads and 8 descriptors, for the pools
+that start lazily), RSS within 150 MiB."""
 
 from __future__ import annotations
 
@@ -26,18 +28,49 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def one_request(client: openai.OpenAI, number: int) -> str:
-    """Run request `number`; return how it ended: a finish reason, or "cancelled"."""
+THREAD_TOLERANCE = 2
+DESCRIPTOR_TOLERANCE = 8
+
+
+def descriptors() -> int:
+    return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+
+def background(client: openai.OpenAI, number: int, chooser: random.Random, answered: list[str]) -> str:
+    """A background response, cancelled at once or polled until it ends."""
+    queued = client.responses.create(model="tiny", input=f"request {number}", background=True,
+                                     max_output_tokens=chooser.randrange(2, 12))
+    if chooser.random() < 0.5:
+        try:
+            client.responses.cancel(queued.id)
+            return "cancelled"
+        except openai.BadRequestError:  # it ended first: "Cannot cancel a response in status ..."
+            pass
+    ended: list[Any] = []
+    wait_until(lambda: (ended.append(client.responses.retrieve(queued.id)) or
+                        ended[-1].status not in ("queued", "in_progress")), timeout=120)
+    answered.append(queued.id)
+    return "stop" if ended[-1].status == "completed" else "length"
+
+
+def one_request(client: openai.OpenAI, number: int, answered: list[str] | None = None) -> str:
+    """Run request `number`; return how it ended: a finish reason, or "cancelled". The ids of the
+    answers the client got in full go to `answered`."""
+    answered = answered if answered is not None else []
     chooser = random.Random(number)
-    kind = chooser.choice(["chat", "stream", "cancel", "completions"])
+    kind = chooser.choice(["chat", "stream", "cancel", "completions", "background"])
+    if kind == "background":
+        return background(client, number, chooser, answered)
     messages = [{"role": "user", "content": f"request {number} " + "weather " * chooser.randrange(1, 12)}]
     max_tokens = chooser.randrange(2, 12)
     if kind == "chat":
-        return client.chat.completions.create(model="tiny", messages=messages, max_tokens=max_tokens,
-                                              seed=number).choices[0].finish_reason
+        chat = client.chat.completions.create(model="tiny", messages=messages, max_tokens=max_tokens, seed=number)
+        answered.append(chat.id)
+        return chat.choices[0].finish_reason
     if kind == "completions":
         answer = client.completions.create(model="tiny", prompt=messages[0]["content"], max_tokens=max_tokens, n=2,
                                            temperature=0)
+        answered.append(answer.id)
         return answer.choices[-1].finish_reason
     stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=max_tokens * 2, stream=True,
                                             extra_body={"ignore_eos": True})
@@ -49,6 +82,7 @@ def one_request(client: openai.OpenAI, number: int) -> str:
         if chunk.choices and chunk.choices[0].finish_reason:
             finish = chunk.choices[0].finish_reason
     assert finish is not None
+    answered.append(chunk.id)
     return finish
 
 
@@ -57,12 +91,18 @@ def test_soak(tiny: tuple[Any, Any]) -> None:
     with running_server(model, tokenizer, name="tiny") as server:
         client = server.client(max_retries=0, timeout=120)
         engine = server.served.engine
-        for number in range(8):  # warm-up: lazy imports, allocator pools, the first forward passes
-            one_request(client, number)
+        # Warm-up, as concurrent as the soak: lazy imports, allocator pools, the thread pools that
+        # grow on demand (the event loop's default executor, the prepare threads), the first forward passes.
+        with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+            list(pool.map(lambda n: one_request(client, n), range(48)))
+        client.close()
         gc.collect()
         baseline_rss = rss_bytes()
+        baseline_threads, baseline_descriptors = threading.active_count(), descriptors()
+        client = server.client(max_retries=0, timeout=120)
         baseline_records = server.store.count()
         baseline_cancelled = server.store.count(status="cancelled")
+        answered: list[str] = []
 
         stop_pausing = threading.Event()
         pauses: list[str] = []
@@ -80,7 +120,7 @@ def test_soak(tiny: tuple[Any, Any]) -> None:
         pauser.start()
         try:
             with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
-                outcomes = list(pool.map(lambda n: one_request(client, n), range(100, 100 + REQUESTS)))
+                outcomes = list(pool.map(lambda n: one_request(client, n, answered), range(100, 100 + REQUESTS)))
         finally:
             stop_pausing.set()
             pauser.join()
@@ -96,7 +136,17 @@ def test_soak(tiny: tuple[Any, Any]) -> None:
         # A client may go away after its generation already ended (an abort, say): recorded as it ended.
         assert 0 < server.store.count(status="cancelled") - baseline_cancelled <= outcomes.count("cancelled")
 
+        server.served.recorder.flush()
+        statuses = {record_id: (server.store.get(record_id) or server.store.get(f"{record_id}:0")) for record_id in answered}
+        assert all(record is not None and record.status in ("completed", "incomplete")
+                   for record in statuses.values()), [(key, record and record.status) for key, record in statuses.items()]
+
         assert engine.stats() == {"waiting": 0, "running": 0, "jobs": 0, "rows": 0}
+        client.close()
         gc.collect()
         assert not [obj for obj in gc.get_objects() if type(obj) is RequestStream]
         assert rss_bytes() - baseline_rss < 150 * 2**20
+        wait_until(lambda: threading.active_count() <= baseline_threads + THREAD_TOLERANCE, timeout=30,
+                   message=f"threads: {threading.active_count()} after, {baseline_threads} before")
+        wait_until(lambda: descriptors() <= baseline_descriptors + DESCRIPTOR_TOLERANCE, timeout=30,
+                   message=f"descriptors: {descriptors()} after, {baseline_descriptors} before")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quart import Quart
+from quart import Quart, Response, request
 
 from localoai.app.access import log_requests
 from localoai.app.auth import OPEN_PATHS, require_api_key
@@ -36,15 +36,30 @@ from localoai.handlers.stored_responses import StoredResponses
 from localoai.served import ServedModel
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+BODY_TIMEOUT = 30.0
+
+
+async def _drain_body(response: Response) -> Response:
+    """Read a body the route did not (a GET's, a refused request's): with it unread, hypercorn closes
+    the connection after the answer without saying so, and a keep-alive client's next request on it
+    fails with no answer at all."""
+    try:
+        await request.get_data()
+    except Exception:  # noqa: BLE001 - too large, or the client went: the connection closes anyway
+        response.headers["Connection"] = "close"
+    return response
 
 
 def create_app(served: ServedModel, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                public_metrics: bool = False) -> Quart:
     """`public_metrics`: `GET /metrics` answers without the API key (a scraper that holds none)."""
-    app = Quart("localoai")
-    app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
+    app = Quart("localoai", static_folder=None)  # no `/static/...` route: this app serves no files
+    # BODY_TIMEOUT: a client that stops sending its body gets a 408 instead of holding the connection.
+    app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False,
+                      BODY_TIMEOUT=BODY_TIMEOUT)
     register_error_handlers(app)
     log_requests(app)
+    app.after_request(_drain_body)
     if api_key:
         require_api_key(app, api_key, open_paths=OPEN_PATHS | ({"/metrics"} if public_metrics else set()))
     app.register_blueprint(admin.blueprint(served))

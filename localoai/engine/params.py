@@ -34,6 +34,18 @@ class TokenConstraint(Protocol):
     ) -> ConstraintState: ...
 
 
+GREEDY_BELOW = 1e-5
+LOWEST_TEMPERATURE = 1e-2
+
+
+def usable_temperature(temperature: float) -> float:
+    """As vLLM: below 1e-5 greedy, below 1e-2 raised to 1e-2. Logits divided by a temperature near
+    1e-38 overflow to infinity and give NaN probabilities; 1e-2 already samples the argmax."""
+    if temperature < GREEDY_BELOW:
+        return 0.0
+    return max(temperature, LOWEST_TEMPERATURE)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to decode one request. `temperature == 0` means greedy."""
@@ -69,6 +81,9 @@ class SamplingParams:
     given continuations; vLLM's name). Needs `prompt_logprobs`."""
     constraint: TokenConstraint | None = None
     """Structured outputs: tokens outside the constraint are masked before sampling."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "temperature", usable_temperature(self.temperature))
 
     @property
     def greedy(self) -> bool:

@@ -12,7 +12,6 @@ it as an extra field of the message), tool calls to `delta.tool_calls`, the rest
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
@@ -40,7 +39,7 @@ from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.handlers.common import (Generation, new_id, prompt_logprobs, sampling_params, scoring, token_budget,
                                       token_logprob)
-from localoai.handlers.recording import record_generation
+from localoai.handlers.recording import record_generation, written
 from localoai.parsers.reasoning import OutputParser, OutputStream, ReasoningDelta
 from localoai.protocol.chat import ChatCompletionRequest
 from localoai.served import ServedModel
@@ -64,7 +63,8 @@ class ChatCompletions:
         self.served = served
 
     def prepare(self, request: ChatCompletionRequest, episode: EpisodeRef | None = None) -> PreparedChat:
-        """Every check that can fail, before any generation starts."""
+        """Every check that can fail, before any generation starts. Blocking (it renders and tokenizes):
+        the route runs it with `ServedModel.off_loop`."""
         served = self.served
         served.check_model(request.model)
         tools = request.tools if request.tool_choice != "none" else None
@@ -76,11 +76,13 @@ class ChatCompletions:
             continue_final_message=request.continue_final_message,
             template_kwargs=request.chat_template_kwargs,
             reasoning_effort=request.reasoning_effort,
+            policy=served.template_policy,
         )
         prompt, turn = served.episodes.attach(
             episode, request.messages, prompt,
             lambda history: render_chat(served.tokenizer, history, tools=tools, add_generation_prompt=False,
-                                        template_kwargs=request.chat_template_kwargs).text,
+                                        template_kwargs=request.chat_template_kwargs,
+                                        policy=served.template_policy).text,
             context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
         budget = token_budget(
             served,
@@ -189,8 +191,7 @@ class ChatCompletions:
                 **details,
             )
             recorded = True
-            # Shielded: a disconnect during the wait must not cancel the write itself.
-            await asyncio.shield(asyncio.wrap_future(self._record(prepared, fold, generation)))
+            await written(self._record(prepared, fold, generation))
         finally:
             if not recorded:  # failed or cancelled: recorded as it stands, without waiting
                 self._record(prepared, fold, generation)

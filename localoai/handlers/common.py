@@ -132,7 +132,7 @@ def scoring(served: ServedModel, token_ids: Sequence[int], top: int | None,
         raise InvalidRequestError(
             f"Invalid value for '{param}': give one list per prompt token ({len(token_ids)}), not {len(candidates)}.",
             param=param, code="invalid_value")
-    _token_ids(served, [token for ids in candidates for token in ids], param=param)
+    check_token_ids(served, [token for ids in candidates for token in ids], param=param)
     return Scoring(top if top is not None else 0, tuple(map(tuple, candidates)))
 
 
@@ -165,17 +165,15 @@ def prompt_ids(served: ServedModel, prompt: str | Sequence[int], *, param: str) 
         token_ids, text = served.encode(prompt), prompt
     else:
         token_ids = list(prompt)
-        if any(not 0 <= token < served.vocab_size for token in token_ids):
-            raise InvalidRequestError(
-                f"Invalid value for '{param}': token ids must be in [0, {served.vocab_size}).", param=param
-            )
+        check_token_ids(served, token_ids, param=param)
         text = served.decode(token_ids, skip_special_tokens=False)
     if not token_ids:
         raise InvalidRequestError(f"Invalid value for '{param}': the prompt is empty.", param=param)
     return token_ids, text
 
 
-def _token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> None:
+def check_token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> None:
+    """Every id inside the vocabulary, or a 400 naming `param` (the protocol bounded them already)."""
     for value in values:
         if not 0 <= value < served.vocab_size:
             raise InvalidRequestError(
@@ -197,8 +195,8 @@ def sampling_params(
 ) -> SamplingParams:
     """Build the engine's parameters; OpenAI's defaults where a field is absent."""
     bias = [(int(key), float(value)) for key, value in (request.logit_bias or {}).items()]
-    _token_ids(served, [token for token, _ in bias], param="logit_bias")
-    _token_ids(served, request.stop_token_ids or [], param="stop_token_ids")
+    check_token_ids(served, [token for token, _ in bias], param="logit_bias")
+    check_token_ids(served, request.stop_token_ids or [], param="stop_token_ids")
     return SamplingParams(
         max_tokens=max_tokens,
         n=n if n is not None else request.n or 1,

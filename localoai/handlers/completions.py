@@ -8,7 +8,6 @@ the `n` with the highest total logprob (non-streamed only, as OpenAI requires).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import Future
@@ -23,9 +22,9 @@ from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, 
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError
-from localoai.handlers.common import (Generation, interleave, new_id, prompt_ids, prompt_logprobs, sampling_params,
-                                      scoring, token_budget)
-from localoai.handlers.recording import record_generation
+from localoai.handlers.common import (Generation, interleave, new_id, prompt_ids, prompt_logprobs,
+                                      sampling_params, scoring, token_budget)
+from localoai.handlers.recording import record_generation, written
 from localoai.protocol.completions import CompletionRequest
 from localoai.served import ServedModel
 
@@ -59,6 +58,7 @@ class Completions:
         self.served = served
 
     def prepare(self, request: CompletionRequest, episode: EpisodeRef | None = None) -> PreparedCompletion:
+        """Blocking (it tokenizes): the route runs it with `ServedModel.off_loop`."""
         served = self.served
         served.check_model(request.model)
         n = request.n or 1
@@ -155,8 +155,7 @@ class Completions:
             usage.prompt_tokens_details.cached_tokens += generation.cached_tokens  # type: ignore[union-attr,operator]
             usage.completion_tokens += sum(len(sample.token_ids) for sample in generation.samples)
             recorded = True
-            # Shielded: a disconnect during the wait must not cancel the write itself.
-            await asyncio.shield(asyncio.wrap_future(self._record(prepared, number, header, generation, sent)))
+            await written(self._record(prepared, number, header, generation, sent))
         finally:
             if not recorded:  # failed or cancelled: recorded as it stands, without waiting
                 self._record(prepared, number, header, generation, sent)

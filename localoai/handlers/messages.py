@@ -202,7 +202,7 @@ class Messages:
         chat = self._chat_request(request.as_create())
         tools = chat.tools if chat.tool_choice != "none" else None
         prompt = render_chat(self.served.tokenizer, chat.messages, tools=tools, reasoning_effort=chat.reasoning_effort,
-                             effort_param="thinking")
+                             effort_param="thinking", policy=self.served.template_policy)
         return MessageTokensCount(input_tokens=len(prompt.token_ids))
 
     async def create(self, prepared: PreparedMessage) -> Message:

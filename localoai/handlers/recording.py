@@ -4,11 +4,13 @@ flag says (that flag only decides what the HTTP API may return later).
 Records are handed to the server's `Recorder`, which writes them on its own thread, so the
 event loop never blocks on SQLite; a completed request awaits its write before its last byte,
 so whatever a client received is durable and retrievable. A request that fails or is cancelled
-is recorded too, with its status and the tokens produced so far.
+is recorded too, with its status and the tokens produced so far. A record the store could not
+take fails its request (`written`): a 500, or an error event in a stream, never a silent success.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from concurrent.futures import Future
 from typing import Any
@@ -16,10 +18,19 @@ from typing import Any
 from pydantic import BaseModel
 
 from localoai.episodes.ledger import EpisodeTurn, answers
+from localoai.errors import ServerError
 from localoai.handlers.common import Generation
 from localoai.protocol.base import RequestModel
 from localoai.served import ServedModel
 from localoai.store.records import GenerationRecord, RecordKind, RecordStatus
+
+
+async def written(write: Future[bool], *, required: bool = True) -> None:
+    """Await a record's write. Shielded: a disconnect while waiting must not cancel the write (the
+    recorder's future would be resolved twice). A `required` record that was not written raises."""
+    if not await asyncio.shield(asyncio.wrap_future(write)) and required:
+        raise ServerError("The generation finished but its record could not be written to the store "
+                          "(see the server log); its trace is lost.", code="record_not_written")
 
 
 def record_generation(

@@ -55,7 +55,7 @@ from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError, NotFoundError, ServerError
 from localoai.handlers.client_tools import client_tool_types
 from localoai.handlers.common import Generation, new_id, token_budget, token_logprob
-from localoai.handlers.recording import record_generation
+from localoai.handlers.recording import record_generation, written
 from localoai.handlers.stored import visible_record
 from localoai.handlers.response_events import ResponseEvents, final_response, usage
 from localoai.handlers.response_items import chat_messages, chat_tools, check_call_outputs, stored_items
@@ -124,12 +124,6 @@ class _Background:
     task: asyncio.Task[None]
 
 
-def _written(write: Future[bool]) -> Any:
-    """Await a record's write; cancelling the waiter must not cancel the write (the recorder's
-    future would then be resolved twice)."""
-    return asyncio.shield(asyncio.wrap_future(write))
-
-
 def previous_not_found(response_id: str) -> NotFoundError:
     return NotFoundError(f"Previous response with id '{response_id}' not found.", param="previous_response_id",
                          code="previous_response_not_found")
@@ -148,10 +142,11 @@ class Responses:
         offered = self._offered(request)
         tools = chat_tools(offered.tools)
         messages = chat_messages(request.instructions, items, self.served.hosted_tools.result)
-        prompt, turn = self.served.episodes.attach(
+        prompt, turn = await self.served.off_loop(
+            self.served.episodes.attach,
             episode, messages, prompt, lambda history: render_chat(
                 self.served.tokenizer, history, tools=tools, add_generation_prompt=False,
-                template_kwargs=request.chat_template_kwargs).text,
+                template_kwargs=request.chat_template_kwargs, policy=self.served.template_policy).text,
             context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
         budget = token_budget(self.served, len(prompt.token_ids), request.max_output_tokens,
                               param="max_output_tokens")
@@ -194,13 +189,15 @@ class Responses:
                                               param=f"input[{index}].id")
         items = earlier + new
         check_call_outputs(items, len(earlier))
-        prompt = render_chat(
+        prompt = await self.served.off_loop(
+            render_chat,
             self.served.tokenizer,
             chat_messages(request.instructions, items, self.served.hosted_tools.result),  # never carried over
             tools=chat_tools(self._offered(request).tools),
             template_kwargs=request.chat_template_kwargs,
             reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
             effort_param="reasoning.effort",
+            policy=self.served.template_policy,
         )
         return items, prompt, len(earlier)
 
@@ -264,7 +261,7 @@ class Responses:
         sink: asyncio.Queue[ResponseStreamEvent | None] | None = asyncio.Queue() if stream else None
         task = asyncio.create_task(self._background(run, sink), name=f"response {run.id}")
         self.background[run.id] = _Background(run, task)  # registered before a cancel can see the record
-        await _written(write)
+        await written(write)
         return queued, (_drained(sink) if sink is not None else None)
 
     async def _background(self, run: _Run, sink: asyncio.Queue[ResponseStreamEvent | None] | None) -> None:
@@ -293,7 +290,7 @@ class Responses:
         running.task.cancel()
         await asyncio.wait({running.task})
         if running.run.cancelled_write is not None:
-            await _written(running.run.cancelled_write)
+            await written(running.run.cancelled_write, required=False)
 
     async def cancel_all(self) -> None:
         """Cancel every background response still running: the server is stopping, and a record
@@ -309,7 +306,7 @@ class Responses:
             return
         await asyncio.wait({running.task})
         if running.run.cancelled_write is not None:
-            await _written(running.run.cancelled_write)
+            await written(running.run.cancelled_write, required=False)
 
     # -- the event stream ------------------------------------------------------------------
 
@@ -343,7 +340,7 @@ class Responses:
                 except ServerError:  # the engine failed; its cause is in the record and the log
                     recorded = True
                     failed = build.failed(FAILED)
-                    await _written(self._record(run, failed.response))
+                    await written(self._record(run, failed.response))
                     yield failed
                     return
                 sample = generation.samples[0]
@@ -360,7 +357,7 @@ class Responses:
                     break
                 # The model called a hosted tool the server runs: this round is recorded on its own,
                 # the calls run (off the loop), and the model goes on from their results.
-                await _written(self._record(run, build.snapshot("completed"), record_id=f"{run.id}_{hosted_round}"))
+                await written(self._record(run, build.snapshot("completed"), record_id=f"{run.id}_{hosted_round}"))
                 for call in hosted:
                     result = await asyncio.to_thread(served.hosted_tools.run, call)
                     for event in build.hosted_done(call, result):
@@ -371,7 +368,7 @@ class Responses:
                 run.prepared = await self._continued(prepared, build.output()[first_item:], counts[1])
             closing = build.finished(usage(*counts), incomplete=sample.finish_reason != "stop")
             recorded = True
-            await _written(self._record(run, closing[-1].response))
+            await written(self._record(run, closing[-1].response))
             await self._append_to_conversation(run, closing[-1].response)  # type: ignore[union-attr]
             for event in closing:
                 yield event
@@ -385,11 +382,11 @@ class Responses:
         request = prepared.request
         output = [item.model_dump(mode="json", exclude_none=True) for item in round_items]
         items = [*prepared.items, *output] if not prepared.continued else [*prepared.continued, *output]
-        prompt = render_chat(self.served.tokenizer, chat_messages(request.instructions, items,
-                                                                  self.served.hosted_tools.result),
-                             tools=chat_tools(prepared.offered.tools), template_kwargs=request.chat_template_kwargs,
-                             reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
-                             effort_param="reasoning.effort")
+        prompt = await self.served.off_loop(
+            render_chat, self.served.tokenizer, chat_messages(request.instructions, items, self.served.hosted_tools.result),
+            tools=chat_tools(prepared.offered.tools), template_kwargs=request.chat_template_kwargs,
+            reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
+            effort_param="reasoning.effort", policy=self.served.template_policy)
         remaining = request.max_output_tokens - used if request.max_output_tokens is not None else None
         budget = token_budget(self.served, len(prompt.token_ids), max(remaining or 0, 1) if remaining is not None
                               else None, param="max_output_tokens")

@@ -18,9 +18,20 @@ from localoai.handlers.response_replay import item_events, opening_events, repla
 from localoai.handlers.stored import list_page, visible_record
 from localoai.protocol.stored import ListQuery
 from localoai.served import ServedModel
-from localoai.store import GenerationRecord
+from localoai.store import GenerationRecord, Store
 
 KIND = "response"
+ORPHAN_ERROR = {"code": "server_error", "message": "The server stopped while this response was running."}
+
+
+def close_orphans(store: Store) -> int:
+    """At start: responses still `in_progress` belong to no task of this process (the server that
+    ran them stopped or died first), so they are closed `failed` and pollers stop waiting. The count."""
+    orphans = list(store.iterate(kind=KIND, status="in_progress"))
+    for record in orphans:
+        output = {**record.output, "status": "failed", "error": ORPHAN_ERROR}
+        store.put(dataclasses.replace(record, status="failed", output=output, error=dict(ORPHAN_ERROR)))
+    return len(orphans)
 
 
 def _not_found(response_id: str) -> NotFoundError:

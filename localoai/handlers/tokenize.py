@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from localoai.chat_template import render_chat
-from localoai.errors import InvalidRequestError
+from localoai.handlers.common import check_token_ids
 from localoai.protocol.tokenize import DetokenizeRequest, TokenizeRequest
 from localoai.served import ServedModel
 
 
 def tokenize(served: ServedModel, request: TokenizeRequest) -> dict[str, Any]:
+    """Blocking: the route runs it with `ServedModel.off_loop`."""
     served.check_model(request.model)
     if request.messages is not None:
         rendered = render_chat(
@@ -20,6 +21,7 @@ def tokenize(served: ServedModel, request: TokenizeRequest) -> dict[str, Any]:
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             template_kwargs=request.chat_template_kwargs,
+            policy=served.template_policy,
         )
         token_ids = rendered.token_ids
         if request.add_special_tokens:
@@ -34,6 +36,5 @@ def tokenize(served: ServedModel, request: TokenizeRequest) -> dict[str, Any]:
 
 def detokenize(served: ServedModel, request: DetokenizeRequest) -> dict[str, Any]:
     served.check_model(request.model)
-    if any(not 0 <= token < served.vocab_size for token in request.tokens):
-        raise InvalidRequestError(f"Token ids must be in [0, {served.vocab_size}).", param="tokens")
+    check_token_ids(served, request.tokens, param="tokens")
     return {"prompt": served.decode(request.tokens, skip_special_tokens=False)}

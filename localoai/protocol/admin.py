@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import StrictInt
-
-from localoai.protocol.base import RequestModel
+from localoai.protocol.base import Int64, RequestModel
 
 
 class PolicyVersionRequest(RequestModel):
-    policy_version: StrictInt
+    policy_version: Int64

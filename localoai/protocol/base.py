@@ -2,25 +2,46 @@
 
 Requests are validated from the raw body in one step (`parse_request`), so invalid JSON,
 unknown fields, wrong types and out-of-range values all become a 400 naming the field
-before any generation starts. Models are strict: `"1"` or `1.9` is not an integer.
+before any generation starts. Models are strict: `"1"` or `1.9` is not an integer. The
+bounded types below (`Int64`, `TokenId`, `Count`, `Number`) are the one place each bound
+lives; `parse_request` also refuses NaN / Infinity and integers past 64 bits anywhere in a body,
+typed fields or free-form JSON (schemas, template kwargs) alike, so no family can forget them.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import re
 import types
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from localoai.errors import InvalidRequestError
 
 RequestT = TypeVar("RequestT", bound="RequestModel")
+logger = logging.getLogger("localoai.protocol")
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TOKEN_ID = 2**31 - 1
+MAX_COUNT = 2**31 - 1
+
+Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""What SQLite and torch hold: seeds (OpenAI's own range), policy versions, ids, timestamps."""
+TokenId = Annotated[StrictInt, Field(ge=0, le=MAX_TOKEN_ID)]
+"""A token id before the vocabulary check (`handlers.common`), small enough for any tensor."""
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
+"""Token counts, lengths, limits: non-negative and within a C int."""
+Number = StrictFloat | StrictInt
+"""A JSON number; `RequestModel` refuses NaN / Infinity for it (`allow_inf_nan=False`)."""
 
 
 class RequestModel(BaseModel):
     """Base of request bodies: unknown fields are refused as OpenAI refuses them."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class Unsupported(ValueError):
@@ -166,9 +187,54 @@ def _error_from_validation(exc: ValidationError, model: type[BaseModel]) -> Inva
     return InvalidRequestError(f"Invalid value for '{param}': {message}{shown}.", param=param, code="invalid_value")
 
 
+# What may hold a non-finite number or a long integer: NaN, Infinity, 1e400, 19 digits or more.
+_SUSPECT_NUMBER = re.compile(rb"NaN|Infinity|[eE][+]?[0-9]{3}|[0-9]{19}")
+
+
+def _out_of_range(value: Any, where: str = "") -> str | None:
+    """The location of the first non-finite number or integer past int64 in parsed JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "body"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        return where or "body"
+    if isinstance(value, dict):
+        children = ((f"{where}.{key}" if where else str(key), item) for key, item in value.items())
+    elif isinstance(value, list):
+        children = ((f"{where}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for place, item in children:
+        if (found := _out_of_range(item, place)) is not None:
+            return found
+    return None
+
+
+def check_json_numbers(body: bytes | str) -> None:
+    """Refuse NaN / Infinity (JSON has neither; Python's parsers accept them) and integers past
+    64 bits anywhere in a body, naming where. Only bodies that may hold one are parsed twice."""
+    raw = body.encode() if isinstance(body, str) else body
+    if not _SUSPECT_NUMBER.search(raw):
+        return
+    try:
+        parsed = json.loads(raw)
+        where = _out_of_range(parsed)
+    except (ValueError, RecursionError):
+        return  # not JSON, or nested deeper than pydantic's parser accepts: the model's own parse names it
+    if where is not None:
+        raise InvalidRequestError(
+            f"Invalid value for '{where}': numbers must be finite and integers within 64 bits "
+            f"[{INT64_MIN}, {INT64_MAX}].", param=where, code="invalid_value")
+
+
 def parse_request(model: type[RequestT], body: bytes | str) -> RequestT:
     """Validate a raw JSON body into `model`."""
+    check_json_numbers(body)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise _error_from_validation(exc, model) from None
+    except (TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+        # A validator used a value of the wrong type before pydantic checked it: a bug to fix,
+        # but the input is at fault, so the client gets a 400 and the log the traceback.
+        logger.error("validating %s raised", model.__name__, exc_info=exc)
+        raise InvalidRequestError("The request body has a value of the wrong type.", code="invalid_value") from None

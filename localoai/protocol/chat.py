@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, StrictBool, StrictInt, model_serializer, model_validator
 
-from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.base import Count, InvalidParam, RequestModel, Unsupported
 from localoai.protocol.content import RefusalPart, RefusedPart
 from localoai.protocol.sampling import SamplingFields
 
@@ -67,7 +67,7 @@ class ToolCall(RequestModel):
     # tool calls with the stream's `index` and without `type`; agents send those messages back as is.
     type: Literal["function"] = "function"
     function: FunctionCall
-    index: StrictInt | None = None
+    index: Count | None = None
 
 
 class AssistantMessage(RequestModel):
@@ -165,8 +165,8 @@ class ChatCompletionRequest(SamplingFields):
     function_call: Any = None
     functions: list[Any] | None = None
     logprobs: StrictBool | None = None
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[Count, Field(ge=1)] | None = None
+    max_tokens: Annotated[Count, Field(ge=1)] | None = None
     metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
     modalities: list[Literal["text", "audio"]] | None = None
     moderation: Any = None

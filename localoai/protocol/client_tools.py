@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, StrictInt, model_validator
+from pydantic import Field, model_validator
 
-from localoai.protocol.base import RequestModel, Unsupported
+from localoai.protocol.base import Count, Int64, RequestModel, Unsupported
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
@@ -63,7 +63,7 @@ def check_shell_environment(tool: Mapping[str, Any], *, param: str) -> None:
     """Refuse, naming it, a shell tool that would run in one of OpenAI's containers."""
     environment = tool.get("environment")
     kind = environment.get("type") if isinstance(environment, Mapping) else None
-    if kind in ("container_auto", "container_reference"):
+    if isinstance(kind, str) and kind in ("container_auto", "container_reference"):
         raise Unsupported(f"a shell environment of type '{kind}' is an OpenAI-hosted container and is not "
                           "available on a local model; use a local environment (the client runs the commands)",
                           param=param)
@@ -114,7 +114,7 @@ class LocalShellAction(RequestModel):
     type: Literal["exec"]
     command: list[str]
     env: dict[str, str] | None = None
-    timeout_ms: StrictInt | None = None
+    timeout_ms: Count | None = None
     user: str | None = None
     working_directory: str | None = None
 
@@ -144,8 +144,8 @@ class LocalShellCallOutputItem(RequestModel):
 
 class ShellAction(RequestModel):
     commands: list[str]
-    max_output_length: StrictInt | None = None
-    timeout_ms: StrictInt | None = None
+    max_output_length: Count | None = None
+    timeout_ms: Count | None = None
 
 
 class ShellCallItem(RequestModel):
@@ -160,7 +160,7 @@ class ShellCallItem(RequestModel):
 
 class ShellOutcome(RequestModel):
     type: Literal["exit", "timeout"]
-    exit_code: StrictInt | None = None
+    exit_code: Int64 | None = None
 
 
 class ShellOutputChunk(RequestModel):
@@ -175,7 +175,7 @@ class ShellCallOutputItem(RequestModel):
     call_id: str
     output: list[ShellOutputChunk]
     id: str | None = None
-    max_output_length: StrictInt | None = None
+    max_output_length: Count | None = None
     status: ItemStatus | None = None
     caller: Caller | None = None
 

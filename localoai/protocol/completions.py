@@ -6,10 +6,10 @@ from typing import Annotated
 
 from pydantic import Field, StrictBool, StrictInt, model_validator
 
-from localoai.protocol.base import InvalidParam, Unsupported
+from localoai.protocol.base import Count, InvalidParam, TokenId, Unsupported
 from localoai.protocol.sampling import SamplingFields
 
-TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 
 
@@ -18,7 +18,7 @@ class CompletionRequest(SamplingFields):
     best_of: Annotated[StrictInt, Field(ge=1, le=20)] | None = None
     echo: StrictBool | None = None
     logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = DEFAULT_MAX_TOKENS
+    max_tokens: Count | None = DEFAULT_MAX_TOKENS
     suffix: str | None = None
 
     @model_validator(mode="after")

@@ -14,11 +14,10 @@ from typing import Annotated, Any
 from pydantic import Field, model_validator
 
 from localoai.errors import InvalidRequestError
-from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.base import RequestModel
 from localoai.protocol.responses import (
-    HOSTED_ITEM_TYPES,
-    INPUT_ITEM_TYPES,
     InputItem,
+    check_item_types,
     parse_include,
     parse_input_items_query,
 )
@@ -37,23 +36,8 @@ class _ItemsRequest(RequestModel):
     @model_validator(mode="before")
     @classmethod
     def _allow_listed(cls, data: Any) -> Any:
-        """Refuse unknown item types by index, before pydantic tries the union."""
-        if not isinstance(data, Mapping):
-            return data
-        items = data.get("items")
-        for index, item in enumerate(items if isinstance(items, list) else []):
-            if not isinstance(item, Mapping):
-                continue
-            kind = item.get("type") or "message"  # an "easy" message may omit its type
-            if kind in INPUT_ITEM_TYPES:
-                continue
-            if kind == "item_reference":
-                raise Unsupported("item references are not supported; send the item itself",
-                                  param=f"items[{index}]")
-            if kind in HOSTED_ITEM_TYPES:
-                raise Unsupported(f"items of type '{kind}' are not supported: they belong to a hosted tool or a "
-                                  "feature this server does not provide", param=f"items[{index}].type")
-            raise InvalidParam(f"unknown item type {kind!r} at index {index}", param=f"items[{index}].type")
+        if isinstance(data, Mapping):
+            check_item_types(data.get("items"), "items")
         return data
 
 

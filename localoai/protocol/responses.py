@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, StrictBool, StrictInt, Tag, model_validator
 
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
-from localoai.protocol.base import InvalidParam, RequestModel, Unsupported
+from localoai.protocol.base import Count, InvalidParam, Number, RequestModel, Unsupported
 from localoai.protocol.chat import JsonSchemaFormat
 from localoai.protocol.client_tools import (
     CLIENT_CALL_ITEMS,
@@ -46,7 +46,6 @@ from localoai.protocol.hosted_tools import (
     WebSearchCallItem,
     namespaced_name,
 )
-from localoai.protocol.sampling import Number
 from localoai.protocol.stored import ListQuery, parse_list_query
 
 # -- content parts -------------------------------------------------------------------------
@@ -153,9 +152,24 @@ class ReasoningItem(RequestModel):
 
 
 def _item_type(item: Any) -> str | None:
-    if isinstance(item, Mapping):
-        return item.get("type") or "message"  # an "easy" message may omit its type
-    return getattr(item, "type", None) or "message"
+    kind = (item.get("type") if isinstance(item, Mapping) else getattr(item, "type", None)) or "message"
+    return kind if isinstance(kind, str) else None  # an "easy" message may omit its type; a non-string is no tag
+
+
+def check_item_types(items: Any, field: str) -> None:
+    """Refuse unknown item types by index, and known ones this server cannot hold by name, before
+    pydantic tries the union (Responses' `input`, Conversations' `items`)."""
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        kind = _item_type(item) if isinstance(item, Mapping) else None
+        if kind is None or kind in INPUT_ITEM_TYPES:
+            continue  # not an object, or a wrong type: pydantic names it
+        if kind == "item_reference":
+            raise Unsupported("item references are not supported; send the item itself (or, in a response, use "
+                              "previous_response_id)", param=f"{field}[{index}]")
+        if kind in HOSTED_ITEM_TYPES:
+            raise Unsupported(f"items of type '{kind}' are not supported: they belong to a hosted tool or a "
+                              "feature this server does not provide", param=f"{field}[{index}].type")
+        raise InvalidParam(f"unknown item type {kind!r} at index {index}", param=f"{field}[{index}].type")
 
 
 InputItem = Annotated[
@@ -216,6 +230,7 @@ class TextFormatJsonObject(RequestModel):
 
 class TextFormatJsonSchema(JsonSchemaFormat):
     type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")  # required here, as in the SDK's Response (optional in chat)
 
 
 TextFormat = Annotated[Union[TextFormatText, TextFormatJsonObject, TextFormatJsonSchema], Field(discriminator="type")]
@@ -305,29 +320,18 @@ class ResponseInputFields(RequestModel):
         """Refuse unknown input items and hosted tools by name, before pydantic tries the union."""
         if not isinstance(data, Mapping):
             return data
-        items = data.get("input")
-        for index, item in enumerate(items if isinstance(items, list) else []):
-            if not isinstance(item, Mapping):
-                continue
-            kind = _item_type(item)
-            if kind in INPUT_ITEM_TYPES:
-                continue
-            if kind == "item_reference":
-                raise Unsupported("item references are not supported yet; send the item itself, or use "
-                                  "previous_response_id", param=f"input[{index}]")
-            if kind in HOSTED_ITEM_TYPES:
-                raise Unsupported(f"input items of type '{kind}' are not supported: they belong to a hosted "
-                                  "tool or a feature this server does not provide", param=f"input[{index}].type")
-            raise InvalidParam(f"unknown input item type {kind!r} at index {index}", param=f"input[{index}].type")
+        check_item_types(data.get("input"), "input")
         tools = data.get("tools")
         for index, tool in enumerate(tools if isinstance(tools, list) else []):
             kind = tool.get("type") if isinstance(tool, Mapping) else None
+            if not isinstance(kind, str):
+                continue  # not an object, or a type that is no string: pydantic names it
             if kind == "shell":
                 check_shell_environment(tool, param=f"tools[{index}].environment")
             if kind in REFUSED_HOSTED_TOOLS:
                 raise Unsupported(f"'{kind}' is a hosted OpenAI tool that is not available here: "
                                   f"{REFUSED_HOSTED_TOOLS[kind]}", param=f"tools[{index}].type")
-            if kind not in ("function", "namespace", None, *CLIENT_TOOL_TYPES, *HOSTED_TOOLS):
+            if kind not in ("function", "namespace", *CLIENT_TOOL_TYPES, *HOSTED_TOOLS):
                 raise Unsupported(f"tools of type {kind!r} are not supported", param=f"tools[{index}].type")
         return data
 
@@ -392,8 +396,8 @@ class ResponseCreateRequest(ResponseInputFields):
     # Codex's turn metadata (ids, sandbox mode, ...): it changes nothing in the generation; recorded.
     client_metadata: dict[str, str] | None = None
     include: list[str] | None = None
-    max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    max_tool_calls: Annotated[StrictInt, Field(ge=1)] | None = None  # limits hosted tool calls: none here
+    max_output_tokens: Annotated[Count, Field(ge=1)] | None = None
+    max_tool_calls: Annotated[Count, Field(ge=1)] | None = None  # limits hosted tool calls: none here
     metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
     prompt: Any = None
     prompt_cache_key: str | None = None

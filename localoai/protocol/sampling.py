@@ -7,14 +7,16 @@ explicitly so that anything else is refused as an unknown field.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
-from localoai.protocol.base import InvalidParam, RequestModel
+from localoai.protocol.base import MAX_COUNT, Count, Int64, InvalidParam, Number, RequestModel, TokenId
 
-Number = StrictFloat | StrictInt
 MAX_STOP_SEQUENCES = 4
+MIN_REPETITION_PENALTY = 0.01
+_TOKEN_ID_KEY = re.compile(r"[0-9]{1,10}")
 
 
 class StreamOptions(RequestModel):
@@ -28,7 +30,7 @@ class SamplingFields(RequestModel):
     logit_bias: dict[str, Annotated[Number, Field(ge=-100, le=100)]] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
     presence_penalty: Annotated[Number, Field(ge=-2.0, le=2.0)] | None = None
-    seed: StrictInt | None = None
+    seed: Int64 | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
@@ -38,11 +40,12 @@ class SamplingFields(RequestModel):
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
 
     # vLLM-style extras, sent by RL clients through `extra_body`.
-    top_k: StrictInt | None = None
+    top_k: Annotated[StrictInt, Field(le=MAX_COUNT)] | None = None
     min_p: Annotated[Number, Field(ge=0.0, le=1.0)] | None = None
-    repetition_penalty: Annotated[Number, Field(gt=0.0, le=10.0)] | None = None
-    min_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
-    stop_token_ids: list[StrictInt] | None = None
+    # Below 0.01 the penalised logits overflow to infinity (NaN probabilities): refused, naming it.
+    repetition_penalty: Annotated[Number, Field(ge=MIN_REPETITION_PENALTY, le=10.0)] | None = None
+    min_tokens: Count | None = None
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: StrictBool | None = None
     skip_special_tokens: StrictBool | None = None
     include_stop_str_in_output: StrictBool | None = None
@@ -82,7 +85,7 @@ class SamplingFields(RequestModel):
 def token_id_keys(bias: dict[str, float] | None) -> dict[str, float] | None:
     """`logit_bias` validation: its keys must be token ids."""
     for key in bias or {}:
-        if not key.lstrip("-").isdigit():
+        if not _TOKEN_ID_KEY.fullmatch(key):  # not `isdigit`, which takes "²"
             raise ValueError(f"keys must be token ids, got {key!r}")
     return bias
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import StrictBool, StrictInt, model_validator
+from pydantic import StrictBool, model_validator
 
-from localoai.protocol.base import InvalidParam, RequestModel
+from localoai.protocol.base import InvalidParam, RequestModel, TokenId
 from localoai.protocol.chat import FunctionTool, Message
 
 
@@ -30,4 +30,4 @@ class TokenizeRequest(RequestModel):
 
 class DetokenizeRequest(RequestModel):
     model: str | None = None
-    tokens: list[StrictInt]
+    tokens: list[TokenId]

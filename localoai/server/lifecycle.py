@@ -15,7 +15,6 @@ import contextlib
 import gc
 import html
 import logging
-import os
 import socket
 import threading
 import urllib.request
@@ -24,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
 from localoai.handlers.hosted_tools import HostedTools
-from localoai.server.sockets import bind, bind_first_free
+from localoai.server.http_errors import shape_protocol_errors
+from localoai.server.sockets import (
+    BACKLOG,
+    DEFAULT_MAX_CONNECTIONS,
+    CappedListener,
+    bind,
+    bind_first_free,
+    connection_cap,
+    raise_descriptor_limit,
+)
 
 if TYPE_CHECKING:
     import openai
@@ -40,6 +48,10 @@ logger = logging.getLogger("localoai.server")
 _registry: dict[int, Server] = {}
 _registry_lock = threading.Lock()
 START_TIMEOUT = 30.0
+KEEP_ALIVE_TIMEOUT = 10.0
+"""Seconds an idle connection (or one still sending its headers) is kept: longer than httpx's 5 s
+pool expiry, so a client never reuses a connection the server is closing, and short enough that
+closed-off clients do not hold descriptors for long."""
 
 
 class _HeapFreeze:
@@ -80,8 +92,10 @@ class Server:
     """A running server. Use `url`/`base_url`, `client()`, and `stop()` (or a `with` block)."""
 
     def __init__(self, served: ServedModel, app: Quart, sock: socket.socket, *, api_key: str | None,
-                 gc_freeze: bool = False) -> None:
+                 gc_freeze: bool = False, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.served = served
+        self.listener = CappedListener(sock, connection_cap(max_connections, raise_descriptor_limit()))
+        """The socket hypercorn accepts on: `listener.open` connections now, `listener.refused` so far."""
         self._gc_freeze = gc_freeze
         self._holds_freeze = False
         self.app = app
@@ -203,14 +217,23 @@ class Server:
 
     def _serve(self) -> None:
         from hypercorn.asyncio import serve
-        from hypercorn.config import Config
+        from hypercorn.config import Config, Sockets
 
-        config = Config()
-        config.bind = [f"fd://{os.dup(self._socket.fileno())}"]  # hypercorn closes the fd it is given
+        listener = self.listener
+
+        class _Config(Config):
+            openai_errors = True  # see localoai.server.http_errors
+
+            def create_sockets(self) -> Sockets:  # hypercorn closes the socket it is given: a dup
+                return Sockets(secure_sockets=[], insecure_sockets=[listener], quic_sockets=[])
+
+        shape_protocol_errors()
+        config = _Config()
         config.accesslog = None
         config.errorlog = logging.getLogger("localoai.hypercorn")
         config.graceful_timeout = 2.0
-        config.keep_alive_timeout = 75.0
+        config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+        config.backlog = BACKLOG
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
@@ -252,6 +275,7 @@ class Server:
             self._thread.join(timeout)
         self.served.close()
         self._socket.close()
+        self.listener.close()
         if self._holds_freeze:
             self._holds_freeze = False
             _heap_freeze.release()
@@ -326,6 +350,8 @@ def start(
     embedding_normalize: bool = True,
     hosted_tools: Mapping[str, Callable[..., str]] | None = None,
     prefix_cache: bool | int = True,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    allow_client_chat_template: bool = False,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -358,6 +384,10 @@ def start(
     earlier turns, a shared system prompt or tool list; see `localoai.engine.prefix_cache`): True
     sizes its byte budget to the device, an int is the budget in bytes, False (or 0) reads every
     prompt in full. Models whose KV cache is not a plain per-layer one never use it.
+    `max_connections`: open connections beyond it are answered a 503 and closed; it is also kept
+    under the open-file limit (whose soft value is raised towards the hard one first).
+    `allow_client_chat_template`: let requests replace the chat template through
+    `chat_template_kwargs.chat_template` (refused by default: a template is code the server runs).
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.engine.backend import POOLINGS
@@ -373,13 +403,18 @@ def start(
     served.embedding_pooling = embedding_pooling  # type: ignore[assignment]  # checked above
     served.embedding_normalize = embedding_normalize
     served.hosted_tools = HostedTools(dict(hosted_tools or {}))
+    served.allow_client_chat_template = allow_client_chat_template
+    from localoai.handlers.stored_responses import close_orphans
+
+    if orphans := close_orphans(served.store):
+        logger.warning("closed %d background responses left in_progress by a server that stopped first", orphans)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
     _stop_previous(port, served.name)
     sock = bind_first_free(host) if port is None else bind(host, port)
     app = create_app(served, api_key=api_key, max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
                      public_metrics=public_metrics)
-    server = Server(served, app, sock, api_key=api_key, gc_freeze=gc_freeze)
+    server = Server(served, app, sock, api_key=api_key, gc_freeze=gc_freeze, max_connections=max_connections)
     server._start()
     with _registry_lock:
         _registry[server.port] = server

@@ -129,7 +129,7 @@ class Store(Protocol):
         ...
 
     def stats(self) -> dict[str, int]:
-        """At least `entries`, `bytes` (the records' JSON) and `evicted`."""
+        """At least `entries`, `bytes` (the records' JSON), `evicted` and `failed_writes`."""
         ...
 
     # Episodes (see `localoai.store.episodes`): a record names its episode in `episode_id`.

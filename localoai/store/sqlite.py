@@ -132,6 +132,9 @@ class SQLiteStore:
             if limit is not None and limit < 1:
                 raise ValueError(f"{name} must be at least 1, or None for no limit; got {limit}")
         self.memory = str(path) == ":memory:"
+        self.failed_writes = 0
+        self._failed_lock = threading.Lock()
+        """`put` calls that raised since this store was opened (each also logged by its caller)."""
         self.path: Path | None = None if self.memory else Path(path).expanduser()
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -173,6 +176,14 @@ class SQLiteStore:
     # -- writes --------------------------------------------------------------------------
 
     def put(self, record: GenerationRecord) -> None:
+        try:
+            self._put(record)
+        except Exception:
+            with self._failed_lock:
+                self.failed_writes += 1
+            raise
+
+    def _put(self, record: GenerationRecord) -> None:
         text = record.to_json()  # encoded before taking the lock
         metadata = [(str(key), str(value)) for key, value in record.metadata.items()]
         row = (
@@ -391,12 +402,14 @@ class SQLiteStore:
             return int(conn.execute("SELECT evicted FROM totals").fetchone()[0])
 
     def stats(self) -> dict[str, int]:
-        """`bytes` counts the records' JSON; `file_bytes` the database pages (indexes included)."""
+        """`bytes` counts the records' JSON; `file_bytes` the database pages (indexes included);
+        `failed_writes` the writes that raised since the store was opened."""
         with self._db.reading() as conn:
             entries, total, evicted = conn.execute("SELECT entries, bytes, evicted FROM totals").fetchone()
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return {"entries": entries, "bytes": total, "evicted": evicted, "file_bytes": pages * page_size}
+        return {"entries": entries, "bytes": total, "evicted": evicted, "file_bytes": pages * page_size,
+                "failed_writes": self.failed_writes}
 
     def close(self) -> None:
         """Closing the last connection checkpoints the WAL into the database file. Idempotent."""

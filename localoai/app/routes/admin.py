@@ -20,7 +20,8 @@ from localoai.protocol.admin import PolicyVersionRequest
 from localoai.protocol.base import parse_request
 from localoai.served import ServedModel
 
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"})
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages",
+                              "/inference/v1/generate"})
 
 
 def blueprint(served: ServedModel) -> Blueprint:

@@ -21,13 +21,14 @@ def blueprint(messages: Messages) -> Blueprint:
     @routes.post("/v1/messages")
     async def create() -> Response:
         body = parse_request(MessageCreateRequest, await request.get_data())
-        prepared = messages.prepare(body, episode_ref(request.headers, None))
+        prepared = await messages.served.off_loop(messages.prepare, body, episode_ref(request.headers, None))
         if body.stream:
             return sse_response(messages.events(prepared), typed=True, anthropic=True)
         return json_response(await messages.create(prepared))
 
     @routes.post("/v1/messages/count_tokens")
     async def count_tokens() -> Response:
-        return json_response(messages.count_tokens(parse_request(CountTokensRequest, await request.get_data())))
+        body = parse_request(CountTokensRequest, await request.get_data())
+        return json_response(await messages.served.off_loop(messages.count_tokens, body))
 
     return routes

@@ -14,7 +14,8 @@ def blueprint(served: ServedModel) -> Blueprint:
 
     @routes.post("/tokenize")
     async def tokenize_route() -> Response:
-        return json_response(tokenize(served, parse_request(TokenizeRequest, await request.get_data())))
+        body = parse_request(TokenizeRequest, await request.get_data())
+        return json_response(await served.off_loop(tokenize, served, body))
 
     @routes.post("/detokenize")
     async def detokenize_route() -> Response:
