@@ -42,7 +42,7 @@ def claude_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with running_server(model, tokenizer, name="tiny-agent", api_key="sk-claude-code") as server:
         env = claude_env(home, f"{server.url}/episodes/claude-code-1", api_key="sk-claude-code")
         done = run_claude(PROMPT, cwd=cwd, env=env)
-        records = sorted(server.store.list(episode_id="claude-code-1"), key=lambda record: record.created_at)
+        records = server.store.list(episode_id="claude-code-1", order="asc")  # the store's order: turn by turn
     return {"body": body, "done": done, "records": records}
 
 

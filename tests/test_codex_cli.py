@@ -162,7 +162,7 @@ def test_codex_exec_runs_the_shell_tool_and_answers(codex_run: dict[str, Any]) -
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert ANSWER in completed.stdout, (completed.stdout[-2000:], completed.stderr[-2000:])
     assert COMMAND in completed.stderr + completed.stdout  # codex shows the command it ran
-    first, second = sorted(codex_run["records"], key=lambda record: record.created_at)[:2]
+    first, second = codex_run["records"][:2]  # iterate gives the store's order: turn by turn
     [call] = [item for item in first.output["output"] if item["type"] == "function_call"]
     assert call["name"] == SHELL_TOOL and json.loads(call["arguments"]) == {"cmd": COMMAND}
     assert [item["type"] for item in second.output["output"]] == ["message"]
@@ -172,7 +172,7 @@ def test_codex_exec_runs_the_shell_tool_and_answers(codex_run: dict[str, Any]) -
 
 
 def test_the_episode_holds_every_turn_token_exact(codex_run: dict[str, Any]) -> None:
-    records = sorted(codex_run["records"], key=lambda record: record.created_at)
+    records = codex_run["records"]
     first, second = records[:2]
     tokenizer = codex_run["tokenizer"]
     text = tokenizer.apply_chat_template(codex_run["messages"], tools=codex_run["tools"], tokenize=False,

@@ -105,7 +105,7 @@ def test_server_is_sound_after_fuzzing(fuzzed: Any, fuzzing: Fuzzing) -> None:
     assert client.get("/is_paused").json()["is_paused"] is False
     fuzzed.served.recorder.flush()
     assert fuzzed.served.recorder.failed == 0 and fuzzed.store.stats()["failed_writes"] == 0
-    assert fuzzed.served.engine.stats() == {"waiting": 0, "running": 0, "rows": 0}
+    assert fuzzed.served.engine.stats() == {"waiting": 0, "running": 0, "jobs": 0, "rows": 0}
 
 
 @FUZZ

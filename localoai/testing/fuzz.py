@@ -307,6 +307,8 @@ def check_answer(sample: Sample, status: int, content_type: str, body: bytes, ta
         tally.server_errors.append(f"{what}: {body[:300]!r}")
     if sample.method == "HEAD" or status in (204, 304):
         return
+    if status < 400 and not content_type.startswith(("application/json", "text/event-stream")):
+        return  # an answer that is no JSON by design: /metrics' text format, the inspector's page, a redirect
     if content_type.startswith("text/event-stream"):
         for event in _stream_events(body):
             error = event.get("error") if isinstance(event, dict) else None
