@@ -71,8 +71,8 @@ def test_counters_move_with_streamed_and_non_streamed_requests(served: Any) -> N
         assert moved(f"{histogram}_sum") > 0, histogram
     assert moved("localoai_batch_rows_count") >= 4 + 3  # a decode step per token after the first
     assert value(after, "localoai_batch_rows_bucket", le="1.0") >= 1
-    cached = sum(usage.prompt_tokens_details.cached_tokens or 0 if usage.prompt_tokens_details else 0
-                 for usage in (answer.usage, streamed[-1].usage))
+    details = [usage.prompt_tokens_details for usage in (answer.usage, streamed[-1].usage)]
+    cached = sum((detail.cached_tokens or 0) if detail is not None else 0 for detail in details)
     assert moved("localoai_prompt_tokens_cached_total") == cached
     assert value(after, "localoai_requests_running") == 0 and value(after, "localoai_requests_waiting") == 0
     served.served.recorder.flush()

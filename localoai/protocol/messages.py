@@ -20,7 +20,7 @@ Number = StrictFloat | StrictInt
 
 
 class CacheControl(RequestModel):
-    """Prompt caching hints: this server keeps no prompt cache across requests, so they change nothing."""
+    """Prompt caching hints: they change nothing here (the engine's prefix cache reuses any shared prefix by itself)."""
 
     type: Literal["ephemeral"]
     ttl: str | None = None
