@@ -23,7 +23,7 @@ from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import UnsupportedFieldError
 from localoai.handlers.common import new_id, on_engine, prompt_ids, token_budget
-from localoai.handlers.recording import record_generation
+from localoai.handlers.recording import record_generation, written
 from localoai.protocol.embeddings import EmbeddingRequest
 from localoai.served import ServedModel
 
@@ -90,7 +90,7 @@ class Embeddings:
             )
             for index, (token_ids, text) in enumerate(prepared.prompts)
         ]
-        await asyncio.shield(asyncio.gather(*(asyncio.wrap_future(write) for write in writes)))
+        await asyncio.gather(*(written(write) for write in writes))
         if prepared.request.encoding_format == "base64":
             return _as_base64(response, [vector for vectors, _ in parts for vector in vectors])
         return response

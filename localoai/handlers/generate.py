@@ -11,7 +11,6 @@ there is no conversation to re-render). The non-streamed answer is the fold of t
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.handlers.common import (Generation, new_id, prompt_ids, prompt_logprobs, sampling_params, scoring,
                                       token_budget)
-from localoai.handlers.recording import record_generation
+from localoai.handlers.recording import record_generation, written
 from localoai.protocol.generate import GenerateChoice, GenerateRequest, GenerateResponse
 from localoai.served import ServedModel
 
@@ -89,7 +88,7 @@ class TokenGeneration:
             if include_usage:
                 yield sent[-1]
             recorded = True
-            await asyncio.shield(asyncio.wrap_future(self._record(prepared, header, generation, sent)))
+            await written(self._record(prepared, header, generation, sent))
         finally:
             if not recorded:  # failed or cancelled: recorded as it stands, without waiting
                 self._record(prepared, header, generation, sent)
