@@ -27,7 +27,7 @@ from localoai.engine.prefix_cache import PrefixCache, default_budget
 from localoai.engine.text import special_token_ids
 from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import InvalidRequestError, model_not_found
-from localoai.handlers.hosted_tools import HostedTools
+from localoai.handlers.responses.hosted_tools import HostedTools
 from localoai.metrics import ServingMetrics
 from localoai.protocol.base import INT64_MAX, INT64_MIN
 from localoai.parsers.harmony import HarmonyOutputParser

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from localoai.handlers.response_items import chat_messages, chat_tools, stored_items
+from localoai.handlers.responses.items import chat_messages, chat_tools, stored_items
 from localoai.protocol.offered_tools import offered_tools
 from localoai.protocol.responses import ResponseCreateRequest
 from localoai.testing import build_tiny_model, build_tokenizer, running_server

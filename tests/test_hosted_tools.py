@@ -13,7 +13,7 @@ from typing import Any
 import openai
 import pytest
 
-from localoai.handlers.hosted_tools import WEB_SEARCH_FUNCTION
+from localoai.handlers.responses.hosted_tools import WEB_SEARCH_FUNCTION
 from localoai.testing import running_server
 from localoai.testing.openapi import sse_events
 from localoai.testing.trained import train_assistant
@@ -89,7 +89,7 @@ def test_a_hosted_tool_without_implementation_is_not_offered_and_says_so(
 ) -> None:
     tools = [{"type": "web_search", "external_web_access": False}, {"type": "image_generation"},
              {"type": "function", "name": "f"}]
-    with caplog.at_level(logging.WARNING, logger="localoai.handlers.responses"):
+    with caplog.at_level(logging.WARNING, logger="localoai.handlers.responses.handler"):
         response = client.responses.create(model=server.model, input="hi", tools=tools, max_output_tokens=2)
     assert [tool.type for tool in response.tools] == ["function"]
     record = server.store.get(response.id)

@@ -226,7 +226,7 @@ def test_any_bad_field_is_a_4xx_before_generation(server: Any, field: str, value
 
 
 def test_translation_into_chat_messages() -> None:
-    from localoai.handlers.message_content import ThinkingSigner, chat_messages
+    from localoai.handlers.messages.content import ThinkingSigner, chat_messages
     from localoai.protocol.messages import MessageCreateRequest
 
     signer = ThinkingSigner()

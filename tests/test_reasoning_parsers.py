@@ -17,7 +17,7 @@ import pytest
 
 from localoai.chat_template import effort_template_kwargs, render_chat
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
-from localoai.handlers.response_items import chat_messages, stored_items
+from localoai.handlers.responses.items import chat_messages, stored_items
 from localoai.parsers import HermesToolParser
 from localoai.parsers.harmony import HarmonyOutputParser
 from localoai.parsers.reasoning import (

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from localoai.handlers.response_items import chat_tools
+from localoai.handlers.responses.items import chat_tools
 from localoai.protocol.responses import ResponseCreateRequest
 from localoai.testing import running_server
 from localoai.testing.openapi import sse_events
@@ -244,7 +244,7 @@ def test_hosted_tools_stay_refused(server: Any, fields: dict[str, Any], param: s
 def test_builder_maps_each_client_tool_call_to_its_item_type() -> None:
     from openai.lib.streaming.responses._responses import ResponseStreamState
 
-    from localoai.handlers.response_events import ResponseEvents, usage
+    from localoai.handlers.responses.events import ResponseEvents, usage
     from localoai.parsers.tool_calls import HermesToolParser
 
     settings = {"id": "resp_1", "object": "response", "created_at": 0, "model": "m", "parallel_tool_calls": True,

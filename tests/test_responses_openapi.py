@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from localoai.handlers.response_events import ResponseEvents, usage
-from localoai.handlers.response_replay import replay_events
+from localoai.handlers.responses.events import ResponseEvents, usage
+from localoai.handlers.responses.replay import replay_events
 from localoai.parsers.tool_calls import StreamDelta
 from localoai.testing import wait_until
 from localoai.testing.openapi import OpenAPISchemas, sse_events
@@ -83,7 +83,7 @@ def test_every_output_item_kind_validates_from_the_builder(openapi: OpenAPISchem
     and replayed from the stored response."""
     from openai.types.responses import ResponseFunctionWebSearch
 
-    from localoai.handlers.client_tools import ClientToolType
+    from localoai.handlers.responses.client_tools import ClientToolType
 
     settings = {"id": "resp_1", "object": "response", "created_at": 0, "model": "m", "parallel_tool_calls": True,
                 "tool_choice": "auto", "tools": [], "error": None, "incomplete_details": None, "instructions": None,

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from localoai.handlers.response_events import ResponseEvents, usage
-from localoai.handlers.response_replay import replay_events
+from localoai.handlers.responses.events import ResponseEvents, usage
+from localoai.handlers.responses.replay import replay_events
 from localoai.parsers.tool_calls import HermesToolParser
 
 

@@ -139,7 +139,7 @@ def test_text_then_calls_then_text_are_items_in_order() -> None:
     accumulator takes the stream, and every item's deltas add up to the item the response carries."""
     from openai.lib.streaming.responses._responses import ResponseStreamState
 
-    from localoai.handlers.response_events import ResponseEvents, usage
+    from localoai.handlers.responses.events import ResponseEvents, usage
     from localoai.parsers.tool_calls import HermesToolParser
 
     settings = {"id": "resp_1", "object": "response", "created_at": 0, "model": "m", "parallel_tool_calls": True,

@@ -24,15 +24,15 @@ from localoai.app.routes import (
     tokenize,
 )
 from localoai.episodes.routing import EpisodePrefix
-from localoai.handlers.chat import ChatCompletions
-from localoai.handlers.completions import Completions
-from localoai.handlers.conversations import Conversations
-from localoai.handlers.embeddings import Embeddings
-from localoai.handlers.generate import TokenGeneration
-from localoai.handlers.messages import Messages
-from localoai.handlers.responses import Responses
-from localoai.handlers.stored_chat import StoredChatCompletions
-from localoai.handlers.stored_responses import StoredResponses
+from localoai.handlers.chat.handler import ChatCompletions
+from localoai.handlers.completions.handler import Completions
+from localoai.handlers.responses.conversations import Conversations
+from localoai.handlers.tokens.embeddings import Embeddings
+from localoai.handlers.tokens.generate import TokenGeneration
+from localoai.handlers.messages.handler import Messages
+from localoai.handlers.responses.handler import Responses
+from localoai.handlers.chat.stored import StoredChatCompletions
+from localoai.handlers.responses.stored import StoredResponses
 from localoai.served import ServedModel
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024

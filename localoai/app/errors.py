@@ -8,7 +8,7 @@ import logging
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from localoai.app.responses import error_response
+from localoai.app.http import error_response
 from localoai.errors import (
     InvalidRequestError,
     MethodNotAllowedError,

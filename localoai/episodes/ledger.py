@@ -279,14 +279,14 @@ def answers(output: Any) -> list[list[dict[str, Any]]]:
             result.append(canonical([message]))
         return result
     if isinstance(output, Response):
-        from localoai.handlers.response_items import chat_messages
+        from localoai.handlers.responses.items import chat_messages
 
         items = [item.model_dump(mode="json", exclude_none=True) for item in output.output]
         return [canonical(template_messages(chat_messages(None, items)))]
     from anthropic.types import Message
 
     if isinstance(output, Message):
-        from localoai.handlers.message_content import answer_message
+        from localoai.handlers.messages.content import answer_message
 
         return [canonical(template_messages([answer_message(output)]))]
     return []

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
-from localoai.handlers.hosted_tools import HostedTools
+from localoai.handlers.responses.hosted_tools import HostedTools
 from localoai.server.http_errors import shape_protocol_errors
 from localoai.server.sockets import (
     BACKLOG,
@@ -263,7 +263,7 @@ class Server:
             return
         self._stopped = True
         if self._loop is not None and self._shutdown is not None and not self._loop.is_closed():
-            from localoai.app.responses import open_streams
+            from localoai.app.http import open_streams
 
             try:
                 # Streams in flight first get an error event and their end, then hypercorn shuts down.
@@ -379,7 +379,7 @@ def start(
     token's) or `"mean"`; `embedding_normalize`: scale embeddings to unit length.
     `hosted_tools`: Python implementations of OpenAI-hosted tools, by family (`{"web_search": fn}`,
     `fn(query=...) -> str`), run server-side when the model calls them; a hosted tool without one is
-    not offered to the model (see `localoai.handlers.hosted_tools`).
+    not offered to the model (see `localoai.handlers.responses.hosted_tools`).
     `prefix_cache`: reuse the KV of prompt prefixes read before by the same weights (an episode's
     earlier turns, a shared system prompt or tool list; see `localoai.engine.prefix_cache`): True
     sizes its byte budget to the device, an int is the budget in bytes, False (or 0) reads every
@@ -404,7 +404,7 @@ def start(
     served.embedding_normalize = embedding_normalize
     served.hosted_tools = HostedTools(dict(hosted_tools or {}))
     served.allow_client_chat_template = allow_client_chat_template
-    from localoai.handlers.stored_responses import close_orphans
+    from localoai.handlers.responses.stored import close_orphans
 
     if orphans := close_orphans(served.store):
         logger.warning("closed %d background responses left in_progress by a server that stopped first", orphans)

@@ -103,7 +103,7 @@ def capture_request(prompt: str, *, cwd: str, home: str) -> dict[str, Any]:
 def _history(body: dict[str, Any], tokenizer: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The chat messages and tools the server renders for an Anthropic request body."""
     from localoai.chat_template import template_messages
-    from localoai.handlers.message_content import ThinkingSigner, chat_request
+    from localoai.handlers.messages.content import ThinkingSigner, chat_request
     from localoai.protocol.messages import MessageCreateRequest
 
     request = MessageCreateRequest.model_validate_json(json.dumps(body))

@@ -13,7 +13,7 @@ import asyncio
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response
+from localoai.app.http import json_response
 from localoai.engine.engine import PAUSE_MODES
 from localoai.errors import InvalidRequestError, RateLimitError
 from localoai.protocol.admin import PolicyVersionRequest

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response, sse_response
+from localoai.app.http import json_response, sse_response
 from localoai.episodes.routing import episode_ref
-from localoai.handlers.chat import ChatCompletions
+from localoai.handlers.chat.handler import ChatCompletions
 from localoai.protocol.base import parse_request
 from localoai.protocol.chat import ChatCompletionRequest
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response
-from localoai.handlers.conversations import Conversations
+from localoai.app.http import json_response
+from localoai.handlers.responses.conversations import Conversations
 from localoai.protocol.base import parse_request
 from localoai.protocol.conversations import (
     ConversationCreateRequest,

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response
+from localoai.app.http import json_response
 from localoai.episodes.routing import episode_ref
-from localoai.handlers.embeddings import Embeddings
+from localoai.handlers.tokens.embeddings import Embeddings
 from localoai.protocol.base import parse_request
 from localoai.protocol.embeddings import EmbeddingRequest
 

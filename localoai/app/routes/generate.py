@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response, sse_response
+from localoai.app.http import json_response, sse_response
 from localoai.episodes.routing import episode_ref
-from localoai.handlers.generate import TokenGeneration
+from localoai.handlers.tokens.generate import TokenGeneration
 from localoai.protocol.base import parse_request
 from localoai.protocol.generate import GenerateRequest
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from quart import Blueprint, Response, redirect, request
 
-from localoai.app.responses import json_response
+from localoai.app.http import json_response
 from localoai.errors import InvalidRequestError, NotFoundError
 from localoai.served import ServedModel
 from localoai.store import store_location

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response, sse_response
+from localoai.app.http import json_response, sse_response
 from localoai.episodes.routing import episode_ref
-from localoai.handlers.messages import Messages
+from localoai.handlers.messages.handler import Messages
 from localoai.protocol.base import parse_request
 from localoai.protocol.messages import CountTokensRequest, MessageCreateRequest
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from localoai.app.responses import json_response
+from localoai.app.http import json_response
 from localoai.handlers.models import list_models, retrieve_model
 from localoai.served import ServedModel
 

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response
+from localoai.app.http import json_response
 from localoai.episodes.routing import episode_ref
 from localoai.errors import UnsupportedFieldError
-from localoai.handlers.chat import ChatCompletions
-from localoai.handlers.completions import Completions
-from localoai.handlers.render import generate_request
-from localoai.handlers.responses import Responses
+from localoai.handlers.chat.handler import ChatCompletions
+from localoai.handlers.completions.handler import Completions
+from localoai.handlers.tokens.render import generate_request
+from localoai.handlers.responses.handler import Responses
 from localoai.protocol.base import parse_request
 from localoai.protocol.chat import ChatCompletionRequest
 from localoai.protocol.completions import CompletionRequest

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response, sse_response
+from localoai.app.http import json_response, sse_response
 from localoai.episodes.routing import episode_ref
-from localoai.handlers.responses import Responses
-from localoai.handlers.stored_responses import StoredResponses
+from localoai.handlers.responses.handler import Responses
+from localoai.handlers.responses.stored import StoredResponses
 from localoai.protocol.base import parse_request
 from localoai.protocol.responses import (
     InputTokensRequest,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response
-from localoai.handlers.stored_chat import StoredChatCompletions
+from localoai.app.http import json_response
+from localoai.handlers.chat.stored import StoredChatCompletions
 from localoai.protocol.base import parse_request
 from localoai.protocol.stored import MetadataUpdate, parse_list_query
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from localoai.app.responses import json_response
-from localoai.handlers.tokenize import detokenize, tokenize
+from localoai.app.http import json_response
+from localoai.handlers.tokens.tokenize import detokenize, tokenize
 from localoai.protocol.base import parse_request
 from localoai.protocol.tokenize import DetokenizeRequest, TokenizeRequest
 from localoai.served import ServedModel

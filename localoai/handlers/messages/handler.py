@@ -41,9 +41,9 @@ from pydantic import BaseModel
 
 from localoai.chat_template import render_chat
 from localoai.episodes.routing import EpisodeRef
-from localoai.handlers.chat import ChatCompletions, ChoiceFold, ChoiceStep, PreparedChat
+from localoai.handlers.chat.handler import ChatCompletions, ChoiceFold, ChoiceStep, PreparedChat
 from localoai.handlers.common import Generation, new_id
-from localoai.handlers.message_content import ThinkingSigner, chat_request
+from localoai.handlers.messages.content import ThinkingSigner, chat_request
 from localoai.handlers.recording import record_generation
 from localoai.protocol.messages import CountTokensRequest, MessageCreateRequest, ThinkingAdaptive, ThinkingEnabled
 from localoai.served import ServedModel

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from localoai.errors import InvalidRequestError, NotFoundError
-from localoai.handlers.response_items import stored_items, without_encrypted_reasoning
+from localoai.handlers.responses.items import stored_items, without_encrypted_reasoning
 from localoai.handlers.stored import list_page
 from localoai.protocol.conversations import ConversationCreateRequest, ItemsCreateRequest
 from localoai.protocol.stored import ListQuery

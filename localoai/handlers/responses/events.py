@@ -66,9 +66,9 @@ from openai.types.responses import (
 from openai.types.responses.response_reasoning_item import Content as ReasoningContent
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
-from localoai.handlers.client_tools import ClientToolCall, ClientToolType
+from localoai.handlers.responses.client_tools import ClientToolCall, ClientToolType
 from localoai.handlers.common import new_id
-from localoai.handlers.hosted_tools import HostedCall
+from localoai.handlers.responses.hosted_tools import HostedCall
 from localoai.parsers.tool_calls import StreamDelta
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})

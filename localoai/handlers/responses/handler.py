@@ -53,12 +53,12 @@ from localoai.engine.params import SampleDelta, SamplingParams
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError, NotFoundError, ServerError
-from localoai.handlers.client_tools import client_tool_types
+from localoai.handlers.responses.client_tools import client_tool_types
 from localoai.handlers.common import Generation, new_id, token_budget, token_logprob
 from localoai.handlers.recording import record_generation, written
 from localoai.handlers.stored import visible_record
-from localoai.handlers.response_events import ResponseEvents, final_response, usage
-from localoai.handlers.response_items import chat_messages, chat_tools, check_call_outputs, stored_items
+from localoai.handlers.responses.events import ResponseEvents, final_response, usage
+from localoai.handlers.responses.items import chat_messages, chat_tools, check_call_outputs, stored_items
 from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.hosted_tools import HostedTool

@@ -13,8 +13,8 @@ from typing import Any
 
 from openai.types.responses import Response, ResponseStreamEvent
 
-from localoai.handlers.client_tools import chat_tool_call
-from localoai.handlers.response_events import ResponseEvents
+from localoai.handlers.responses.client_tools import chat_tool_call
+from localoai.handlers.responses.events import ResponseEvents
 from localoai.parsers.tool_calls import StreamDelta
 from localoai.protocol.hosted_tools import namespaced_name
 

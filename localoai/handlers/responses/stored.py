@@ -13,8 +13,8 @@ from typing import Any
 from openai.types.responses import Response, ResponseStreamEvent
 
 from localoai.errors import InvalidRequestError, NotFoundError
-from localoai.handlers.response_items import without_encrypted_reasoning
-from localoai.handlers.response_replay import item_events, opening_events, replay_builder
+from localoai.handlers.responses.items import without_encrypted_reasoning
+from localoai.handlers.responses.replay import item_events, opening_events, replay_builder
 from localoai.handlers.stored import list_page, visible_record
 from localoai.protocol.stored import ListQuery
 from localoai.served import ServedModel
