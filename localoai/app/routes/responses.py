@@ -38,19 +38,19 @@ def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
     async def retrieve(response_id: str) -> Response:
         query = parse_retrieve_query(request.args)
         if query.stream:
-            return sse_response(await stored.stream(response_id, query.starting_after, responses.finished), typed=True)
+            return sse_response(await stored.stream(response_id, query.starting_after, responses.background.finished), typed=True)
         return json_response(await stored.retrieve(response_id))
 
     @routes.delete("/v1/responses/<response_id>")
     async def delete(response_id: str) -> Response:
         await stored.retrieve(response_id)  # a 404 first, for what is not visible
-        await responses.cancel(response_id)  # a running background response stops before it goes
+        await responses.background.cancel(response_id)  # a running background response stops before it goes
         return json_response(await stored.delete(response_id))
 
     @routes.post("/v1/responses/<response_id>/cancel")
     async def cancel(response_id: str) -> Response:
         await stored.retrieve(response_id)
-        await responses.cancel(response_id)  # stops it if it is running here in the background
+        await responses.background.cancel(response_id)  # stops it if it is running here in the background
         return json_response(await stored.cancel(response_id))
 
     @routes.get("/v1/responses/<response_id>/input_items")
@@ -60,6 +60,6 @@ def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
 
     @routes.after_app_serving
     async def cancel_background() -> None:
-        await responses.cancel_all()  # the server is stopping: no background response stays in_progress
+        await responses.background.cancel_all()  # the server is stopping: no background response stays in_progress
 
     return routes

@@ -1,9 +1,9 @@
 """Chat completions: validate and render, then produce `ChatCompletionChunk`s.
 
 The streamed and the non-streamed answers come from the same steps (`ChatCompletions._steps`:
-the generation shaped into `ChoiceStep`s): streamed, each step becomes a chunk; not streamed,
-the steps are folded (`ChoiceFold`) without building chunks. The fold of a streamed request is
-its record, so the two can never disagree.
+the generation shaped into `ChoiceStep`s, in one `GenerationRun`): streamed, each step becomes a
+chunk; not streamed, the steps are folded (`ChoiceFold`, see `handlers.run.Fold`) without
+building chunks. The fold of a streamed request is its record, so the two can never disagree.
 
 The model's text runs through the request's output parser (`ServedModel.output_parser`), when it
 has one: reasoning goes to `delta.reasoning_content` (vLLM's and DeepSeek's field; the SDK keeps
@@ -13,22 +13,13 @@ it as an extra field of the message), tool calls to `delta.tool_calls`, the rest
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from openai.types import CompletionUsage
 from openai.types.completion_usage import CompletionTokensDetails, PromptTokensDetails
-from openai.types.chat import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionMessage,
-    ChatCompletionMessageFunctionToolCall,
-    ChatCompletionTokenLogprob,
-)
-from openai.types.chat.chat_completion_message_function_tool_call import Function
-from openai.types.chat import chat_completion as completion_types
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionTokenLogprob
 from openai.types.chat import chat_completion_chunk as chunk_types
 from openai.types.chat.chat_completion_token_logprob import TopLogprob
 
@@ -37,10 +28,11 @@ from localoai.constraints.requests import constrain_chat
 from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
-from localoai.handlers.common import (Generation, new_id, prompt_logprobs, sampling_params, scoring, token_budget,
-                                      token_logprob)
-from localoai.handlers.recording import record_generation, written
-from localoai.parsers.reasoning import OutputParser, OutputStream, ReasoningDelta
+from localoai.handlers.chat.shaping import ChoiceFold, ChoiceStep, Output, finish_reason
+from localoai.handlers.common import new_id, prompt_logprobs, sampling_params, scoring, token_budget, token_logprob
+from localoai.handlers.recording import RecordFields
+from localoai.handlers.run import GenerationRun, folded
+from localoai.parsers.reasoning import OutputParser
 from localoai.protocol.chat import ChatCompletionRequest
 from localoai.served import ServedModel
 
@@ -103,17 +95,15 @@ class ChatCompletions:
         return PreparedChat(request, prompt, params, parser, turn)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:
-        fold = ChoiceFold(self._header(prepared), prepared)
-        async for _ in self._steps(prepared, fold, live=False):
-            pass
-        return fold.result(self._logprob)
+        fold = self._fold(prepared, self._header(prepared))
+        return await folded(self._steps(prepared, fold, live=False), fold)
 
     async def chunks(self, prepared: PreparedChat, *, include_usage: bool) -> AsyncIterator[ChatCompletionChunk]:
         """The response as OpenAI streams it: a role chunk per choice, content deltas, usage last."""
         header = self._header(prepared)
         if include_usage:
             header["usage"] = None
-        fold = ChoiceFold(header, prepared)
+        fold = self._fold(prepared, header)
         first_extra = {"prompt_token_ids": prepared.prompt.token_ids} if prepared.request.return_token_ids else {}
         scored_sent = False
         async for steps in self._steps(prepared, fold, live=True):
@@ -123,6 +113,10 @@ class ChatCompletions:
             first_extra = {}
         if include_usage:
             yield ChatCompletionChunk(**{**header, "usage": fold.usage}, choices=[])
+
+    def _fold(self, prepared: PreparedChat, header: dict[str, Any]) -> ChoiceFold:
+        return ChoiceFold(header, prepared.prompt.token_ids if prepared.request.return_token_ids else None,
+                          self._logprob)
 
     def _header(self, prepared: PreparedChat) -> dict[str, Any]:
         header: dict[str, Any] = {
@@ -143,12 +137,10 @@ class ChatCompletions:
         chunk is built at all, and the fold is the answer. One shaping, so the two agree."""
         request, served = prepared.request, self.served
         with_ids = bool(request.return_token_ids)
-        generation: Generation | None = None
-        recorded = False
-        outputs = [_Output(prepared.output_parser.stream()) for _ in range(prepared.params.n)] \
+        outputs = [Output(prepared.output_parser.stream()) for _ in range(prepared.params.n)] \
             if prepared.output_parser else None
-        try:
-            async with Generation.running(served, prepared.prompt.token_ids, prepared.params, live=live) as generation:
+        async with GenerationRun(served, self._record_fields(prepared, fold), fold.result) as run:
+            async with run.generate(prepared.prompt.token_ids, prepared.params, live=live) as generation:
                 opening = [ChoiceStep(i, role=True, token_ids=[] if with_ids else None) for i in range(prepared.params.n)]
                 # After submitting: the prefill runs while the role chunk goes out. While the engine is
                 # paused the chunk waits for the first output, whose weights the fingerprint names.
@@ -178,47 +170,39 @@ class ChatCompletions:
             for sample, output in zip(generation.samples, outputs or []):
                 sample.tool_parse_error = output.stream.error
                 sample.reasoning = "".join(output.reasoning) or None
-            prompt_tokens = len(prepared.prompt.token_ids)
-            completion_tokens = sum(len(sample.token_ids) for sample in generation.samples)
+            counts = run.counts
             details = {"completion_tokens_details": CompletionTokensDetails(
                 reasoning_tokens=sum(output.reasoning_tokens for output in outputs))
             } if served.reasoning_format is not None and outputs else {}
             fold.usage = CompletionUsage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-                prompt_tokens_details=PromptTokensDetails(cached_tokens=generation.cached_tokens),
+                prompt_tokens=counts.prompt,
+                completion_tokens=counts.output,
+                total_tokens=counts.prompt + counts.output,
+                prompt_tokens_details=PromptTokensDetails(cached_tokens=counts.cached),
                 **details,
             )
-            recorded = True
-            await written(self._record(prepared, fold, generation))
-        finally:
-            if not recorded:  # failed or cancelled: recorded as it stands, without waiting
-                self._record(prepared, fold, generation)
+            await run.finish(fold.result())
 
-    def _record(self, prepared: PreparedChat, fold: ChoiceFold, generation: Generation | None) -> Future[bool]:
-        return record_generation(
-            self.served,
+    def _record_fields(self, prepared: PreparedChat, fold: ChoiceFold) -> RecordFields:
+        return RecordFields(
             record_id=fold.header["id"],
             kind="chat.completion",
             created=fold.header["created"],
             request=prepared.request,
             prompt_text=prepared.prompt.text,
             prompt_token_ids=prepared.prompt.token_ids,
-            generation=generation,
-            output=fold.result(self._logprob),
             metadata=prepared.request.metadata,
             visible=bool(prepared.request.store),
             episode=prepared.episode,
         )
 
     @staticmethod
-    def _step(delta: SampleDelta, *, with_ids: bool, logprobs: bool | None, output: _Output | None) -> ChoiceStep | None:
+    def _step(delta: SampleDelta, *, with_ids: bool, logprobs: bool | None, output: Output | None) -> ChoiceStep | None:
         """One sample's part of one step; None when it has nothing to say."""
         content: str | None = delta.text
         reasoning = ""
         calls: list[dict[str, Any]] | None = None
-        finish = _finish_reason(delta)
+        finish = finish_reason(delta)
         if output is not None:
             reasoning, content, calls = output.shape(delta.text, finished=delta.finish_reason is not None,
                                                      tokens=len(delta.token_ids))
@@ -258,165 +242,3 @@ class ChatCompletions:
         fields = token_logprob(self.served, entry)
         top = [TopLogprob(**alternative) for alternative in fields.pop("top_logprobs")]
         return ChatCompletionTokenLogprob(**fields, top_logprobs=top)
-
-
-class _Output:
-    """One sample's output stream: text in, OpenAI's reasoning, content and tool-call deltas out."""
-
-    def __init__(self, stream: OutputStream) -> None:
-        self.stream = stream
-        self.called = False
-        self.reasoning: list[str] = []
-        self.reasoning_tokens = 0
-
-    def shape(
-        self, text: str, *, finished: bool, tokens: int
-    ) -> tuple[str, str, list[dict[str, Any]] | None]:
-        """(reasoning, content, tool-call deltas as `ChoiceDeltaToolCall` fields) of one step of `tokens` tokens."""
-        was_reasoning = self.stream.in_reasoning
-        pieces = self.stream.feed(text) if text else []
-        if finished:
-            pieces += self.stream.finish()
-        if was_reasoning or self.stream.in_reasoning:
-            self.reasoning_tokens += tokens
-        reasoning = "".join(piece.text for piece in pieces if isinstance(piece, ReasoningDelta))
-        self.reasoning.append(reasoning)
-        parsed = [piece for piece in pieces if not isinstance(piece, ReasoningDelta)]
-        content = "".join(part.content for part in parsed if part.content)
-        # One entry per call per chunk; fields a delta does not carry are left out, not null:
-        # the SDK's accumulator would overwrite the call's id, type and name with a null.
-        merged: dict[int, dict[str, Any]] = {}
-        for part in parsed:
-            if part.index is None:
-                continue
-            call = merged.setdefault(part.index, {"index": part.index, "function": {}})
-            if part.id is not None:
-                call.update(id=part.id, type="function")
-            if part.name is not None:
-                call["function"]["name"] = part.name
-            if part.arguments is not None:
-                call["function"]["arguments"] = call["function"].get("arguments", "") + part.arguments
-        calls = list(merged.values())
-        self.called = self.called or bool(calls)
-        return reasoning, content, calls or None
-
-
-def _finish_reason(delta: SampleDelta) -> Any:
-    # "abort" is the engine's; OpenAI's enum has no such value, and an aborted sample ends by length.
-    return None if delta.finish_reason is None else ("length" if delta.finish_reason == "abort" else delta.finish_reason)
-
-
-@dataclass
-class ChoiceStep:
-    """One choice's part of one step, shaped (reasoning, content, tool-call deltas) but not yet an
-    OpenAI object: streamed, it becomes a chunk's choice; folded, a part of the message."""
-
-    index: int
-    content: str = ""
-    reasoning: str = ""
-    calls: list[dict[str, Any]] | None = None
-    """`ChoiceDeltaToolCall` fields, one entry per call."""
-    logprobs: list[TokenLogprob] | None = None
-    """None when the request did not ask for logprobs."""
-    token_ids: list[int] | None = None
-    """None unless `return_token_ids`."""
-    finish_reason: Any = None
-    ended: bool = False
-    stop_reason: str | int | None = None
-    role: bool = False
-    """The opening part: the role, empty content."""
-
-
-class ChoiceFold:
-    """Folds choice steps, as they go by, into the `ChatCompletion` a non-streamed request returns
-    (and the record of a streamed one). Folding as they go, rather than keeping every step to fold
-    at the end, lets each step die young: kept to the end of a long generation, they pile up in the
-    garbage collector's oldest generation and trigger its full collections, which stall every
-    thread, the engine's included."""
-
-    def __init__(self, header: dict[str, Any], prepared: PreparedChat) -> None:
-        self.header = header
-        self.usage: CompletionUsage | None = None
-        self.prompt_logprobs: list[dict[str, Any] | None] | None = None
-        """vLLM's `prompt_logprobs` (top level), when asked for."""
-        self._prompt_token_ids = prepared.prompt.token_ids if prepared.request.return_token_ids else None
-        self._texts: dict[int, list[str]] = {}
-        self._reasoning: dict[int, list[str]] = {}
-        self._logprobs: dict[int, list[TokenLogprob] | None] = {}
-        self._token_ids: dict[int, list[int]] = {}
-        self._finish: dict[int, Any] = {}
-        self._stop_reasons: dict[int, Any] = {}
-        self._calls: dict[int, dict[int, dict[str, Any]]] = {}
-        self._result: ChatCompletion | None = None
-
-    def add(self, steps: list[ChoiceStep]) -> list[ChoiceStep]:
-        """Fold one step's parts in; return them."""
-        self._result = None
-        for step in steps:
-            index = step.index
-            self._texts.setdefault(index, []).append(step.content)
-            self._reasoning.setdefault(index, []).append(step.reasoning)
-            for call in step.calls or []:
-                merged = self._calls.setdefault(index, {}).setdefault(call["index"], {"arguments": []})
-                merged.setdefault("id", call.get("id"))
-                function = call.get("function", {})
-                merged.setdefault("name", function.get("name"))
-                merged["arguments"].append(function.get("arguments") or "")
-            self._logprobs.setdefault(index, None)
-            if step.logprobs is not None:
-                entries = self._logprobs[index]
-                if entries is None:
-                    entries = self._logprobs[index] = []
-                entries.extend(step.logprobs)
-            if step.token_ids is not None:
-                self._token_ids.setdefault(index, []).extend(step.token_ids)
-            if step.finish_reason is not None:
-                self._finish[index] = step.finish_reason
-                self._stop_reasons[index] = step.stop_reason
-        return steps
-
-    def result(self, logprob: Callable[[TokenLogprob], ChatCompletionTokenLogprob]) -> ChatCompletion:
-        """The `ChatCompletion` of the steps folded so far (at least the opening); built once for the
-        record and the answer alike."""
-        if self._result is None:
-            self._result = self._build(logprob)
-        return self._result
-
-    def _build(self, logprob: Callable[[TokenLogprob], ChatCompletionTokenLogprob]) -> ChatCompletion:
-        choices = []
-        for index in sorted(self._texts):
-            extra: dict[str, Any] = {"stop_reason": self._stop_reasons.get(index)}
-            if index in self._token_ids:
-                extra["token_ids"] = list(self._token_ids[index])
-            tool_calls = [
-                ChatCompletionMessageFunctionToolCall(
-                    id=call["id"], type="function",
-                    function=Function(name=call["name"], arguments="".join(call["arguments"])),
-                )
-                for _, call in sorted(self._calls.get(index, {}).items())
-            ]
-            content = "".join(self._texts[index])
-            thought = "".join(self._reasoning[index])
-            message = ChatCompletionMessage(role="assistant", content=content or (None if tool_calls else ""),
-                                            refusal=None, **({"reasoning_content": thought} if thought else {}))
-            if tool_calls:
-                message.tool_calls = tool_calls
-            logprobs = self._logprobs[index]
-            choices.append(
-                completion_types.Choice(
-                    index=index,
-                    message=message,
-                    finish_reason=self._finish.get(index, "length"),
-                    logprobs=completion_types.ChoiceLogprobs(content=[logprob(e) for e in logprobs], refusal=None)
-                    if logprobs is not None
-                    else None,
-                    **extra,
-                )
-            )
-        header = {key: self.header[key] for key in ("id", "created", "model", "system_fingerprint", "service_tier")
-                  if key in self.header}
-        top_extra: dict[str, Any] = {"prompt_token_ids": self._prompt_token_ids} \
-            if self._prompt_token_ids is not None else {}
-        if self.prompt_logprobs is not None:
-            top_extra["prompt_logprobs"] = self.prompt_logprobs
-        return ChatCompletion(**header, object="chat.completion", choices=choices, usage=self.usage, **top_extra)

@@ -1,6 +1,6 @@
 """Legacy completions: one or more prompts (text or token ids), `n`, `best_of`, `echo`, logprobs.
 
-As for chat, the non-streamed response is the accumulation of the streamed one.
+As for chat, the non-streamed response is the fold of the streamed one (`CompletionFold`).
 With `echo`, each sample's first chunk carries the prompt (and its logprobs, which the
 engine publishes right after prefill). `best_of > n` decodes `best_of` samples and keeps
 the `n` with the highest total logprob (non-streamed only, as OpenAI requires).
@@ -9,8 +9,7 @@ the `n` with the highest total logprob (non-streamed only, as OpenAI requires).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,9 +21,10 @@ from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, 
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import InvalidRequestError
-from localoai.handlers.common import (Generation, interleave, new_id, prompt_ids, prompt_logprobs,
-                                      sampling_params, scoring, token_budget)
-from localoai.handlers.recording import record_generation, written
+from localoai.handlers.common import interleave, new_id, prompt_ids, prompt_logprobs, sampling_params, scoring, \
+    token_budget
+from localoai.handlers.recording import RecordFields
+from localoai.handlers.run import GenerationRun, folded
 from localoai.protocol.completions import CompletionRequest
 from localoai.served import ServedModel
 
@@ -87,16 +87,21 @@ class Completions:
         return PreparedCompletion(request, prompts, self.served.episodes.turn(episode))
 
     async def create(self, prepared: PreparedCompletion) -> Completion:
-        completion = accumulate_completion([c async for c in self.chunks(prepared, include_usage=True, live=False)])
+        fold = CompletionFold()
+        completion = await folded(self._chunks(prepared, fold, include_usage=True, live=False), fold)
         if prepared.ranked:
             completion = _keep_best(completion, prepared.request.n or 1, prepared.prompts[0].params.n,
                                     keep_logprobs=prepared.request.logprobs is not None)
         return completion
 
-    async def chunks(
-        self, prepared: PreparedCompletion, *, include_usage: bool, live: bool = True
+    def chunks(self, prepared: PreparedCompletion, *, include_usage: bool) -> AsyncIterator[Completion]:
+        """The completion as OpenAI streams it."""
+        return self._chunks(prepared, CompletionFold(), include_usage=include_usage, live=True)
+
+    async def _chunks(
+        self, prepared: PreparedCompletion, fold: CompletionFold, *, include_usage: bool, live: bool
     ) -> AsyncIterator[Completion]:
-        """The completion as OpenAI streams it; `live=False` when nobody reads a chunk before the last
+        """The chunks, each folded into `fold`; `live=False` when nobody reads a chunk before the last
         (see `Generation`)."""
         served = self.served
         header: dict[str, Any] = {
@@ -113,10 +118,10 @@ class Completions:
         # Every prompt's generation at once: they are decoded together, as separate requests would be.
         async for chunk in interleave([self._prompt_chunks(prepared, number, header, usage, live)
                                        for number in range(len(prepared.prompts))]):
-            yield chunk
+            yield fold.add(chunk)
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         if include_usage:
-            yield Completion(**{**header, "usage": usage}, choices=[])
+            yield fold.add(Completion(**{**header, "usage": usage}, choices=[]))
 
     async def _prompt_chunks(
         self, prepared: PreparedCompletion, number: int, header: dict[str, Any], usage: CompletionUsage, live: bool
@@ -129,11 +134,14 @@ class Completions:
         echo_pending = bool(request.echo)
         # vLLM's placement: each choice's first chunk carries its prompt's ids (the echo, when there is one).
         ids_pending = set(range(samples)) if request.return_token_ids and not request.echo else set()
-        sent: list[Completion] = []
-        generation: Generation | None = None
-        recorded = False
-        try:
-            async with Generation.running(self.served, prompt.token_ids, prompt.params, live=live) as generation:
+        fold = CompletionFold()
+        record = RecordFields(
+            record_id=header["id"] if len(prepared.prompts) == 1 else f"{header['id']}:{number}",
+            kind="text_completion", created=header["created"], request=request, prompt_text=prompt.text,
+            prompt_token_ids=prompt.token_ids, first_index=base, episode=prepared.episode)
+        # One record per prompt: `cmpl-...`, or `cmpl-...:N` for the Nth of several prompts.
+        async with GenerationRun(self.served, record, lambda: None if fold.empty else fold.result()) as run:
+            async with run.generate(prompt.token_ids, prompt.params, live=live) as generation:
                 async for item in generation:
                     # The weights that generated the output (a request may have waited through a pause).
                     header["system_fingerprint"] = self.served.fingerprint(generation.policy_version)
@@ -142,43 +150,17 @@ class Completions:
                         if echo_pending:
                             offsets = [len(choice.text) for choice in opening]
                             echo_pending = False
-                        sent.append(Completion(**header, choices=opening))
-                        yield sent[-1]
+                        yield fold.add(Completion(**header, choices=opening))
                     if isinstance(item, list):
                         choices = [self._choice(base, delta, offsets, request, prepared.shows_logprobs,
                                                 prompt.token_ids if delta.index in ids_pending else None)
                                    for delta in item]
                         ids_pending.difference_update(delta.index for delta in item)
-                        sent.append(Completion(**header, choices=choices))
-                        yield sent[-1]
-            usage.prompt_tokens += len(prompt.token_ids)
-            usage.prompt_tokens_details.cached_tokens += generation.cached_tokens  # type: ignore[union-attr,operator]
-            usage.completion_tokens += sum(len(sample.token_ids) for sample in generation.samples)
-            recorded = True
-            await written(self._record(prepared, number, header, generation, sent))
-        finally:
-            if not recorded:  # failed or cancelled: recorded as it stands, without waiting
-                self._record(prepared, number, header, generation, sent)
-
-    def _record(
-        self, prepared: PreparedCompletion, number: int, header: dict[str, Any], generation: Generation | None,
-        sent: list[Completion],
-    ) -> Future[bool]:
-        """One record per prompt: `cmpl-...`, or `cmpl-...:N` for the Nth of several prompts."""
-        prompt = prepared.prompts[number]
-        return record_generation(
-            self.served,
-            record_id=header["id"] if len(prepared.prompts) == 1 else f"{header['id']}:{number}",
-            kind="text_completion",
-            created=header["created"],
-            request=prepared.request,
-            prompt_text=prompt.text,
-            prompt_token_ids=prompt.token_ids,
-            generation=generation,
-            output=accumulate_completion(sent) if sent else None,
-            first_index=number * prompt.params.n,
-            episode=prepared.episode,
-        )
+                        yield fold.add(Completion(**header, choices=choices))
+            usage.prompt_tokens += run.counts.prompt
+            usage.prompt_tokens_details.cached_tokens += run.counts.cached  # type: ignore[union-attr,operator]
+            usage.completion_tokens += run.counts.output
+            await run.finish(None if fold.empty else fold.result())
 
     def _opening(self, base: int, prompt: PreparedPrompt, item: PromptLogprobs | list[SampleDelta],
                  request: CompletionRequest, *, echo: bool) -> list[CompletionChoice]:
@@ -240,16 +222,26 @@ def _choice(**fields: Any) -> CompletionChoice:
     return CompletionChoice(**fields)
 
 
-def accumulate_completion(chunks: Iterable[Completion]) -> Completion:
-    """Fold streamed completion chunks into the non-streamed `Completion`."""
-    chunks = list(chunks)
-    first = chunks[0]
-    merged: dict[int, dict[str, Any]] = {}
-    usage = None
-    for chunk in chunks:
-        usage = chunk.usage or usage
+class CompletionFold:
+    """Completion chunks folded, as they go by, into the non-streamed `Completion` (see `run.Fold`)."""
+
+    def __init__(self) -> None:
+        self._header: dict[str, Any] | None = None
+        self._merged: dict[int, dict[str, Any]] = {}
+        self._usage: CompletionUsage | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self._header is None
+
+    def add(self, chunk: Completion) -> Completion:
+        if self._header is None:
+            self._header = chunk.model_dump(include={"id", "created", "model", "system_fingerprint"},
+                                            exclude_unset=True)
+        self._usage = chunk.usage or self._usage
         for choice in chunk.choices:
-            entry = merged.setdefault(choice.index, {"text": [], "logprobs": None, "finish_reason": None, "extra": {}})
+            entry = self._merged.setdefault(choice.index, {"text": [], "logprobs": None, "finish_reason": None,
+                                                           "extra": {}})
             entry["text"].append(choice.text)
             if choice.logprobs is not None:
                 if entry["logprobs"] is None:
@@ -263,18 +255,21 @@ def accumulate_completion(chunks: Iterable[Completion]) -> Completion:
                     entry["extra"][key] = value
             if choice.finish_reason is not None:
                 entry["finish_reason"] = choice.finish_reason
-    choices = [
-        CompletionChoice(
-            index=index,
-            text="".join(entry["text"]),
-            logprobs=Logprobs.model_construct(**entry["logprobs"]) if entry["logprobs"] is not None else None,
-            finish_reason=entry["finish_reason"] or "length",
-            **entry["extra"],
-        )
-        for index, entry in sorted(merged.items())
-    ]
-    header = first.model_dump(include={"id", "created", "model", "system_fingerprint"}, exclude_unset=True)
-    return Completion(**header, object="text_completion", choices=choices, usage=usage)
+        return chunk
+
+    def result(self) -> Completion:
+        assert self._header is not None, "nothing folded yet"
+        choices = [
+            CompletionChoice(
+                index=index,
+                text="".join(entry["text"]),
+                logprobs=Logprobs.model_construct(**entry["logprobs"]) if entry["logprobs"] is not None else None,
+                finish_reason=entry["finish_reason"] or "length",
+                **entry["extra"],
+            )
+            for index, entry in sorted(self._merged.items())
+        ]
+        return Completion(**self._header, object="text_completion", choices=choices, usage=self._usage)
 
 
 def _keep_best(completion: Completion, n: int, decoded: int, *, keep_logprobs: bool) -> Completion:

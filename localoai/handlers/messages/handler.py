@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,14 +36,18 @@ from anthropic.types import (
     Usage,
 )
 from anthropic.types.raw_message_delta_event import Delta
+from openai.types.chat import ChatCompletionTokenLogprob
 from pydantic import BaseModel
 
 from localoai.chat_template import render_chat
 from localoai.episodes.routing import EpisodeRef
-from localoai.handlers.chat.handler import ChatCompletions, ChoiceFold, ChoiceStep, PreparedChat
-from localoai.handlers.common import Generation, new_id
+from localoai.engine.params import TokenLogprob
+from localoai.handlers.chat.handler import ChatCompletions, PreparedChat
+from localoai.handlers.chat.shaping import ChoiceFold, ChoiceStep
+from localoai.handlers.common import new_id
 from localoai.handlers.messages.content import ThinkingSigner, chat_request
-from localoai.handlers.recording import record_generation
+from localoai.handlers.recording import RecordFields
+from localoai.handlers.run import folded
 from localoai.protocol.messages import CountTokensRequest, MessageCreateRequest, ThinkingAdaptive, ThinkingEnabled
 from localoai.served import ServedModel
 
@@ -74,8 +77,9 @@ class _Block:
 class BlockFold(ChoiceFold):
     """Chat steps -> Anthropic content blocks, and the stream events that build them."""
 
-    def __init__(self, header: dict[str, Any], prepared: PreparedMessage, signer: ThinkingSigner) -> None:
-        super().__init__(header, prepared)
+    def __init__(self, header: dict[str, Any], prepared: PreparedMessage, signer: ThinkingSigner,
+                 logprob: Callable[[TokenLogprob], ChatCompletionTokenLogprob]) -> None:
+        super().__init__(header, None, logprob)
         self.blocks: list[_Block] = []
         self.open = False
         self.events: list[BaseModel] = []
@@ -167,6 +171,9 @@ class BlockFold(ChoiceFold):
         return Usage(input_tokens=self._prompt_tokens, output_tokens=output,
                      cache_creation_input_tokens=0, cache_read_input_tokens=0)
 
+    def result(self) -> Message:  # type: ignore[override]  # the fold's answer is the message
+        return self.message()
+
     def message(self, *, final: bool = True) -> Message:
         reason, sequence = self.stop if final and self.stop else (None, None)
         if final and reason is None:
@@ -207,9 +214,7 @@ class Messages:
 
     async def create(self, prepared: PreparedMessage) -> Message:
         fold = self._fold(prepared)
-        async for _ in self.chat._steps(prepared, fold, live=False):
-            pass
-        return fold.message()
+        return await folded(self.chat._steps(prepared, fold, live=False), fold)
 
     async def events(self, prepared: PreparedMessage) -> AsyncIterator[BaseModel]:
         """Anthropic's stream: message_start, a ping, the blocks' events, message_delta, message_stop."""
@@ -232,7 +237,7 @@ class Messages:
     def _fold(self, prepared: PreparedMessage) -> BlockFold:
         header = {"id": new_id("msg_"), "created": int(time.time()), "model": self.served.name,
                   "system_fingerprint": self.served.system_fingerprint}
-        return BlockFold(header, prepared, self.signer)
+        return BlockFold(header, prepared, self.signer, self.chat._logprob)
 
 
 class _MessageChat(ChatCompletions):
@@ -242,18 +247,8 @@ class _MessageChat(ChatCompletions):
         super().__init__(served)
         self._messages = messages
 
-    def _record(self, prepared: PreparedChat, fold: ChoiceFold, generation: Generation | None) -> Future[bool]:
-        assert isinstance(prepared, PreparedMessage) and isinstance(fold, BlockFold)
-        return record_generation(
-            self.served,
-            record_id=fold.header["id"],
-            kind="message",
-            created=fold.header["created"],
-            request=prepared.message,
-            prompt_text=prepared.prompt.text,
-            prompt_token_ids=prepared.prompt.token_ids,
-            generation=generation,
-            output=fold.message(),
-            visible=False,
-            episode=prepared.episode,
-        )
+    def _record_fields(self, prepared: PreparedChat, fold: ChoiceFold) -> RecordFields:
+        assert isinstance(prepared, PreparedMessage) and prepared.message is not None
+        return RecordFields(record_id=fold.header["id"], kind="message", created=fold.header["created"],
+                            request=prepared.message, prompt_text=prepared.prompt.text,
+                            prompt_token_ids=prepared.prompt.token_ids, episode=prepared.episode)

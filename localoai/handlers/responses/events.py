@@ -35,7 +35,6 @@ top_logprobs), the delta and done events carry them without `bytes`, as the SDK 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -429,12 +428,3 @@ def _output_item(item: _Message | _FunctionCall | ClientToolCall | HostedCall | 
         except ValueError:
             return _as_function_call(item).item(status)
     return item.item(status)
-
-
-def final_response(events: Iterable[ResponseStreamEvent]) -> Response:
-    """Fold a stream into the `Response` a non-streamed request returns: OpenAI's terminal event
-    carries the whole response, which the builder accumulated from the very deltas it sent."""
-    for event in events:
-        if event.type in TERMINAL_EVENTS:
-            return event.response  # type: ignore[union-attr]
-    raise ValueError("the event stream has no terminal event")

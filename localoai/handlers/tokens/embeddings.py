@@ -23,7 +23,7 @@ from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import UnsupportedFieldError
 from localoai.handlers.common import new_id, on_engine, prompt_ids, token_budget
-from localoai.handlers.recording import record_generation, written
+from localoai.handlers.recording import RecordFields, record_generation, written
 from localoai.protocol.embeddings import EmbeddingRequest
 from localoai.served import ServedModel
 
@@ -83,10 +83,10 @@ class Embeddings:
         record_id = new_id("embd-")
         writes = [
             record_generation(
-                served, record_id=record_id if len(data) == 1 else f"{record_id}:{index}", kind="embedding",
-                created=created, request=prepared.request, prompt_text=text, prompt_token_ids=token_ids,
-                generation=None, output=data[index], status="completed", episode=prepared.episode,
-                policy_version=versions[index],
+                served, RecordFields(record_id=record_id if len(data) == 1 else f"{record_id}:{index}",
+                                     kind="embedding", created=created, request=prepared.request, prompt_text=text,
+                                     prompt_token_ids=token_ids, episode=prepared.episode),
+                None, data[index], status="completed", policy_version=versions[index],
             )
             for index, (token_ids, text) in enumerate(prepared.prompts)
         ]

@@ -20,9 +20,10 @@ from localoai.constraints.requests import constrain_generate
 from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
-from localoai.handlers.common import (Generation, new_id, prompt_ids, prompt_logprobs, sampling_params, scoring,
+from localoai.handlers.common import (new_id, prompt_ids, prompt_logprobs, sampling_params, scoring,
                                       token_budget)
-from localoai.handlers.recording import record_generation, written
+from localoai.handlers.recording import RecordFields
+from localoai.handlers.run import GenerationRun, folded
 from localoai.protocol.generate import GenerateChoice, GenerateRequest, GenerateResponse
 from localoai.served import ServedModel
 
@@ -56,49 +57,41 @@ class TokenGeneration:
         return PreparedGenerate(request, text, params, served.episodes.turn(episode))
 
     async def create(self, prepared: PreparedGenerate) -> GenerateResponse:
-        return accumulate([chunk async for chunk in self.chunks(prepared, include_usage=True, live=False)])
+        fold = GenerateFold()
+        return await folded(self._chunks(prepared, fold, include_usage=True, live=False), fold)
 
-    async def chunks(self, prepared: PreparedGenerate, *, include_usage: bool,
-                     live: bool = True) -> AsyncIterator[GenerateResponse]:
+    def chunks(self, prepared: PreparedGenerate, *, include_usage: bool) -> AsyncIterator[GenerateResponse]:
         """The answer as vLLM streams it: each step's token ids per sample, the prompt's logprobs
         first when asked, usage last (when asked); the generation is recorded as it ends."""
+        return self._chunks(prepared, GenerateFold(), include_usage=include_usage, live=True)
+
+    async def _chunks(self, prepared: PreparedGenerate, fold: GenerateFold, *, include_usage: bool,
+                      live: bool) -> AsyncIterator[GenerateResponse]:
+        """The chunks, each folded into `fold` (the record's output, and the non-streamed answer)."""
         served, request = self.served, prepared.request
         record_id = new_id("generate-tokens-")  # the store's id: unique even when a client repeats a request_id
         header: dict[str, Any] = {"id": record_id, "request_id": request.request_id or record_id,
                                   "created": int(time.time()), "model": served.name,
                                   "system_fingerprint": served.system_fingerprint}
         shows = request.sampling_params.logprobs is not None
-        sent: list[GenerateResponse] = []
-        generation: Generation | None = None
-        recorded = False
-        try:
-            async with Generation.running(served, request.token_ids, prepared.params, live=live) as generation:
+        record = RecordFields(record_id=record_id, kind="generate", created=header["created"], request=request,
+                              prompt_text=prepared.prompt_text, prompt_token_ids=request.token_ids,
+                              episode=prepared.episode)
+        async with GenerationRun(served, record, lambda: None if fold.empty else fold.result()) as run:
+            async with run.generate(request.token_ids, prepared.params, live=live) as generation:
                 async for item in generation:
                     if isinstance(item, PromptLogprobs):
-                        sent.append(GenerateResponse(**header, choices=[],
-                                                     prompt_logprobs=prompt_logprobs(
-                                                         served, item, request.sampling_params.prompt_logprobs)))
+                        yield fold.add(GenerateResponse(**header, choices=[], prompt_logprobs=prompt_logprobs(
+                            served, item, request.sampling_params.prompt_logprobs)))
                     else:
-                        sent.append(GenerateResponse(**header, choices=[self._choice(delta, shows) for delta in item]))
-                    yield sent[-1]
-            completion = sum(len(sample.token_ids) for sample in generation.samples)
-            prompt = len(request.token_ids)
-            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-            sent.append(GenerateResponse(**header, choices=[], usage=usage))
+                        yield fold.add(GenerateResponse(**header, choices=[self._choice(delta, shows)
+                                                                           for delta in item]))
+            usage = {"prompt_tokens": run.counts.prompt, "completion_tokens": run.counts.output,
+                     "total_tokens": run.counts.prompt + run.counts.output}
+            last = fold.add(GenerateResponse(**header, choices=[], usage=usage))
             if include_usage:
-                yield sent[-1]
-            recorded = True
-            await written(self._record(prepared, header, generation, sent))
-        finally:
-            if not recorded:  # failed or cancelled: recorded as it stands, without waiting
-                self._record(prepared, header, generation, sent)
-
-    def _record(self, prepared: PreparedGenerate, header: dict[str, Any], generation: Generation | None,
-                sent: list[GenerateResponse]) -> Any:
-        return record_generation(
-            self.served, record_id=header["id"], kind="generate", created=header["created"],
-            request=prepared.request, prompt_text=prepared.prompt_text, prompt_token_ids=prepared.request.token_ids,
-            generation=generation, output=accumulate(sent) if sent else None, episode=prepared.episode)
+                yield last
+            await run.finish(fold.result())
 
     @staticmethod
     def _choice(delta: SampleDelta, shows_logprobs: bool) -> GenerateChoice:
@@ -113,22 +106,36 @@ def _token_logprob(entry: TokenLogprob) -> dict[str, Any]:
             "top_logprobs": [{"token": f"token_id:{token}", "logprob": value} for token, value in entry.top]}
 
 
-def accumulate(chunks: list[GenerateResponse]) -> GenerateResponse:
-    """Fold streamed chunks into the non-streamed answer."""
-    choices: dict[int, dict[str, Any]] = {}
-    scored = usage = None
-    for chunk in chunks:
-        scored = chunk.prompt_logprobs if chunk.prompt_logprobs is not None else scored
-        usage = chunk.usage or usage
+class GenerateFold:
+    """Streamed chunks folded, as they go by, into the non-streamed answer (see `run.Fold`)."""
+
+    def __init__(self) -> None:
+        self._header: dict[str, Any] | None = None
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._scored: list[dict[str, Any] | None] | None = None
+        self._usage: Any = None
+
+    @property
+    def empty(self) -> bool:
+        return self._header is None
+
+    def add(self, chunk: GenerateResponse) -> GenerateResponse:
+        if self._header is None:
+            self._header = chunk.model_dump(include={"id", "request_id", "created", "model", "system_fingerprint"})
+        self._scored = chunk.prompt_logprobs if chunk.prompt_logprobs is not None else self._scored
+        self._usage = chunk.usage or self._usage
         for choice in chunk.choices:
-            entry = choices.setdefault(choice.index, {"index": choice.index, "token_ids": [], "logprobs": None,
-                                                      "finish_reason": None, "stop_reason": None})
+            entry = self._choices.setdefault(choice.index, {"index": choice.index, "token_ids": [], "logprobs": None,
+                                                            "finish_reason": None, "stop_reason": None})
             entry["token_ids"] += choice.token_ids
             if choice.logprobs is not None:
                 entry["logprobs"] = {"content": (entry["logprobs"] or {"content": []})["content"]
                                      + choice.logprobs["content"]}
             if choice.finish_reason is not None:
                 entry["finish_reason"], entry["stop_reason"] = choice.finish_reason, choice.stop_reason
-    header = chunks[0].model_dump(include={"id", "request_id", "created", "model", "system_fingerprint"})
-    return GenerateResponse(**header, choices=[GenerateChoice(**choices[i]) for i in sorted(choices)],
-                            usage=usage, prompt_logprobs=scored)
+        return chunk
+
+    def result(self) -> GenerateResponse:
+        assert self._header is not None, "nothing folded yet"
+        return GenerateResponse(**self._header, choices=[GenerateChoice(**self._choices[i]) for i in sorted(self._choices)],
+                                usage=self._usage, prompt_logprobs=self._scored)

@@ -1,0 +1,142 @@
+"""Responses' input: the request's items after what came before (a `previous_response_id` chain
+replayed from the store, or a conversation's items), rendered with the offered tools; the same
+rendering for `input_tokens` and for the next round after hosted tool calls (`continued`)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from openai.types.responses import Response
+
+from localoai.chat_template import RenderedPrompt, render_chat
+from localoai.engine.params import SamplingParams
+from localoai.episodes.ledger import EpisodeTurn
+from localoai.errors import InvalidRequestError, NotFoundError
+from localoai.handlers.common import token_budget
+from localoai.handlers.responses.items import chat_messages, chat_tools, check_call_outputs, stored_items
+from localoai.handlers.stored import visible_record
+from localoai.parsers.reasoning import OutputParser
+from localoai.protocol.client_tools import offered_name
+from localoai.protocol.offered_tools import OfferedTools, offered_tools
+from localoai.protocol.responses import ResponseCreateRequest, ResponseInputFields
+from localoai.served import ServedModel
+from localoai.store.conversations import ConversationNotFound
+
+logger = logging.getLogger(__name__)
+
+KIND = "response"
+
+
+@dataclass(frozen=True)
+class PreparedResponse:
+    """A validated request with its resolved input items, rendered to token ids, ready to generate."""
+
+    request: ResponseCreateRequest
+    items: list[dict[str, Any]]
+    prompt: RenderedPrompt
+    params: SamplingParams
+    offered: OfferedTools
+    output_parser: OutputParser | None = None
+    """Reasoning and tool calls (when function tools are offered and not `tool_choice: none`) out of
+    the text; None when the model has neither format (or no tools were offered)."""
+    new_items_from: int = 0
+    """Where this request's own items start in `items` (before: the replayed chain or conversation)."""
+    episode: EpisodeTurn | None = None
+    continued: list[dict[str, Any]] | None = None
+    """After a round of hosted tool calls: `items` then the earlier rounds' output, which `prompt` renders."""
+
+
+def previous_not_found(response_id: str) -> NotFoundError:
+    return NotFoundError(f"Previous response with id '{response_id}' not found.", param="previous_response_id",
+                         code="previous_response_not_found")
+
+
+class ResponseInputs:
+    """Resolves and renders a Responses request's input for one served model."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+
+    def offered(self, request: ResponseInputFields) -> OfferedTools:
+        return offered_tools(request, self.served.hosted_tools.definitions())
+
+    async def render(self, request: ResponseInputFields) -> tuple[list[dict[str, Any]], RenderedPrompt, int]:
+        """The full item list (what came before, then this request's items), its rendering, and
+        where this request's items start."""
+        if request.conversation_id is not None:
+            earlier = await self._conversation(request.conversation_id)
+        else:
+            earlier = await self._replay(request.previous_response_id) if request.previous_response_id else []
+        new = stored_items(request.input)
+        if request.conversation_id is not None:
+            taken = {item.get("id") for item in earlier}
+            for index, item in enumerate(new):
+                if item.get("id") in taken:  # refused now: appending after generation must not fail
+                    raise InvalidRequestError(f"The conversation already has an item with id '{item['id']}'.",
+                                              param=f"input[{index}].id")
+        items = earlier + new
+        check_call_outputs(items, len(earlier))
+        prompt = await self._rendered(request, items, self.offered(request))
+        return items, prompt, len(earlier)
+
+    async def _rendered(self, request: ResponseInputFields, items: list[dict[str, Any]],
+                        offered: OfferedTools) -> RenderedPrompt:
+        served = self.served
+        return await served.off_loop(
+            render_chat,
+            served.tokenizer,
+            chat_messages(request.instructions, items, served.hosted_tools.result),  # never carried over
+            tools=chat_tools(offered.tools),
+            template_kwargs=request.chat_template_kwargs,
+            reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
+            effort_param="reasoning.effort",
+            policy=served.template_policy,
+        )
+
+    async def continued(self, prepared: PreparedResponse, round_items: list[Any], used: int) -> PreparedResponse:
+        """The next round of a response whose model called hosted tools: the same request rendered
+        with this round's output (the calls and their results) after its items."""
+        request = prepared.request
+        output = [item.model_dump(mode="json", exclude_none=True) for item in round_items]
+        items = [*prepared.items, *output] if not prepared.continued else [*prepared.continued, *output]
+        prompt = await self._rendered(request, items, prepared.offered)
+        remaining = request.max_output_tokens - used if request.max_output_tokens is not None else None
+        budget = token_budget(self.served, len(prompt.token_ids), max(remaining or 0, 1) if remaining is not None
+                              else None, param="max_output_tokens")
+        names = [offered_name(tool) for tool in prepared.offered.tools]
+        parser = self.served.output_parser(prompt.text, names or None)
+        return dataclasses.replace(prepared, prompt=prompt, output_parser=parser, continued=items,
+                                   params=dataclasses.replace(prepared.params, max_tokens=budget))
+
+    async def _conversation(self, conversation_id: str) -> list[dict[str, Any]]:
+        try:
+            return await asyncio.to_thread(self.served.conversations.items, conversation_id)
+        except ConversationNotFound:
+            raise NotFoundError(f"Conversation with id '{conversation_id}' not found.", param="conversation",
+                                code="not_found") from None
+
+    async def _replay(self, response_id: str) -> list[dict[str, Any]]:
+        """A stored response's full input (its own chain included) followed by its output."""
+        record = await visible_record(self.served, response_id, KIND)
+        if record is None:
+            raise previous_not_found(response_id)
+        if record.status == "in_progress":
+            raise InvalidRequestError(f"Previous response with id '{response_id}' is still in progress.",
+                                      param="previous_response_id")
+        return [*record.request.get("input_items", []), *record.output.get("output", [])]
+
+    async def append_to_conversation(self, prepared: PreparedResponse, response: Response) -> None:
+        """A finished response's own input items and its output join its conversation."""
+        conversation_id = prepared.request.conversation_id
+        if conversation_id is None:
+            return
+        output = [item.model_dump(mode="json", exclude_none=True) for item in response.output]
+        try:
+            await asyncio.to_thread(self.served.conversations.add_items, conversation_id,
+                                    prepared.items[prepared.new_items_from :] + output)
+        except Exception:  # noqa: BLE001 - the response stands; the log says why the conversation did not grow
+            logger.exception("could not append response %s to conversation %s", response.id, conversation_id)
