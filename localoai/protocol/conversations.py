@@ -15,12 +15,8 @@ from pydantic import Field, model_validator
 
 from localoai.errors import InvalidRequestError
 from localoai.protocol.base import RequestModel
-from localoai.protocol.responses import (
-    InputItem,
-    check_item_types,
-    parse_include,
-    parse_input_items_query,
-)
+from localoai.protocol.response_items import InputItem, check_item_types
+from localoai.protocol.responses import parse_include, parse_input_items_query
 from localoai.protocol.stored import ListQuery
 
 MAX_ITEMS = 20

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from openai.types.responses import (
     Response,
@@ -47,14 +47,10 @@ from openai.types.responses import (
     ResponseFailedEvent,
     ResponseFunctionCallArgumentsDeltaEvent,
     ResponseFunctionCallArgumentsDoneEvent,
-    ResponseFunctionToolCall,
     ResponseIncompleteEvent,
     ResponseInProgressEvent,
     ResponseOutputItemAddedEvent,
     ResponseOutputItemDoneEvent,
-    ResponseOutputMessage,
-    ResponseOutputText,
-    ResponseReasoningItem,
     ResponseReasoningTextDeltaEvent,
     ResponseReasoningTextDoneEvent,
     ResponseStreamEvent,
@@ -62,16 +58,23 @@ from openai.types.responses import (
     ResponseTextDoneEvent,
     ResponseUsage,
 )
-from openai.types.responses.response_reasoning_item import Content as ReasoningContent
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from localoai.handlers.responses.client_tools import ClientToolCall, ClientToolType
 from localoai.handlers.common import new_id
 from localoai.handlers.responses.hosted_tools import HostedCall
+from localoai.handlers.responses.output_items import (
+    FunctionCallState,
+    ItemStatus,
+    MessageState,
+    ReasoningState,
+    WholeItem,
+    as_function_call,
+    output_item,
+)
 from localoai.parsers.tool_calls import StreamDelta
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
-ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
 def usage(input_tokens: int, output_tokens: int, reasoning_tokens: int = 0, cached_tokens: int = 0) -> ResponseUsage:
@@ -92,60 +95,13 @@ def _event_logprobs(logprobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass
-class _Message:
-    id: str
-    text: list[str] = field(default_factory=list)
-    status: ItemStatus = "in_progress"
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
-
-    def part(self) -> ResponseOutputText:
-        return ResponseOutputText(type="output_text", text="".join(self.text), annotations=[],
-                                  logprobs=self.logprobs)
-
-    def item(self, status: ItemStatus | None = None, *, with_part: bool = True) -> ResponseOutputMessage:
-        return ResponseOutputMessage(id=self.id, type="message", role="assistant", status=status or self.status,
-                                     content=[self.part()] if with_part else [])
-
-
-@dataclass
-class _FunctionCall:
-    id: str
-    call_id: str
-    name: str
-    arguments: list[str] = field(default_factory=list)
-    status: ItemStatus = "in_progress"
-    namespace: str | None = None
-
-    def item(self, status: ItemStatus | None = None) -> ResponseFunctionToolCall:
-        namespace = {"namespace": self.namespace} if self.namespace else {}  # never a null: the spec has none
-        return ResponseFunctionToolCall(id=self.id, type="function_call", call_id=self.call_id, name=self.name,
-                                        arguments="".join(self.arguments), status=status or self.status, **namespace)
-
-
-@dataclass
-class _Reasoning:
-    id: str
-    text: list[str] = field(default_factory=list)
-    status: ItemStatus = "in_progress"
-
-    def part(self) -> dict[str, str]:
-        """As a dict: the added and done events each define their own `PartReasoningText` class."""
-        return {"type": "reasoning_text", "text": "".join(self.text)}
-
-    def item(self, status: ItemStatus | None = None, *, with_part: bool = True) -> ResponseReasoningItem:
-        content = [ReasoningContent(type="reasoning_text", text="".join(self.text))] if with_part else []
-        return ResponseReasoningItem(id=self.id, type="reasoning", summary=[], content=content,
-                                     status=status or self.status)
-
-
-@dataclass
 class ResponseEvents:
     """Builds the events of one response. `settings` are the `Response` fields echoed from the
     request (id, model, instructions, temperature, tools, ...), the same on every event."""
 
     settings: dict[str, Any]
     sequence: int = 0
-    items: list[_Message | _FunctionCall | ClientToolCall | HostedCall | _Whole | _Reasoning] = \
+    items: list[MessageState | FunctionCallState | ClientToolCall | HostedCall | WholeItem | ReasoningState] = \
         field(default_factory=list)
     """The output items so far, in `output_index` order; only the last one may still be open."""
     client_tools: dict[str, ClientToolType] = field(default_factory=dict)
@@ -168,7 +124,7 @@ class ResponseEvents:
         return event
 
     @property
-    def _open(self) -> _Message | _FunctionCall | ClientToolCall | HostedCall | _Whole | _Reasoning | None:
+    def _open(self) -> MessageState | FunctionCallState | ClientToolCall | HostedCall | WholeItem | ReasoningState | None:
         last = self.items[-1] if self.items else None
         return last if last is not None and last.status == "in_progress" else None
 
@@ -179,17 +135,17 @@ class ResponseEvents:
 
     def output(self) -> list[Any]:
         """The output items as they stand; one still open is `incomplete`."""
-        return [_output_item(item, "incomplete" if item.status == "in_progress" else None) for item in self.items]
+        return [output_item(item, "incomplete" if item.status == "in_progress" else None) for item in self.items]
 
     @property
     def text(self) -> str:
         """All content text so far (every message item's)."""
-        return "".join("".join(item.text) for item in self.items if isinstance(item, _Message))
+        return "".join("".join(item.text) for item in self.items if isinstance(item, MessageState))
 
     @property
     def reasoning(self) -> str:
         """All reasoning text so far (every reasoning item's)."""
-        return "".join("".join(item.text) for item in self.items if isinstance(item, _Reasoning))
+        return "".join("".join(item.text) for item in self.items if isinstance(item, ReasoningState))
 
     # -- events, in stream order -----------------------------------------------------------
 
@@ -206,7 +162,7 @@ class ResponseEvents:
         first when none is open (closing an open call)."""
         events: list[ResponseStreamEvent] = []
         message = self._open
-        if not isinstance(message, _Message):
+        if not isinstance(message, MessageState):
             if self.items:  # a message after a call: the whitespace that separated them is not text
                 delta = delta.lstrip()
             if not delta:
@@ -214,7 +170,7 @@ class ResponseEvents:
             events += self._close()
             events += self._open_message()
             message = self.items[-1]
-            assert isinstance(message, _Message)
+            assert isinstance(message, MessageState)
         message.text.append(delta)
         message.logprobs += logprobs or []
         events.append(self._event(ResponseTextDeltaEvent, type="response.output_text.delta", item_id=message.id,
@@ -226,11 +182,11 @@ class ResponseEvents:
         """Reasoning text: opens a reasoning item first when none is open (closing what was open)."""
         events: list[ResponseStreamEvent] = []
         item = self._open
-        if not isinstance(item, _Reasoning):
+        if not isinstance(item, ReasoningState):
             if not delta:
                 return events
             events += self._close()
-            item = _Reasoning(id=new_id("rs_"))
+            item = ReasoningState(id=new_id("rs_"))
             self.items.append(item)
             index = len(self.items) - 1
             events += [
@@ -259,7 +215,7 @@ class ResponseEvents:
                 self.items.append(ClientToolCall(kind=kind, call_id=piece.id, name=name, namespace=namespace,
                                                  id=self.item_ids.pop(0) if self.item_ids else ""))
             else:
-                call = _FunctionCall(id=self._item_id("fc_"), call_id=piece.id, name=name, namespace=namespace)
+                call = FunctionCallState(id=self._item_id("fc_"), call_id=piece.id, name=name, namespace=namespace)
                 self.items.append(call)
                 events.append(self._event(ResponseOutputItemAddedEvent, type="response.output_item.added",
                                           output_index=len(self.items) - 1, item=call.item()))
@@ -267,7 +223,7 @@ class ResponseEvents:
         if isinstance(call, (ClientToolCall, HostedCall)):
             call.arguments.append(piece.arguments or "")
             return events
-        if not isinstance(call, _FunctionCall):
+        if not isinstance(call, FunctionCallState):
             raise ValueError("a tool-call fragment arrived before its call was opened")
         if piece.arguments:
             call.arguments.append(piece.arguments)
@@ -297,7 +253,7 @@ class ResponseEvents:
 
     def only_hosted_calls_since(self, first: int) -> bool:
         """Whether the items from `first` on call no tool but hosted ones (the server can go on)."""
-        return not any(isinstance(item, (_FunctionCall, ClientToolCall)) for item in self.items[first:])
+        return not any(isinstance(item, (FunctionCallState, ClientToolCall)) for item in self.items[first:])
 
     def hosted_done(self, call: HostedCall, result: str) -> list[ResponseStreamEvent]:
         """A hosted call's events, now that the server has run it."""
@@ -310,7 +266,7 @@ class ResponseEvents:
         events = self._close()
         if self.item_ids and self.item_ids[0] == getattr(item, "id", None):
             self.item_ids.pop(0)  # its id is its own, not the next item's
-        self.items.append(_Whole(item))
+        self.items.append(WholeItem(item))
         index = len(self.items) - 1
         return [*events,
                 self._event(ResponseOutputItemAddedEvent, type="response.output_item.added", output_index=index,
@@ -344,7 +300,7 @@ class ResponseEvents:
     # -- opening and closing items ---------------------------------------------------------
 
     def _open_message(self) -> list[ResponseStreamEvent]:
-        message = _Message(id=self._item_id("msg_"))
+        message = MessageState(id=self._item_id("msg_"))
         self.items.append(message)
         index = len(self.items) - 1
         return [
@@ -369,14 +325,14 @@ class ResponseEvents:
                 return item.closing_events(index, self._event)
             except ValueError as exc:  # not a valid item of its type: a plain function call, traced
                 self.call_errors.append(str(exc))
-                item = self.items[index] = _as_function_call(item)
+                item = self.items[index] = as_function_call(item)
                 added = self._event(ResponseOutputItemAddedEvent, type="response.output_item.added",
                                     output_index=index, item=item.item().model_copy(update={"arguments": ""}))
                 delta = self._event(ResponseFunctionCallArgumentsDeltaEvent,
                                     type="response.function_call_arguments.delta", item_id=item.id,
                                     output_index=index, delta="".join(item.arguments))
                 return [added, delta, *self._close()]
-        if isinstance(item, _FunctionCall):
+        if isinstance(item, FunctionCallState):
             item.status = "completed"
             return [
                 # `name` is in OpenAI's reference (and stream), not in the SDK's class: an extra field
@@ -387,7 +343,7 @@ class ResponseEvents:
             ]
         item.status = message_status
         ids = {"item_id": item.id, "output_index": index, "content_index": 0}
-        if isinstance(item, _Reasoning):
+        if isinstance(item, ReasoningState):
             return [
                 self._event(ResponseReasoningTextDoneEvent, type="response.reasoning_text.done",
                             text="".join(item.text), **ids),
@@ -402,29 +358,3 @@ class ResponseEvents:
             self._event(ResponseOutputItemDoneEvent, type="response.output_item.done", output_index=index,
                         item=item.item()),
         ]
-
-
-@dataclass
-class _Whole:
-    """An item streamed whole; it is never open."""
-
-    whole: Any
-    status: str = "completed"
-
-    def item(self, status: ItemStatus | None = None) -> Any:
-        return self.whole
-
-
-def _as_function_call(call: ClientToolCall) -> _FunctionCall:
-    return _FunctionCall(id=new_id("fc_"), call_id=call.call_id, name=call.name, arguments=call.arguments,
-                         namespace=call.namespace)
-
-
-def _output_item(item: _Message | _FunctionCall | ClientToolCall | HostedCall | _Whole,
-                 status: ItemStatus | None) -> Any:
-    if isinstance(item, ClientToolCall):
-        try:
-            return item.item(status)
-        except ValueError:
-            return _as_function_call(item).item(status)
-    return item.item(status)

@@ -32,7 +32,7 @@ from localoai.handlers.responses.hosted_tools import UNAVAILABLE, WEB_SEARCH_FUN
 from localoai.protocol.chat import FunctionTool as ChatFunctionTool
 from localoai.protocol.chat import Message
 from localoai.protocol.hosted_tools import namespaced_name
-from localoai.protocol.responses import (
+from localoai.protocol.response_items import (
     FunctionCallItem,
     FunctionCallOutputItem,
     InputItem,
