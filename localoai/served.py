@@ -1,8 +1,12 @@
-"""The model a server serves: its public name, tokenizer, engine and identity.
+"""The model a server serves, in two parts that handlers receive explicitly:
 
-One `ServedModel` is shared by every handler. It loads a model from a local path when
-given one, finds the tokenizer beside it, and derives `system_fingerprint` from the
-model's identity and its weights version (bumped by trainers between updates).
+- `LoadedModel`: what the model is: its public name, weights, tokenizer and chat template, context
+  length and vocabulary, the formats its output is parsed with, encode / decode, its fingerprint;
+- `Services`: what the server wires around it: the engine, the store and its recorder, the
+  conversations, the episodes' ledger, metrics, hosted tools and the prepare threads (`off_loop`).
+
+`ServedModel` (what `Server.served` is) builds and holds both (`ServedModel.create`); `load_model`
+loads a model from a local path and finds the tokenizer beside it.
 """
 
 from __future__ import annotations
@@ -99,13 +103,14 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 @dataclass
-class ServedModel:
+class LoadedModel:
+    """What the model is (see the module); nothing here runs a request."""
+
     name: str
     model: Any
     tokenizer: Any
-    engine: Engine
-    store: Store
-    recorder: Recorder
+    context_length: int
+    vocab_size: int
     created: int = field(default_factory=lambda: int(time.time()))
     tool_parser_class: type[ToolParser] | None = None
     """The format the model writes tool calls in, chosen from its chat template (or forced)."""
@@ -116,32 +121,15 @@ class ServedModel:
     """How `/v1/embeddings` pools the last hidden states: the last token's (`"last"`) or the mean."""
     embedding_normalize: bool = True
     """Whether embeddings are scaled to unit length (as OpenAI's are)."""
-    token_texts: TokenTexts = field(init=False)
-    conversations: ConversationStore = field(init=False)
-    """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
-    episodes: EpisodeLedger = field(init=False)
-    """Open episodes and their token ledger (see `localoai.episodes`)."""
-    metrics: ServingMetrics = field(init=False)
-    """This server's Prometheus metrics (`GET /metrics`), in a registry of its own."""
-    hosted_tools: HostedTools = field(default_factory=HostedTools)
-    """Implementations of hosted tools (`start(hosted_tools=...)`); none by default."""
     allow_client_chat_template: bool = False
     """Whether `chat_template_kwargs.chat_template` may replace the model's template (see `start`)."""
+    token_texts: TokenTexts = field(init=False)
 
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tokenizer)
-        self.conversations = ConversationStore.beside(self.store)
-        self.episodes = EpisodeLedger(self.tokenizer)
-        self.metrics = ServingMetrics()
-        self.metrics.bind(
-            engine_stats=self.engine.stats, store_stats=self.store.stats,
-            recorder_stats=lambda: {"pending": self.recorder.pending, "failed": self.recorder.failed},
-            versions=lambda: {"policy_version": self.policy_version, "paused": int(self.engine.paused)})
-        self.engine.observer = self.metrics
         config = getattr(self.model, "config", None)
         identity = f"{self.name}:{getattr(config, 'model_type', '')}:{sum(p.numel() for p in self.model.parameters())}"
         self._identity = hashlib.sha256(identity.encode()).hexdigest()[:8]
-        self._preparing = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="localoai-prepare")
 
     @functools.cached_property
     def template_policy(self) -> TemplatePolicy:
@@ -150,39 +138,6 @@ class ServedModel:
         tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         longest = max((len(token) for token in tokens if isinstance(token, str)), default=1)
         return TemplatePolicy(self.allow_client_chat_template, self.context_length * max(longest, 1))
-
-    async def off_loop(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run `work` (template rendering, tokenizing) on the prepare threads, never on the event loop,
-        refusing the request after `PREPARE_TIMEOUT` seconds (the thread finishes on its own)."""
-        future = asyncio.get_running_loop().run_in_executor(self._preparing, functools.partial(work, *args, **kwargs))
-        try:
-            return await asyncio.wait_for(future, PREPARE_TIMEOUT)
-        except TimeoutError:
-            raise InvalidRequestError(f"Preparing the prompt took longer than {PREPARE_TIMEOUT:.0f} seconds.",
-                                      code="prompt_preparation_timeout") from None
-
-    @classmethod
-    def create(
-        cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None, tool_parser: str | None = None,
-        reasoning_parser: str | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS, prefix_cache: bool | int = True,
-    ) -> ServedModel:
-        """`store`: a path, `":memory:"`, a `Store`, or None for a new `localoai-store/run-*.sqlite3`.
-        `tool_parser`: a parser name (`"hermes"`), `"none"` to return tool-call markup as text, or
-        None to choose from the chat template. `reasoning_parser`: likewise (`"qwen3"`, `"none"`, ...).
-        `max_batch_size` / `max_queued_requests`: see `Engine`. `prefix_cache`: see `localoai.start`."""
-        template = getattr(tokenizer, "chat_template", None)
-        reasoning = reasoning_parser_for(template, reasoning_parser)  # a bad name fails before any work
-        parser = None if tool_parser == "none" else tool_parser_for(template, tool_parser)
-        backend = TransformersBackend(model)
-        budget = default_budget(backend.device) if prefix_cache is True else int(prefix_cache)
-        engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer), max_batch_size=max_batch_size,
-                        max_queued_requests=max_queued_requests,
-                        prefix_cache=PrefixCache(budget) if budget else None)
-        opened = open_store(store)
-        return cls(name=name or default_name(model), model=model, tokenizer=tokenizer, engine=engine,
-                   store=opened, recorder=Recorder(opened), tool_parser_class=type(parser) if parser else None,
-                   reasoning_format=reasoning)
 
     def tool_parser(self, tool_names: Sequence[str]) -> ToolParser | None:
         """A parser for one request, knowing which tools were offered."""
@@ -219,42 +174,10 @@ class ServedModel:
         return tuple(sorted({token for marker, token in ids.items()
                              if token in special and self.tokenizer.convert_ids_to_tokens(token) == marker}))
 
-    def close(self) -> None:
-        """Stop generating, then write every record still queued."""
-        self.engine.stop()
-        self._preparing.shutdown(wait=True, cancel_futures=True)
-        self.recorder.close()
-        self.conversations.close()
-
-    @property
-    def context_length(self) -> int:
-        return self.engine.backend.context_length
-
     @property
     def hidden_size(self) -> int:
         """The width of the last hidden states (an embedding's dimensions)."""
         return int(self.model.get_output_embeddings().weight.shape[1])
-
-    @property
-    def vocab_size(self) -> int:
-        return self.engine.backend.vocab_size
-
-    @property
-    def policy_version(self) -> int:
-        """The weights' version (the engine's: it tags every token with it)."""
-        return self.engine.policy_version
-
-    @policy_version.setter
-    def policy_version(self, version: int) -> None:
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise TypeError(f"policy_version must be an int, not {type(version).__name__}")
-        if not INT64_MIN <= version <= INT64_MAX:  # every record carries it into an SQLite integer
-            raise ValueError(f"policy_version must fit in 64 bits, got {version}")
-        self.engine.policy_version = version
-
-    @property
-    def system_fingerprint(self) -> str:
-        return self.fingerprint(self.policy_version)
 
     def fingerprint(self, version: int) -> str:
         """The `system_fingerprint` of this model's weights at policy version `version`."""
@@ -272,3 +195,111 @@ class ServedModel:
         """Blocking: run it off the event loop (`off_loop`). Refuses a text too long for the context untokenized."""
         check_prompt_chars(text, self.template_policy, param=param)
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+class Services:
+    """What the server wires around the model (see the module)."""
+
+    def __init__(self, engine: Engine, store: Store, recorder: Recorder, tokenizer: Any,
+                 hosted_tools: HostedTools | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.recorder = recorder
+        self.conversations = ConversationStore.beside(store)
+        """The Conversations API's store: in `store`'s SQLite file (memory when `store` is not a file)."""
+        self.episodes = EpisodeLedger(tokenizer)
+        """Open episodes and their token ledger (see `localoai.episodes`)."""
+        self.metrics = ServingMetrics()
+        """This server's Prometheus metrics (`GET /metrics`), in a registry of its own."""
+        self.hosted_tools = hosted_tools if hosted_tools is not None else HostedTools()
+        """Implementations of hosted tools (`start(hosted_tools=...)`); none by default."""
+        self.metrics.bind(
+            engine_stats=engine.stats, store_stats=store.stats,
+            recorder_stats=lambda: {"pending": recorder.pending, "failed": recorder.failed},
+            versions=lambda: {"policy_version": self.policy_version, "paused": int(engine.paused)})
+        engine.observer = self.metrics
+        self._preparing = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="localoai-prepare")
+
+    async def off_loop(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `work` (template rendering, tokenizing) on the prepare threads, never on the event loop,
+        refusing the request after `PREPARE_TIMEOUT` seconds (the thread finishes on its own)."""
+        future = asyncio.get_running_loop().run_in_executor(self._preparing, functools.partial(work, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(future, PREPARE_TIMEOUT)
+        except TimeoutError:
+            raise InvalidRequestError(f"Preparing the prompt took longer than {PREPARE_TIMEOUT:.0f} seconds.",
+                                      code="prompt_preparation_timeout") from None
+
+    @property
+    def policy_version(self) -> int:
+        """The weights' version (the engine's: it tags every token with it)."""
+        return self.engine.policy_version
+
+    @policy_version.setter
+    def policy_version(self, version: int) -> None:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"policy_version must be an int, not {type(version).__name__}")
+        if not INT64_MIN <= version <= INT64_MAX:  # every record carries it into an SQLite integer
+            raise ValueError(f"policy_version must fit in 64 bits, got {version}")
+        self.engine.policy_version = version
+
+    def close(self) -> None:
+        """Stop generating, then write every record still queued."""
+        self.engine.stop()
+        self._preparing.shutdown(wait=True, cancel_futures=True)
+        self.recorder.close()
+        self.conversations.close()
+
+
+class ServedModel:
+    """What `Server.served` is: the `loaded` model and the `services` wired around it. Handlers take
+    the two parts; reading (or setting) an attribute of either part here reaches that part, for the
+    server, tests and notebooks."""
+
+    def __init__(self, loaded: LoadedModel, services: Services) -> None:
+        object.__setattr__(self, "loaded", loaded)
+        object.__setattr__(self, "services", services)
+
+    loaded: LoadedModel
+    services: Services
+
+    def __getattr__(self, name: str) -> Any:
+        for part in (self.loaded, self.services):
+            if hasattr(part, name):
+                return getattr(part, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        for part in (self.services, self.loaded):
+            if hasattr(part, name):
+                setattr(part, name, value)
+                return
+        raise AttributeError(f"neither the loaded model nor the services have {name!r}")
+
+    @property
+    def system_fingerprint(self) -> str:
+        return self.loaded.fingerprint(self.services.policy_version)
+
+    @classmethod
+    def create(
+        cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None, tool_parser: str | None = None,
+        reasoning_parser: str | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS, prefix_cache: bool | int = True,
+    ) -> ServedModel:
+        """`store`: a path, `":memory:"`, a `Store`, or None for a new `localoai-store/run-*.sqlite3`.
+        `tool_parser`: a parser name (`"hermes"`), `"none"` to return tool-call markup as text, or
+        None to choose from the chat template. `reasoning_parser`: likewise (`"qwen3"`, `"none"`, ...).
+        `max_batch_size` / `max_queued_requests`: see `Engine`. `prefix_cache`: see `localoai.start`."""
+        template = getattr(tokenizer, "chat_template", None)
+        reasoning = reasoning_parser_for(template, reasoning_parser)  # a bad name fails before any work
+        parser = None if tool_parser == "none" else tool_parser_for(template, tool_parser)
+        backend = TransformersBackend(model)
+        budget = default_budget(backend.device) if prefix_cache is True else int(prefix_cache)
+        engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer), max_batch_size=max_batch_size,
+                        max_queued_requests=max_queued_requests,
+                        prefix_cache=PrefixCache(budget) if budget else None)
+        opened = open_store(store)
+        loaded = LoadedModel(name=name or default_name(model), model=model, tokenizer=tokenizer,
+                             context_length=backend.context_length, vocab_size=backend.vocab_size,
+                             tool_parser_class=type(parser) if parser else None, reasoning_format=reasoning)
+        return cls(loaded, Services(engine, opened, Recorder(opened), tokenizer))

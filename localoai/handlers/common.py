@@ -14,7 +14,7 @@ from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
 from localoai.errors import InvalidRequestError, RateLimitError, ServerError
 from localoai.protocol.generate import GenerateSamplingParams
 from localoai.protocol.sampling import SamplingFields
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 
 T = TypeVar("T")
 
@@ -57,11 +57,11 @@ async def interleave(iterators: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def on_engine(served: ServedModel, run: Callable[[], T]) -> T:
+async def on_engine(services: Services, run: Callable[[], T]) -> T:
     """`run()`'s result, computed on the engine thread between decode steps (see `Engine.call`): a
     429 when the queue is full, a 500 (details logged) when it fails; cancelled with the request."""
     try:
-        future = served.engine.call(run)
+        future = services.engine.call(run)
     except QueueFull:
         raise RateLimitError("Too many requests are waiting for the model; try again shortly.",
                              retry_after=1) from None
@@ -78,23 +78,23 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
 
 
-def token_logprob(served: ServedModel, entry: TokenLogprob) -> dict[str, Any]:
+def token_logprob(model: LoadedModel, entry: TokenLogprob) -> dict[str, Any]:
     """One sampled token's logprob as OpenAI shows it (chat completions and Responses alike):
     `token`, `bytes`, `logprob` and `top_logprobs` (each alternative's token, bytes and logprob)."""
-    text, data = served.token_texts(entry.token_id)
+    text, data = model.token_texts(entry.token_id)
     top = []
     for token_id, value in entry.top:
-        alt_text, alt_bytes = served.token_texts(token_id)
+        alt_text, alt_bytes = model.token_texts(token_id)
         top.append({"token": alt_text, "bytes": alt_bytes, "logprob": value})
     return {"token": text, "bytes": data, "logprob": entry.logprob, "top_logprobs": top}
 
 
-def prompt_logprobs(served: ServedModel, item: PromptLogprobs, top: int | None,
+def prompt_logprobs(model: LoadedModel, item: PromptLogprobs, top: int | None,
                     computed: int | None = None) -> list[dict[str, Any] | None]:
     """vLLM's `prompt_logprobs`: per prompt token (the first has none) `{token_id: {"logprob", "rank",
     "decoded_token"}}` for the token itself, the `top` most likely and any candidate ids asked for.
     `computed`: how many top alternatives the engine computed (when more than `top`); candidates follow."""
-    decode = served.tokenizer.decode
+    decode = model.tokenizer.decode
     top, computed = top or 0, max(computed or 0, top or 0)
     result: list[dict[str, Any] | None] = []
     for entry in item.entries:
@@ -118,7 +118,7 @@ class Scoring:
     prompt_logprob_token_ids: tuple[tuple[int, ...], ...] | None
 
 
-def scoring(served: ServedModel, token_ids: Sequence[int], top: int | None,
+def scoring(model: LoadedModel, token_ids: Sequence[int], top: int | None,
             candidates: Sequence[Sequence[int]] | None, *, param: str) -> Scoring:
     """The prompt scoring asked for: `top` alternatives per prompt token, and per position the
     `candidates` (one list per prompt token, ids in the vocabulary; they imply `top` 0)."""
@@ -128,13 +128,13 @@ def scoring(served: ServedModel, token_ids: Sequence[int], top: int | None,
         raise InvalidRequestError(
             f"Invalid value for '{param}': give one list per prompt token ({len(token_ids)}), not {len(candidates)}.",
             param=param, code="invalid_value")
-    check_token_ids(served, [token for ids in candidates for token in ids], param=param)
+    check_token_ids(model, [token for ids in candidates for token in ids], param=param)
     return Scoring(top if top is not None else 0, tuple(map(tuple, candidates)))
 
 
-def token_budget(served: ServedModel, prompt_tokens: int, requested: int | None, *, param: str) -> int:
+def token_budget(model: LoadedModel, prompt_tokens: int, requested: int | None, *, param: str) -> int:
     """The completion's token budget; a 400 when the prompt plus it exceed the context window."""
-    window = served.context_length
+    window = model.context_length
     if requested is None:
         if prompt_tokens >= window:
             raise _context_exceeded(window, prompt_tokens, 0, param="messages" if param != "max_tokens" else "prompt")
@@ -154,33 +154,33 @@ def _context_exceeded(window: int, prompt: int, completion: int, *, param: str) 
     )
 
 
-def prompt_ids(served: ServedModel, prompt: str | Sequence[int], *, param: str) -> tuple[list[int], str]:
+def prompt_ids(model: LoadedModel, prompt: str | Sequence[int], *, param: str) -> tuple[list[int], str]:
     """A prompt given as text or token ids: its token ids and its text; a 400 for ids outside the
     vocabulary or an empty prompt."""
     if isinstance(prompt, str):
-        token_ids, text = served.encode(prompt), prompt
+        token_ids, text = model.encode(prompt), prompt
     else:
         token_ids = list(prompt)
-        check_token_ids(served, token_ids, param=param)
-        text = served.decode(token_ids, skip_special_tokens=False)
+        check_token_ids(model, token_ids, param=param)
+        text = model.decode(token_ids, skip_special_tokens=False)
     if not token_ids:
         raise InvalidRequestError(f"Invalid value for '{param}': the prompt is empty.", param=param)
     return token_ids, text
 
 
-def check_token_ids(served: ServedModel, values: Sequence[int], *, param: str) -> None:
+def check_token_ids(model: LoadedModel, values: Sequence[int], *, param: str) -> None:
     """Every id inside the vocabulary, or a 400 naming `param` (the protocol bounded them already)."""
     for value in values:
-        if not 0 <= value < served.vocab_size:
+        if not 0 <= value < model.vocab_size:
             raise InvalidRequestError(
-                f"Invalid value for '{param}': token id {value} is outside the vocabulary [0, {served.vocab_size}).",
+                f"Invalid value for '{param}': token id {value} is outside the vocabulary [0, {model.vocab_size}).",
                 param=param,
                 code="invalid_value",
             )
 
 
 def sampling_params(
-    served: ServedModel,
+    model: LoadedModel,
     request: SamplingFields | GenerateSamplingParams,
     *,
     max_tokens: int,
@@ -191,8 +191,8 @@ def sampling_params(
 ) -> SamplingParams:
     """Build the engine's parameters; OpenAI's defaults where a field is absent."""
     bias = [(int(key), float(value)) for key, value in (request.logit_bias or {}).items()]
-    check_token_ids(served, [token for token, _ in bias], param="logit_bias")
-    check_token_ids(served, request.stop_token_ids or [], param="stop_token_ids")
+    check_token_ids(model, [token for token, _ in bias], param="logit_bias")
+    check_token_ids(model, request.stop_token_ids or [], param="stop_token_ids")
     return SamplingParams(
         max_tokens=max_tokens,
         n=n if n is not None else request.n or 1,

@@ -11,7 +11,7 @@ from localoai.engine.engine import QueueFull
 from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams
 from localoai.engine.stream import RequestStream
 from localoai.errors import RateLimitError, ServerError
-from localoai.served import ServedModel
+from localoai.served import Services
 from localoai.store.records import CompletionTrace, RecordStatus
 
 
@@ -63,7 +63,7 @@ class Generation:
     `each_step=False`): the same items in the same order, without a wake-up per step.
     """
 
-    def __init__(self, served: ServedModel, prompt_ids: list[int], params: SamplingParams, *,
+    def __init__(self, services: Services, prompt_ids: list[int], params: SamplingParams, *,
                  live: bool = True) -> None:
         self.params = params
         self.samples = [SampleTrace() for _ in range(params.n)]
@@ -72,15 +72,15 @@ class Generation:
         """Prompt tokens whose KV the prefix cache supplied (known at the end)."""
         self.status: RecordStatus = "in_progress"
         self.error: dict[str, Any] | None = None
-        self.policy_version = served.policy_version
+        self.policy_version = services.policy_version
         """The version at the start: the first token's, or the server's at submission if none came."""
-        self._served = served
+        self._services = services
         self._prompt_tokens = len(prompt_ids)
         self._stream = RequestStream(each_step=live)
         try:
-            served.engine.submit(prompt_ids, params, self._stream)
+            services.engine.submit(prompt_ids, params, self._stream)
         except QueueFull:
-            served.metrics.queue_rejected()
+            services.metrics.queue_rejected()
             self.status = "cancelled"
             raise RateLimitError(
                 "Too many requests are waiting for the model; try again shortly.", retry_after=1
@@ -89,9 +89,9 @@ class Generation:
     @classmethod
     @asynccontextmanager
     async def running(
-        cls, served: ServedModel, prompt_ids: list[int], params: SamplingParams, *, live: bool = True
+        cls, services: Services, prompt_ids: list[int], params: SamplingParams, *, live: bool = True
     ) -> AsyncIterator[Generation]:
-        generation = cls(served, prompt_ids, params, live=live)
+        generation = cls(services, prompt_ids, params, live=live)
         try:
             yield generation
         finally:
@@ -119,8 +119,8 @@ class Generation:
     def _observe(self) -> None:
         """Count the ended generation in the server's metrics (once, at its end)."""
         spans = [sample.version_spans() for sample in self.samples]
-        self._served.metrics.generation(status=self.status, prompt_tokens=self._prompt_tokens, samples=spans,
-                                        timings=self.timings, current_version=self._served.policy_version,
+        self._services.metrics.generation(status=self.status, prompt_tokens=self._prompt_tokens, samples=spans,
+                                        timings=self.timings, current_version=self._services.policy_version,
                                         cached_tokens=self.cached_tokens)
 
     def traces(self, first_index: int = 0) -> list[CompletionTrace]:

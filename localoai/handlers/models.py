@@ -5,12 +5,12 @@ from __future__ import annotations
 from openai.pagination import SyncPage
 from openai.types import Model
 
-from localoai.served import ServedModel
+from localoai.served import LoadedModel
 
 
-def model_card(served: ServedModel) -> Model:
-    return Model(id=served.name, object="model", created=served.created, owned_by="localoai",
-                 max_model_len=served.context_length)
+def model_card(model: LoadedModel) -> Model:
+    return Model(id=model.name, object="model", created=model.created, owned_by="localoai",
+                 max_model_len=model.context_length)
 
 
 ModelPage = SyncPage[Model]
@@ -18,10 +18,10 @@ ModelPage = SyncPage[Model]
 cache of them has let the last one go (a new class every few requests)."""
 
 
-def list_models(served: ServedModel) -> SyncPage[Model]:
-    return ModelPage(data=[model_card(served)], object="list")
+def list_models(model: LoadedModel) -> SyncPage[Model]:
+    return ModelPage(data=[model_card(model)], object="list")
 
 
-def retrieve_model(served: ServedModel, model_id: str) -> Model:
-    served.check_model(model_id)
-    return model_card(served)
+def retrieve_model(model: LoadedModel, model_id: str) -> Model:
+    model.check_model(model_id)
+    return model_card(model)

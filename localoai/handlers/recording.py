@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from localoai.episodes.ledger import EpisodeTurn, answers
 from localoai.errors import ServerError
 from localoai.protocol.base import RequestModel
-from localoai.served import ServedModel
+from localoai.served import Services
 from localoai.store.records import GenerationRecord, RecordKind, RecordStatus
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 class RecordFields:
     """What a record says besides its generation and output, known once the request is prepared."""
 
+    model: str
+    """The served model's name."""
     record_id: str
     kind: RecordKind
     created: float
@@ -63,7 +65,7 @@ async def written(write: Future[bool], *, required: bool = True) -> None:
 
 
 def record_generation(
-    served: ServedModel, fields: RecordFields, generation: Generation | None, output: BaseModel | None, *,
+    services: Services, fields: RecordFields, generation: Generation | None, output: BaseModel | None, *,
     status: RecordStatus | None = None, policy_version: int | None = None,
 ) -> Future[bool]:
     """Queue the record (and, for a finished episode turn, join the episode's ledger); the future
@@ -81,10 +83,10 @@ def record_generation(
     record = GenerationRecord(
         id=fields.record_id,
         kind=fields.kind,
-        model=served.name,
+        model=fields.model,
         created_at=fields.created,
         policy_version=(generation.policy_version if generation is not None
-                        else policy_version if policy_version is not None else served.policy_version),
+                        else policy_version if policy_version is not None else services.policy_version),
         status=status,
         request=body,
         prompt_text=fields.prompt_text,
@@ -103,7 +105,7 @@ def record_generation(
         ledger=episode.ledger if episode is not None else None,
     )
     if episode is not None and generation is not None and status in ("completed", "incomplete"):
-        served.episodes.finish(episode, fields.record_id, record.prompt_token_ids,
+        services.episodes.finish(episode, fields.record_id, record.prompt_token_ids,
                                [(answer, list(sample["completion_token_ids"]))
                                 for answer, sample in zip(answers(output), record.completions)])
-    return served.recorder.record(record)
+    return services.recorder.record(record)

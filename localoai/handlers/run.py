@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from localoai.engine.params import SamplingParams
 from localoai.handlers.generation import Generation
 from localoai.handlers.recording import RecordFields, record_generation, written
-from localoai.served import ServedModel
+from localoai.served import Services
 from localoai.store.records import RecordStatus
 
 S = TypeVar("S")
@@ -65,7 +65,7 @@ class TokenCounts:
 class GenerationRun:
     """One request's generation(s) and its record, written exactly once (see the module)."""
 
-    def __init__(self, served: ServedModel, fields: RecordFields,
+    def __init__(self, services: Services, fields: RecordFields,
                  snapshot: Callable[[], BaseModel | None]) -> None:
         self.fields = fields
         """What the record says besides generation and output (Responses updates the prompt per round)."""
@@ -74,7 +74,7 @@ class GenerationRun:
         self.counts = TokenCounts()
         self.unfinished_write: Future[bool] | None = None
         """The write of the record of a run left unfinished (failed or cancelled)."""
-        self._served = served
+        self._services = services
         self._snapshot = snapshot
         self._recorded = False
 
@@ -91,7 +91,7 @@ class GenerationRun:
     async def generate(self, prompt_ids: list[int], params: SamplingParams, *,
                        live: bool = True) -> AsyncIterator[Generation]:
         """Submit one generation (see `Generation.running`); its tokens are counted once it ends."""
-        async with Generation.running(self._served, prompt_ids, params, live=live) as generation:
+        async with Generation.running(self._services, prompt_ids, params, live=live) as generation:
             self.generation = generation
             yield generation
         self.counts.prompt += len(prompt_ids)
@@ -110,4 +110,4 @@ class GenerationRun:
         fields = self.fields
         if record_id is not None:
             fields = dataclasses.replace(fields, record_id=record_id, visible=False, episode=None)
-        return record_generation(self._served, fields, self.generation, output, status=status)
+        return record_generation(self._services, fields, self.generation, output, status=status)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from localoai.served import ServedModel
+from localoai.served import Services
 from localoai.store import GenerationRecord, RecordKind
 
 
-async def visible_record(served: ServedModel, record_id: str, kind: RecordKind) -> GenerationRecord | None:
+async def visible_record(services: Services, record_id: str, kind: RecordKind) -> GenerationRecord | None:
     """The record `record_id` if it is of `kind` and the API may return it; None otherwise
     (each endpoint answers its own 404)."""
-    record = await asyncio.to_thread(served.store.get, record_id)
+    record = await asyncio.to_thread(services.store.get, record_id)
     if record is None or record.kind != kind or not record.store_visible:
         return None
     return record

@@ -15,7 +15,7 @@ def blueprint(chat: ChatCompletions) -> Blueprint:
     @routes.post("/v1/chat/completions")
     async def create() -> Response:
         body = parse_request(ChatCompletionRequest, await request.get_data())
-        prepared = await chat.served.off_loop(chat.prepare, body, episode_ref(request.headers, body.metadata))
+        prepared = await chat.services.off_loop(chat.prepare, body, episode_ref(request.headers, body.metadata))
         if prepared.request.stream:
             options = prepared.request.stream_options
             return sse_response(chat.chunks(prepared, include_usage=bool(options and options.include_usage)))

@@ -15,7 +15,7 @@ def blueprint(completions: Completions) -> Blueprint:
     @routes.post("/v1/completions")
     async def create() -> Response:
         body = parse_request(CompletionRequest, await request.get_data())
-        prepared = await completions.served.off_loop(completions.prepare, body, episode_ref(request.headers, None))
+        prepared = await completions.services.off_loop(completions.prepare, body, episode_ref(request.headers, None))
         if prepared.request.stream:
             options = prepared.request.stream_options
             return sse_response(completions.chunks(prepared, include_usage=bool(options and options.include_usage)))

@@ -15,7 +15,7 @@ def blueprint(embeddings: Embeddings) -> Blueprint:
     @routes.post("/v1/embeddings")
     async def create() -> Response:
         body = parse_request(EmbeddingRequest, await request.get_data())
-        prepared = await embeddings.served.off_loop(embeddings.prepare, body, episode_ref(request.headers, None))
+        prepared = await embeddings.services.off_loop(embeddings.prepare, body, episode_ref(request.headers, None))
         return json_response(await embeddings.create(prepared))
 
     return routes

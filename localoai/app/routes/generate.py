@@ -15,7 +15,7 @@ def blueprint(generate: TokenGeneration) -> Blueprint:
     @routes.post("/inference/v1/generate")
     async def create() -> Response:
         body = parse_request(GenerateRequest, await request.get_data())
-        prepared = await generate.served.off_loop(generate.prepare, body, episode_ref(request.headers, None))
+        prepared = await generate.services.off_loop(generate.prepare, body, episode_ref(request.headers, None))
         if body.stream:
             options = body.stream_options
             return sse_response(generate.chunks(prepared, include_usage=bool(options and options.include_usage)))

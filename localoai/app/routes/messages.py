@@ -21,7 +21,7 @@ def blueprint(messages: Messages) -> Blueprint:
     @routes.post("/v1/messages")
     async def create() -> Response:
         body = parse_request(MessageCreateRequest, await request.get_data())
-        prepared = await messages.served.off_loop(messages.prepare, body, episode_ref(request.headers, None))
+        prepared = await messages.services.off_loop(messages.prepare, body, episode_ref(request.headers, None))
         if body.stream:
             return sse_response(messages.events(prepared), typed=True, anthropic=True)
         return json_response(await messages.create(prepared))
@@ -29,6 +29,6 @@ def blueprint(messages: Messages) -> Blueprint:
     @routes.post("/v1/messages/count_tokens")
     async def count_tokens() -> Response:
         body = parse_request(CountTokensRequest, await request.get_data())
-        return json_response(await messages.served.off_loop(messages.count_tokens, body))
+        return json_response(await messages.services.off_loop(messages.count_tokens, body))
 
     return routes

@@ -16,10 +16,10 @@ def blueprint(served: ServedModel) -> Blueprint:
 
     @routes.get("/v1/models")
     async def models() -> Response:
-        return json_response(list_models(served))
+        return json_response(list_models(served.loaded))
 
     @routes.get("/v1/models/<path:model_id>")
     async def model(model_id: str) -> Response:
-        return json_response(retrieve_model(served, model_id))
+        return json_response(retrieve_model(served.loaded, model_id))
 
     return routes

@@ -21,14 +21,14 @@ def blueprint(chat: ChatCompletions, completions: Completions, responses: Respon
     @routes.post("/v1/chat/completions/render")
     async def render_chat() -> Response:
         body = parse_request(ChatCompletionRequest, await request.get_data())
-        prepared = await chat.served.off_loop(chat.prepare, body, episode_ref(request.headers, body.metadata))
+        prepared = await chat.services.off_loop(chat.prepare, body, episode_ref(request.headers, body.metadata))
         return json_response(generate_request("chatcmpl-", body.model, prepared.prompt.token_ids, prepared.prompt.text,
                                               prepared.params, body.stream, body.stream_options))
 
     @routes.post("/v1/completions/render")
     async def render_completion() -> Response:
         body = parse_request(CompletionRequest, await request.get_data())
-        prepared = await completions.served.off_loop(completions.prepare, body, episode_ref(request.headers, None))
+        prepared = await completions.services.off_loop(completions.prepare, body, episode_ref(request.headers, None))
         if prepared.ranked:  # the token-in endpoint returns every sample; it would not keep the best n
             raise UnsupportedFieldError("Unsupported value for 'best_of': a rendered request cannot rank its samples; "
                                         "render with n and rank them yourself.", param="best_of")

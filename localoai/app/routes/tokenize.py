@@ -15,10 +15,10 @@ def blueprint(served: ServedModel) -> Blueprint:
     @routes.post("/tokenize")
     async def tokenize_route() -> Response:
         body = parse_request(TokenizeRequest, await request.get_data())
-        return json_response(await served.off_loop(tokenize, served, body))
+        return json_response(await served.off_loop(tokenize, served.loaded, body))
 
     @routes.post("/detokenize")
     async def detokenize_route() -> Response:
-        return json_response(detokenize(served, parse_request(DetokenizeRequest, await request.get_data())))
+        return json_response(detokenize(served.loaded, parse_request(DetokenizeRequest, await request.get_data())))
 
     return routes

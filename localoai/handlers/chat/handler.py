@@ -34,7 +34,7 @@ from localoai.handlers.recording import RecordFields
 from localoai.handlers.run import GenerationRun, folded
 from localoai.parsers.reasoning import OutputParser
 from localoai.protocol.chat import ChatCompletionRequest
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 
 
 @dataclass(frozen=True)
@@ -51,47 +51,47 @@ class PreparedChat:
 
 
 class ChatCompletions:
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
 
     def prepare(self, request: ChatCompletionRequest, episode: EpisodeRef | None = None) -> PreparedChat:
         """Every check that can fail, before any generation starts. Blocking (it renders and tokenizes):
         the route runs it with `ServedModel.off_loop`."""
-        served = self.served
-        served.check_model(request.model)
+        model, services = self.model, self.services
+        model.check_model(request.model)
         tools = request.tools if request.tool_choice != "none" else None
         prompt = render_chat(
-            served.tokenizer,
+            model.tokenizer,
             request.messages,
             tools=tools,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             template_kwargs=request.chat_template_kwargs,
             reasoning_effort=request.reasoning_effort,
-            policy=served.template_policy,
+            policy=model.template_policy,
         )
-        prompt, turn = served.episodes.attach(
+        prompt, turn = services.episodes.attach(
             episode, request.messages, prompt,
-            lambda history: render_chat(served.tokenizer, history, tools=tools, add_generation_prompt=False,
+            lambda history: render_chat(model.tokenizer, history, tools=tools, add_generation_prompt=False,
                                         template_kwargs=request.chat_template_kwargs,
-                                        policy=served.template_policy).text,
+                                        policy=model.template_policy).text,
             context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
         budget = token_budget(
-            served,
+            model,
             len(prompt.token_ids),
             request.max_new_tokens,
             param="max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens",
         )
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
         offered = request.tools if request.tool_choice != "none" else None
-        parser = served.output_parser(prompt.text, [tool.function.name for tool in offered] if offered else None)
-        scored = scoring(served, prompt.token_ids, request.prompt_logprobs, request.prompt_logprob_token_ids,
+        parser = model.output_parser(prompt.text, [tool.function.name for tool in offered] if offered else None)
+        scored = scoring(model, prompt.token_ids, request.prompt_logprobs, request.prompt_logprob_token_ids,
                          param="prompt_logprob_token_ids")
-        params = sampling_params(served, request, max_tokens=budget, logprobs=logprobs,
+        params = sampling_params(model, request, max_tokens=budget, logprobs=logprobs,
                                  prompt_logprobs=scored.prompt_logprobs,
                                  prompt_logprob_token_ids=scored.prompt_logprob_token_ids)
-        params = served.decoded_for(parser, params)  # the parser must see its markup
-        params = constrain_chat(served, request, parser, params)
+        params = model.decoded_for(parser, params)  # the parser must see its markup
+        params = constrain_chat(model, request, parser, params)
         return PreparedChat(request, prompt, params, parser, turn)
 
     async def create(self, prepared: PreparedChat) -> ChatCompletion:
@@ -123,8 +123,8 @@ class ChatCompletions:
             "id": new_id("chatcmpl-"),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": self.served.name,
-            "system_fingerprint": self.served.system_fingerprint,
+            "model": self.model.name,
+            "system_fingerprint": self.model.fingerprint(self.services.policy_version),
         }
         if prepared.request.service_tier is not None:
             header["service_tier"] = "default"
@@ -135,25 +135,25 @@ class ChatCompletions:
         into `fold` before it is yielded; the usage is set and the generation recorded at the end.
         Streamed, each step becomes a chunk; not streamed (`live=False`: see `Generation`), no
         chunk is built at all, and the fold is the answer. One shaping, so the two agree."""
-        request, served = prepared.request, self.served
+        request, model, services = prepared.request, self.model, self.services
         with_ids = bool(request.return_token_ids)
         outputs = [Output(prepared.output_parser.stream()) for _ in range(prepared.params.n)] \
             if prepared.output_parser else None
-        async with GenerationRun(served, self._record_fields(prepared, fold), fold.result) as run:
+        async with GenerationRun(services, self._record_fields(prepared, fold), fold.result) as run:
             async with run.generate(prepared.prompt.token_ids, prepared.params, live=live) as generation:
                 opening = [ChoiceStep(i, role=True, token_ids=[] if with_ids else None) for i in range(prepared.params.n)]
                 # After submitting: the prefill runs while the role chunk goes out. While the engine is
                 # paused the chunk waits for the first output, whose weights the fingerprint names.
-                held = served.engine.paused
+                held = services.engine.paused
                 if not held:
                     yield fold.add(opening)
                 async for item in generation:
                     if isinstance(item, PromptLogprobs):
-                        fold.prompt_logprobs = prompt_logprobs(served, item, request.prompt_logprobs,
+                        fold.prompt_logprobs = prompt_logprobs(model, item, request.prompt_logprobs,
                                                                prepared.params.prompt_logprobs)
                     if not isinstance(item, list):
                         continue
-                    fold.header["system_fingerprint"] = served.fingerprint(generation.policy_version)
+                    fold.header["system_fingerprint"] = model.fingerprint(generation.policy_version)
                     if held:
                         held = False
                         yield fold.add(opening)
@@ -173,7 +173,7 @@ class ChatCompletions:
             counts = run.counts
             details = {"completion_tokens_details": CompletionTokensDetails(
                 reasoning_tokens=sum(output.reasoning_tokens for output in outputs))
-            } if served.reasoning_format is not None and outputs else {}
+            } if model.reasoning_format is not None and outputs else {}
             fold.usage = CompletionUsage(
                 prompt_tokens=counts.prompt,
                 completion_tokens=counts.output,
@@ -185,6 +185,7 @@ class ChatCompletions:
 
     def _record_fields(self, prepared: PreparedChat, fold: ChoiceFold) -> RecordFields:
         return RecordFields(
+            model=self.model.name,
             record_id=fold.header["id"],
             kind="chat.completion",
             created=fold.header["created"],
@@ -239,6 +240,6 @@ class ChatCompletions:
         )
 
     def _logprob(self, entry: TokenLogprob) -> ChatCompletionTokenLogprob:
-        fields = token_logprob(self.served, entry)
+        fields = token_logprob(self.model, entry)
         top = [TopLogprob(**alternative) for alternative in fields.pop("top_logprobs")]
         return ChatCompletionTokenLogprob(**fields, top_logprobs=top)

@@ -11,7 +11,7 @@ from typing import Any
 from localoai.errors import NotFoundError
 from localoai.handlers.stored import list_page, visible_record
 from localoai.protocol.stored import ListQuery
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 from localoai.store import CursorNotFound, GenerationRecord
 
 KIND = "chat.completion"
@@ -27,18 +27,18 @@ def _as_object(record: GenerationRecord) -> dict[str, Any]:
 
 
 class StoredChatCompletions:
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
 
     async def _visible(self, completion_id: str) -> GenerationRecord:
-        record = await visible_record(self.served, completion_id, KIND)
+        record = await visible_record(self.services, completion_id, KIND)
         if record is None:
             raise _not_found(completion_id)
         return record
 
     async def list(self, query: ListQuery) -> dict[str, Any]:
         def read() -> list[GenerationRecord]:
-            return self.served.store.list(kind=KIND, visible=True, model=query.model, metadata=query.metadata,
+            return self.services.store.list(kind=KIND, visible=True, model=query.model, metadata=query.metadata,
                                           after=query.after, limit=query.limit + 1, order=query.order)
 
         try:
@@ -53,12 +53,12 @@ class StoredChatCompletions:
     async def update(self, completion_id: str, metadata: dict[str, str] | None) -> dict[str, Any]:
         record = await self._visible(completion_id)
         record.metadata = dict(metadata or {})
-        await asyncio.to_thread(self.served.store.put, record)
+        await asyncio.to_thread(self.services.store.put, record)
         return _as_object(record)
 
     async def delete(self, completion_id: str) -> dict[str, Any]:
         await self._visible(completion_id)
-        await asyncio.to_thread(self.served.store.delete, completion_id)
+        await asyncio.to_thread(self.services.store.delete, completion_id)
         return {"id": completion_id, "object": "chat.completion.deleted", "deleted": True}
 
     async def messages(self, completion_id: str, query: ListQuery) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from localoai.handlers.common import interleave, new_id, prompt_ids, prompt_logp
 from localoai.handlers.recording import RecordFields
 from localoai.handlers.run import GenerationRun, folded
 from localoai.protocol.completions import CompletionRequest
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,13 @@ class PreparedCompletion:
 
 
 class Completions:
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
 
     def prepare(self, request: CompletionRequest, episode: EpisodeRef | None = None) -> PreparedCompletion:
         """Blocking (it tokenizes): the route runs it with `ServedModel.off_loop`."""
-        served = self.served
-        served.check_model(request.model)
+        model = self.model
+        model.check_model(request.model)
         n = request.n or 1
         decoded = max(n, request.best_of or n)
         if request.prompt_logprob_token_ids is not None and len(request.prompts) > 1:
@@ -69,13 +69,13 @@ class Completions:
         echoed = request.logprobs if request.echo and request.logprobs is not None else None
         prompts = []
         for prompt in request.prompts:
-            token_ids, text = prompt_ids(served, prompt, param="prompt")
-            budget = token_budget(served, len(token_ids), request.max_tokens, param="max_tokens")
-            scored = scoring(served, token_ids, request.prompt_logprobs, request.prompt_logprob_token_ids,
+            token_ids, text = prompt_ids(model, prompt, param="prompt")
+            budget = token_budget(model, len(token_ids), request.max_tokens, param="max_tokens")
+            scored = scoring(model, token_ids, request.prompt_logprobs, request.prompt_logprob_token_ids,
                              param="prompt_logprob_token_ids")
             wanted = [top for top in (echoed, scored.prompt_logprobs) if top is not None]
             params = sampling_params(
-                served,
+                model,
                 request,
                 max_tokens=budget,
                 n=decoded,
@@ -84,7 +84,7 @@ class Completions:
                 prompt_logprob_token_ids=scored.prompt_logprob_token_ids,
             )
             prompts.append(PreparedPrompt(text=text, token_ids=token_ids, params=params))
-        return PreparedCompletion(request, prompts, self.served.episodes.turn(episode))
+        return PreparedCompletion(request, prompts, self.services.episodes.turn(episode))
 
     async def create(self, prepared: PreparedCompletion) -> Completion:
         fold = CompletionFold()
@@ -103,13 +103,13 @@ class Completions:
     ) -> AsyncIterator[Completion]:
         """The chunks, each folded into `fold`; `live=False` when nobody reads a chunk before the last
         (see `Generation`)."""
-        served = self.served
+        model, services = self.model, self.services
         header: dict[str, Any] = {
             "id": new_id("cmpl-"),
             "object": "text_completion",
             "created": int(time.time()),
-            "model": served.name,
-            "system_fingerprint": served.system_fingerprint,
+            "model": model.name,
+            "system_fingerprint": model.fingerprint(services.policy_version),
         }
         if include_usage:
             header["usage"] = None
@@ -136,15 +136,16 @@ class Completions:
         ids_pending = set(range(samples)) if request.return_token_ids and not request.echo else set()
         fold = CompletionFold()
         record = RecordFields(
+            model=self.model.name,
             record_id=header["id"] if len(prepared.prompts) == 1 else f"{header['id']}:{number}",
             kind="text_completion", created=header["created"], request=request, prompt_text=prompt.text,
             prompt_token_ids=prompt.token_ids, first_index=base, episode=prepared.episode)
         # One record per prompt: `cmpl-...`, or `cmpl-...:N` for the Nth of several prompts.
-        async with GenerationRun(self.served, record, lambda: None if fold.empty else fold.result()) as run:
+        async with GenerationRun(self.services, record, lambda: None if fold.empty else fold.result()) as run:
             async with run.generate(prompt.token_ids, prompt.params, live=live) as generation:
                 async for item in generation:
                     # The weights that generated the output (a request may have waited through a pause).
-                    header["system_fingerprint"] = self.served.fingerprint(generation.policy_version)
+                    header["system_fingerprint"] = self.model.fingerprint(generation.policy_version)
                     if isinstance(item, PromptLogprobs) or (echo_pending and isinstance(item, list)):
                         opening = self._opening(base, prompt, item, request, echo=echo_pending)
                         if echo_pending:
@@ -172,7 +173,7 @@ class Completions:
             extra = {"prompt_token_ids": prompt.token_ids, "token_ids": []}
         if isinstance(item, PromptLogprobs) and (request.prompt_logprobs is not None
                                                  or prompt.params.prompt_logprob_token_ids):
-            extra["prompt_logprobs"] = prompt_logprobs(self.served, item, request.prompt_logprobs,
+            extra["prompt_logprobs"] = prompt_logprobs(self.model, item, request.prompt_logprobs,
                                                        prompt.params.prompt_logprobs)
         logprobs = None
         if echo and entries is not None and request.logprobs is not None:
@@ -198,7 +199,7 @@ class Completions:
         return _choice(index=base + delta.index, text=delta.text, logprobs=logprobs, finish_reason=finish, **extra)
 
     def _logprobs(self, token_ids: Sequence[int], entries: Sequence[TokenLogprob | None], *, start: int) -> Logprobs:
-        texts = self.served.token_texts
+        texts = self.model.token_texts
         tokens: list[str] = []
         values: list[float | None] = []
         tops: list[dict[str, float] | None] = []

@@ -49,7 +49,7 @@ from localoai.handlers.messages.content import ThinkingSigner, chat_request
 from localoai.handlers.recording import RecordFields
 from localoai.handlers.run import folded
 from localoai.protocol.messages import CountTokensRequest, MessageCreateRequest, ThinkingAdaptive, ThinkingEnabled
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use", "stop": "end_turn"}
 
@@ -186,15 +186,15 @@ class BlockFold(ChoiceFold):
 class Messages:
     """`POST /v1/messages` and `/v1/messages/count_tokens` for one served model."""
 
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
-        self.chat = _MessageChat(served, self)
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
+        self.chat = _MessageChat(model, services, self)
         self.signer = ThinkingSigner()
 
     def _chat_request(self, request: MessageCreateRequest) -> Any:
-        served = self.served
-        template = getattr(served.tokenizer, "chat_template", None) or ""
-        return chat_request(request, served.name, template, served.reasoning_format, self.signer)
+        model = self.model
+        template = getattr(model.tokenizer, "chat_template", None) or ""
+        return chat_request(request, model.name, template, model.reasoning_format, self.signer)
 
     def prepare(self, request: MessageCreateRequest, episode: EpisodeRef | None = None) -> PreparedMessage:
         """Every check that can fail, before any generation starts. Any model name is served by this
@@ -208,8 +208,8 @@ class Messages:
         """The prompt's exact token count, rendered as a create would render it; nothing is generated."""
         chat = self._chat_request(request.as_create())
         tools = chat.tools if chat.tool_choice != "none" else None
-        prompt = render_chat(self.served.tokenizer, chat.messages, tools=tools, reasoning_effort=chat.reasoning_effort,
-                             effort_param="thinking", policy=self.served.template_policy)
+        prompt = render_chat(self.model.tokenizer, chat.messages, tools=tools, reasoning_effort=chat.reasoning_effort,
+                             effort_param="thinking", policy=self.model.template_policy)
         return MessageTokensCount(input_tokens=len(prompt.token_ids))
 
     async def create(self, prepared: PreparedMessage) -> Message:
@@ -235,20 +235,20 @@ class Messages:
         yield RawMessageStopEvent(type="message_stop")
 
     def _fold(self, prepared: PreparedMessage) -> BlockFold:
-        header = {"id": new_id("msg_"), "created": int(time.time()), "model": self.served.name,
-                  "system_fingerprint": self.served.system_fingerprint}
+        header = {"id": new_id("msg_"), "created": int(time.time()), "model": self.model.name,
+                  "system_fingerprint": self.model.fingerprint(self.services.policy_version)}
         return BlockFold(header, prepared, self.signer, self.chat._logprob)
 
 
 class _MessageChat(ChatCompletions):
     """The chat handler, recording its generations as Anthropic messages (kind `message`)."""
 
-    def __init__(self, served: ServedModel, messages: Messages) -> None:
-        super().__init__(served)
+    def __init__(self, model: LoadedModel, services: Services, messages: Messages) -> None:
+        super().__init__(model, services)
         self._messages = messages
 
     def _record_fields(self, prepared: PreparedChat, fold: ChoiceFold) -> RecordFields:
         assert isinstance(prepared, PreparedMessage) and prepared.message is not None
-        return RecordFields(record_id=fold.header["id"], kind="message", created=fold.header["created"],
+        return RecordFields(model=self.model.name, record_id=fold.header["id"], kind="message", created=fold.header["created"],
                             request=prepared.message, prompt_text=prepared.prompt.text,
                             prompt_token_ids=prepared.prompt.token_ids, episode=prepared.episode)

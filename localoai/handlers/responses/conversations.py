@@ -1,4 +1,4 @@
-"""The Conversations API: conversations and their items, kept in `served.conversations`.
+"""The Conversations API: conversations and their items, kept in `services.conversations`.
 
 Items get ids and their listed shape from `response_items.stored_items` (the same shapes
 `input_items` lists), so a conversation's items can be rendered by `response_items.chat_messages`
@@ -17,7 +17,7 @@ from localoai.handlers.responses.items import stored_items, without_encrypted_re
 from localoai.handlers.stored import list_page
 from localoai.protocol.conversations import ConversationCreateRequest, ItemsCreateRequest
 from localoai.protocol.stored import ListQuery
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 from localoai.store import CursorNotFound
 from localoai.store.conversations import ConversationNotFound, ConversationStore, DuplicateItemId
 
@@ -43,12 +43,12 @@ def _shown(items: Sequence[dict[str, Any]], include: Sequence[str]) -> list[dict
 
 
 class Conversations:
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
 
     @property
     def store(self) -> ConversationStore:
-        return self.served.conversations
+        return self.services.conversations
 
     async def create(self, body: ConversationCreateRequest) -> dict[str, Any]:
         items = stored_items(body.items or [])

@@ -39,32 +39,32 @@ from localoai.handlers.responses.stream import ResponseStream, response_events
 from localoai.handlers.run import folded
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.responses import OUTPUT_LOGPROBS, InputTokensRequest, ResponseCreateRequest
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 
 logger = logging.getLogger(__name__)
 
 
 class Responses:
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
-        self.inputs = ResponseInputs(served)
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
+        self.inputs = ResponseInputs(model, services)
         self.background = BackgroundResponses(self._events)
 
     async def prepare(self, request: ResponseCreateRequest, episode: EpisodeRef | None = None) -> PreparedResponse:
         """Every check that can fail, before any generation starts."""
-        served = self.served
-        served.check_model(request.model)
+        model, services = self.model, self.services
+        model.check_model(request.model)
         items, prompt, new_from = await self.inputs.render(request)
         offered = self.inputs.offered(request)
         tools = chat_tools(offered.tools)
-        messages = chat_messages(request.instructions, items, served.hosted_tools.result)
-        prompt, turn = await served.off_loop(
-            served.episodes.attach,
+        messages = chat_messages(request.instructions, items, services.hosted_tools.result)
+        prompt, turn = await services.off_loop(
+            services.episodes.attach,
             episode, messages, prompt, lambda history: render_chat(
-                served.tokenizer, history, tools=tools, add_generation_prompt=False,
-                template_kwargs=request.chat_template_kwargs, policy=served.template_policy).text,
+                model.tokenizer, history, tools=tools, add_generation_prompt=False,
+                template_kwargs=request.chat_template_kwargs, policy=model.template_policy).text,
             context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
-        budget = token_budget(served, len(prompt.token_ids), request.max_output_tokens, param="max_output_tokens")
+        budget = token_budget(model, len(prompt.token_ids), request.max_output_tokens, param="max_output_tokens")
         params = SamplingParams(
             max_tokens=budget,
             temperature=float(request.temperature if request.temperature is not None else 1.0),
@@ -72,16 +72,16 @@ class Responses:
             logprobs=(request.top_logprobs or 0) if OUTPUT_LOGPROBS in (request.include or []) else None,
         )
         names = [offered_name(tool) for tool in offered.tools]
-        parser = served.output_parser(prompt.text, names or None)
-        params = served.decoded_for(parser, params)  # the parser must see its markup
-        params = constrain_response(served, request, offered.tools, parser, params)
+        parser = model.output_parser(prompt.text, names or None)
+        params = model.decoded_for(parser, params)  # the parser must see its markup
+        params = constrain_response(model, request, offered.tools, parser, params)
         if offered.not_offered:
             logger.warning("hosted tools %s not offered to the model: no implementation is registered "
                            "(start(hosted_tools=...))", ", ".join(offered.not_offered))
         return PreparedResponse(request, items, prompt, params, offered, parser, new_from, turn)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
-        self.served.check_model(request.model)
+        self.model.check_model(request.model)
         _, prompt, _ = await self.inputs.render(request)
         return InputTokenCountResponse(object="response.input_tokens", input_tokens=len(prompt.token_ids))
 
@@ -102,9 +102,9 @@ class Responses:
     def _stream(self, prepared: PreparedResponse, *, live: bool = True) -> ResponseStream:
         offered = prepared.offered
         client_tools = client_tool_types(offered.tools) if prepared.output_parser else {}
-        build = ResponseEvents(settings=settings(self.served.name, prepared), client_tools=client_tools,
+        build = ResponseEvents(settings=settings(self.model.name, prepared), client_tools=client_tools,
                                namespaced=offered.namespaced, hosted=offered.hosted)
-        return ResponseStream(prepared, build, live=live).bind(self.served)
+        return ResponseStream(prepared, build, live=live).bind(self.services)
 
     def _events(self, stream: ResponseStream) -> AsyncIterator[ResponseStreamEvent]:
-        return response_events(self.served, self.inputs, stream)
+        return response_events(self.model, self.services, self.inputs, stream)

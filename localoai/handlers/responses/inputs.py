@@ -23,7 +23,7 @@ from localoai.parsers.reasoning import OutputParser
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.offered_tools import OfferedTools, offered_tools
 from localoai.protocol.responses import ResponseCreateRequest, ResponseInputFields
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 from localoai.store.conversations import ConversationNotFound
 
 logger = logging.getLogger(__name__)
@@ -58,11 +58,11 @@ def previous_not_found(response_id: str) -> NotFoundError:
 class ResponseInputs:
     """Resolves and renders a Responses request's input for one served model."""
 
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
 
     def offered(self, request: ResponseInputFields) -> OfferedTools:
-        return offered_tools(request, self.served.hosted_tools.definitions())
+        return offered_tools(request, self.services.hosted_tools.definitions())
 
     async def render(self, request: ResponseInputFields) -> tuple[list[dict[str, Any]], RenderedPrompt, int]:
         """The full item list (what came before, then this request's items), its rendering, and
@@ -85,16 +85,16 @@ class ResponseInputs:
 
     async def _rendered(self, request: ResponseInputFields, items: list[dict[str, Any]],
                         offered: OfferedTools) -> RenderedPrompt:
-        served = self.served
-        return await served.off_loop(
+        model, services = self.model, self.services
+        return await services.off_loop(
             render_chat,
-            served.tokenizer,
-            chat_messages(request.instructions, items, served.hosted_tools.result),  # never carried over
+            model.tokenizer,
+            chat_messages(request.instructions, items, services.hosted_tools.result),  # never carried over
             tools=chat_tools(offered.tools),
             template_kwargs=request.chat_template_kwargs,
             reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
             effort_param="reasoning.effort",
-            policy=served.template_policy,
+            policy=model.template_policy,
         )
 
     async def continued(self, prepared: PreparedResponse, round_items: list[Any], used: int) -> PreparedResponse:
@@ -105,23 +105,23 @@ class ResponseInputs:
         items = [*prepared.items, *output] if not prepared.continued else [*prepared.continued, *output]
         prompt = await self._rendered(request, items, prepared.offered)
         remaining = request.max_output_tokens - used if request.max_output_tokens is not None else None
-        budget = token_budget(self.served, len(prompt.token_ids), max(remaining or 0, 1) if remaining is not None
+        budget = token_budget(self.model, len(prompt.token_ids), max(remaining or 0, 1) if remaining is not None
                               else None, param="max_output_tokens")
         names = [offered_name(tool) for tool in prepared.offered.tools]
-        parser = self.served.output_parser(prompt.text, names or None)
+        parser = self.model.output_parser(prompt.text, names or None)
         return dataclasses.replace(prepared, prompt=prompt, output_parser=parser, continued=items,
                                    params=dataclasses.replace(prepared.params, max_tokens=budget))
 
     async def _conversation(self, conversation_id: str) -> list[dict[str, Any]]:
         try:
-            return await asyncio.to_thread(self.served.conversations.items, conversation_id)
+            return await asyncio.to_thread(self.services.conversations.items, conversation_id)
         except ConversationNotFound:
             raise NotFoundError(f"Conversation with id '{conversation_id}' not found.", param="conversation",
                                 code="not_found") from None
 
     async def _replay(self, response_id: str) -> list[dict[str, Any]]:
         """A stored response's full input (its own chain included) followed by its output."""
-        record = await visible_record(self.served, response_id, KIND)
+        record = await visible_record(self.services, response_id, KIND)
         if record is None:
             raise previous_not_found(response_id)
         if record.status == "in_progress":
@@ -136,7 +136,7 @@ class ResponseInputs:
             return
         output = [item.model_dump(mode="json", exclude_none=True) for item in response.output]
         try:
-            await asyncio.to_thread(self.served.conversations.add_items, conversation_id,
+            await asyncio.to_thread(self.services.conversations.add_items, conversation_id,
                                     prepared.items[prepared.new_items_from :] + output)
         except Exception:  # noqa: BLE001 - the response stands; the log says why the conversation did not grow
             logger.exception("could not append response %s to conversation %s", response.id, conversation_id)

@@ -17,7 +17,7 @@ from localoai.handlers.responses.items import without_encrypted_reasoning
 from localoai.handlers.responses.replay import item_events, opening_events, replay_builder
 from localoai.handlers.stored import list_page, visible_record
 from localoai.protocol.stored import ListQuery
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 from localoai.store import GenerationRecord, Store
 
 KIND = "response"
@@ -39,11 +39,11 @@ def _not_found(response_id: str) -> NotFoundError:
 
 
 class StoredResponses:
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
 
     async def _visible(self, response_id: str) -> GenerationRecord:
-        record = await visible_record(self.served, response_id, KIND)
+        record = await visible_record(self.services, response_id, KIND)
         if record is None:
             raise _not_found(response_id)
         return record
@@ -68,7 +68,7 @@ class StoredResponses:
                     yield event
             if record.status == "in_progress":
                 await finished(response_id)
-                latest = await visible_record(self.served, response_id, KIND)
+                latest = await visible_record(self.services, response_id, KIND)
                 if latest is None:  # deleted meanwhile
                     return
                 ended = Response.model_validate(latest.output)
@@ -81,7 +81,7 @@ class StoredResponses:
 
     async def delete(self, response_id: str) -> dict[str, Any]:
         await self._visible(response_id)
-        await asyncio.to_thread(self.served.store.delete, response_id)
+        await asyncio.to_thread(self.services.store.delete, response_id)
         return {"id": response_id, "object": "response", "deleted": True}
 
     async def cancel(self, response_id: str) -> dict[str, Any]:
@@ -100,7 +100,7 @@ class StoredResponses:
             raise InvalidRequestError(f"Cannot cancel a response in status '{output.get('status')}'.",
                                       param="response_id")
         output = {**output, "status": "cancelled"}
-        await asyncio.to_thread(self.served.store.put, dataclasses.replace(record, status="cancelled", output=output))
+        await asyncio.to_thread(self.services.store.put, dataclasses.replace(record, status="cancelled", output=output))
         return output
 
     async def input_items(self, response_id: str, query: ListQuery, include: list[str]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from localoai.handlers.responses.events import TERMINAL_EVENTS, ResponseEvents, 
 from localoai.handlers.responses.inputs import KIND, PreparedResponse, ResponseInputs
 from localoai.handlers.run import GenerationRun
 from localoai.parsers.reasoning import OutputPiece, OutputStream, ReasoningDelta
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 from localoai.store.records import RecordStatus
 
 MAX_HOSTED_ROUNDS = 8
@@ -71,13 +71,14 @@ class ResponseStream:
     def id(self) -> str:
         return str(self.build.settings["id"])
 
-    def bind(self, served: ServedModel) -> ResponseStream:
-        self.run = GenerationRun(served, self._fields(), lambda: self.build.snapshot("cancelled"))
+    def bind(self, services: Services) -> ResponseStream:
+        self.run = GenerationRun(services, self._fields(), lambda: self.build.snapshot("cancelled"))
         return self
 
     def _fields(self) -> RecordFields:
         prepared, request = self.prepared, self.prepared.request
         return RecordFields(
+            model=str(self.build.settings["model"]),
             record_id=self.id, kind=KIND, created=self.build.settings["created_at"], request=request,
             prompt_text=prepared.prompt.text, prompt_token_ids=prepared.prompt.token_ids,
             metadata=request.metadata, visible=request.store is not False,
@@ -94,15 +95,15 @@ class ResponseStream:
         return self.run.record(response, status=status, record_id=record_id)
 
 
-async def response_events(served: ServedModel, inputs: ResponseInputs,
+async def response_events(model: LoadedModel, services: Services, inputs: ResponseInputs,
                           stream: ResponseStream) -> AsyncIterator[ResponseStreamEvent]:
     """The events of one response, each through `stream.fold`; recorded exactly once (see
     `GenerationRun`), a cancelled one as it stands (`GenerationRun.unfinished_write`)."""
-    async for event in _events(served, inputs, stream):
+    async for event in _events(model, services, inputs, stream):
         yield stream.fold.add(event)
 
 
-async def _events(served: ServedModel, inputs: ResponseInputs,
+async def _events(model: LoadedModel, services: Services, inputs: ResponseInputs,
                   stream: ResponseStream) -> AsyncIterator[ResponseStreamEvent]:
     build = stream.build
     with_logprobs = stream.prepared.params.logprobs is not None
@@ -120,7 +121,7 @@ async def _events(served: ServedModel, inputs: ResponseInputs,
                             continue
                         for delta in item:
                             if with_logprobs:
-                                pending += [token_logprob(served, entry) for entry in delta.logprobs]
+                                pending += [token_logprob(model, entry) for entry in delta.logprobs]
                             was_reasoning = calls is not None and calls.in_reasoning
                             events = _shaped(build, calls, delta, pending)
                             if was_reasoning or (calls is not None and calls.in_reasoning):
@@ -145,7 +146,7 @@ async def _events(served: ServedModel, inputs: ResponseInputs,
             # the calls run (off the loop), and the model goes on from their results.
             await written(stream.record(build.snapshot("completed"), record_id=f"{stream.id}_{hosted_round}"))
             for call in hosted:
-                result = await asyncio.to_thread(served.hosted_tools.run, call)
+                result = await asyncio.to_thread(services.hosted_tools.run, call)
                 for event in build.hosted_done(call, result):
                     yield event
             if sample.finish_reason != "stop" or hosted_round == MAX_HOSTED_ROUNDS \

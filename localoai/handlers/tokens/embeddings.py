@@ -25,7 +25,7 @@ from localoai.errors import UnsupportedFieldError
 from localoai.handlers.common import new_id, on_engine, prompt_ids, token_budget
 from localoai.handlers.recording import RecordFields, record_generation, written
 from localoai.protocol.embeddings import EmbeddingRequest
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,13 @@ class PreparedEmbedding:
 
 
 class Embeddings:
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
 
     def prepare(self, request: EmbeddingRequest, episode: EpisodeRef | None = None) -> PreparedEmbedding:
-        served = self.served
-        served.check_model(request.model)
-        size = served.hidden_size
+        model, services = self.model, self.services
+        model.check_model(request.model)
+        size = model.hidden_size
         if request.dimensions is not None and request.dimensions != size:
             raise UnsupportedFieldError(
                 f"Unsupported value for 'dimensions': this model's embeddings have {size} dimensions and it was "
@@ -51,25 +51,25 @@ class Embeddings:
                 param="dimensions")
         prompts = []
         for prompt in request.inputs:
-            token_ids, text = prompt_ids(served, prompt, param="input")
-            token_budget(served, len(token_ids), 0, param="input")
+            token_ids, text = prompt_ids(model, prompt, param="input")
+            token_budget(model, len(token_ids), 0, param="input")
             prompts.append((token_ids, text))
-        return PreparedEmbedding(request, prompts, served.episodes.turn(episode))
+        return PreparedEmbedding(request, prompts, services.episodes.turn(episode))
 
     async def create(self, prepared: PreparedEmbedding) -> CreateEmbeddingResponse | dict[str, Any]:
         """The SDK's response; with `encoding_format: base64`, its JSON form with each vector as
         base64 of little-endian float32 (what the `openai` SDK decodes; the SDK's type has no such
         variant). The store keeps the vectors as floats."""
-        served = self.served
-        pooling, normalize = served.embedding_pooling, served.embedding_normalize
-        chunk = served.engine.max_batch_size
+        model, services = self.model, self.services
+        pooling, normalize = model.embedding_pooling, model.embedding_normalize
+        chunk = services.engine.max_batch_size
         ids = [token_ids for token_ids, _ in prepared.prompts]
 
         def embed(batch: list[list[int]]) -> tuple[torch.Tensor, int]:
-            return served.engine.backend.embed(batch, pooling, normalize).cpu(), served.policy_version
+            return services.engine.backend.embed(batch, pooling, normalize).cpu(), services.policy_version
 
         created = int(time.time())
-        parts = await asyncio.gather(*(on_engine(served, lambda b=ids[i:i + chunk]: embed(b))
+        parts = await asyncio.gather(*(on_engine(services, lambda b=ids[i:i + chunk]: embed(b))
                                        for i in range(0, len(ids), chunk)))
         data: list[Embedding] = []
         versions: list[int] = []
@@ -78,12 +78,12 @@ class Embeddings:
                 data.append(Embedding(embedding=vector.tolist(), index=len(data), object="embedding"))
                 versions.append(version)
         tokens = sum(len(token_ids) for token_ids in ids)
-        response = CreateEmbeddingResponse(data=data, model=served.name, object="list",
+        response = CreateEmbeddingResponse(data=data, model=model.name, object="list",
                                            usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         record_id = new_id("embd-")
         writes = [
             record_generation(
-                served, RecordFields(record_id=record_id if len(data) == 1 else f"{record_id}:{index}",
+                services, RecordFields(model=model.name, record_id=record_id if len(data) == 1 else f"{record_id}:{index}",
                                      kind="embedding", created=created, request=prepared.request, prompt_text=text,
                                      prompt_token_ids=token_ids, episode=prepared.episode),
                 None, data[index], status="completed", policy_version=versions[index],

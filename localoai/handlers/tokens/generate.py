@@ -25,7 +25,7 @@ from localoai.handlers.common import (new_id, prompt_ids, prompt_logprobs, sampl
 from localoai.handlers.recording import RecordFields
 from localoai.handlers.run import GenerationRun, folded
 from localoai.protocol.generate import GenerateChoice, GenerateRequest, GenerateResponse
-from localoai.served import ServedModel
+from localoai.served import LoadedModel, Services
 
 
 @dataclass(frozen=True)
@@ -37,24 +37,24 @@ class PreparedGenerate:
 
 
 class TokenGeneration:
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, model: LoadedModel, services: Services) -> None:
+        self.model, self.services = model, services
 
     def prepare(self, request: GenerateRequest, episode: EpisodeRef | None = None) -> PreparedGenerate:
         """Every check that can fail, before any generation starts."""
-        served = self.served
-        served.check_model(request.model)
-        token_ids, text = prompt_ids(served, request.token_ids, param="token_ids")
+        model, services = self.model, self.services
+        model.check_model(request.model)
+        token_ids, text = prompt_ids(model, request.token_ids, param="token_ids")
         fields = request.sampling_params
-        budget = token_budget(served, len(token_ids), fields.max_tokens, param="sampling_params.max_tokens")
-        scored = scoring(served, token_ids, fields.prompt_logprobs, fields.prompt_logprob_token_ids,
+        budget = token_budget(model, len(token_ids), fields.max_tokens, param="sampling_params.max_tokens")
+        scored = scoring(model, token_ids, fields.prompt_logprobs, fields.prompt_logprob_token_ids,
                          param="sampling_params.prompt_logprob_token_ids")
-        params = sampling_params(served, fields, max_tokens=budget, logprobs=fields.logprobs,
+        params = sampling_params(model, fields, max_tokens=budget, logprobs=fields.logprobs,
                                  prompt_logprobs=scored.prompt_logprobs,
                                  prompt_logprob_token_ids=scored.prompt_logprob_token_ids)
-        params = constrain_generate(served, fields.structured_outputs, params,
+        params = constrain_generate(model, fields.structured_outputs, params,
                                     param="sampling_params.structured_outputs")
-        return PreparedGenerate(request, text, params, served.episodes.turn(episode))
+        return PreparedGenerate(request, text, params, services.episodes.turn(episode))
 
     async def create(self, prepared: PreparedGenerate) -> GenerateResponse:
         fold = GenerateFold()
@@ -68,21 +68,21 @@ class TokenGeneration:
     async def _chunks(self, prepared: PreparedGenerate, fold: GenerateFold, *, include_usage: bool,
                       live: bool) -> AsyncIterator[GenerateResponse]:
         """The chunks, each folded into `fold` (the record's output, and the non-streamed answer)."""
-        served, request = self.served, prepared.request
+        model, services, request = self.model, self.services, prepared.request
         record_id = new_id("generate-tokens-")  # the store's id: unique even when a client repeats a request_id
         header: dict[str, Any] = {"id": record_id, "request_id": request.request_id or record_id,
-                                  "created": int(time.time()), "model": served.name,
-                                  "system_fingerprint": served.system_fingerprint}
+                                  "created": int(time.time()), "model": model.name,
+                                  "system_fingerprint": model.fingerprint(services.policy_version)}
         shows = request.sampling_params.logprobs is not None
-        record = RecordFields(record_id=record_id, kind="generate", created=header["created"], request=request,
+        record = RecordFields(model=model.name, record_id=record_id, kind="generate", created=header["created"], request=request,
                               prompt_text=prepared.prompt_text, prompt_token_ids=request.token_ids,
                               episode=prepared.episode)
-        async with GenerationRun(served, record, lambda: None if fold.empty else fold.result()) as run:
+        async with GenerationRun(services, record, lambda: None if fold.empty else fold.result()) as run:
             async with run.generate(request.token_ids, prepared.params, live=live) as generation:
                 async for item in generation:
                     if isinstance(item, PromptLogprobs):
                         yield fold.add(GenerateResponse(**header, choices=[], prompt_logprobs=prompt_logprobs(
-                            served, item, request.sampling_params.prompt_logprobs)))
+                            model, item, request.sampling_params.prompt_logprobs)))
                     else:
                         yield fold.add(GenerateResponse(**header, choices=[self._choice(delta, shows)
                                                                            for delta in item]))

@@ -7,34 +7,34 @@ from typing import Any
 from localoai.chat_template import render_chat
 from localoai.handlers.common import check_token_ids
 from localoai.protocol.tokenize import DetokenizeRequest, TokenizeRequest
-from localoai.served import ServedModel
+from localoai.served import LoadedModel
 
 
-def tokenize(served: ServedModel, request: TokenizeRequest) -> dict[str, Any]:
+def tokenize(model: LoadedModel, request: TokenizeRequest) -> dict[str, Any]:
     """Blocking: the route runs it with `ServedModel.off_loop`."""
-    served.check_model(request.model)
+    model.check_model(request.model)
     if request.messages is not None:
         rendered = render_chat(
-            served.tokenizer,
+            model.tokenizer,
             request.messages,
             tools=request.tools,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             template_kwargs=request.chat_template_kwargs,
-            policy=served.template_policy,
+            policy=model.template_policy,
         )
         token_ids = rendered.token_ids
         if request.add_special_tokens:
-            token_ids = served.tokenizer.build_inputs_with_special_tokens(token_ids)
+            token_ids = model.tokenizer.build_inputs_with_special_tokens(token_ids)
     else:
-        token_ids = served.encode(request.prompt or "", add_special_tokens=request.add_special_tokens is not False)
-    result: dict[str, Any] = {"count": len(token_ids), "max_model_len": served.context_length, "tokens": token_ids}
+        token_ids = model.encode(request.prompt or "", add_special_tokens=request.add_special_tokens is not False)
+    result: dict[str, Any] = {"count": len(token_ids), "max_model_len": model.context_length, "tokens": token_ids}
     if request.return_token_strs:
-        result["token_strs"] = served.tokenizer.convert_ids_to_tokens(token_ids)
+        result["token_strs"] = model.tokenizer.convert_ids_to_tokens(token_ids)
     return result
 
 
-def detokenize(served: ServedModel, request: DetokenizeRequest) -> dict[str, Any]:
-    served.check_model(request.model)
-    check_token_ids(served, request.tokens, param="tokens")
-    return {"prompt": served.decode(request.tokens, skip_special_tokens=False)}
+def detokenize(model: LoadedModel, request: DetokenizeRequest) -> dict[str, Any]:
+    model.check_model(request.model)
+    check_token_ids(model, request.tokens, param="tokens")
+    return {"prompt": model.decode(request.tokens, skip_special_tokens=False)}
