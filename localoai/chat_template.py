@@ -33,7 +33,7 @@ from localoai.protocol.chat import FunctionTool, Message, TextPart
 
 @dataclass(frozen=True)
 class TemplatePolicy:
-    """What a server lets a request do to rendering (`ServedModel.template_policy`)."""
+    """What a server lets a request do to rendering (`LoadedModel.template_policy`)."""
 
     allow_client_chat_template: bool = False
     max_prompt_chars: int | None = None
@@ -110,7 +110,7 @@ def render_chat(
     policy: TemplatePolicy = DEFAULT_POLICY,
 ) -> RenderedPrompt:
     """`reasoning_effort` (named `effort_param` in errors) is mapped onto the template's thinking
-    switch, see `effort_template_kwargs`. Blocking: run it off the event loop (`ServedModel.off_loop`)."""
+    switch, see `effort_template_kwargs`. Blocking: run it off the event loop (`Services.off_loop`)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidRequestError(
             "This model's tokenizer has no chat template; use /v1/completions or pass a tokenizer with one.",

@@ -35,7 +35,8 @@ from localoai.handlers.responses.hosted_tools import HostedTools
 from localoai.metrics import ServingMetrics
 from localoai.protocol.base import INT64_MAX, INT64_MIN
 from localoai.parsers.harmony import HarmonyOutputParser
-from localoai.parsers.reasoning import CLOSE_THINK, HARMONY_FORMAT, OPEN_THINK, ComposedOutputParser, OutputParser, \
+from localoai.parsers.output import OutputParser
+from localoai.parsers.reasoning import CLOSE_THINK, HARMONY_FORMAT, OPEN_THINK, ComposedOutputParser, \
     reasoning_parser_for, starts_in_reasoning
 from localoai.parsers.tool_calls import ToolParser, tool_parser_for
 from localoai.store import ConversationStore, Recorder, Store, open_store

@@ -20,15 +20,8 @@ from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.handlers.responses.items import chat_messages, stored_items
 from localoai.parsers import HermesToolParser
 from localoai.parsers.harmony import HarmonyOutputParser
-from localoai.parsers.reasoning import (
-    ComposedOutputParser,
-    OutputParser,
-    ParsedOutput,
-    ReasoningDelta,
-    fold,
-    reasoning_parser_for,
-    starts_in_reasoning,
-)
+from localoai.parsers.output import OutputParser, ParsedOutput, ReasoningDelta, fold
+from localoai.parsers.reasoning import ComposedOutputParser, reasoning_parser_for, starts_in_reasoning
 from localoai.protocol.chat import ChatCompletionRequest
 from localoai.protocol.responses import ResponseCreateRequest
 from localoai.testing.tiny import CHAT_TEMPLATE, build_tokenizer

@@ -113,7 +113,7 @@ class ToolParser(ABC):
     name: ClassVar[str]
     markup: ClassVar[tuple[str, ...]] = ()
     """The format's markers. Where a tokenizer has one as a special token (Mistral's `[TOOL_CALLS]`),
-    the output is decoded keeping it (`ServedModel.markup_token_ids`): else the parser never sees it."""
+    the output is decoded keeping it (`LoadedModel.markup_token_ids`): else the parser never sees it."""
 
     def __init__(self, tool_names: Collection[str] | None = None) -> None:
         self.tool_names = frozenset(tool_names) if tool_names is not None else None

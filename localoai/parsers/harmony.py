@@ -26,7 +26,7 @@ from typing import Literal
 
 from localoai.parsers.base import Slot, StreamDelta, ToolCallFormat, _checked_call, _join_errors, _loads, \
     _partial_suffix, new_call_id
-from localoai.parsers.reasoning import OutputParser, OutputPiece, OutputStream, ReasoningDelta
+from localoai.parsers.output import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 
 START, END, MESSAGE, CHANNEL = "<|start|>", "<|end|>", "<|message|>", "<|channel|>"
 CALL, RETURN, CONSTRAIN = "<|call|>", "<|return|>", "<|constrain|>"

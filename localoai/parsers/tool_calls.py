@@ -22,7 +22,7 @@ gpt-oss writes tool calls in OpenAI's harmony format (`<|start|>assistant to=fun
 commentary json<|message|>{...}<|call|>`), on channels that also carry its reasoning: that format
 is parsed with its reasoning, by `localoai.parsers.harmony` (chosen by `reasoning_parser_for`), so
 gpt-oss templates match no parser here. Reasoning and tool calls are composed per request by
-`localoai.parsers.reasoning` (`ServedModel.output_parser`).
+`localoai.parsers.reasoning` (`LoadedModel.output_parser`).
 """
 
 from __future__ import annotations

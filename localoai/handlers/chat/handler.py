@@ -5,7 +5,7 @@ the generation shaped into `ChoiceStep`s, in one `GenerationRun`): streamed, eac
 chunk; not streamed, the steps are folded (`ChoiceFold`, see `handlers.run.Fold`) without
 building chunks. The fold of a streamed request is its record, so the two can never disagree.
 
-The model's text runs through the request's output parser (`ServedModel.output_parser`), when it
+The model's text runs through the request's output parser (`LoadedModel.output_parser`), when it
 has one: reasoning goes to `delta.reasoning_content` (vLLM's and DeepSeek's field; the SDK keeps
 it as an extra field of the message), tool calls to `delta.tool_calls`, the rest to `content`.
 """
@@ -32,7 +32,7 @@ from localoai.handlers.chat.shaping import ChoiceFold, ChoiceStep, Output, finis
 from localoai.handlers.common import new_id, prompt_logprobs, sampling_params, scoring, token_budget, token_logprob
 from localoai.handlers.recording import RecordFields
 from localoai.handlers.run import GenerationRun, folded
-from localoai.parsers.reasoning import OutputParser
+from localoai.parsers.output import OutputParser
 from localoai.protocol.chat import ChatCompletionRequest
 from localoai.served import LoadedModel, Services
 
@@ -56,7 +56,7 @@ class ChatCompletions:
 
     def prepare(self, request: ChatCompletionRequest, episode: EpisodeRef | None = None) -> PreparedChat:
         """Every check that can fail, before any generation starts. Blocking (it renders and tokenizes):
-        the route runs it with `ServedModel.off_loop`."""
+        the route runs it with `Services.off_loop`."""
         model, services = self.model, self.services
         model.check_model(request.model)
         tools = request.tools if request.tool_choice != "none" else None

@@ -14,7 +14,7 @@ from openai.types.chat import chat_completion as completion_types
 from openai.types.chat.chat_completion_message_function_tool_call import Function
 
 from localoai.engine.params import SampleDelta, TokenLogprob
-from localoai.parsers.reasoning import OutputStream, ReasoningDelta
+from localoai.parsers.output import OutputStream, ReasoningDelta
 
 
 class Output:

@@ -58,7 +58,7 @@ class Completions:
         self.model, self.services = model, services
 
     def prepare(self, request: CompletionRequest, episode: EpisodeRef | None = None) -> PreparedCompletion:
-        """Blocking (it tokenizes): the route runs it with `ServedModel.off_loop`."""
+        """Blocking (it tokenizes): the route runs it with `Services.off_loop`."""
         model = self.model
         model.check_model(request.model)
         n = request.n or 1

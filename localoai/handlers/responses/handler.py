@@ -7,7 +7,7 @@ parsed call becomes a `function_call` item (`call_id` is the parser's `call_...`
 tool the client executes, `custom` / `local_shell` / `shell` / `apply_patch`, becomes that tool's
 own item type, see `client_tools`), and markup that does not parse stays in the content, its
 reason kept in the sample's trace (`tool_parse_error`). The same output parser
-(`ServedModel.output_parser`) takes the model's reasoning out of the text into `reasoning` items
+(`LoadedModel.output_parser`) takes the model's reasoning out of the text into `reasoning` items
 (`reasoning.effort` is mapped onto the chat template's thinking switch by `render_chat`).
 
 The streamed and the non-streamed answers come from the same event stream: a non-streamed request

@@ -19,7 +19,7 @@ from localoai.errors import InvalidRequestError, NotFoundError
 from localoai.handlers.common import token_budget
 from localoai.handlers.responses.items import chat_messages, chat_tools, check_call_outputs, stored_items
 from localoai.handlers.stored import visible_record
-from localoai.parsers.reasoning import OutputParser
+from localoai.parsers.output import OutputParser
 from localoai.protocol.client_tools import offered_name
 from localoai.protocol.offered_tools import OfferedTools, offered_tools
 from localoai.protocol.responses import ResponseCreateRequest, ResponseInputFields

@@ -25,7 +25,7 @@ from localoai.handlers.recording import RecordFields, written
 from localoai.handlers.responses.events import TERMINAL_EVENTS, ResponseEvents, usage
 from localoai.handlers.responses.inputs import KIND, PreparedResponse, ResponseInputs
 from localoai.handlers.run import GenerationRun
-from localoai.parsers.reasoning import OutputPiece, OutputStream, ReasoningDelta
+from localoai.parsers.output import OutputPiece, OutputStream, ReasoningDelta
 from localoai.served import LoadedModel, Services
 from localoai.store.records import RecordStatus
 

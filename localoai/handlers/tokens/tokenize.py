@@ -11,7 +11,7 @@ from localoai.served import LoadedModel
 
 
 def tokenize(model: LoadedModel, request: TokenizeRequest) -> dict[str, Any]:
-    """Blocking: the route runs it with `ServedModel.off_loop`."""
+    """Blocking: the route runs it with `Services.off_loop`."""
     model.check_model(request.model)
     if request.messages is not None:
         rendered = render_chat(
