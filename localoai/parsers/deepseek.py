@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from localoai.parsers.base import (
-    Slot,
-    ToolCallFormat,
+from localoai.parsers.base import Slot, ToolCallFormat
+from localoai.parsers.scanning import (
     _Bad,
     _Call,
     _Content,

@@ -24,9 +24,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from localoai.parsers.base import Slot, StreamDelta, ToolCallFormat, _checked_call, _join_errors, _loads, \
-    _partial_suffix, new_call_id
+from localoai.parsers.base import Slot, StreamDelta, ToolCallFormat, new_call_id
 from localoai.parsers.output import OutputParser, OutputPiece, OutputStream, ReasoningDelta
+from localoai.parsers.scanning import _checked_call, _join_errors, _loads, _partial_suffix
 
 START, END, MESSAGE, CHANNEL = "<|start|>", "<|end|>", "<|message|>", "<|channel|>"
 CALL, RETURN, CONSTRAIN = "<|call|>", "<|return|>", "<|constrain|>"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from localoai.parsers.base import (
-    Slot,
-    ToolCallFormat,
+from localoai.parsers.base import Slot, ToolCallFormat, new_call_id
+from localoai.parsers.scanning import (
     _Bad,
     _Call,
     _Content,
@@ -18,7 +17,6 @@ from localoai.parsers.base import (
     _Scanner,
     _ScannerToolParser,
     _skip_ws,
-    new_call_id,
 )
 
 

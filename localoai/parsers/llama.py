@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from localoai.parsers.base import (
-    Slot,
-    ToolCallFormat,
+from localoai.parsers.base import Slot, ToolCallFormat
+from localoai.parsers.scanning import (
     _Bad,
     _Content,
     _Event,

@@ -8,9 +8,8 @@ import secrets
 import string
 from typing import ClassVar
 
-from localoai.parsers.base import (
-    Slot,
-    ToolCallFormat,
+from localoai.parsers.base import Slot, ToolCallFormat
+from localoai.parsers.scanning import (
     _Bad,
     _Call,
     _Event,

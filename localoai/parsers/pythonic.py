@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any, ClassVar
 
-from localoai.parsers.base import (
+from localoai.parsers.scanning import (
     _Bad,
     _Call,
     _Content,

@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from localoai.parsers.base import StreamDelta, ToolCallStream, ToolParser, _partial_suffix
+from localoai.parsers.base import StreamDelta, ToolCallStream, ToolParser
+from localoai.parsers.scanning import _partial_suffix
 from localoai.parsers.output import OutputParser, OutputPiece, OutputStream, ReasoningDelta
 
 OPEN_THINK = "<think>"
