@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from localoai.episodes.ledger import EpisodeTurn, answers
+from localoai.episodes.ledger import EpisodeTurn
 from localoai.errors import ServerError
+from localoai.handlers.answers import answers
 from localoai.handlers.common import Generation
 from localoai.protocol.base import RequestModel
 from localoai.served import ServedModel
