@@ -308,7 +308,7 @@ def test_pagination_with_visible_filter(store: SQLiteStore, order: str, limit: i
 )
 def test_visible_listings_walk_an_index_in_order(where: RecordFilter, index: str) -> None:
     """A page reads ~`limit` rows, never sorts every match (which would read every record's JSON)."""
-    from localoai.store.sqlite import _filters
+    from localoai.store.generations import filters as _filters
 
     with SQLiteStore(":memory:") as store:
         clauses, params = _filters(where)
