@@ -14,7 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from localoai.store.base import CursorNotFound, Order, RecordFilter, RecordFilterArgs, Store
+from localoai.store.base import (
+    CursorNotFound,
+    EpisodeStore,
+    ListQuery,
+    Order,
+    RecordFilter,
+    RecordFilterArgs,
+    RecordSearch,
+    RecordStore,
+    Store,
+)
 from localoai.store.episodes import StoredEpisode
 from localoai.store.conversations import ConversationNotFound, ConversationStore, DuplicateItemId
 from localoai.store.recorder import Recorder
@@ -39,12 +49,16 @@ __all__ = [
     "ConversationStore",
     "CursorNotFound",
     "DuplicateItemId",
+    "EpisodeStore",
+    "ListQuery",
     "StoredEpisode",
     "GenerationRecord",
     "Order",
     "RecordFilter",
     "RecordFilterArgs",
     "RecordKind",
+    "RecordSearch",
+    "RecordStore",
     "RecordStatus",
     "Recorder",
     "SQLiteStore",

@@ -1,5 +1,8 @@
 """What any generation store offers: the server writes records, the HTTP API and trainers read them.
 
+`Store` is three protocols, one per kind of consumer: `RecordStore` (records), `EpisodeStore` (episodes and
+rewards) and `RecordSearch` (the inspector's searches). Nothing here knows its consumers' types.
+
 Filters are shared by `list`, `iterate`, `count` and `export_jsonl`, given as keyword arguments
 (`kind=`, `model=`, `status=`, `episode_id=`, `visible=`, `metadata=`) and gathered into one
 `RecordFilter`; every one given must match (`metadata`: every key/value pair). Order is insertion
