@@ -25,8 +25,8 @@ from localoai.store.base import (
     RecordStore,
     Store,
 )
-from localoai.store.episodes import StoredEpisode
 from localoai.store.conversations import ConversationNotFound, ConversationStore, DuplicateItemId
+from localoai.store.episodes import StoredEpisode
 from localoai.store.recorder import Recorder
 from localoai.store.records import CompletionTrace, GenerationRecord, RecordKind, RecordStatus
 from localoai.store.sqlite import (
@@ -50,19 +50,19 @@ __all__ = [
     "CursorNotFound",
     "DuplicateItemId",
     "EpisodeStore",
-    "ListQuery",
-    "StoredEpisode",
     "GenerationRecord",
+    "ListQuery",
     "Order",
     "RecordFilter",
     "RecordFilterArgs",
     "RecordKind",
     "RecordSearch",
-    "RecordStore",
     "RecordStatus",
+    "RecordStore",
     "Recorder",
     "SQLiteStore",
     "Store",
+    "StoredEpisode",
     "newest_run",
     "open_store",
     "run_path",

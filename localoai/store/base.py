@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, runtime_che
 from localoai.store.records import GenerationRecord
 
 if TYPE_CHECKING:
-    from localoai.store.episodes import StoredEpisode
     from typing_extensions import Unpack  # typing.Unpack is 3.11+; only type checkers read this
+
+    from localoai.store.episodes import StoredEpisode
 
 Order = Literal["asc", "desc"]
 

@@ -6,7 +6,6 @@ table indexed by (key, value), so a metadata filter is an index lookup, not a JS
 
 from __future__ import annotations
 
-import builtins
 import sqlite3
 from typing import Any
 
@@ -86,12 +85,12 @@ ON CONFLICT (id) DO UPDATE SET
 """
 
 
-def filters(where: RecordFilter) -> tuple[builtins.list[str], builtins.list[Any]]:
+def filters(where: RecordFilter) -> tuple[list[str], list[Any]]:
     """The SQL of a filter: the one place where `RecordFilter` fields become WHERE clauses.
 
     Lists, so `cursors` can append the cursor bounds."""
-    clauses: builtins.list[str] = []
-    params: builtins.list[Any] = []
+    clauses: list[str] = []
+    params: list[Any] = []
     for column, value in (
         ("kind", where.kind),
         ("model", where.model),
@@ -112,8 +111,8 @@ def filters(where: RecordFilter) -> tuple[builtins.list[str], builtins.list[Any]
 
 def cursors(
     conn: sqlite3.Connection,
-    where: builtins.list[str],
-    params: builtins.list[Any],
+    where: list[str],
+    params: list[Any],
     order: Order,
     after: str | None,
     before: str | None,
@@ -130,7 +129,7 @@ def cursors(
         params.append(row[0])
 
 
-def where_sql(clauses: builtins.list[str]) -> str:
+def where_sql(clauses: list[str]) -> str:
     return f" WHERE {' AND '.join(clauses)}" if clauses else ""
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from localoai.store import generations
 from localoai.store.base import ListQuery, Order
 from localoai.store.database import Database
 from localoai.store.records import GenerationRecord
@@ -43,7 +44,7 @@ class StoreSearch:
 
     def page(self, query: ListQuery, offset: int, limit: int, order: Order = "desc") -> tuple[list[GenerationRecord], int]:
         """The records of one page in `order` of insertion, and how many match in all."""
-        direction = "ASC" if order == "asc" else "DESC"
+        direction = generations.direction(order)
         with self._connection() as conn:
             where, params = _where(query)
             if not where:
