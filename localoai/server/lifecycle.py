@@ -23,9 +23,7 @@ from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_RE
 from localoai.handlers.hosted_tools import HostedTools
 from localoai.server import registry
 from localoai.server.heap import heap_freeze
-from localoai.server.http_errors import shape_protocol_errors
 from localoai.server.sockets import (
-    BACKLOG,
     DEFAULT_MAX_CONNECTIONS,
     CappedListener,
     bind,
@@ -46,10 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("localoai.server")
 
 START_TIMEOUT = 30.0
-KEEP_ALIVE_TIMEOUT = 10.0
-"""Seconds an idle connection (or one still sending its headers) is kept: longer than httpx's 5 s
-pool expiry, so a client never reuses a connection the server is closing, and short enough that
-closed-off clients do not hold descriptors for long."""
 
 
 
@@ -196,23 +190,10 @@ class Server:
 
     def _serve(self) -> None:
         from hypercorn.asyncio import serve
-        from hypercorn.config import Config, Sockets
 
-        listener = self.listener
+        from localoai.server.hypercorn_config import hypercorn_config
 
-        class _Config(Config):
-            openai_errors = True  # see localoai.server.http_errors
-
-            def create_sockets(self) -> Sockets:  # hypercorn closes the socket it is given: a dup
-                return Sockets(secure_sockets=[], insecure_sockets=[listener], quic_sockets=[])
-
-        shape_protocol_errors()
-        config = _Config()
-        config.accesslog = None
-        config.errorlog = logging.getLogger("localoai.hypercorn")
-        config.graceful_timeout = 2.0
-        config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
-        config.backlog = BACKLOG
+        config = hypercorn_config(self.listener)
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
