@@ -169,3 +169,12 @@ def test_the_ledger_renders_on_worker_threads_not_the_event_loop(server: Any, mo
     assert report is not None and report["extends"] == first.id  # the second turn went through the splice
     assert len(threads) == 4
     assert not any(name.startswith("localoai-server-") for name in threads), threads
+
+
+def test_episodes_need_only_the_session_the_server_implements(server: Any) -> None:
+    """`Episode` and `Group` depend on `EpisodeSession`, not on `Server`: the server is one."""
+    from localoai.episodes import EpisodeSession
+
+    assert isinstance(server, EpisodeSession)
+    with server.group(n=2) as group:
+        assert all(ep.server is server for ep in group)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from localoai.episodes.routing import EPISODE_HEADER, EPISODE_ID, GROUP_HEADER
 from localoai.episodes.trajectory import Trajectory, trajectories, trajectory
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from localoai.store.episodes import StoredEpisode
 
 
+@runtime_checkable
 class EpisodeSession(Protocol):
     """What episodes need from the server that serves them (`localoai.Server` is one)."""
 
