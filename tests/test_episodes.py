@@ -138,3 +138,43 @@ def test_a_store_from_before_episodes_gains_the_table(tmp_path: Path) -> None:
     with SQLiteStore(path) as store:
         store.add_episode("e1", "g1", {"k": 1})
         assert store.episodes() == [store.episode("e1")] and store.groups() == ["g1"]
+
+
+def test_the_ledger_renders_on_worker_threads_not_the_event_loop(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger's splice re-renders the history and tokenizes: every endpoint calls it while preparing, on the
+    prepare threads, so a long history never blocks the server's event loop (its thread runs only the loop)."""
+    import threading
+
+    import anthropic
+
+    ledger = server.served.episodes
+    attach = ledger.attach
+    threads: list[str] = []
+
+    def recording_attach(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return attach(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "attach", recording_attach)
+    with server.episode() as ep:
+        client = ep.client(max_retries=0)
+        first = client.chat.completions.create(model=server.model, messages=MESSAGES, max_tokens=3)
+        again = [*MESSAGES, {"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "more"}]
+        client.chat.completions.create(model=server.model, messages=again, max_tokens=2)
+        client.responses.create(model=server.model, input="hello", max_output_tokens=2)
+        messages = anthropic.Anthropic(base_url=ep.base_url.removesuffix("/v1"), api_key="localoai", max_retries=0)
+        messages.messages.create(model=server.model, max_tokens=2, messages=[{"role": "user", "content": "hello"}])
+        report = records(server, ep.id)[1].ledger
+    assert report is not None and report["extends"] == first.id  # the second turn went through the splice
+    assert len(threads) == 4
+    assert not any(name.startswith("localoai-server-") for name in threads), threads
+
+
+def test_episodes_need_only_the_session_the_server_implements(server: Any) -> None:
+    """`Episode` and `Group` depend on `EpisodeSession`, not on `Server`: the server is one."""
+    from localoai.episodes import EpisodeSession
+
+    assert isinstance(server, EpisodeSession)
+    with server.group(n=2) as group:
+        assert all(ep.server is server for ep in group)

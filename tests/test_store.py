@@ -308,7 +308,7 @@ def test_pagination_with_visible_filter(store: SQLiteStore, order: str, limit: i
 )
 def test_visible_listings_walk_an_index_in_order(where: RecordFilter, index: str) -> None:
     """A page reads ~`limit` rows, never sorts every match (which would read every record's JSON)."""
-    from localoai.store.sqlite import _filters
+    from localoai.store.generations import filters as _filters
 
     with SQLiteStore(":memory:") as store:
         clauses, params = _filters(where)
@@ -751,3 +751,21 @@ def test_recorder_survives_a_waiter_that_went_away() -> None:
     assert store.get("abandoned") is not None and store.get("later") is not None
     assert recorder.failed == 0
     recorder.close()
+
+
+def test_search_pages_both_ways_and_the_change_marker_follows_writes(store: SQLiteStore) -> None:
+    """The inspector's query API (`RecordSearch`): a page of what matches, in either order, with the total."""
+    from localoai.store import EpisodeStore, ListQuery, RecordSearch, RecordStore
+
+    assert all(isinstance(store, part) for part in (RecordStore, EpisodeStore, RecordSearch, Store))
+    marker = store.change_marker()
+    for i in range(10):
+        store.put(make_record(i, status="failed" if i % 3 == 0 else "completed", policy_version=i // 5))
+    assert store.change_marker() != marker
+    rows, total = store.search(ListQuery(status="failed"), offset=1, limit=2)
+    assert total == 4 and [r.id for r in rows] == ["chatcmpl-00006", "chatcmpl-00003"]
+    rows, total = store.search(ListQuery(policy_version=1, text="ANSWER"), limit=3, order="asc")
+    assert total == 5 and [r.id for r in rows] == ["chatcmpl-00005", "chatcmpl-00006", "chatcmpl-00007"]
+    assert store.search(ListQuery(), offset=8, limit=5)[1] == 10 and len(store.search(ListQuery(), offset=8)[0]) == 2
+    with pytest.raises(ValueError, match="order"):
+        store.search(ListQuery(), order="newest")  # type: ignore[arg-type]

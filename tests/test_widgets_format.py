@@ -7,17 +7,14 @@ import math
 
 from localoai.store import GenerationRecord
 from localoai.widgets import render
-from localoai.widgets.format import (
+from localoai.widgets.format import conversation, pretty_arguments, summarize, tool_names
+from localoai.widgets.tokens import (
     completion_tokens,
-    conversation,
     entropy,
     logprob_color,
     policy_version_at,
     prefix_tree,
-    pretty_arguments,
     prompt_tokens,
-    summarize,
-    tool_names,
     top_alternatives,
 )
 

@@ -34,9 +34,8 @@ from localoai.constraints.grammar import GrammarError, check_schema, compile_gra
 from localoai.constraints.spec import ANY_OBJECT, OutputSpec, ToolSpec, schema_text
 from localoai.engine.params import SamplingParams
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
-from localoai.handlers.responses.client_tools import function_definition
 from localoai.parsers.reasoning import OutputParser
-from localoai.protocol.client_tools import offered_name
+from localoai.protocol.client_tools import function_definition, offered_name
 from localoai.protocol.generate import StructuredOutputs
 from localoai.protocol.chat import ChatCompletionRequest, JsonSchemaFormat, NamedToolChoice, ResponseFormatJsonObject
 from localoai.protocol.responses import FunctionToolChoice, ResponseCreateRequest, TextFormatJsonObject

@@ -9,7 +9,7 @@ Requests join an episode by its URL prefix (`/episodes/{id}/v1`), the `X-Episode
 `X-Episode-Group`), or `metadata.episode_id` (and `metadata.episode_group`).
 """
 
-from localoai.episodes.handles import Episode, Group
+from localoai.episodes.handles import Episode, EpisodeSession, Group
 from localoai.episodes.ledger import EpisodeLedger, EpisodeTurn
 from localoai.episodes.routing import EPISODE_HEADER, GROUP_HEADER, EpisodeRef
 from localoai.episodes.trajectory import (
@@ -27,6 +27,7 @@ __all__ = [
     "EPISODE_HEADER",
     "GROUP_HEADER",
     "Episode",
+    "EpisodeSession",
     "EpisodeLedger",
     "EpisodeRef",
     "EpisodeTurn",

@@ -14,16 +14,42 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from localoai.episodes.routing import EPISODE_HEADER, EPISODE_ID, GROUP_HEADER
+from localoai.episodes.trajectory import Trajectory, trajectories, trajectory
 
 if TYPE_CHECKING:
     import openai
 
-    from localoai.episodes.trajectory import Trajectory
-    from localoai.server.lifecycle import Server
+    from localoai.store.base import Store
     from localoai.store.episodes import StoredEpisode
+
+
+@runtime_checkable
+class EpisodeSession(Protocol):
+    """What episodes need from the server that serves them (`localoai.Server` is one)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def api_key(self) -> str | None: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    def open_episode(self, episode_id: str, group: str | None, token_ledger: bool | None) -> None:
+        """Start tracking the episode's turns in the token ledger."""
+        ...
+
+    def close_episode(self, episode_id: str) -> None:
+        """Drop the episode's turns from the token ledger (its records stay)."""
+        ...
+
+    def flush_records(self) -> None:
+        """Wait until the records queued so far are in the store."""
+        ...
 
 
 def new_episode_id() -> str:
@@ -43,14 +69,14 @@ def _checked(value: str, what: str) -> str:
 class Episode:
     """One agent rollout. Leaving its `with` block drops its token ledger (its records stay)."""
 
-    def __init__(self, server: Server, episode_id: str | None = None, group: str | None = None,
+    def __init__(self, server: EpisodeSession, episode_id: str | None = None, group: str | None = None,
                  token_ledger: bool | None = None, **metadata: Any) -> None:
         self.server = server
         self.id = _checked(episode_id or new_episode_id(), "episode id")
         self.group = _checked(group, "group id") if group is not None else None
         self.metadata = metadata
         server.store.add_episode(self.id, self.group, metadata)
-        server.served.episodes.open(self.id, self.group, token_ledger)
+        server.open_episode(self.id, self.group, token_ledger)
 
     @property
     def base_url(self) -> str:
@@ -87,11 +113,11 @@ class Episode:
 
     def trajectory(self) -> Trajectory:
         """Waits for the episode's records to be written first."""
-        self.server.served.recorder.flush()
-        return self.server.store.trajectory(self.id)
+        self.server.flush_records()
+        return trajectory(self.server.store, self.id)
 
     def close(self) -> None:
-        self.server.served.episodes.close(self.id)
+        self.server.close_episode(self.id)
 
     def __enter__(self) -> Episode:
         return self
@@ -107,7 +133,7 @@ class Episode:
 class Group:
     """Several episodes of one prompt (GRPO): `for ep in group`, `group.episode()` for one more."""
 
-    def __init__(self, server: Server, n: int = 0, group_id: str | None = None,
+    def __init__(self, server: EpisodeSession, n: int = 0, group_id: str | None = None,
                  token_ledger: bool | None = None, **metadata: Any) -> None:
         self.server = server
         self.id = _checked(group_id or new_group_id(), "group id")
@@ -134,8 +160,8 @@ class Group:
         return self.server.store.episodes(self.id)
 
     def trajectories(self) -> list[Trajectory]:
-        self.server.served.recorder.flush()
-        return self.server.store.trajectories(self.id)
+        self.server.flush_records()
+        return trajectories(self.server.store, self.id)
 
     def close(self) -> None:
         for member in self.members:

@@ -176,11 +176,13 @@ class EpisodeLedger:
 
     def finish(self, turn: EpisodeTurn, record_id: str, prompt_ids: list[int],
                samples: list[tuple[list[dict[str, Any]], list[int]]]) -> None:
-        """A completed turn joins its episode's ledger, for the turns that extend it."""
+        """A completed turn joins its episode's ledger, for the turns that extend it. `samples`: per
+        sample, its answer as the assistant message(s) a chat template reads (`template_messages`'s
+        form, given by the endpoint that shaped it) and its sampled ids."""
         if turn.messages is None:
             return
         kept = _Turn(record_id, turn.messages, turn.context, array("i", prompt_ids),
-                     [(answer, array("i", ids)) for answer, ids in samples])
+                     [(canonical(answer), array("i", ids)) for answer, ids in samples])
         with self._lock:
             turns = self._entry(turn.episode.id).turns
             turns.append(kept)
@@ -263,30 +265,3 @@ def _parsed(arguments: Any) -> Any:
         except ValueError:
             return arguments
     return arguments
-
-
-def answers(output: Any) -> list[list[dict[str, Any]]]:
-    """Each sample's answer as canonical assistant messages, from a `ChatCompletion`, a `Response` or a `Message`."""
-    from openai.types.chat import ChatCompletion
-    from openai.types.responses import Response
-
-    if isinstance(output, ChatCompletion):
-        result = []
-        for choice in sorted(output.choices, key=lambda choice: choice.index):
-            message: dict[str, Any] = {"role": "assistant", "content": choice.message.content}
-            if choice.message.tool_calls:
-                message["tool_calls"] = [call.model_dump() for call in choice.message.tool_calls]
-            result.append(canonical([message]))
-        return result
-    if isinstance(output, Response):
-        from localoai.handlers.responses.items import chat_messages
-
-        items = [item.model_dump(mode="json", exclude_none=True) for item in output.output]
-        return [canonical(template_messages(chat_messages(None, items)))]
-    from anthropic.types import Message
-
-    if isinstance(output, Message):
-        from localoai.handlers.messages.content import answer_message
-
-        return [canonical(template_messages([answer_message(output)]))]
-    return []

@@ -1,6 +1,6 @@
 """Trajectories: an episode's generations as a trainer needs them, token-exact, from the store.
 
-    trajectory = server.store.trajectory(episode_id)   # or server.trajectories(group=...)
+    trajectory(store, episode_id)                       # or server.trajectories(group=...), ep.trajectory()
     for turn in trajectory.turns: turn.input_ids, turn.loss_mask, turn.token_logprobs, turn.token_versions
     batch = to_tensors(trajectories)                    # padded tensors for a policy-gradient loss
     write_jsonl(trajectories, "rollouts.jsonl"); to_dataset(trajectories)   # datasets.Dataset
@@ -156,6 +156,11 @@ def trajectory(store: Store, episode_id: str) -> Trajectory:
             result.group = result.group or record.group_id
             result.turns += [_turn(record, trace, number) for number, trace in enumerate(record.completions)]
     return result
+
+
+def trajectories(store: Store, group: str | None = None) -> list[Trajectory]:
+    """One per episode in the store (oldest first), or per episode of `group`."""
+    return [trajectory(store, episode.id) for episode in store.episodes(group)]
 
 
 def _turn(record: GenerationRecord, trace: CompletionTrace, number: int) -> Turn:

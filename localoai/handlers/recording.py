@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from localoai.episodes.ledger import EpisodeTurn, answers
+from localoai.episodes.ledger import EpisodeTurn
 from localoai.errors import ServerError
+from localoai.handlers.answers import answers
 from localoai.protocol.base import RequestModel
 from localoai.served import Services
 from localoai.store.records import GenerationRecord, RecordKind, RecordStatus

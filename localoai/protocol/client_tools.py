@@ -2,7 +2,7 @@
 input items that carry their calls and outputs, as coding agents (Codex) send them.
 
 These run on the user's machine, not on OpenAI's, so a local model can use them: each is offered
-to the model as a function (see `handlers.client_tools`). Shapes follow the `openai` SDK's
+to the model as a function (`function_definition`, below). Shapes follow the `openai` SDK's
 `types.responses`; fields Codex leaves out although the reference marks them required (a
 `local_shell_call`'s `id` / `call_id` / `action.env`) are optional here. A `shell` tool whose
 `environment` is an OpenAI container is hosted, and refused naming it.
@@ -236,3 +236,73 @@ BUILT_IN_NAMES: dict[str, str] = {"local_shell": "local_shell", "shell": "shell"
 def offered_name(tool: Any) -> str:
     """The name the model calls a tool by: its own for function and custom tools."""
     return BUILT_IN_NAMES.get(tool.type) or tool.name
+
+
+# -- the functions client tools are offered to the model as ----------------------------------
+
+_LOCAL_SHELL = {
+    "name": "local_shell",
+    "description": "Run a command on the user's machine and get its output.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "command": {"type": "array", "items": {"type": "string"}, "description": "The command and its arguments."},
+            "working_directory": {"type": "string"},
+            "timeout_ms": {"type": "integer"},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        "required": ["command"],
+    },
+}
+SHELL_FUNCTION = {
+    "name": "shell",
+    "description": "Run shell commands on the user's machine, in order, and get their output.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "commands": {"type": "array", "items": {"type": "string"}},
+            "timeout_ms": {"type": "integer"},
+            "max_output_length": {"type": "integer"},
+        },
+        "required": ["commands"],
+        "additionalProperties": False,
+    },
+}
+_APPLY_PATCH = {
+    "name": "apply_patch",
+    "description": "Create, update or delete a file on the user's machine with a unified diff.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "operation": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["create_file", "update_file", "delete_file"]},
+                    "path": {"type": "string"},
+                    "diff": {"type": "string", "description": "The unified diff (not for delete_file)."},
+                },
+                "required": ["type", "path"],
+            },
+        },
+        "required": ["operation"],
+    },
+}
+_BUILT_IN_FUNCTIONS: dict[str, dict[str, Any]] = {"local_shell": _LOCAL_SHELL, "shell": SHELL_FUNCTION,
+                                                  "apply_patch": _APPLY_PATCH}
+
+
+def function_definition(tool: Any) -> dict[str, Any] | None:
+    """The chat-template function a client tool is offered as; None for a function tool."""
+    if isinstance(tool, CustomTool):
+        described = "The tool's input, as free-form text."
+        if isinstance(tool.format, GrammarInputFormat):
+            described = (f"The tool's input. It must match this {tool.format.syntax} grammar:\n"
+                         f"{tool.format.definition}")
+        definition: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            definition["description"] = tool.description
+        definition["parameters"] = {"type": "object", "properties": {"input": {"type": "string",
+                                                                                "description": described}},
+                                    "required": ["input"]}
+        return definition
+    return _BUILT_IN_FUNCTIONS.get(tool.type)

@@ -3,7 +3,7 @@ coding agents (Codex) send them in `tools`.
 
 A local model has no hosted tool of its own. A hosted tool is accepted (a default Codex config
 offers `web_search`) and then, on the server, either run by the Python function registered for its
-family (`start(hosted_tools={"web_search": fn})`, see `handlers.hosted_tools`) or NOT offered to
+family (`start(hosted_tools={"web_search": fn})`, see `handlers.responses.hosted_tools`) or NOT offered to
 the model, which the response's `tools` echo, the record and the log show. `mcp` (a remote MCP
 server the client names) and `programmatic_tool_calling` stay refused: the server connects to no
 MCP server (Codex runs MCP itself and sends its tools as functions or namespaces).
@@ -78,7 +78,7 @@ class WebSearchAction(RequestModel):
 
 class WebSearchCallItem(RequestModel):
     """A hosted web search from an earlier turn (Codex sends it back): rendered as the `web_search`
-    call and the result the server kept for it (see `handlers.hosted_tools`)."""
+    call and the result the server kept for it (see `handlers.responses.hosted_tools`)."""
 
     type: Literal["web_search_call"]
     id: str

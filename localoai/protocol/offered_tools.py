@@ -32,7 +32,7 @@ class OfferedTools:
 
 def offered_tools(request: ResponseInputFields, hosted: Mapping[str, dict[str, Any]]) -> OfferedTools:
     """The tools the model is offered (none with `tool_choice: "none"`). `hosted`: the function
-    definition of each hosted tool family this server runs (see `handlers.hosted_tools`)."""
+    definition of each hosted tool family this server runs (see `handlers.responses.hosted_tools`)."""
     offered: list[OfferedTool] = []
     namespaced: dict[str, tuple[str, str]] = {}
     families: dict[str, str] = {}

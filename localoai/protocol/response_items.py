@@ -119,7 +119,7 @@ class ReasoningText(RequestModel):
 class ReasoningItem(RequestModel):
     """Reasoning from an earlier turn. Agents (Codex) send these back on every turn, so they are
     accepted, listed as input items, and their `content` is rendered as the next assistant turn's
-    reasoning (see `handlers.response_items`)."""
+    reasoning (see `handlers.responses.items`)."""
 
     type: Literal["reasoning"]
     id: str | None = None

@@ -10,9 +10,7 @@ first. Shutdown is triggered on the server's own loop, never from a foreign thre
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import gc
 import html
 import logging
 import socket
@@ -23,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
 from localoai.handlers.responses.hosted_tools import HostedTools
-from localoai.server.http_errors import shape_protocol_errors
+from localoai.server import registry
+from localoai.server.heap import heap_freeze
 from localoai.server.sockets import (
-    BACKLOG,
     DEFAULT_MAX_CONNECTIONS,
     CappedListener,
     bind,
@@ -45,47 +43,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("localoai.server")
 
-_registry: dict[int, Server] = {}
-_registry_lock = threading.Lock()
 START_TIMEOUT = 30.0
-KEEP_ALIVE_TIMEOUT = 10.0
-"""Seconds an idle connection (or one still sending its headers) is kept: longer than httpx's 5 s
-pool expiry, so a client never reuses a connection the server is closing, and short enough that
-closed-off clients do not hold descriptors for long."""
 
 
-class _HeapFreeze:
-    """`gc.freeze()` while servers that asked for it run (vLLM does the same after startup).
-
-    A process that holds torch, transformers and a model has half a million objects or more, and
-    every full collection walks them all: 0.2-0.3 s with a 5M-parameter model and nothing else, during
-    which no thread runs Python, the engine's included, so serving stalls. Frozen objects are left
-    out of collections (they are still freed by reference counting; only reference cycles among
-    them wait for the thaw). Thawed when the last such server stops, unless something else had
-    frozen objects before.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._thaw = False
-
-    def hold(self) -> None:
-        with self._lock:
-            if self._holders == 0:
-                self._thaw = gc.get_freeze_count() == 0
-                gc.collect()  # what is garbage now is freed, not frozen
-                gc.freeze()
-            self._holders += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._holders -= 1
-            if self._holders == 0 and self._thaw:
-                gc.unfreeze()
-
-
-_heap_freeze = _HeapFreeze()
 
 
 class Server:
@@ -199,13 +159,26 @@ class Server:
 
     def trajectories(self, group: str | None = None) -> list[Trajectory]:
         """Every episode's trajectory (or `group`'s), once the records queued so far are written."""
+        from localoai.episodes.trajectory import trajectories
+
+        self.flush_records()
+        return trajectories(self.store, group)
+
+    # The session episodes use (`localoai.episodes.handles.EpisodeSession`).
+    def open_episode(self, episode_id: str, group: str | None, token_ledger: bool | None) -> None:
+        self.served.episodes.open(episode_id, group, token_ledger)
+
+    def close_episode(self, episode_id: str) -> None:
+        self.served.episodes.close(episode_id)
+
+    def flush_records(self) -> None:
+        """Wait until the records queued so far are in the store."""
         self.served.recorder.flush()
-        return self.store.trajectories(group)
 
     # --- lifecycle -------------------------------------------------------------------
     def _start(self, timeout: float = START_TIMEOUT) -> None:
         if self._gc_freeze:
-            _heap_freeze.hold()
+            heap_freeze.hold()
             self._holds_freeze = True
         self.served.engine.start()
         self._thread.start()
@@ -217,23 +190,10 @@ class Server:
 
     def _serve(self) -> None:
         from hypercorn.asyncio import serve
-        from hypercorn.config import Config, Sockets
 
-        listener = self.listener
+        from localoai.server.hypercorn_config import hypercorn_config
 
-        class _Config(Config):
-            openai_errors = True  # see localoai.server.http_errors
-
-            def create_sockets(self) -> Sockets:  # hypercorn closes the socket it is given: a dup
-                return Sockets(secure_sockets=[], insecure_sockets=[listener], quic_sockets=[])
-
-        shape_protocol_errors()
-        config = _Config()
-        config.accesslog = None
-        config.errorlog = logging.getLogger("localoai.hypercorn")
-        config.graceful_timeout = 2.0
-        config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
-        config.backlog = BACKLOG
+        config = hypercorn_config(self.listener)
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
@@ -278,10 +238,8 @@ class Server:
         self.listener.close()
         if self._holds_freeze:
             self._holds_freeze = False
-            _heap_freeze.release()
-        with _registry_lock:
-            if _registry.get(self.port) is self:
-                del _registry[self.port]
+            heap_freeze.release()
+        registry.forget(self)
 
     def __enter__(self) -> Server:
         return self
@@ -410,40 +368,13 @@ def start(
         logger.warning("closed %d background responses left in_progress by a server that stopped first", orphans)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an api_key: anyone who can reach it can use the model", host)
-    _stop_previous(port, served.name)
+    registry.stop_previous(port, served.name)
     sock = bind_first_free(host) if port is None else bind(host, port)
     app = create_app(served, api_key=api_key, max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
                      public_metrics=public_metrics)
     server = Server(served, app, sock, api_key=api_key, gc_freeze=gc_freeze, max_connections=max_connections)
     server._start()
-    with _registry_lock:
-        _registry[server.port] = server
+    registry.add(server)
     logger.info("serving %r at %s (inspector: %s/ui/); storing generations in %s", server.model, server.base_url,
                 server.url, server.store_location)
     return server
-
-
-def _stop_previous(port: int | None, name: str) -> None:
-    with _registry_lock:
-        if port is None:  # a re-run cell: replace the server of the same model, keep its port
-            previous = [server for server in _registry.values() if server.model == name]
-        elif port == 0:  # explicitly a new server on any free port
-            previous = []
-        else:
-            previous = [_registry[port]] if port in _registry else []
-    for server in previous:
-        logger.info("replacing %r", server)
-        server.stop()
-
-
-def running_servers() -> list[Server]:
-    with _registry_lock:
-        return list(_registry.values())
-
-
-def stop_all() -> None:
-    for server in running_servers():
-        server.stop()
-
-
-atexit.register(stop_all)

@@ -14,9 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from localoai.store.base import CursorNotFound, Order, RecordFilter, RecordFilterArgs, Store
-from localoai.store.episodes import StoredEpisode
+from localoai.store.base import (
+    CursorNotFound,
+    EpisodeStore,
+    ListQuery,
+    Order,
+    RecordFilter,
+    RecordFilterArgs,
+    RecordSearch,
+    RecordStore,
+    Store,
+)
 from localoai.store.conversations import ConversationNotFound, ConversationStore, DuplicateItemId
+from localoai.store.episodes import StoredEpisode
 from localoai.store.recorder import Recorder
 from localoai.store.records import CompletionTrace, GenerationRecord, RecordKind, RecordStatus
 from localoai.store.sqlite import (
@@ -39,16 +49,20 @@ __all__ = [
     "ConversationStore",
     "CursorNotFound",
     "DuplicateItemId",
-    "StoredEpisode",
+    "EpisodeStore",
     "GenerationRecord",
+    "ListQuery",
     "Order",
     "RecordFilter",
     "RecordFilterArgs",
     "RecordKind",
+    "RecordSearch",
     "RecordStatus",
+    "RecordStore",
     "Recorder",
     "SQLiteStore",
     "Store",
+    "StoredEpisode",
     "newest_run",
     "open_store",
     "run_path",

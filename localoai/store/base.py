@@ -1,5 +1,8 @@
 """What any generation store offers: the server writes records, the HTTP API and trainers read them.
 
+`Store` is three protocols, one per kind of consumer: `RecordStore` (records), `EpisodeStore` (episodes and
+rewards) and `RecordSearch` (the inspector's searches). Nothing here knows its consumers' types.
+
 Filters are shared by `list`, `iterate`, `count` and `export_jsonl`, given as keyword arguments
 (`kind=`, `model=`, `status=`, `episode_id=`, `visible=`, `metadata=`) and gathered into one
 `RecordFilter`; every one given must match (`metadata`: every key/value pair). Order is insertion
@@ -18,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, runtime_che
 from localoai.store.records import GenerationRecord
 
 if TYPE_CHECKING:
-    from localoai.episodes.trajectory import Trajectory
-    from localoai.store.episodes import StoredEpisode
     from typing_extensions import Unpack  # typing.Unpack is 3.11+; only type checkers read this
+
+    from localoai.store.episodes import StoredEpisode
 
 Order = Literal["asc", "desc"]
 
@@ -72,8 +75,24 @@ class CursorNotFound(LookupError):
         self.record_id = record_id
 
 
+@dataclass(frozen=True)
+class ListQuery:
+    """What `Store.search` filters on (the inspector's list); empty values mean "any". `tool`: a function the
+    generation called; `text` matches ids, prompts, completions and errors, case-insensitively."""
+
+    episode_id: str = ""
+    status: str = ""
+    kind: str = ""
+    tool: str = ""
+    policy_version: int | None = None
+    text: str = ""
+    group_id: str = ""
+
+
 @runtime_checkable
-class Store(Protocol):
+class RecordStore(Protocol):
+    """Generation records: what the server writes and the HTTP API lists."""
+
     @property
     def evicted(self) -> int:
         """How many records were deleted to stay within the size limits."""
@@ -132,7 +151,14 @@ class Store(Protocol):
         """At least `entries`, `bytes` (the records' JSON), `evicted` and `failed_writes`."""
         ...
 
-    # Episodes (see `localoai.store.episodes`): a record names its episode in `episode_id`.
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class EpisodeStore(Protocol):
+    """Episodes and their rewards (see `localoai.store.episodes`): a record names its episode in `episode_id`.
+    Trajectories are computed from these and the records by `localoai.episodes.trajectory`."""
+
     def add_episode(self, episode_id: str, group: str | None = None, metadata: dict[str, Any] | None = None) -> None:
         ...
 
@@ -144,8 +170,22 @@ class Store(Protocol):
 
     def groups(self) -> builtins.list[str]: ...
 
-    def trajectory(self, episode_id: str) -> Trajectory: ...
 
-    def trajectories(self, group: str | None = None) -> builtins.list[Trajectory]: ...
+@runtime_checkable
+class RecordSearch(Protocol):
+    """The inspector's reads: searches the listing keywords cannot express, and a change marker to poll."""
 
-    def close(self) -> None: ...
+    def search(self, query: ListQuery, *, offset: int = 0, limit: int = 20,
+               order: Order = "desc") -> tuple[builtins.list[GenerationRecord], int]:
+        """One page of the records `query` matches (`desc`: newest first) and how many match in all."""
+        ...
+
+    def change_marker(self) -> tuple[Any, ...]:
+        """A cheap value that changes whenever a record is written (by this process or another)."""
+        ...
+
+
+@runtime_checkable
+class Store(RecordStore, EpisodeStore, RecordSearch, Protocol):
+    """Everything the server and its readers use: records, episodes, search. A consumer that needs one part
+    takes that part's protocol."""

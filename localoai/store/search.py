@@ -1,10 +1,9 @@
-"""Searches over a SQLite store that its `Store` API has no keyword for: the inspector's list.
+"""`SQLiteStore.search`: the inspector's list, filters the `Store` listing keywords have no keyword for.
 
 Tool name, policy version, group and text filters run as SQL over the stored JSON, so a page of
 10,000 records costs one indexed query plus one count. A file store is read through a read-only
 connection of this reader's own, so a long filter never holds the store's lock (its writes, which
 requests wait for, go on beside the reads: WAL); an in-memory store only through its own connection.
-Kept in the store package: no SQL outside it.
 """
 
 from __future__ import annotations
@@ -14,89 +13,75 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localoai.store import generations
+from localoai.store.base import ListQuery, Order
+from localoai.store.database import Database
 from localoai.store.records import GenerationRecord
-from localoai.store.sqlite import SQLiteStore
 
-
-@dataclass(frozen=True)
-class ListQuery:
-    """The list's filters; empty values mean "any". `text` matches ids, prompts, completions, errors."""
-
-    episode_id: str = ""
-    status: str = ""
-    kind: str = ""
-    tool: str = ""
-    policy_version: int | None = None
-    text: str = ""
-    group_id: str = ""
+__all__ = ["ListQuery", "StoreSearch"]
 
 
 class StoreSearch:
-    """Paged, filtered reads of one `SQLiteStore` (thread-safe: one lock around its own connection)."""
+    """Paged, filtered reads of one SQLite store (thread-safe: one lock around its own connection)."""
 
-    def __init__(self, store: SQLiteStore) -> None:
-        self.store = store
+    def __init__(self, path: Path | None, db: Database) -> None:
+        self._db = db
         self._own: sqlite3.Connection | None = None
         self._own_lock = threading.Lock()
-        if store.path is not None:
-            self._own = sqlite3.connect(f"{Path(store.path).resolve().as_uri()}?mode=ro", uri=True,
-                                        check_same_thread=False)
-            self._own.execute("PRAGMA busy_timeout = 10000")
+        self._path = path
+        self._closed = False
 
     def close(self) -> None:
-        """Close this reader's own connection (the store stays open). Idempotent."""
+        """Close this reader's own connection (the store's stays open). Idempotent."""
         with self._own_lock:
+            self._closed = True
             if self._own is not None:
                 self._own.close()
                 self._own = None
 
-    def page(self, query: ListQuery, offset: int, limit: int) -> tuple[list[GenerationRecord], int]:
-        """The records of one page, newest first, and how many match in all."""
+    def page(self, query: ListQuery, offset: int, limit: int, order: Order = "desc") -> tuple[list[GenerationRecord], int]:
+        """The records of one page in `order` of insertion, and how many match in all."""
+        direction = generations.direction(order)
         with self._connection() as conn:
             where, params = _where(query)
             if not where:
-                texts = conn.execute("SELECT record FROM generations ORDER BY seq DESC LIMIT ? OFFSET ?",
+                texts = conn.execute(f"SELECT record FROM generations ORDER BY seq {direction} LIMIT ? OFFSET ?",
                                      (limit, offset)).fetchall()
                 total = conn.execute("SELECT entries FROM totals").fetchone()[0]
                 return [GenerationRecord.from_json(text) for (text,) in texts], int(total)
             # One pass over the matches gives both the count and the page (ids only: a few bytes each).
-            matching = conn.execute(f"SELECT seq FROM generations WHERE {' AND '.join(where)} ORDER BY seq DESC",
-                                    params).fetchall()
+            matching = conn.execute(
+                f"SELECT seq FROM generations WHERE {' AND '.join(where)} ORDER BY seq {direction}", params
+            ).fetchall()
             page = [seq for (seq,) in matching[offset:offset + limit]]
             texts = conn.execute(
-                f"SELECT record FROM generations WHERE seq IN ({','.join('?' * len(page))}) ORDER BY seq DESC", page
+                f"SELECT record FROM generations WHERE seq IN ({','.join('?' * len(page))}) ORDER BY seq {direction}",
+                page,
             ).fetchall() if page else []
         return [GenerationRecord.from_json(text) for (text,) in texts], len(matching)
 
-    def group(self, group: str, limit: int) -> list[GenerationRecord]:
-        """A GRPO group's records, oldest first."""
-        with self._connection() as conn:
-            where, params = _where(ListQuery(group_id=group))
-            texts = conn.execute(
-                f"SELECT record FROM generations WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", [*params, limit]
-            ).fetchall()
-        return [GenerationRecord.from_json(text) for (text,) in texts]
-
     def change_marker(self) -> tuple[Any, ...]:
-        """A cheap value that changes whenever a record is written (by this or another process):
-        `data_version` changes when another connection commits, `total_changes` when this one writes."""
+        """`data_version` changes when another connection commits, `total_changes` when this one writes."""
         with self._connection() as conn:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             return (conn.total_changes, version)
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        if self.store.path is not None:
+        if self._path is not None:
             with self._own_lock:
-                if self._own is None:
+                if self._closed:
                     raise RuntimeError("this store search is closed")
+                if self._own is None:  # opened on first use: a store that is never searched opens none
+                    self._own = sqlite3.connect(f"{self._path.resolve().as_uri()}?mode=ro", uri=True,
+                                                check_same_thread=False)
+                    self._own.execute("PRAGMA busy_timeout = 10000")
                 yield self._own
             return
-        with self.store._db.reading() as conn:  # in memory: visible only through the store's connection
+        with self._db.reading() as conn:  # in memory: visible only through the store's connection
             yield conn
 
 

@@ -1,8 +1,8 @@
 """The default store: one SQLite database (standard library `sqlite3` only), bounded in size.
 
-A record is one row: the columns the filters use, indexed, and the record's JSON. Metadata
-pairs live in a side table indexed by (key, value), so a metadata filter is an index lookup,
-not a JSON parse of every row. Past `max_entries` or `max_bytes` the oldest records go.
+Records are rows of the `generations` table (`localoai.store.generations`), episodes of the `episodes` table
+(`localoai.store.episodes`); the inspector's searches are `localoai.store.search`'s. Past `max_entries` or
+`max_bytes` the oldest records go.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localoai.store import episodes as episode_rows
-from localoai.store.episodes import StoredEpisode
-from localoai.store.base import CursorNotFound, Order, RecordFilter
+from localoai.store import generations
+from localoai.store.base import ListQuery, Order, RecordFilter
 from localoai.store.database import Database
+from localoai.store.episodes import StoredEpisode
 from localoai.store.records import GenerationRecord
+from localoai.store.search import StoreSearch
 
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
@@ -37,81 +39,8 @@ DEFAULT_DIRECTORY = Path("localoai-store")
 """Where `open_store(None)` puts each run's file (`run_path`), under the working directory."""
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_BYTES = 2 * 1024**3
-SCHEMA_VERSION = 2
-"""`PRAGMA user_version` of the files this code writes. Version 1 (no `visible` column) was never
-released, so it is refused rather than migrated."""
 _BATCH = 256
 """Records per read in `iterate`/`export_jsonl`: memory stays flat whatever the store holds."""
-
-_SCHEMA = f"""
-BEGIN IMMEDIATE;
--- `seq` is an explicit AUTOINCREMENT key: it only ever grows (a deleted newest row's number is
--- never reused) and VACUUM cannot renumber it, so it is a stable insertion order for cursors.
-CREATE TABLE IF NOT EXISTS generations (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    model TEXT NOT NULL,
-    status TEXT NOT NULL,
-    episode_id TEXT,
-    visible INTEGER NOT NULL, -- GenerationRecord.store_visible: 1 when the HTTP API may return it
-    created_at REAL NOT NULL,
-    policy_version INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    record TEXT NOT NULL
-);
--- An index on one column also holds the rowid (`seq`), so "WHERE kind = ? ORDER BY seq DESC
--- LIMIT 20" walks the index in order and stops after 20 rows.
-CREATE INDEX IF NOT EXISTS generations_kind ON generations (kind);
-CREATE INDEX IF NOT EXISTS generations_model ON generations (model);
-CREATE INDEX IF NOT EXISTS generations_status ON generations (status);
-CREATE INDEX IF NOT EXISTS generations_episode_id ON generations (episode_id);
-CREATE INDEX IF NOT EXISTS generations_created_at ON generations (created_at);
--- `visible` keeps a `visible` filter in `seq` order (a page reads 20 rows, an export never sorts).
--- The HTTP API lists "visible = 1 AND kind = ?": the partial index makes that one ordered range even
--- when most visible records are of another kind, and costs nothing for hidden records (most puts).
--- A query must spell `visible = 1` literally to use it (see `_filters`).
-CREATE INDEX IF NOT EXISTS generations_visible ON generations (visible);
-CREATE INDEX IF NOT EXISTS generations_visible_kind ON generations (kind) WHERE visible = 1;
-CREATE TABLE IF NOT EXISTS generation_metadata (
-    seq INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (seq, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS generation_metadata_pair ON generation_metadata (key, value, seq);
--- Running totals kept by triggers: the size check after each write reads one row instead of
--- counting the table, and they stay right when another process writes the same file.
-CREATE TABLE IF NOT EXISTS totals (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
-    entries INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    evicted INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO totals VALUES (1, 0, 0, 0);
-CREATE TRIGGER IF NOT EXISTS generations_inserted AFTER INSERT ON generations BEGIN
-    UPDATE totals SET entries = entries + 1, bytes = bytes + NEW.size;
-END;
-CREATE TRIGGER IF NOT EXISTS generations_resized AFTER UPDATE OF size ON generations BEGIN
-    UPDATE totals SET bytes = bytes - OLD.size + NEW.size;
-END;
-CREATE TRIGGER IF NOT EXISTS generations_deleted AFTER DELETE ON generations BEGIN
-    UPDATE totals SET entries = entries - 1, bytes = bytes - OLD.size;
-    DELETE FROM generation_metadata WHERE seq = OLD.seq;
-END;
-PRAGMA user_version = {SCHEMA_VERSION};
-COMMIT;
-"""
-
-_UPSERT = """
-INSERT INTO generations (id, kind, model, status, episode_id, visible, created_at, policy_version, size, record)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
-    kind = excluded.kind, model = excluded.model, status = excluded.status,
-    episode_id = excluded.episode_id, visible = excluded.visible, created_at = excluded.created_at,
-    policy_version = excluded.policy_version, size = excluded.size, record = excluded.record
-"""
-
 
 class SQLiteStore:
     """A `Store` in one SQLite file, or in memory with `":memory:"`.
@@ -140,6 +69,7 @@ class SQLiteStore:
         self.max_bytes = max_bytes
         self._warned_full = False
         self._db = Database(self.path, create=self._create)
+        self._search = StoreSearch(self.path, self._db)
         try:
             evicted = self._db.write(self._evict, -1)  # limits lower than when the file was written
         except BaseException:
@@ -161,15 +91,15 @@ class SQLiteStore:
     def _create(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:  # a new database (two processes creating it at once is fine: IF NOT EXISTS)
-            conn.executescript(_SCHEMA)
+            conn.executescript(generations.SCHEMA)
             conn.executescript(episode_rows.SCHEMA)
-        elif version == SCHEMA_VERSION:
+        elif version == generations.SCHEMA_VERSION:
             conn.executescript(episode_rows.SCHEMA)  # a store written before episodes existed gains the table
         else:
             # No migration: version 1 was never released, and a newer file needs a newer localoai.
             raise RuntimeError(
                 f"store {self.path or ':memory:'} has schema version {version}; this localoai reads only "
-                f"version {SCHEMA_VERSION} and does not convert files: use another store path, or move "
+                f"version {generations.SCHEMA_VERSION} and does not convert files: use another store path, or move "
                 "this file away"
             )
 
@@ -206,7 +136,7 @@ class SQLiteStore:
         self, conn: sqlite3.Connection, row: tuple[Any, ...], metadata: builtins.list[tuple[str, str]],
         episode: tuple[str, str | None] | None = None,
     ) -> tuple[int, int]:
-        conn.execute(_UPSERT, row)
+        conn.execute(generations.UPSERT, row)
         if episode is not None:  # every episode a record names is listed (one a client made up too)
             episode_rows.register(conn, *episode)
         # A replaced record keeps its `seq`, hence its place in every listing.
@@ -287,14 +217,16 @@ class SQLiteStore:
             return episode_rows.list_groups(conn)
 
     def trajectory(self, episode_id: str) -> Trajectory:
-        """The episode's turns, token-exact, with loss mask, logprobs, versions and reward."""
+        """`localoai.episodes.trajectory.trajectory(self, episode_id)`, for reading a saved store."""
         from localoai.episodes.trajectory import trajectory
 
         return trajectory(self, episode_id)
 
     def trajectories(self, group: str | None = None) -> builtins.list[Trajectory]:
-        """One per episode (oldest first), or per episode of `group`."""
-        return [self.trajectory(episode.id) for episode in self.episodes(group)]
+        """`localoai.episodes.trajectory.trajectories(self, group)`, for reading a saved store."""
+        from localoai.episodes.trajectory import trajectories
+
+        return trajectories(self, group)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -314,13 +246,13 @@ class SQLiteStore:
     ) -> builtins.list[GenerationRecord]:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        where, params = _filters(RecordFilter(**filters))
+        where, params = generations.filters(RecordFilter(**filters))
         # `before` alone wants the `limit` items nearest the cursor: read towards it, then flip.
         backwards = before is not None and after is None
-        direction = _opposite(order) if backwards else _direction(order)
+        direction = generations.opposite(order) if backwards else generations.direction(order)
         with self._db.reading() as conn:
-            _cursors(conn, where, params, order, after, before)
-            sql = f"SELECT record FROM generations{_where(where)} ORDER BY seq {direction} LIMIT ?"
+            generations.cursors(conn, where, params, order, after, before)
+            sql = f"SELECT record FROM generations{generations.where_sql(where)} ORDER BY seq {direction} LIMIT ?"
             rows = conn.execute(sql, [*params, limit]).fetchall()
         if backwards:
             rows.reverse()
@@ -339,12 +271,12 @@ class SQLiteStore:
 
     def _texts(self, matching: RecordFilter, after: str | None, before: str | None, order: Order) -> Iterator[str]:
         """The matching records' JSON, a batch per lock hold; cursor ids are checked right away."""
-        where, params = _filters(matching)
-        direction = _direction(order)
+        where, params = generations.filters(matching)
+        direction = generations.direction(order)
         with self._db.reading() as conn:
-            _cursors(conn, where, params, order, after, before)
+            generations.cursors(conn, where, params, order, after, before)
         step = "seq > ?" if direction == "ASC" else "seq < ?"
-        sql = f"SELECT seq, record FROM generations{_where([*where, step])} ORDER BY seq {direction} LIMIT {_BATCH}"
+        sql = f"SELECT seq, record FROM generations{generations.where_sql([*where, step])} ORDER BY seq {direction} LIMIT {_BATCH}"
 
         def batches() -> Iterator[str]:
             # Keyset paging on `seq`: no lock or SQLite cursor is held between batches, so the
@@ -362,11 +294,11 @@ class SQLiteStore:
         return batches()
 
     def count(self, **filters: Unpack[RecordFilterArgs]) -> int:
-        where, params = _filters(RecordFilter(**filters))
+        where, params = generations.filters(RecordFilter(**filters))
         with self._db.reading() as conn:
             if not where:
                 return int(conn.execute("SELECT entries FROM totals").fetchone()[0])
-            return int(conn.execute(f"SELECT COUNT(*) FROM generations{_where(where)}", params).fetchone()[0])
+            return int(conn.execute(f"SELECT COUNT(*) FROM generations{generations.where_sql(where)}", params).fetchone()[0])
 
     def export_jsonl(
         self,
@@ -395,6 +327,15 @@ class SQLiteStore:
             raise
         return written
 
+    # -- searches (the inspector's) ---------------------------------------------------------
+
+    def search(self, query: ListQuery, *, offset: int = 0, limit: int = 20,
+               order: Order = "desc") -> tuple[builtins.list[GenerationRecord], int]:
+        return self._search.page(query, max(0, offset), limit, order)
+
+    def change_marker(self) -> tuple[Any, ...]:
+        return self._search.change_marker()
+
     @property
     def evicted(self) -> int:
         """Records evicted over the database's life (kept in the file, so it survives restarts)."""
@@ -413,6 +354,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Closing the last connection checkpoints the WAL into the database file. Idempotent."""
+        self._search.close()
         self._db.close()
 
 
@@ -431,61 +373,3 @@ def newest_run(directory: str | Path = DEFAULT_DIRECTORY) -> Path | None:
     """The newest run file `run_path` made in `directory`, None when there is none."""
     runs = sorted(Path(directory).expanduser().glob("run-*.sqlite3"))
     return runs[-1] if runs else None
-
-
-def _filters(where: RecordFilter) -> tuple[builtins.list[str], builtins.list[Any]]:
-    """The SQL of a filter: the one place where `RecordFilter` fields become WHERE clauses.
-
-    Lists, so `_cursors` can append the cursor bounds."""
-    clauses: builtins.list[str] = []
-    params: builtins.list[Any] = []
-    for column, value in (
-        ("kind", where.kind),
-        ("model", where.model),
-        ("status", where.status),
-        ("episode_id", where.episode_id),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if where.visible is not None:
-        # A literal, not a parameter: only then may SQLite use the partial index `WHERE visible = 1`.
-        clauses.append("visible = 1" if where.visible else "visible = 0")
-    for key, value in (where.metadata or {}).items():  # already `str` (RecordFilter copies them)
-        clauses.append("seq IN (SELECT seq FROM generation_metadata WHERE key = ? AND value = ?)")
-        params.extend((key, value))
-    return clauses, params
-
-
-def _cursors(
-    conn: sqlite3.Connection,
-    where: builtins.list[str],
-    params: builtins.list[Any],
-    order: Order,
-    after: str | None,
-    before: str | None,
-) -> None:
-    """Add the `after`/`before` bounds to `where`: strictly past/short of the cursor in `order`."""
-    descending = _direction(order) == "DESC"
-    for param, cursor, past in (("after", after, True), ("before", before, False)):
-        if cursor is None:
-            continue
-        row = conn.execute("SELECT seq FROM generations WHERE id = ?", (cursor,)).fetchone()
-        if row is None:
-            raise CursorNotFound(param, cursor)
-        where.append("seq < ?" if past == descending else "seq > ?")
-        params.append(row[0])
-
-
-def _where(clauses: builtins.list[str]) -> str:
-    return f" WHERE {' AND '.join(clauses)}" if clauses else ""
-
-
-def _direction(order: str) -> str:
-    if order not in ("asc", "desc"):
-        raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
-    return order.upper()
-
-
-def _opposite(order: str) -> str:
-    return "ASC" if _direction(order) == "DESC" else "DESC"

@@ -140,6 +140,16 @@ class Inspector(widgets.VBox):
                     self.show(self.record.id)
 
     def _fill_list(self, page: Page) -> None:
+        # The heading first: whoever sees the new rows (the live poller fills them) sees their count too.
+        following = self._poller is not None and self._poller.is_alive()
+        live = (" · saved store, following new writes" if self._saved else " · live") if following else (
+            " · saved store" if self._saved else "")
+        self.heading.value = (
+            f"<b>{html.escape(self._title)}</b> · {page.total} generation{'s' if page.total != 1 else ''}"
+            f" · page {page.number} of {page.pages}{live}"
+        )
+        self.previous_button.disabled = page.offset == 0
+        self.next_button.disabled = page.offset + page.limit >= page.total
         selected = self.listing.value
         options = render.list_labels(page.rows)
         self._filling = True
@@ -150,15 +160,6 @@ class Inspector(widgets.VBox):
                 self.listing.value = selected if any(value == selected for _, value in options) else None
         finally:
             self._filling = False
-        following = self._poller is not None and self._poller.is_alive()
-        live = (" · saved store, following new writes" if self._saved else " · live") if following else (
-            " · saved store" if self._saved else "")
-        self.heading.value = (
-            f"<b>{html.escape(self._title)}</b> · {page.total} generation{'s' if page.total != 1 else ''}"
-            f" · page {page.number} of {page.pages}{live}"
-        )
-        self.previous_button.disabled = page.offset == 0
-        self.next_button.disabled = page.offset + page.limit >= page.total
 
     def _on_filter(self, _change: dict[str, Any]) -> None:
         self.offset = 0

@@ -16,7 +16,8 @@ from html import escape
 
 from localoai.store.episodes import StoredEpisode
 from localoai.store.records import GenerationRecord
-from localoai.widgets.format import policy_version_at, tool_names
+from localoai.widgets.format import tool_names
+from localoai.widgets.tokens import policy_version_at
 
 WIDTH, HEIGHT = 360, 190
 LEFT, RIGHT, TOP, BOTTOM = 46, 10, 24, 30

@@ -14,18 +14,8 @@ from html import escape
 from typing import Any
 
 from localoai.store.records import GenerationRecord
-from localoai.widgets.format import (
-    ENDPOINTS,
-    STATUS_MARKS,
-    PrefixNode,
-    Summary,
-    TokenInfo,
-    Turn,
-    conversation,
-    logprob_color,
-    row_label,
-    shorten,
-)
+from localoai.widgets.format import ENDPOINTS, STATUS_MARKS, Summary, Turn, conversation, row_label, shorten
+from localoai.widgets.tokens import PrefixNode, TokenInfo, logprob_color
 
 STYLE = """<style>
 .loai{font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:13px;line-height:1.45}

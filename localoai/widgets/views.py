@@ -13,7 +13,8 @@ from typing import Any
 from localoai.store.records import GenerationRecord
 from localoai.widgets import render
 from localoai.widgets.data import StoreReader
-from localoai.widgets.format import completion_tokens, group_id, prefix_tree, prompt_tokens, trajectory_ids
+from localoai.widgets.format import group_id
+from localoai.widgets.tokens import completion_tokens, prefix_tree, prompt_tokens, trajectory_ids
 
 logger = logging.getLogger("localoai.widgets")
 

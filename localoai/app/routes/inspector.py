@@ -44,10 +44,6 @@ def blueprint(served: ServedModel) -> Blueprint:
     views = RecordViews(reader, served.tokenizer)
     page_html = resources.files("localoai.widgets").joinpath("static/inspector.html").read_text("utf-8")
 
-    @routes.after_app_serving
-    async def close_reader() -> None:
-        reader.close()
-
     @routes.get("/ui")
     async def ui_redirect() -> Any:
         return redirect("ui/")  # relative: also right behind a proxy's path prefix

@@ -44,12 +44,11 @@ from localoai.protocol.client_tools import (
     BUILT_IN_NAMES,
     ApplyPatchCallItem,
     ApplyPatchCallOutputItem,
-    CustomTool,
     CustomToolCallItem,
     CustomToolCallOutputItem,
-    GrammarInputFormat,
     LocalShellCallItem,
     LocalShellCallOutputItem,
+    SHELL_FUNCTION,
     ShellCallItem,
     ShellCallOutputItem,
     offered_name,
@@ -57,74 +56,6 @@ from localoai.protocol.client_tools import (
 
 ClientToolType = Literal["custom", "local_shell", "shell", "apply_patch"]
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
-
-_LOCAL_SHELL = {
-    "name": "local_shell",
-    "description": "Run a command on the user's machine and get its output.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "command": {"type": "array", "items": {"type": "string"}, "description": "The command and its arguments."},
-            "working_directory": {"type": "string"},
-            "timeout_ms": {"type": "integer"},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-        "required": ["command"],
-    },
-}
-_SHELL = {
-    "name": "shell",
-    "description": "Run shell commands on the user's machine, in order, and get their output.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "commands": {"type": "array", "items": {"type": "string"}},
-            "timeout_ms": {"type": "integer"},
-            "max_output_length": {"type": "integer"},
-        },
-        "required": ["commands"],
-        "additionalProperties": False,
-    },
-}
-_APPLY_PATCH = {
-    "name": "apply_patch",
-    "description": "Create, update or delete a file on the user's machine with a unified diff.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "operation": {
-                "type": "object",
-                "properties": {
-                    "type": {"type": "string", "enum": ["create_file", "update_file", "delete_file"]},
-                    "path": {"type": "string"},
-                    "diff": {"type": "string", "description": "The unified diff (not for delete_file)."},
-                },
-                "required": ["type", "path"],
-            },
-        },
-        "required": ["operation"],
-    },
-}
-_BUILT_IN_FUNCTIONS: dict[str, dict[str, Any]] = {"local_shell": _LOCAL_SHELL, "shell": _SHELL,
-                                                  "apply_patch": _APPLY_PATCH}
-
-
-def function_definition(tool: Any) -> dict[str, Any] | None:
-    """The chat-template function a client tool is offered as; None for a function tool."""
-    if isinstance(tool, CustomTool):
-        described = "The tool's input, as free-form text."
-        if isinstance(tool.format, GrammarInputFormat):
-            described = (f"The tool's input. It must match this {tool.format.syntax} grammar:\n"
-                         f"{tool.format.definition}")
-        definition: dict[str, Any] = {"name": tool.name}
-        if tool.description:
-            definition["description"] = tool.description
-        definition["parameters"] = {"type": "object", "properties": {"input": {"type": "string",
-                                                                                "description": described}},
-                                    "required": ["input"]}
-        return definition
-    return _BUILT_IN_FUNCTIONS.get(tool.type)
-
 
 def client_tool_types(tools: Sequence[Any] | None) -> dict[str, ClientToolType]:
     """Offered client tools by the name the model calls them (function tools left out)."""
@@ -221,7 +152,7 @@ def call_item(kind: ClientToolType, item_id: str, call_id: str, name: str, argum
             action = {"env": {}, **args, "type": "exec", "command": _as_list(args.get("command"))}
             return LocalShellCall(type="local_shell_call", id=item_id, call_id=call_id, status=status, action=action)
         if kind == "shell":
-            unknown = sorted(set(args) - set(_SHELL["parameters"]["properties"]))
+            unknown = sorted(set(args) - set(SHELL_FUNCTION["parameters"]["properties"]))
             if unknown:  # the reference's action has exactly these keys
                 raise ValueError(f"the arguments of {name!r} have keys a shell action has not: {unknown}")
             action = {"commands": _as_list(args.get("commands")), "timeout_ms": args.get("timeout_ms"),

@@ -25,12 +25,13 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from localoai.handlers.responses.client_tools import CLIENT_ITEMS, chat_tool_call, function_definition, stored_item, tool_result
+from localoai.handlers.responses.client_tools import CLIENT_ITEMS, chat_tool_call, stored_item, tool_result
 from localoai.errors import InvalidRequestError
 from localoai.handlers.common import new_id
 from localoai.handlers.responses.hosted_tools import UNAVAILABLE, WEB_SEARCH_FUNCTION
 from localoai.protocol.chat import FunctionTool as ChatFunctionTool
 from localoai.protocol.chat import Message
+from localoai.protocol.client_tools import function_definition
 from localoai.protocol.hosted_tools import namespaced_name
 from localoai.protocol.response_items import (
     FunctionCallItem,

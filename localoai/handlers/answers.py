@@ -1,0 +1,32 @@
+"""Each sample's answer as the assistant message(s) a chat template reads: what a finished turn hands the
+episode's token ledger (`EpisodeLedger.finish`), so the ledger knows no endpoint's output shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anthropic.types import Message as AnthropicMessage
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
+
+from localoai.chat_template import template_messages
+from localoai.handlers.messages.content import answer_message
+from localoai.handlers.responses.items import chat_messages
+
+
+def answers(output: Any) -> list[list[dict[str, Any]]]:
+    """Per sample, from a `ChatCompletion`, a `Response` or a Messages `Message`; none from anything else."""
+    if isinstance(output, ChatCompletion):
+        result = []
+        for choice in sorted(output.choices, key=lambda choice: choice.index):
+            message: dict[str, Any] = {"role": "assistant", "content": choice.message.content}
+            if choice.message.tool_calls:
+                message["tool_calls"] = [call.model_dump() for call in choice.message.tool_calls]
+            result.append([message])
+        return result
+    if isinstance(output, Response):
+        items = [item.model_dump(mode="json", exclude_none=True) for item in output.output]
+        return [template_messages(chat_messages(None, items))]
+    if isinstance(output, AnthropicMessage):
+        return [template_messages([answer_message(output)])]
+    return []
