@@ -30,11 +30,21 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from localoai.engine.backend import Backend, Prefill, Rows
+from localoai.engine.backend import Backend, Prefill, Rows, TransformersBackend
+from localoai.engine.interface import (  # noqa: F401 - PAUSE_MODES, DEFAULT_*: the names this module gave them
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUED_REQUESTS,
+    PAUSE_MODES,
+    Capabilities,
+    EngineObserver,
+    PauseMode,
+    Pooling,
+    QueueFull,
+)
 from localoai.engine.jobs import JobQueue
 from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
 from localoai.engine.prefix_cache import Prefix, PrefixCache
@@ -44,25 +54,7 @@ from localoai.engine.stream import RequestStream, deliver_held, one_wakeup_per_l
 
 logger = logging.getLogger("localoai.engine")
 
-PauseMode = Literal["keep", "wait", "abort"]
-PAUSE_MODES: tuple[str, ...] = ("keep", "wait", "abort")
-DEFAULT_MAX_BATCH_SIZE = 256
-DEFAULT_MAX_QUEUED_REQUESTS = 1024
 T = TypeVar("T")
-
-
-class QueueFull(Exception):
-    """The engine's waiting queue is at its limit; the request was not taken."""
-
-
-class EngineObserver(Protocol):
-    """Told of every step and pause (the server's metrics); called on the engine's threads, cheap."""
-
-    def step(self, rows: int) -> None: ...
-
-    def paused(self, mode: str) -> None: ...
-
-    def resumed(self) -> None: ...
 
 
 class _Unobserved:
@@ -77,6 +69,11 @@ class _Unobserved:
 
 
 class Engine:
+    """The local implementation of `localoai.engine.interface.GenerationEngine`."""
+
+    capabilities = Capabilities()
+    """Everything: every sampling field, constraint kind and logprob kind, embeddings, `call()`."""
+
     def __init__(
         self,
         backend: Backend,
@@ -116,6 +113,31 @@ class Engine:
         self._generator = torch.Generator(device=backend.device)
         """Draws for unseeded plain-temperature requests (`sample_plain`); seeded ones use their own."""
         self._generator.seed()
+
+    @classmethod
+    def for_model(cls, model: Any, tokenizer: Any, eos_token_ids: Sequence[int], *,
+                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+                  prefix_cache: bool | int = True) -> Engine:
+        """An engine over a `transformers` (or PEFT) causal LM. `prefix_cache`: True sizes its budget to
+        the device, an int is the budget in bytes, False or 0 turns it off."""
+        from localoai.engine.prefix_cache import default_budget
+
+        backend = TransformersBackend(model)
+        budget = default_budget(backend.device) if prefix_cache is True else int(prefix_cache)
+        return cls(backend, tokenizer, eos_token_ids, max_batch_size=max_batch_size,
+                   max_queued_requests=max_queued_requests, prefix_cache=PrefixCache(budget) if budget else None)
+
+    @property
+    def context_length(self) -> int:
+        return self.backend.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.vocab_size
+
+    def embed(self, prompts: Sequence[Sequence[int]], pooling: Pooling, normalize: bool) -> torch.Tensor:
+        """Pooled last hidden states (see `Backend.embed`); on the engine thread, through `call()`."""
+        return self.backend.embed(prompts, pooling, normalize)
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from localoai.engine.engine import QueueFull
+from localoai.engine.interface import QueueFull, check_supported
 from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams, TokenLogprob
 from localoai.engine.stream import RequestStream
 from localoai.errors import InvalidRequestError, RateLimitError, ServerError
@@ -282,6 +282,7 @@ class Generation:
         """The version at the start: the first token's, or the server's at submission if none came."""
         self._served = served
         self._prompt_tokens = len(prompt_ids)
+        check_supported(served.engine.capabilities, params)
         self._stream = RequestStream(each_step=live)
         try:
             served.engine.submit(prompt_ids, params, self._stream)

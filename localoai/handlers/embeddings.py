@@ -66,7 +66,7 @@ class Embeddings:
         ids = [token_ids for token_ids, _ in prepared.prompts]
 
         def embed(batch: list[list[int]]) -> tuple[torch.Tensor, int]:
-            return served.engine.backend.embed(batch, pooling, normalize).cpu(), served.policy_version
+            return served.engine.embed(batch, pooling, normalize).cpu(), served.policy_version
 
         created = int(time.time())
         parts = await asyncio.gather(*(on_engine(served, lambda b=ids[i:i + chunk]: embed(b))
