@@ -29,13 +29,13 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
 
 from localoai.engine.backend import Backend, Prefill, Rows, TransformersBackend
-from localoai.engine.interface import (  # noqa: F401 - PAUSE_MODES, DEFAULT_*: the names this module gave them
+from localoai.engine.interface import (  # PAUSE_MODES, DEFAULT_*: the names this module gave them
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUED_REQUESTS,
     PAUSE_MODES,
@@ -102,6 +102,9 @@ class Engine:
         self._condition = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._jobs = JobQueue()
+        self._compiling = 0
+        """Submitted requests whose constraint the compile thread has yet to compile."""
+        self._compiler: ThreadPoolExecutor | None = None
         self._pause_mode: PauseMode | None = None
         self._parked = False
         self._stopping = False
@@ -153,14 +156,48 @@ class Engine:
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
         self._thread = None
+        if self._compiler is not None:
+            self._compiler.shutdown(wait=False, cancel_futures=False)
+            self._compiler = None
 
     # --- requests ------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, stream: RequestStream) -> None:
-        """Queue a request; `QueueFull` when `max_queued_requests` are already waiting."""
+        """Queue a request; `QueueFull` when `max_queued_requests` are already waiting. A request with
+        an output constraint waits once its grammar is compiled, on the compile thread."""
+        request = Request(list(prompt_ids), params, stream)
         with self._condition:
-            if len(self._waiting) >= self.max_queued_requests:
-                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
-            self._waiting.append(Request(list(prompt_ids), params, stream))
+            if len(self._waiting) + self._compiling >= self.max_queued_requests:
+                raise QueueFull(f"{len(self._waiting) + self._compiling} requests are already waiting")
+            if params.constraint is None:
+                self._waiting.append(request)
+                self._condition.notify_all()
+                return
+            self._compiling += 1
+            if self._compiler is None:
+                self._compiler = ThreadPoolExecutor(1, thread_name_prefix="localoai-grammar")
+            self._compiler.submit(self._compile, request)
+
+    def _compile(self, request: Request) -> None:
+        """Compile the request's constraint for this vocabulary (compile thread), then queue it."""
+        from localoai.constraints.grammar import compile_grammar
+
+        assert request.params.constraint is not None
+        try:
+            request.constraint = compile_grammar(request.params.constraint.grammar, self.tokenizer,
+                                                 self.backend.vocab_size)
+        except Exception as exc:  # validated when the request was read: a failure here is ours
+            logger.exception("compiling the output constraint failed")
+            with self._condition:
+                self._compiling -= 1
+            request.finish(exc)
+            return
+        with self._condition:
+            self._compiling -= 1
+            if self._stopping:
+                request.abort(self.policy_version)
+                request.finish()
+                return
+            self._waiting.append(request)
             self._condition.notify_all()
 
     def call(self, run: Callable[[], T]) -> Future[T]:
@@ -181,7 +218,8 @@ class Engine:
         """What the engine holds now: `waiting` (queued), `running` requests and their `rows`, `jobs`
         (forward passes such as embeddings waiting for the engine thread)."""
         with self._condition:
-            return {"waiting": len(self._waiting), "running": len(self._running), "jobs": len(self._jobs),
+            return {"waiting": len(self._waiting) + self._compiling, "running": len(self._running),
+                    "jobs": len(self._jobs),
                     "rows": len(self._batch.lengths) if self._batch is not None else 0}
 
     def prefix_cache_stats(self) -> dict[str, int]:

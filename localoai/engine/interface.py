@@ -20,7 +20,6 @@ token ids for tests. The README's "Engines" section says how another engine woul
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -46,9 +45,9 @@ SAMPLING_FIELDS: tuple[str, ...] = (
     "logit_bias", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens",
 )
 """The `SamplingParams` fields an engine may not honour (`max_tokens` and the text options it must)."""
-CONSTRAINT_KINDS: tuple[str, ...] = ("json_schema", "tool_calls", "grammar")
-"""`OutputSpec` with an answer schema, `OutputSpec` with tool calls, a Lark grammar (`GrammarSpec`:
-vLLM's regex, choice, grammar, json)."""
+CONSTRAINT_KINDS: tuple[str, ...] = ("grammar",)
+"""The output constraints an engine may enforce: `grammar`, a `localoai.constraints.spec.GrammarSpec`
+(JSON schemas, forced or strict tool calls, vLLM's regex, choice, grammar and json all become one)."""
 
 
 class QueueFull(Exception):
@@ -141,20 +140,9 @@ def check_supported(capabilities: Capabilities, params: SamplingParams) -> None:
         raise _refused("top_logprobs", f"this engine reports at most {capabilities.top_logprobs} top logprobs")
     if (params.prompt_logprobs is not None or params.prompt_logprob_token_ids) and not capabilities.prompt_logprobs:
         raise _refused("prompt_logprobs", "this engine does not compute prompt logprobs")
-    kind = constraint_kind(params.constraint)
-    if kind is not None and kind not in capabilities.constraints:
-        raise _refused("response_format" if kind == "json_schema" else "tool_choice" if kind == "tool_calls"
-                       else "structured_outputs", f"this engine does not enforce {kind} constraints")
-
-
-def constraint_kind(constraint: object) -> str | None:
-    """Which of `CONSTRAINT_KINDS` a constraint description is (None for none)."""
-    if constraint is None:
-        return None
-    fields = {field.name for field in dataclasses.fields(constraint)} if dataclasses.is_dataclass(constraint) else set()
-    if "tool_calls" in fields:
-        return "tool_calls" if getattr(constraint, "tool_calls") != "none" else "json_schema"
-    return "grammar"
+    constraint = params.constraint
+    if constraint is not None and "grammar" not in capabilities.constraints:
+        raise _refused(constraint.param, "this engine does not enforce structured outputs")
 
 
 def _refused(param: str, why: str) -> UnsupportedFieldError:
