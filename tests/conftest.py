@@ -24,10 +24,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 CONCERNS: dict[str, tuple[str, ...]] = {
-    "unit": ("test_sampler", "test_text", "test_stream", "test_structured_sampler", "test_tool_parsers",
+    "unit": ("test_protocol", "test_sampler", "test_text", "test_stream", "test_structured_sampler", "test_tool_parsers",
              "test_tool_parsers_formats", "test_reasoning_parsers", "test_widgets_format", "test_store",
              "test_conformance", "test_architecture"),
-    "app": ("test_protocol", "test_protocol_gaps", "test_scripted_engine"),
+    "app": ("test_protocol_gaps", "test_scripted_engine"),
     "engine": ("test_batching", "test_prefix_cache", "test_pause", "test_scoring", "test_embeddings"),
     "lifecycle": ("test_lifecycle", "test_resources", "test_responses_shutdown", "test_hostile"),
     "slow": ("test_notebooks", "test_inspector_browser", "test_soak", "test_crash", "test_claude_code",
@@ -51,7 +51,8 @@ def tiny() -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="session")
-def server(tiny: tuple[Any, Any]) -> Iterator[Any]:
+def model_server(tiny: tuple[Any, Any]) -> Iterator[Any]:
+    """The real server on the tiny model (random weights): what a capability's test runs on."""
     from localoai.testing import running_server
 
     model, tokenizer = tiny
@@ -60,6 +61,18 @@ def server(tiny: tuple[Any, Any]) -> Iterator[Any]:
     # server would flake. Reasoning is tested on models trained to write it (tests/test_reasoning*.py).
     with running_server(model, tokenizer, name="tiny", reasoning_parser="none") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def server(model_server: Any) -> Any:
+    """The server a module's tests talk to: the real one, unless the module overrides it with the
+    `scripted_server` (protocol tests, whose outcome must not hang on what random weights sample)."""
+    return model_server
+
+
+@pytest.fixture
+def model_client(model_server: Any) -> openai.OpenAI:
+    return model_server.client(max_retries=0)
 
 
 @pytest.fixture(scope="session")

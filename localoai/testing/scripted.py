@@ -39,7 +39,8 @@ T = TypeVar("T")
 
 Script = Callable[[list[int], SamplingParams, int], Iterable[int]]
 """`(prompt ids, params, sample index)` -> the token ids that sample writes, in order; once they run
-out, the sample writes an end-of-sequence token."""
+out, the sample writes an end-of-sequence token. An exception raised while they are read fails the
+request, as a failed forward pass does."""
 
 SCRIPTED = Capabilities(constraints=frozenset(), prompt_logprobs=False, embeddings=False)
 """What a scripted engine honours: the script is given every sampling field; it enforces no output
@@ -230,7 +231,11 @@ class ScriptedEngine:
         for request, scripts in self._running:
             if not request.stream.cancelled and not request.finished:
                 request.logits_version = self.policy_version
-                tokens = [next(script, self.eos_token_ids[0]) for script in scripts]
+                try:
+                    tokens = [next(script, self.eos_token_ids[0]) for script in scripts]
+                except Exception as exc:  # a script that raises fails its request, as a failed forward pass
+                    request.finish(exc)
+                    continue
                 request.take(tokens, [self._logprob(token, request.params.logprobs or 0) for token in tokens])
             if request.stream.cancelled or request.finished:
                 request.finish()
