@@ -34,6 +34,12 @@ CONCERNS: dict[str, tuple[str, ...]] = {
              "test_codex_cli", "test_first_use", "test_fuzz", "test_rl_loop"),
 }
 """Test modules by concern; any other module is a `contract` test."""
+SLOW_TESTS = (  # a minute or more each on a loaded 2-core machine: a subprocess serving, a kernel, many servers
+    "test_lifecycle.py::test_demo_runs", "test_lifecycle.py::test_cli_serves_a_local_directory",
+    "test_lifecycle.py::test_gc_freeze_holds_while_servers_run_and_thaws_after_the_last",
+    "test_resources.py::test_connections_past_the_cap_are_refused_with_a_503",
+)
+"""Tests also marked `slow` in a module of another concern."""
 _CONCERN_OF = {module: concern for concern, modules in CONCERNS.items() for module in modules}
 
 
@@ -41,6 +47,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rpartition(".")[2] if item.module is not None else ""
         item.add_marker(_CONCERN_OF.get(module, "contract"))
+        if item.nodeid.partition("/")[2].startswith(SLOW_TESTS):
+            item.add_marker("slow")
 
 
 @pytest.fixture(scope="session")
