@@ -74,7 +74,9 @@ def random_words(tokenizer: Any) -> Script:
 
 
 class ScriptedEngine:
-    """`GenerationEngine` replaying `script` (see the module docstring); one step per wake of its thread."""
+    """`GenerationEngine` replaying `script` (see the module docstring), one token per sample per step
+    on its own thread. Only that thread reads the running requests; a step runs outside the condition
+    (a script may block, to hold a request mid-flight) and `pause()` waits for it to end."""
 
     def __init__(
         self,
@@ -105,6 +107,8 @@ class ScriptedEngine:
         self._running: list[tuple[Request, list[Iterator[int]]]] = []
         self._jobs = JobQueue()
         self._pause_mode: PauseMode | None = None
+        self._stepping = False
+        """A step is running (outside the condition); `pause()` waits for its end."""
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -157,11 +161,16 @@ class ScriptedEngine:
         raise NotImplementedError("a scripted engine computes no embeddings")
 
     def pause(self, mode: PauseMode = "abort", timeout: float | None = None) -> None:
-        with self._condition:  # steps run under the condition: none is running now
+        with self._condition:
             if self._pause_mode is None:
                 self._pause_mode = mode
                 if self.observer is not None:
                     self.observer.paused(mode)
+                self._condition.notify_all()
+            if not self._condition.wait_for(lambda: not self._stepping, timeout):  # a script may block a step
+                self._pause_mode = None
+                self._condition.notify_all()
+                raise TimeoutError(f"the engine did not pause within {timeout} s")
             if mode == "abort":
                 for request, _ in [*self._running, *self._waiting]:
                     if not request.stream.cancelled:
@@ -207,8 +216,11 @@ class ScriptedEngine:
                         self._admit(request)
                     self._running += self._waiting
                     self._waiting = []
-                if self._pause_mode in (None, "wait"):
-                    self._step()
+                self._stepping = self._pause_mode in (None, "wait")
+            if self._stepping:  # outside the condition: a script may block, as a forward pass takes time
+                self._step()
+            with self._condition:
+                self._stepping = False
                 self._condition.notify_all()
         with self._condition:
             for request, _ in [*self._running, *self._waiting]:
@@ -233,7 +245,7 @@ class ScriptedEngine:
                 request.logits_version = self.policy_version
                 try:
                     tokens = [next(script, self.eos_token_ids[0]) for script in scripts]
-                except Exception as exc:  # a script that raises fails its request, as a failed forward pass
+                except Exception as exc:  # noqa: BLE001 - a script that raises fails its request, as a forward pass
                     request.finish(exc)
                     continue
                 request.take(tokens, [self._logprob(token, request.params.logprobs or 0) for token in tokens])
