@@ -1,4 +1,5 @@
-"""The generation engine: one inference thread, continuous batching, pause for weight updates.
+"""The local engine (`localoai.engine.interface.GenerationEngine`'s implementation over a
+`transformers` model): one inference thread, continuous batching, pause for weight updates.
 
 Generation never runs on the event loop. Requests wait in a bounded queue and are decoded on
 a single persistent thread (CUDA graphs and some kernels keep thread-local state, and one
