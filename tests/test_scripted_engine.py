@@ -73,6 +73,9 @@ def test_what_the_engine_cannot_honour_is_refused_naming_the_field(scripted: tup
         server.client(max_retries=0).completions.create(model=server.model, prompt="hi", echo=True, logprobs=1,
                                                         max_tokens=2)
     assert raised.value.body["param"] == "prompt_logprobs"
+    with pytest.raises(openai.BadRequestError) as raised:
+        server.client(max_retries=0).embeddings.create(model=server.model, input="hi")
+    assert raised.value.body["param"] == "model"
     assert chat(server, max_tokens=3).usage.completion_tokens == 3  # the server is unharmed
 
 

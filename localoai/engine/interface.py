@@ -145,5 +145,11 @@ def check_supported(capabilities: Capabilities, params: SamplingParams) -> None:
         raise _refused(constraint.param, "this engine does not enforce structured outputs")
 
 
+def check_embeddings(capabilities: Capabilities) -> None:
+    """An `UnsupportedFieldError` (400, `param: "model"`) when the engine computes no embeddings."""
+    if not capabilities.embeddings:
+        raise _refused("model", "the engine serving this model computes no embeddings")
+
+
 def _refused(param: str, why: str) -> UnsupportedFieldError:
     return UnsupportedFieldError(f"Unsupported parameter: '{param}': {why}.", param=param)

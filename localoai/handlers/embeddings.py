@@ -19,6 +19,7 @@ import torch
 from openai.types import CreateEmbeddingResponse, Embedding
 from openai.types.create_embedding_response import Usage
 
+from localoai.engine.interface import check_embeddings
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import UnsupportedFieldError
@@ -43,6 +44,7 @@ class Embeddings:
     def prepare(self, request: EmbeddingRequest, episode: EpisodeRef | None = None) -> PreparedEmbedding:
         served = self.served
         served.check_model(request.model)
+        check_embeddings(served.engine.capabilities)
         size = served.hidden_size
         if request.dimensions is not None and request.dimensions != size:
             raise UnsupportedFieldError(
