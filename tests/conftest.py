@@ -24,8 +24,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 CONCERNS: dict[str, tuple[str, ...]] = {
-    "unit": ("test_protocol", "test_sampler", "test_text", "test_stream", "test_structured_sampler", "test_tool_parsers",
-             "test_tool_parsers_formats", "test_reasoning_parsers", "test_widgets_format", "test_store",
+    "unit": ("test_protocol", "test_sampler", "test_text", "test_stream", "test_structured_sampler",
+             "test_tool_parsers", "test_tool_parsers_formats", "test_reasoning_parsers", "test_widgets_format", "test_store",
              "test_conformance", "test_architecture"),
     "app": ("test_protocol_gaps", "test_scripted_engine"),
     "engine": ("test_batching", "test_prefix_cache", "test_pause", "test_scoring", "test_embeddings"),

@@ -114,7 +114,9 @@ def test_same_seed_same_output_different_seed_differs(client: openai.OpenAI, ser
     assert first.choices[0].message.content != other.choices[0].message.content
 
 
-def test_logprobs_match_a_forward_pass_of_the_same_weights(model_client: openai.OpenAI, model_server: Any, tiny: Any) -> None:
+def test_logprobs_match_a_forward_pass_of_the_same_weights(
+    model_client: openai.OpenAI, model_server: Any, tiny: Any,
+) -> None:
     model, _ = tiny
     reply = create(model_client, model_server, temperature=0, max_tokens=6, logprobs=True, top_logprobs=3,
                    extra_body={"return_token_ids": True})

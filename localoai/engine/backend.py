@@ -3,7 +3,8 @@
 The local engine needs to read prompts (prefill) and then decode one step at a time for a batch
 of rows that changes between steps: rows of a new request join, rows of a finished one
 leave. Nothing outside `localoai.engine` uses `Backend`: another engine, one that schedules for
-itself, plugs in at the request level instead (`localoai.engine.interface`). `TransformersBackend` runs a `transformers` (or PEFT-wrapped) causal LM in-process
+itself, plugs in at the request level instead (`localoai.engine.interface`).
+`TransformersBackend` runs a `transformers` (or PEFT-wrapped) causal LM in-process
 over a `DynamicCache` left-padded to a common width, with an attention mask and per-row
 position ids; a row's keys were computed at its true positions, so padding changes nothing
 but which columns are masked.
