@@ -25,15 +25,15 @@ SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtu
 
 CONCERNS: dict[str, tuple[str, ...]] = {
     "unit": ("test_protocol", "test_sampler", "test_text", "test_stream", "test_structured_sampler",
-             "test_tool_parsers", "test_tool_parsers_formats", "test_reasoning_parsers", "test_widgets_format", "test_store",
-             "test_conformance", "test_architecture"),
-    "app": ("test_protocol_gaps", "test_scripted_engine"),
+             "test_tool_parsers", "test_tool_parsers_formats", "test_reasoning_parsers", "test_widgets_format",
+             "test_store", "test_conformance", "test_architecture"),
     "engine": ("test_batching", "test_prefix_cache", "test_pause", "test_scoring", "test_embeddings"),
     "lifecycle": ("test_lifecycle", "test_resources", "test_responses_shutdown", "test_hostile"),
     "slow": ("test_notebooks", "test_inspector_browser", "test_soak", "test_crash", "test_claude_code",
              "test_codex_cli", "test_first_use", "test_fuzz", "test_rl_loop"),
 }
-"""Test modules by concern; any other module is a `contract` test."""
+"""Test modules by concern. In any other module, a test on the scripted engine (the `scripted_server`
+fixture, or a server built on `ScriptedEngine`) is an `app` test, any other a `contract` test."""
 SLOW_TESTS = (  # a minute or more each on a loaded 2-core machine: a subprocess serving, a kernel, many servers
     "test_lifecycle.py::test_demo_runs", "test_lifecycle.py::test_cli_serves_a_local_directory",
     "test_lifecycle.py::test_gc_freeze_holds_while_servers_run_and_thaws_after_the_last",
@@ -46,7 +46,10 @@ _CONCERN_OF = {module: concern for concern, modules in CONCERNS.items() for modu
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rpartition(".")[2] if item.module is not None else ""
-        item.add_marker(_CONCERN_OF.get(module, "contract"))
+        fixtures = getattr(item, "fixturenames", ())
+        scripted = module == "test_scripted_engine" or (
+            "scripted_server" in fixtures and "model_server" not in fixtures)
+        item.add_marker(_CONCERN_OF.get(module, "app" if scripted else "contract"))
         if item.nodeid.partition("/")[2].startswith(SLOW_TESTS):
             item.add_marker("slow")
 
