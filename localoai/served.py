@@ -24,10 +24,9 @@ from typing import Any, TypeVar
 
 from localoai.chat_template import TemplatePolicy, check_prompt_chars
 
-from localoai.engine.backend import Pooling, TransformersBackend
-from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, Engine
+from localoai.engine.engine import Engine
+from localoai.engine.interface import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, GenerationEngine, Pooling
 from localoai.engine.params import SamplingParams
-from localoai.engine.prefix_cache import PrefixCache, default_budget
 from localoai.engine.text import special_token_ids
 from localoai.episodes.ledger import EpisodeLedger
 from localoai.errors import InvalidRequestError, model_not_found
@@ -201,7 +200,7 @@ class LoadedModel:
 class Services:
     """What the server wires around the model (see the module)."""
 
-    def __init__(self, engine: Engine, store: Store, recorder: Recorder, tokenizer: Any,
+    def __init__(self, engine: GenerationEngine, store: Store, recorder: Recorder, tokenizer: Any,
                  hosted_tools: HostedTools | None = None) -> None:
         self.engine = engine
         self.store = store
@@ -286,21 +285,21 @@ class ServedModel:
         cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None, tool_parser: str | None = None,
         reasoning_parser: str | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS, prefix_cache: bool | int = True,
+        engine: GenerationEngine | None = None,
     ) -> ServedModel:
         """`store`: a path, `":memory:"`, a `Store`, or None for a new `localoai-store/run-*.sqlite3`.
         `tool_parser`: a parser name (`"hermes"`), `"none"` to return tool-call markup as text, or
         None to choose from the chat template. `reasoning_parser`: likewise (`"qwen3"`, `"none"`, ...).
-        `max_batch_size` / `max_queued_requests`: see `Engine`. `prefix_cache`: see `localoai.start`."""
+        `max_batch_size` / `max_queued_requests`: see `Engine`. `prefix_cache`: see `localoai.start`.
+        `engine`: another `GenerationEngine` than the local one (the options above are then its own)."""
         template = getattr(tokenizer, "chat_template", None)
         reasoning = reasoning_parser_for(template, reasoning_parser)  # a bad name fails before any work
         parser = None if tool_parser == "none" else tool_parser_for(template, tool_parser)
-        backend = TransformersBackend(model)
-        budget = default_budget(backend.device) if prefix_cache is True else int(prefix_cache)
-        engine = Engine(backend, tokenizer, eos_token_ids(model, tokenizer), max_batch_size=max_batch_size,
-                        max_queued_requests=max_queued_requests,
-                        prefix_cache=PrefixCache(budget) if budget else None)
+        if engine is None:
+            engine = Engine.for_model(model, tokenizer, eos_token_ids(model, tokenizer), max_batch_size=max_batch_size,
+                                      max_queued_requests=max_queued_requests, prefix_cache=prefix_cache)
         opened = open_store(store)
         loaded = LoadedModel(name=name or default_name(model), model=model, tokenizer=tokenizer,
-                             context_length=backend.context_length, vocab_size=backend.vocab_size,
+                             context_length=engine.context_length, vocab_size=engine.vocab_size,
                              tool_parser_class=type(parser) if parser else None, reasoning_format=reasoning)
         return cls(loaded, Services(engine, opened, Recorder(opened), tokenizer))

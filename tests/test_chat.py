@@ -9,6 +9,13 @@ import openai
 import pytest
 import torch
 
+
+@pytest.fixture(scope="module")
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
+
+
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hello world"}]
 
 
@@ -107,9 +114,11 @@ def test_same_seed_same_output_different_seed_differs(client: openai.OpenAI, ser
     assert first.choices[0].message.content != other.choices[0].message.content
 
 
-def test_logprobs_match_a_forward_pass_of_the_same_weights(client: openai.OpenAI, server: Any, tiny: Any) -> None:
+def test_logprobs_match_a_forward_pass_of_the_same_weights(
+    model_client: openai.OpenAI, model_server: Any, tiny: Any,
+) -> None:
     model, _ = tiny
-    reply = create(client, server, temperature=0, max_tokens=6, logprobs=True, top_logprobs=3,
+    reply = create(model_client, model_server, temperature=0, max_tokens=6, logprobs=True, top_logprobs=3,
                    extra_body={"return_token_ids": True})
     content = reply.choices[0].logprobs.content
     token_ids = reply.choices[0].model_extra["token_ids"]
@@ -145,10 +154,10 @@ def test_stop_string_ends_decoding_and_is_not_returned(client: openai.OpenAI, se
     assert included.choices[0].message.content == text[: text.index(stop)] + stop
 
 
-def test_logit_bias_forces_a_token(client: openai.OpenAI, server: Any, tiny: Any) -> None:
+def test_logit_bias_forces_a_token(model_client: openai.OpenAI, model_server: Any, tiny: Any) -> None:
     _, tokenizer = tiny
     token = tokenizer.convert_tokens_to_ids("Ġworld") if "Ġworld" in tokenizer.get_vocab() else 300
-    reply = create(client, server, temperature=1.0, seed=1, max_tokens=5, logit_bias={str(token): 100},
+    reply = create(model_client, model_server, temperature=1.0, seed=1, max_tokens=5, logit_bias={str(token): 100},
                    extra_body={"return_token_ids": True})
     assert reply.choices[0].model_extra["token_ids"] == [token] * 5
 
@@ -160,15 +169,15 @@ def test_max_completion_tokens_and_length_finish(client: openai.OpenAI, server: 
     assert reply.choices[0].finish_reason == "length"
 
 
-def test_eos_ends_with_stop_and_min_tokens_delays_it(client: openai.OpenAI, server: Any, tiny: Any) -> None:
+def test_eos_ends_with_stop_and_min_tokens_delays_it(model_client: openai.OpenAI, model_server: Any, tiny: Any) -> None:
     _, tokenizer = tiny
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    forced = create(client, server, temperature=0, max_tokens=10, logit_bias={str(eos): 100},
+    forced = create(model_client, model_server, temperature=0, max_tokens=10, logit_bias={str(eos): 100},
                     extra_body={"return_token_ids": True})
     assert forced.choices[0].finish_reason == "stop"
     assert forced.choices[0].model_extra["token_ids"] == [eos]
     assert forced.choices[0].message.content == ""
-    delayed = create(client, server, temperature=0, max_tokens=10, logit_bias={str(eos): 100},
+    delayed = create(model_client, model_server, temperature=0, max_tokens=10, logit_bias={str(eos): 100},
                      extra_body={"return_token_ids": True, "min_tokens": 4})
     assert len(delayed.choices[0].model_extra["token_ids"]) == 5
     assert delayed.choices[0].finish_reason == "stop"

@@ -8,6 +8,13 @@ import openai
 import pytest
 
 
+@pytest.fixture(scope="module")
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
+
+
+
 def create(client: openai.OpenAI, server: Any, **kwargs: Any) -> Any:
     kwargs.setdefault("prompt", "the model said")
     return client.completions.create(model=server.model, **kwargs)
@@ -34,12 +41,12 @@ def test_prompt_shapes(client: openai.OpenAI, server: Any, tiny: Any) -> None:
     assert [c.text for c in nested.choices] == [as_text.choices[0].text] * 2
 
 
-def test_echo_and_logprobs(client: openai.OpenAI, server: Any, tiny: Any) -> None:
+def test_echo_and_logprobs(model_client: openai.OpenAI, model_server: Any, tiny: Any) -> None:
     _, tokenizer = tiny
     prompt = "the model said"
     prompt_ids = tokenizer(prompt)["input_ids"]
-    plain = create(client, server, prompt=prompt, temperature=0, max_tokens=5)
-    echoed = create(client, server, prompt=prompt, temperature=0, max_tokens=5, echo=True, logprobs=2,
+    plain = create(model_client, model_server, prompt=prompt, temperature=0, max_tokens=5)
+    echoed = create(model_client, model_server, prompt=prompt, temperature=0, max_tokens=5, echo=True, logprobs=2,
                     extra_body={"return_token_ids": True})
     choice = echoed.choices[0]
     assert choice.text == prompt + plain.choices[0].text

@@ -14,6 +14,13 @@ from openai.types.conversations import Conversation, ConversationDeletedResource
 
 from localoai.store import ConversationNotFound, ConversationStore, DuplicateItemId, SQLiteStore
 
+
+@pytest.fixture(scope="module")
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
+
+
 ITEMS: list[Any] = [
     {"type": "message", "role": "system", "content": "be brief"},
     {"role": "user", "content": "what's the weather in Paris?"},

@@ -13,6 +13,13 @@ import pytest
 
 from localoai.store import SQLiteStore
 
+
+@pytest.fixture(scope="module")
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
+
+
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 

@@ -21,6 +21,13 @@ import pytest
 
 from localoai.testing import build_tiny_model, running_server
 
+
+@pytest.fixture(scope="module")
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
+
+
 MODEL = "tiny"  # the session server's name (tests/conftest.py)
 MESSAGES = [{"role": "user", "content": "hi"}]
 ENVELOPE_KEYS = {"message", "type", "param", "code"}

@@ -14,6 +14,13 @@ import pytest
 
 from localoai.testing import running_server, wait_until
 
+
+@pytest.fixture(scope="module")
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
+
+
 PROMPT = "the weather in paris is"
 
 

@@ -8,7 +8,6 @@ module server whose end-of-sequence ids include that token, and which can be mad
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +16,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import torch
 
-from localoai.testing import running_server
+from localoai.testing import ScriptedEngine, running_server, wait_until
 
 TOOL = {"type": "function", "name": "get_weather", "description": "Weather in a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": False}
@@ -39,28 +37,27 @@ def rendered(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> s
 
 
 @pytest.fixture(scope="module")
-def ending(tiny: tuple[Any, Any]) -> Iterator[tuple[Any, threading.Event]]:
-    """A server whose model ends on the token it decodes greedily (so responses complete), and
-    fails in its forward pass while the returned event is set."""
-    model, tokenizer = tiny
-    model = copy.deepcopy(model)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
-    ids = ids["input_ids"] if not isinstance(ids, list) else ids
-    with torch.no_grad():
-        greedy = int(model(torch.tensor([list(ids)])).logits[0, -1].argmax())
-    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), greedy]
-    fail = threading.Event()
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
 
-    def hook(module: Any, args: Any) -> None:
+
+@pytest.fixture(scope="module")
+def ending(tiny: tuple[Any, Any]) -> Iterator[tuple[Any, threading.Event]]:
+    """A server whose responses end after a few words (so they complete), and fail while the
+    returned event is set."""
+    model, tokenizer = tiny
+    fail = threading.Event()
+    words = tokenizer.encode(" ok", add_special_tokens=False)[:2]
+
+    def script(prompt_ids: list[int], params: Any, index: int) -> Iterator[int]:
         if fail.is_set():
             raise RuntimeError("injected failure")
+        yield from words
 
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        with running_server(model, tokenizer, name="ending") as running:
-            yield running, fail
-    finally:
-        handle.remove()
+    engine = ScriptedEngine(tokenizer, script, context_length=model.config.max_position_embeddings)
+    with running_server(model, tokenizer, name="ending", engine=engine) as running:
+        yield running, fail
 
 
 # --- create -------------------------------------------------------------------------------
@@ -336,11 +333,9 @@ RUNNING = ("queued", "in_progress")
 
 def settled(client: openai.OpenAI, response_id: str, timeout: float = 30.0) -> Any:
     """Poll a background response until it is no longer queued or in progress."""
-    deadline = time.monotonic() + timeout
-    while (reply := client.responses.retrieve(response_id)).status in RUNNING:
-        assert time.monotonic() < deadline, f"{response_id} still {reply.status}"
-        time.sleep(0.02)
-    return reply
+    wait_until(lambda: client.responses.retrieve(response_id).status not in RUNNING, timeout,
+               f"{response_id} still running")
+    return client.responses.retrieve(response_id)
 
 
 def test_background_response_is_polled_to_its_final_state(ending: Any) -> None:
@@ -377,31 +372,33 @@ def test_background_stream_sends_the_task_events(ending: Any) -> None:
     assert owned.responses.retrieve(final.id).model_dump(mode="json") == final.model_dump(mode="json")
 
 
-def test_cancel_stops_a_long_background_response(client: openai.OpenAI, server: Any) -> None:
+def test_cancel_stops_a_long_background_response(model_client: openai.OpenAI, model_server: Any) -> None:
     limit = 1500  # greedy, the session model never ends: it would run to the limit
-    queued = create(client, server, background=True, temperature=0, max_output_tokens=limit)
-    assert client.responses.retrieve(queued.id).status in RUNNING  # recorded before the create returned
-    time.sleep(0.3)
+    queued = create(model_client, model_server, background=True, temperature=0, max_output_tokens=limit)
+    assert model_client.responses.retrieve(queued.id).status in RUNNING  # recorded before the create returned
+    engine = model_server.served.engine
+    wait_until(lambda: engine.stats()["rows"] > 0, message="it never started decoding")
     started = time.monotonic()
-    cancelled = client.responses.cancel(queued.id)
+    cancelled = model_client.responses.cancel(queued.id)
     assert time.monotonic() - started < 2.0
     assert cancelled.status == "cancelled" and cancelled.id == queued.id and cancelled.background is True
-    record = server.store.get(queued.id)
+    record = model_server.store.get(queued.id)
     assert record.status == "cancelled"
     produced = len(record.completions[0]["completion_token_ids"])
     assert 0 < produced < limit
-    time.sleep(0.5)  # the engine really stopped: nothing more is produced or recorded
-    record = server.store.get(queued.id)
+    # the engine really stopped: nothing more is produced or recorded
+    wait_until(lambda: engine.stats()["running"] == 0 and model_server.served.recorder.pending == 0)
+    record = model_server.store.get(queued.id)
     assert record.status == "cancelled" and len(record.completions[0]["completion_token_ids"]) == produced
-    retrieved = client.responses.retrieve(queued.id)
+    retrieved = model_client.responses.retrieve(queued.id)
     assert retrieved.model_dump(mode="json") == cancelled.model_dump(mode="json")
     if retrieved.output:  # the text so far, its item incomplete
         assert retrieved.output[0].status == "incomplete" and retrieved.output_text == record.completions[0]["text"]
     # cancelling again answers the same cancelled response
-    assert client.responses.cancel(queued.id).model_dump(mode="json") == cancelled.model_dump(mode="json")
+    assert model_client.responses.cancel(queued.id).model_dump(mode="json") == cancelled.model_dump(mode="json")
     # and the engine is free: a new request is served at once
     # (greedy: a sampled end-of-sequence token would make it complete)
-    assert create(client, server, max_output_tokens=2, temperature=0).status == "incomplete"
+    assert create(model_client, model_server, max_output_tokens=2, temperature=0).status == "incomplete"
 
 
 def test_cancel_errors(client: openai.OpenAI, server: Any) -> None:
@@ -419,13 +416,14 @@ def test_cancel_errors(client: openai.OpenAI, server: Any) -> None:
         create(client, server, background=True, store=False)
 
 
-def test_deleting_a_running_background_response_stops_it(client: openai.OpenAI, server: Any) -> None:
-    queued = create(client, server, background=True, temperature=0, max_output_tokens=1500)
-    client.responses.delete(queued.id)
-    time.sleep(0.3)  # the task would have written its record again by now
-    assert server.store.get(queued.id) is None
+def test_deleting_a_running_background_response_stops_it(model_client: openai.OpenAI, model_server: Any) -> None:
+    queued = create(model_client, model_server, background=True, temperature=0, max_output_tokens=1500)
+    model_client.responses.delete(queued.id)
+    # the task would have written its record again once its generation ended
+    wait_until(lambda: model_server.served.engine.stats()["running"] == 0 and model_server.served.recorder.pending == 0)
+    assert model_server.store.get(queued.id) is None
     with pytest.raises(openai.NotFoundError):
-        client.responses.retrieve(queued.id)
+        model_client.responses.retrieve(queued.id)
 
 
 # --- logprobs -------------------------------------------------------------------------------

@@ -19,6 +19,13 @@ from localoai.parsers.tool_calls import StreamDelta
 from localoai.testing import wait_until
 from localoai.testing.openapi import OpenAPISchemas, sse_events
 
+
+@pytest.fixture(scope="module")
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
+
+
 SHELL = {"type": "shell", "environment": {"type": "local"}}
 NAMESPACE = {"type": "namespace", "name": "crm", "description": "Customers.", "tools": [
     {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {},
@@ -48,8 +55,13 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
+CONSTRAINED = ("json_schema", "json_object", "function", "namespace", "client_tools")
+"""Shapes whose output a grammar constrains: the scripted engine enforces none, the model's engine does."""
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_streams_and_objects_validate(server: Any, openapi: OpenAPISchemas, shape: str) -> None:
+def test_streams_and_objects_validate(request: pytest.FixtureRequest, openapi: OpenAPISchemas, shape: str) -> None:
+    server = request.getfixturevalue("model_server" if shape in CONSTRAINED else "server")
     body = {"model": server.model, "input": "hi", "max_output_tokens": 40 if "tool_choice" in SHAPES[shape] else 12,
             **SHAPES[shape]}
     final = openapi.check_stream(sse_events(f"{server.base_url}/responses", {**body, "stream": True}))

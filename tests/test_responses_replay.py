@@ -15,6 +15,13 @@ from localoai.handlers.responses.replay import replay_events
 from localoai.parsers.tool_calls import HermesToolParser
 
 
+@pytest.fixture(scope="module")
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
+
+
+
 def collapsed(types: list[str]) -> list[str]:
     """Event types with runs of the same delta merged: a replay sends each item's text in one delta."""
     return [kind for index, kind in enumerate(types) if not (kind.endswith(".delta") and types[index - 1] == kind)]

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from localoai.store import SQLiteStore
-from localoai.testing import running_server
+from localoai.testing import running_server, wait_until
 
 
 def test_stopping_the_server_cancels_running_background_responses(tiny: tuple[Any, Any], tmp_path: Path) -> None:
@@ -18,8 +17,8 @@ def test_stopping_the_server_cancels_running_background_responses(tiny: tuple[An
         client = server.client(max_retries=0)
         ids = [client.responses.create(model=server.model, input="hello", background=True, temperature=0,
                                        max_output_tokens=1500).id for _ in range(2)]
-        while server.store.get(ids[0]).output["status"] != "in_progress":
-            time.sleep(0.02)  # the first is generating (recorded so as it starts); the second waits its turn
+        # the first is generating (recorded so as it starts); the second waits its turn
+        wait_until(lambda: server.store.get(ids[0]).output["status"] == "in_progress")
     with SQLiteStore(path) as store:
         for response_id in ids:
             record = store.get(response_id)

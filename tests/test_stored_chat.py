@@ -8,6 +8,13 @@ from typing import Any
 import openai
 import pytest
 
+
+@pytest.fixture(scope="module")
+def server(scripted_server: Any) -> Any:
+    """This module's protocol tests run on the scripted engine (tests/conftest.py), not random weights."""
+    return scripted_server
+
+
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
 
 

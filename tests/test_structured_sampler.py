@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from localoai.constraints.grammar import compile_spec
-from localoai.constraints.spec import OutputSpec, schema_text
+from localoai.constraints.grammar import compile_grammar, spec_grammar
+from localoai.constraints.spec import GrammarSpec, OutputSpec, schema_text
 from localoai.engine.params import SamplingParams
 from localoai.engine.sampler import Sampler
 
@@ -28,10 +28,13 @@ def tokenizer() -> Any:
 def decode_until_stop(
     tokenizer: Any, params: SamplingParams, *, seed: int, push: dict[int, float], steps: int = 200
 ) -> tuple[str, list[torch.Tensor]]:
-    """Sample one row with random logits (plus `push` on some ids) until the stop token."""
+    """Sample one row with random logits (plus `push` on some ids) until the stop token, under
+    `params.constraint` compiled as the engine compiles it."""
     vocab = len(tokenizer) + PADDING
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    sampler = Sampler(params, vocab_size=vocab, device=torch.device("cpu"), prompt_ids=[], eos_token_ids=[stop])
+    constraint = compile_grammar(params.constraint.grammar, tokenizer, vocab) if params.constraint else None
+    sampler = Sampler(params, vocab_size=vocab, device=torch.device("cpu"), prompt_ids=[], eos_token_ids=[stop],
+                      constraint=constraint)
     generator = torch.Generator().manual_seed(seed)
     bias = torch.zeros(vocab)
     for token, value in push.items():
@@ -54,8 +57,8 @@ def test_only_the_grammar_s_tokens_are_sampled_and_the_end_comes_when_it_is_comp
 ) -> None:
     schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "n": {"type": "integer",
               "minimum": 0, "maximum": 9}}, "required": ["answer", "n"], "additionalProperties": False}
-    constraint = compile_spec(OutputSpec(answer=schema_text(schema)), tokenizer, len(tokenizer) + PADDING)
-    params = SamplingParams(max_tokens=200, temperature=temperature, constraint=constraint)
+    grammar = spec_grammar(OutputSpec(answer=schema_text(schema)), tokenizer, len(tokenizer) + PADDING)
+    params = SamplingParams(max_tokens=200, temperature=temperature, constraint=GrammarSpec(grammar))
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
     # Push the padding rows, the stop token and a closing brace: the grammar must overrule all of them.
     push = {len(tokenizer) + i: 50.0 for i in range(PADDING)} | {stop: 40.0, tokenizer.convert_tokens_to_ids("}"): 30.0}
@@ -70,10 +73,10 @@ def test_only_the_grammar_s_tokens_are_sampled_and_the_end_comes_when_it_is_comp
 
 
 def test_the_params_record_keeps_the_grammar_as_json(tokenizer: Any) -> None:
-    constraint = compile_spec(OutputSpec(answer=schema_text({"type": "object"})), tokenizer, len(tokenizer))
-    recorded = dataclasses.asdict(SamplingParams(max_tokens=4, constraint=constraint))
-    assert json.loads(json.dumps(recorded))["constraint"] == {"grammar": constraint.grammar}
-    assert "%json" in constraint.grammar
+    grammar = spec_grammar(OutputSpec(answer=schema_text({"type": "object"})), tokenizer, len(tokenizer))
+    recorded = dataclasses.asdict(SamplingParams(max_tokens=4, constraint=GrammarSpec.of(grammar, param="x")))
+    assert json.loads(json.dumps(recorded))["constraint"] == {"grammar": grammar}
+    assert "%json" in grammar
 
 
 @pytest.mark.parametrize("family", ["hermes", "mistral", "deepseek", "llama3_json"])
@@ -95,8 +98,8 @@ def test_each_family_s_forced_calls_parse_back_as_valid_calls(tokenizer: Any, fa
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for seed, parallel in ((0, False), (1, False), (2, True), (3, True)):
         spec = OutputSpec(tools=tools, call_format=parser.call_format(), tool_calls="required", parallel=parallel)
-        constraint = compile_spec(spec, tokenizer, len(tokenizer) + PADDING)
-        params = SamplingParams(max_tokens=1000, seed=seed, constraint=constraint)
+        grammar = spec_grammar(spec, tokenizer, len(tokenizer) + PADDING)
+        params = SamplingParams(max_tokens=1000, seed=seed, constraint=GrammarSpec(grammar))
         # With parallel calls the end competes with one more call at every call: leave room for several.
         text, _ = decode_until_stop(tokenizer, params, seed=seed, push={stop: 6.0}, steps=1000)
         parsed = parser.parse(text)

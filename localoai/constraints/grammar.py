@@ -13,7 +13,8 @@ Grammars are llguidance's Lark dialect, JSON schemas embedded with `%json`, writ
 free whitespace rule would let a model pad forever). Compiled grammars are cached per (grammar,
 tokenizer) in an LRU; each sample decodes with its own copy of the compiled matcher. Building the
 engine's view of a tokenizer costs ~10 ms for a 1k vocabulary and ~1 s for a 150k one, once per
-tokenizer (cached; it runs in the request's `prepare`, on the event loop, like the chat template).
+tokenizer (cached; it runs in the request's `prepare`, off the event loop like the chat template).
+Requests carry the grammar text (`spec.GrammarSpec`); the engine compiles it on a worker thread.
 """
 
 from __future__ import annotations
@@ -197,11 +198,7 @@ def _error(message: str) -> GrammarError:
 @lru_cache(maxsize=CACHE_SIZE)
 def check_schema(text: str) -> None:
     """Raise `GrammarError` for a schema (as `schema_text`) the engine cannot enforce."""
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
-        llguidance.LLMatcher.grammar_from_lark(f"start: {_schema(text)}")
-    )
-    if is_error:
-        raise _error(messages[0])
+    check_grammar(schema_grammar(text))
 
 
 class _CompiledCache:
@@ -232,15 +229,27 @@ class _CompiledCache:
 _compiled = _CompiledCache(CACHE_SIZE)
 
 
-def compile_spec(spec: OutputSpec, tokenizer: Any, vocab_size: int) -> GrammarConstraint:
-    """The constraint for `spec` on this tokenizer and model vocabulary (compiled, or cached)."""
-    vocabulary = _vocabulary(tokenizer, vocab_size)
-    return compile_grammar(_Lark(vocabulary).grammar(spec), tokenizer, vocab_size)
+def spec_grammar(spec: OutputSpec, tokenizer: Any, vocab_size: int) -> str:
+    """`spec` as a grammar for this tokenizer (its markers that are special tokens become token
+    references); `GrammarError` when the grammar engine could not compile it."""
+    grammar = _Lark(_vocabulary(tokenizer, vocab_size)).grammar(spec)
+    check_grammar(grammar)
+    return grammar
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def check_grammar(grammar: str) -> None:
+    """Raise `GrammarError` for a grammar that does not compile (checked without a tokenizer: cheap,
+    so the request is refused before it reaches the engine, which compiles it for its vocabulary)."""
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+        llguidance.LLMatcher.grammar_from_lark(grammar))
+    if is_error:
+        raise _error(messages[0])
 
 
 def compile_grammar(grammar: str, tokenizer: Any, vocab_size: int) -> GrammarConstraint:
-    """The constraint for a grammar in llguidance's Lark dialect (one a `GrammarConstraint` recorded,
-    or a client's); `GrammarError` when it does not compile."""
+    """The compiled constraint for a grammar in llguidance's Lark dialect (a request's `GrammarSpec`),
+    cached; `GrammarError` when it does not compile. Blocking: the engine runs it on its compile thread."""
     vocabulary = _vocabulary(tokenizer, vocab_size)
     return GrammarConstraint.of(grammar, _compiled.get(grammar, vocabulary), vocabulary)
 

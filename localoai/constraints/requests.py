@@ -1,8 +1,9 @@
 """Structured outputs from request fields, for chat completions and Responses alike.
 
 `response_format` / `text.format` (json_object, json_schema), `tool_choice` required or a named
-function, and `strict` function tools become one `OutputSpec`, compiled into the request's
-`SamplingParams.constraint`, so the engine masks every token the output may not contain. Every
+function, and `strict` function tools become one `OutputSpec`, written as a grammar into the request's
+`SamplingParams.constraint` (a `GrammarSpec`), which the engine compiles and enforces by masking
+every token the output may not contain. Every
 check happens here, before generation: a schema keyword the grammar engine cannot enforce, a
 model whose tool-call format is unknown asked to force a call, and options that contradict a
 grammar (`ignore_eos`, `min_tokens`) are 400s naming the field.
@@ -30,8 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from localoai.constraints.grammar import GrammarError, check_schema, compile_grammar, compile_spec, schema_grammar
-from localoai.constraints.spec import ANY_OBJECT, OutputSpec, ToolSpec, schema_text
+from localoai.constraints.grammar import GrammarError, check_grammar, check_schema, schema_grammar, spec_grammar
+from localoai.constraints.spec import ANY_OBJECT, GrammarSpec, OutputSpec, ToolSpec, schema_text
 from localoai.engine.params import SamplingParams
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
 from localoai.parsers.reasoning import OutputParser
@@ -146,12 +147,13 @@ def _constrained(
     if output is not None and output.reasoning_end is not None:
         spec = dataclasses.replace(spec, reasoning_end=output.reasoning_end)
     _check_compatible(params)
+    param = fields.answer_param if spec.answer is not None else "tool_choice"
     try:
-        constraint = compile_spec(spec, served.tokenizer, served.vocab_size)
+        grammar = spec_grammar(spec, served.tokenizer, served.vocab_size)
     except GrammarError as exc:
         raise UnsupportedFieldError(f"Structured outputs are not available for this request: {exc}.",
-                                    param=fields.answer_param if spec.answer is not None else "tool_choice") from None
-    return dataclasses.replace(params, constraint=constraint)
+                                    param=param) from None
+    return dataclasses.replace(params, constraint=GrammarSpec.of(grammar, param=param))
 
 
 def constrain_generate(served: ServedModel, structured: StructuredOutputs | None, params: SamplingParams,
@@ -178,11 +180,11 @@ def constrain_generate(served: ServedModel, structured: StructuredOutputs | None
                                           code="invalid_value") from None
         grammar = schema_grammar(_checked(schema, f"{param}.{kind}"))
     try:
-        constraint = compile_grammar(grammar, served.tokenizer, served.vocab_size)
+        check_grammar(grammar)
     except (GrammarError, ValueError, RuntimeError) as exc:
         raise InvalidRequestError(f"Invalid value for '{param}.{kind}': {exc}", param=f"{param}.{kind}",
                                   code="invalid_value") from None
-    return dataclasses.replace(params, constraint=constraint)
+    return dataclasses.replace(params, constraint=GrammarSpec.of(grammar, param=f"{param}.{kind}"))
 
 
 def _check_compatible(params: SamplingParams) -> None:

@@ -1,7 +1,8 @@
 """What an output must look like, in terms no grammar engine owns.
 
 Requests (`localoai.constraints.requests`) describe the output as an `OutputSpec`; the grammar
-engine's module (`localoai.constraints.grammar`) turns it into its own grammar. Schemas are kept
+module (`localoai.constraints.grammar`) writes it as a grammar, which travels to the engine in
+`SamplingParams.constraint` as a `GrammarSpec`: text the engine compiles for its vocabulary. Schemas are kept
 as canonical JSON text so that a spec is hashable and the compiled-grammar cache can key on it.
 """
 
@@ -58,3 +59,24 @@ class OutputSpec:
         after_text = self.call_format is not None and self.call_format.after_text
         if self.tool_calls == "optional" and self.answer is None and not after_text:
             raise ValueError("calls after free text need a format whose calls may follow text")
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """The output constraint a request hands the engine: a grammar in llguidance's Lark dialect (which
+    vLLM's `structured_outputs.grammar` reads too), compiled by the engine, off the event loop. Its one
+    field is what a generation's record keeps (`dataclasses.asdict`)."""
+
+    grammar: str
+
+    @classmethod
+    def of(cls, grammar: str, *, param: str) -> GrammarSpec:
+        """`param`: the request field that asked for it, named when an engine cannot enforce it (kept
+        outside the fields, as the record has no use for it)."""
+        spec = cls(grammar)
+        object.__setattr__(spec, "_param", param)
+        return spec
+
+    @property
+    def param(self) -> str:
+        return getattr(self, "_param", "structured_outputs")

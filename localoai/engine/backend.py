@@ -1,9 +1,10 @@
-"""The model-facing side of the engine, behind a small interface.
+"""The model-facing side of the local engine (`Engine`), private to it.
 
-The engine needs to read prompts (prefill) and then decode one step at a time for a batch
+The local engine needs to read prompts (prefill) and then decode one step at a time for a batch
 of rows that changes between steps: rows of a new request join, rows of a finished one
-leave. Anything that can do that (another framework, a remote worker) can stand behind
-`Backend`. `TransformersBackend` runs a `transformers` (or PEFT-wrapped) causal LM in-process
+leave. Nothing outside `localoai.engine` uses `Backend`: another engine, one that schedules for
+itself, plugs in at the request level instead (`localoai.engine.interface`).
+`TransformersBackend` runs a `transformers` (or PEFT-wrapped) causal LM in-process
 over a `DynamicCache` left-padded to a common width, with an attention mask and per-row
 position ids; a row's keys were computed at its true positions, so padding changes nothing
 but which columns are masked.
@@ -15,16 +16,12 @@ import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 
+from localoai.engine.interface import POOLINGS, Pooling  # noqa: F401 - the names this module gave them
 from localoai.engine.prefix_cache import Prefix
-
-
-Pooling = Literal["last", "mean"]
-"""How an embedding is pooled from a prompt's hidden states: the last token's, or the mean of all."""
-POOLINGS: tuple[str, ...] = ("last", "mean")
 
 
 @dataclass

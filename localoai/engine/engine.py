@@ -1,4 +1,5 @@
-"""The generation engine: one inference thread, continuous batching, pause for weight updates.
+"""The local engine (`localoai.engine.interface.GenerationEngine`'s implementation over a
+`transformers` model): one inference thread, continuous batching, pause for weight updates.
 
 Generation never runs on the event loop. Requests wait in a bounded queue and are decoded on
 a single persistent thread (CUDA graphs and some kernels keep thread-local state, and one
@@ -29,12 +30,22 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from typing import Any, Literal, Protocol, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
-from localoai.engine.backend import Backend, Prefill, Rows
+from localoai.engine.backend import Backend, Prefill, Rows, TransformersBackend
+from localoai.engine.interface import (  # PAUSE_MODES, DEFAULT_*: the names this module gave them
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUED_REQUESTS,
+    PAUSE_MODES,
+    Capabilities,
+    EngineObserver,
+    PauseMode,
+    Pooling,
+    QueueFull,
+)
 from localoai.engine.jobs import JobQueue
 from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
 from localoai.engine.prefix_cache import Prefix, PrefixCache
@@ -44,25 +55,7 @@ from localoai.engine.stream import RequestStream, deliver_held, one_wakeup_per_l
 
 logger = logging.getLogger("localoai.engine")
 
-PauseMode = Literal["keep", "wait", "abort"]
-PAUSE_MODES: tuple[str, ...] = ("keep", "wait", "abort")
-DEFAULT_MAX_BATCH_SIZE = 256
-DEFAULT_MAX_QUEUED_REQUESTS = 1024
 T = TypeVar("T")
-
-
-class QueueFull(Exception):
-    """The engine's waiting queue is at its limit; the request was not taken."""
-
-
-class EngineObserver(Protocol):
-    """Told of every step and pause (the server's metrics); called on the engine's threads, cheap."""
-
-    def step(self, rows: int) -> None: ...
-
-    def paused(self, mode: str) -> None: ...
-
-    def resumed(self) -> None: ...
 
 
 class _Unobserved:
@@ -77,6 +70,11 @@ class _Unobserved:
 
 
 class Engine:
+    """The local implementation of `localoai.engine.interface.GenerationEngine`."""
+
+    capabilities = Capabilities()
+    """Everything: every sampling field, constraint kind and logprob kind, embeddings, `call()`."""
+
     def __init__(
         self,
         backend: Backend,
@@ -105,6 +103,9 @@ class Engine:
         self._condition = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._jobs = JobQueue()
+        self._compiling = 0
+        """Submitted requests whose constraint the compile thread has yet to compile."""
+        self._compiler: ThreadPoolExecutor | None = None
         self._pause_mode: PauseMode | None = None
         self._parked = False
         self._stopping = False
@@ -116,6 +117,31 @@ class Engine:
         self._generator = torch.Generator(device=backend.device)
         """Draws for unseeded plain-temperature requests (`sample_plain`); seeded ones use their own."""
         self._generator.seed()
+
+    @classmethod
+    def for_model(cls, model: Any, tokenizer: Any, eos_token_ids: Sequence[int], *,
+                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+                  prefix_cache: bool | int = True) -> Engine:
+        """An engine over a `transformers` (or PEFT) causal LM. `prefix_cache`: True sizes its budget to
+        the device, an int is the budget in bytes, False or 0 turns it off."""
+        from localoai.engine.prefix_cache import default_budget
+
+        backend = TransformersBackend(model)
+        budget = default_budget(backend.device) if prefix_cache is True else int(prefix_cache)
+        return cls(backend, tokenizer, eos_token_ids, max_batch_size=max_batch_size,
+                   max_queued_requests=max_queued_requests, prefix_cache=PrefixCache(budget) if budget else None)
+
+    @property
+    def context_length(self) -> int:
+        return self.backend.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.vocab_size
+
+    def embed(self, prompts: Sequence[Sequence[int]], pooling: Pooling, normalize: bool) -> torch.Tensor:
+        """Pooled last hidden states (see `Backend.embed`); on the engine thread, through `call()`."""
+        return self.backend.embed(prompts, pooling, normalize)
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -131,14 +157,48 @@ class Engine:
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
         self._thread = None
+        if self._compiler is not None:
+            self._compiler.shutdown(wait=False, cancel_futures=False)
+            self._compiler = None
 
     # --- requests ------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, stream: RequestStream) -> None:
-        """Queue a request; `QueueFull` when `max_queued_requests` are already waiting."""
+        """Queue a request; `QueueFull` when `max_queued_requests` are already waiting. A request with
+        an output constraint waits once its grammar is compiled, on the compile thread."""
+        request = Request(list(prompt_ids), params, stream)
         with self._condition:
-            if len(self._waiting) >= self.max_queued_requests:
-                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
-            self._waiting.append(Request(list(prompt_ids), params, stream))
+            if len(self._waiting) + self._compiling >= self.max_queued_requests:
+                raise QueueFull(f"{len(self._waiting) + self._compiling} requests are already waiting")
+            if params.constraint is None:
+                self._waiting.append(request)
+                self._condition.notify_all()
+                return
+            self._compiling += 1
+            if self._compiler is None:
+                self._compiler = ThreadPoolExecutor(1, thread_name_prefix="localoai-grammar")
+            self._compiler.submit(self._compile, request)
+
+    def _compile(self, request: Request) -> None:
+        """Compile the request's constraint for this vocabulary (compile thread), then queue it."""
+        from localoai.constraints.grammar import compile_grammar
+
+        assert request.params.constraint is not None
+        try:
+            request.constraint = compile_grammar(request.params.constraint.grammar, self.tokenizer,
+                                                 self.backend.vocab_size)
+        except Exception as exc:  # validated when the request was read: a failure here is ours
+            logger.exception("compiling the output constraint failed")
+            with self._condition:
+                self._compiling -= 1
+            request.finish(exc)
+            return
+        with self._condition:
+            self._compiling -= 1
+            if self._stopping:
+                request.abort(self.policy_version)
+                request.finish()
+                return
+            self._waiting.append(request)
             self._condition.notify_all()
 
     def call(self, run: Callable[[], T]) -> Future[T]:
@@ -159,7 +219,8 @@ class Engine:
         """What the engine holds now: `waiting` (queued), `running` requests and their `rows`, `jobs`
         (forward passes such as embeddings waiting for the engine thread)."""
         with self._condition:
-            return {"waiting": len(self._waiting), "running": len(self._running), "jobs": len(self._jobs),
+            return {"waiting": len(self._waiting) + self._compiling, "running": len(self._running),
+                    "jobs": len(self._jobs),
                     "rows": len(self._batch.lengths) if self._batch is not None else 0}
 
     def prefix_cache_stats(self) -> dict[str, int]:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from localoai.constraints.spec import GrammarSpec
+
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -26,8 +28,8 @@ class ConstraintState(Protocol):
 
 
 class TokenConstraint(Protocol):
-    """A constraint on what a request may generate (`localoai.constraints` builds them). It is
-    recorded with the rest of the params through `dataclasses.asdict`, so its fields are JSON."""
+    """A compiled constraint on what a request may generate: the local engine compiles a request's
+    `SamplingParams.constraint` into one (`localoai.constraints.grammar`), off the event loop."""
 
     def start(
         self, samples: int, *, vocab_size: int, stop_token_ids: Sequence[int], device: torch.device
@@ -79,8 +81,8 @@ class SamplingParams:
     prompt_logprob_token_ids: tuple[tuple[int, ...], ...] | None = None
     """Per prompt position, token ids whose logprobs there are wanted besides the top ones (scoring
     given continuations; vLLM's name). Needs `prompt_logprobs`."""
-    constraint: TokenConstraint | None = None
-    """Structured outputs: tokens outside the constraint are masked before sampling."""
+    constraint: GrammarSpec | None = None
+    """Structured outputs, described: the engine compiles it and masks the tokens outside it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperature", usable_temperature(self.temperature))

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from localoai.engine.params import FinishReason, RequestDone, SampleDelta, SamplingParams, TokenLogprob
+from localoai.engine.params import FinishReason, RequestDone, SampleDelta, SamplingParams, TokenConstraint, TokenLogprob
 from localoai.engine.sampler import Sampler, token_logprobs
 from localoai.engine.stream import RequestStream
 from localoai.engine.text import IncrementalDetokenizer, StopStringMatcher
@@ -46,6 +46,8 @@ class Request:
     stream: RequestStream
     queued_at: float = field(default_factory=time.perf_counter)
     done: RequestDone = field(default_factory=RequestDone)
+    constraint: TokenConstraint | None = None
+    """`params.constraint` compiled, before the request waits for admission."""
     # Set once admitted (engine thread only).
     sampler: Sampler | None = None
     samples: list[Sample] = field(default_factory=list)
@@ -71,7 +73,8 @@ class Request:
         eos = frozenset() if params.ignore_eos else frozenset(eos_token_ids)
         self.stop_ids = frozenset(params.stop_token_ids) | eos
         self.sampler = Sampler(params, vocab_size=logits.shape[-1], device=logits.device,
-                               prompt_ids=self.prompt_ids, eos_token_ids=sorted(self.stop_ids))
+                               prompt_ids=self.prompt_ids, eos_token_ids=sorted(self.stop_ids),
+                               constraint=self.constraint)
         self.fed = [[] for _ in range(params.n)]
         self.logits, self.logits_version = logits, version
         self.done.timings["queued"] = time.perf_counter() - self.queued_at

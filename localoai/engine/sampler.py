@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from localoai.engine.params import ConstraintState, SamplingParams, TokenLogprob
+from localoai.engine.params import ConstraintState, SamplingParams, TokenConstraint, TokenLogprob
 
 
 class Sampler:
@@ -27,7 +27,9 @@ class Sampler:
         device: torch.device,
         prompt_ids: Sequence[int],
         eos_token_ids: Sequence[int],
+        constraint: TokenConstraint | None = None,
     ) -> None:
+        """`constraint`: `params.constraint` compiled (see `Engine.submit`)."""
         self.params = params
         rows = params.n
         self.generator = torch.Generator(device=device)
@@ -47,8 +49,8 @@ class Sampler:
                 self._bias[token_id] = bias
         self._eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
         self._constraint: ConstraintState | None = None
-        if params.constraint is not None:
-            self._constraint = params.constraint.start(
+        if constraint is not None:
+            self._constraint = constraint.start(
                 rows, vocab_size=vocab_size, stop_token_ids=sorted(set(eos_token_ids)), device=device
             )
         self._plain = (

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from localoai.engine.engine import QueueFull
+from localoai.engine.interface import QueueFull
 from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
 from localoai.errors import InvalidRequestError, RateLimitError, ServerError
 from localoai.protocol.generate import GenerateSamplingParams

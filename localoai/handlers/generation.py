@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from localoai.engine.engine import QueueFull
+from localoai.engine.interface import QueueFull, check_supported
 from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams
 from localoai.engine.stream import RequestStream
 from localoai.errors import RateLimitError, ServerError
@@ -76,6 +76,7 @@ class Generation:
         """The version at the start: the first token's, or the server's at submission if none came."""
         self._services = services
         self._prompt_tokens = len(prompt_ids)
+        check_supported(services.engine.capabilities, params)
         self._stream = RequestStream(each_step=live)
         try:
             services.engine.submit(prompt_ids, params, self._stream)

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from localoai.engine.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, PauseMode
+from localoai.engine.interface import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUED_REQUESTS, GenerationEngine, PauseMode
 from localoai.handlers.responses.hosted_tools import HostedTools
 from localoai.server import registry
 from localoai.server.heap import heap_freeze
@@ -310,6 +310,7 @@ def start(
     prefix_cache: bool | int = True,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     allow_client_chat_template: bool = False,
+    engine: GenerationEngine | None = None,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -346,9 +347,11 @@ def start(
     under the open-file limit (whose soft value is raised towards the hard one first).
     `allow_client_chat_template`: let requests replace the chat template through
     `chat_template_kwargs.chat_template` (refused by default: a template is code the server runs).
+    `engine`: a `localoai.engine.interface.GenerationEngine` to generate with instead of the local one
+    (tests use `localoai.testing.ScriptedEngine`); the batching and prefix-cache options are then its own.
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
-    from localoai.engine.backend import POOLINGS
+    from localoai.engine.interface import POOLINGS
     from localoai.served import ServedModel, load_model
 
     if embedding_pooling not in POOLINGS:
@@ -356,7 +359,7 @@ def start(
     model, tokenizer = load_model(model, tokenizer)
     served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser,
                                 max_batch_size=max_batch_size, max_queued_requests=max_queued_requests,
-                                prefix_cache=prefix_cache)
+                                prefix_cache=prefix_cache, engine=engine)
     served.episodes.enabled = token_ledger
     served.embedding_pooling = embedding_pooling  # type: ignore[assignment]  # checked above
     served.embedding_normalize = embedding_normalize

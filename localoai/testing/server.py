@@ -14,7 +14,8 @@ from localoai.testing.tiny import build_tiny_model
 @contextlib.contextmanager
 def running_server(model: Any = None, tokenizer: Any = None, **options: Any) -> Iterator[Server]:
     """Start a server on any free port with an in-memory store (a tiny model unless one is given);
-    stop it on exit."""
+    stop it on exit. `engine=ScriptedEngine(tokenizer, script)` serves scripted tokens instead of the
+    model's (the model still gives the server its identity and hidden size)."""
     if model is None:
         model, tokenizer = build_tiny_model()
     options.setdefault("port", 0)

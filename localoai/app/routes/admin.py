@@ -14,7 +14,7 @@ import asyncio
 from quart import Blueprint, Response, request
 
 from localoai.app.http import json_response
-from localoai.engine.engine import PAUSE_MODES
+from localoai.engine.interface import PAUSE_MODES
 from localoai.errors import InvalidRequestError, RateLimitError
 from localoai.protocol.admin import PolicyVersionRequest
 from localoai.protocol.base import parse_request

@@ -19,6 +19,7 @@ import torch
 from openai.types import CreateEmbeddingResponse, Embedding
 from openai.types.create_embedding_response import Usage
 
+from localoai.engine.interface import check_embeddings
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
 from localoai.errors import UnsupportedFieldError
@@ -44,6 +45,7 @@ class Embeddings:
         model, services = self.model, self.services
         model.check_model(request.model)
         size = model.hidden_size
+        check_embeddings(services.engine.capabilities)
         if request.dimensions is not None and request.dimensions != size:
             raise UnsupportedFieldError(
                 f"Unsupported value for 'dimensions': this model's embeddings have {size} dimensions and it was "
@@ -66,7 +68,7 @@ class Embeddings:
         ids = [token_ids for token_ids, _ in prepared.prompts]
 
         def embed(batch: list[list[int]]) -> tuple[torch.Tensor, int]:
-            return services.engine.backend.embed(batch, pooling, normalize).cpu(), services.policy_version
+            return services.engine.embed(batch, pooling, normalize).cpu(), services.policy_version
 
         created = int(time.time())
         parts = await asyncio.gather(*(on_engine(services, lambda b=ids[i:i + chunk]: embed(b))
