@@ -274,7 +274,8 @@ def _either(seeds: st.SearchStrategy[Any], shapes: st.SearchStrategy[Any]) -> st
 
 def _limited(body: Any) -> Any:
     """A few new tokens for a body that asks for none in particular."""
-    if isinstance(body, dict) and not {"max_tokens", "max_output_tokens", "max_completion_tokens"} & set(body):
+    limits = {"max_tokens", "max_output_tokens", "max_completion_tokens", "sampling_params"}  # the last: generate's
+    if isinstance(body, dict) and not limits & set(body):
         return {**body, ("max_output_tokens" if "input" in body else "max_tokens"): 4}
     return body
 
