@@ -28,8 +28,17 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from localoai.testing import build_tiny_model, running_server
-from localoai.testing.fuzz import (FUZZ_CONTEXT, GENERATED_PREFIXES, Route, Tally, discover_routes, json_requests,
-                                   raw_requests, request_models, send)
+from localoai.testing.fuzz import (
+    FUZZ_CONTEXT,
+    GENERATED_PREFIXES,
+    Route,
+    Tally,
+    discover_routes,
+    json_requests,
+    raw_requests,
+    request_models,
+    send,
+)
 
 _sent: Synchronized[int] | None = None
 """Requests sent by all workers so far (for the progress lines)."""
