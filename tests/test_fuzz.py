@@ -24,13 +24,12 @@ from localoai.testing.fuzz import (
     field_names,
     json_requests,
     model_bodies,
-    raw_http,
     raw_requests,
     request_models,
     send,
-    send_raw,
     spoiled,
 )
+from localoai.testing.fuzz_raw import raw_http, send_raw
 
 FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 MODELS = request_models()

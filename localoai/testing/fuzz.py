@@ -14,7 +14,6 @@ import functools
 import json
 import math
 import re
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from hypothesis import strategies as st
 
 from localoai.protocol.base import RequestModel
 
-GENERATED_PREFIXES = ("chatcmpl-", "cmpl-", "resp_")
+GENERATED_PREFIXES = ("chatcmpl-", "cmpl-", "resp_", "msg_", "generate-tokens-")
+"""Ids of answers recorded under that id: chat, completions, Responses, Messages, token-in generate."""
 FUZZ_CONTEXT = 96
 """The fuzzed model's context: a valid body that asks for "as many tokens as fit" stays cheap."""
 _PARAM = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
@@ -45,6 +45,11 @@ SEEDS: dict[str, list[dict[str, Any]]] = {
     "/tokenize": [{"prompt": "hi"}, {"messages": [{"role": "user", "content": "hi"}]}],
     "/detokenize": [{"tokens": [1, 2]}],
     "/policy_version": [{"policy_version": 3}],
+    "/v1/messages": [{"model": "tiny", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]},
+                     {"model": "tiny", "max_tokens": 3, "stream": True,
+                      "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}],
+    "/inference/v1/generate": [{"token_ids": [1, 2, 3], "sampling_params": {"max_tokens": 3}},
+                               {"token_ids": [1, 2], "sampling_params": {"max_tokens": 3}, "stream": True}],
 }
 ITEM_SEED = {"items": [{"type": "message", "role": "user", "content": "hi"}]}
 METADATA_SEED = {"metadata": {"a": "b"}}
@@ -91,6 +96,12 @@ ODD_STRINGS = ["", "--5", "²", "٣", "1e5", "-0", " 1", "NaN", "\x00", "\ud7ff"
 
 
 def hostile_values(names: list[str]) -> st.SearchStrategy[Any]:
+    return _hostile_values(tuple(names))
+
+
+@functools.lru_cache(maxsize=16)
+def _hostile_values(names: tuple[str, ...]) -> st.SearchStrategy[Any]:
+    """Built once per name list: a recursive strategy built at each draw costs more than the draw."""
     leaves = st.one_of(
         st.sampled_from(BIG_INTEGERS), st.integers(), st.sampled_from(ODD_FLOATS), st.floats(),
         st.sampled_from(ODD_STRINGS), st.text(max_size=20), st.booleans(), st.none(),
@@ -210,10 +221,18 @@ class Sample:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+ODD_IDS = st.sampled_from(["x", "resp_0", "%00", "..", "a" * 300, "%2e%2e", "conv_" + "9" * 40, "é"])
+
+
 def fill(rule: str, ids: list[str], draw: st.DrawFn) -> str:
-    choices = st.sampled_from(ids) if ids else st.just("x")
-    odd = st.sampled_from(["x", "resp_0", "%00", "..", "a" * 300, "%2e%2e", "conv_" + "9" * 40, "é"])
-    return _PARAM.sub(lambda _: draw(choices | odd), rule).replace("<", "").replace(">", "")
+    choices = _path_ids(tuple(ids))
+    return _PARAM.sub(lambda _: draw(choices), rule).replace("<", "").replace(">", "")
+
+
+@functools.lru_cache(maxsize=16)
+def _path_ids(ids: tuple[str, ...]) -> st.SearchStrategy[str]:
+    """Strategies are built once: building one at each draw cost more than drawing from it."""
+    return (st.sampled_from(ids) if ids else st.just("x")) | ODD_IDS
 
 
 def body_bytes(body: Any) -> bytes:
@@ -231,7 +250,7 @@ def json_requests(routes: list[Route], models: list[type[RequestModel]], ids: li
 
     def body_for(route: Route) -> st.SearchStrategy[Any]:
         seeds = SEEDS.get(route.rule) or ([ITEM_SEED] if route.rule.endswith("/items") else [METADATA_SEED])
-        bodies = (st.sampled_from(seeds) | any_model).map(_limited)
+        bodies = _either(st.sampled_from(seeds), any_model).map(_limited)
         return spoiled(bodies, names) | bodies
 
     by_route = {route.rule: body_for(route) for route in posts}
@@ -246,9 +265,16 @@ def json_requests(routes: list[Route], models: list[type[RequestModel]], ids: li
     return draw_one()
 
 
+def _either(seeds: st.SearchStrategy[Any], shapes: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A seed half the time, else any model's shape (`seeds | shapes` would flatten into one of all
+    the models' branches, a seed then drawn once in a hundred)."""
+    return st.booleans().flatmap(lambda seeded: seeds if seeded else shapes)
+
+
 def _limited(body: Any) -> Any:
     """A few new tokens for a body that asks for none in particular."""
-    if isinstance(body, dict) and not {"max_tokens", "max_output_tokens", "max_completion_tokens"} & set(body):
+    limits = {"max_tokens", "max_output_tokens", "max_completion_tokens", "sampling_params"}  # the last: generate's
+    if isinstance(body, dict) and not limits & set(body):
         return {**body, ("max_output_tokens" if "input" in body else "max_tokens"): 4}
     return body
 
@@ -264,15 +290,20 @@ CONTENT_TYPES = ["application/json", "text/plain", "multipart/form-data; boundar
 def raw_requests(draw: st.DrawFn, routes: list[Route], ids: list[str]) -> Sample:
     """Any method on any route (or a made-up path), odd bodies, content types and headers."""
     route = draw(st.sampled_from(routes))
-    path = draw(st.just(fill(route.rule, ids, draw)) | st.sampled_from(
-        ["/", "/static/x", "/v1", "/v1/", "//v1/models", "/v1/models/../models", "/episodes/e1/v1/models",
-         "/episodes//v1/chat/completions", "/v1/chat/completions/", "/%ff", "/v1/models/" + "a" * 3000]))
-    body = draw(st.sampled_from(RAW_BODIES) | st.binary(max_size=64) | st.none())
-    headers = {"Content-Type": draw(st.sampled_from(CONTENT_TYPES))}
-    extra = draw(st.sampled_from([{}, {"Authorization": "Bearer x"}, {"Accept": "text/event-stream"},
-                                  {"Expect": "100-continue"},
-                                  {"x-episode-id": "\u00e9" * 3}]))
-    return Sample(draw(st.sampled_from(METHODS)), path, body, {**headers, **extra})
+    filled = fill(route.rule, ids, draw)
+    path = filled if draw(st.booleans()) else draw(ODD_PATHS)
+    headers = {"Content-Type": draw(RAW_CONTENT_TYPES)}
+    return Sample(draw(RAW_METHODS), path, draw(RAW_BODY), {**headers, **draw(RAW_HEADERS)})
+
+
+ODD_PATHS = st.sampled_from(["/", "/static/x", "/v1", "/v1/", "//v1/models", "/v1/models/../models",
+                             "/episodes/e1/v1/models", "/episodes//v1/chat/completions", "/v1/chat/completions/",
+                             "/%ff", "/v1/models/" + "a" * 3000])
+RAW_BODY = st.sampled_from(RAW_BODIES) | st.binary(max_size=64) | st.none()
+RAW_CONTENT_TYPES = st.sampled_from(CONTENT_TYPES)
+RAW_HEADERS = st.sampled_from([{}, {"Authorization": "Bearer x"}, {"Accept": "text/event-stream"},
+                               {"Expect": "100-continue"}, {"x-episode-id": "\u00e9" * 3}])
+RAW_METHODS = st.sampled_from(METHODS)
 
 
 # -- answers --------------------------------------------------------------------------------------
@@ -298,6 +329,15 @@ class Tally:
         self.sent += 1
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
+    def absorb(self, other: Tally) -> None:
+        """Add what another client saw (the long run's worker processes each keep a tally)."""
+        self.sent += other.sent
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+        for name in ("server_errors", "bad_bodies", "hangs", "generated_ids", "dropped", "deleted_ids"):
+            getattr(self, name).extend(getattr(other, name))
+        self.slowest = sorted([*self.slowest, *other.slowest])[-5:]
+
 
 def check_answer(sample: Sample, status: int, content_type: str, body: bytes, tally: Tally) -> None:
     """Record one answer: 5xx, an error body not in OpenAI's shape, a stream's broken event."""
@@ -318,7 +358,8 @@ def check_answer(sample: Sample, status: int, content_type: str, body: bytes, ta
                 tally.server_errors.append(f"{what}: stream event {event!r:.300}")
             elif isinstance(event, dict) and event.get("type") == "response.failed":
                 tally.server_errors.append(f"{what}: {event!r:.300}")
-            answer = event.get("response", event) if isinstance(event, dict) else None
+            # Responses wrap the answer in `response`, Anthropic's message_start in `message`.
+            answer = (event.get("response") or event.get("message") or event) if isinstance(event, dict) else None
             if sample.method == "POST" and isinstance(answer, dict) \
                     and str(answer.get("id", "")).startswith(GENERATED_PREFIXES) \
                     and answer["id"] not in tally.generated_ids:
@@ -369,7 +410,7 @@ def send(client: httpx.Client, sample: Sample, tally: Tally) -> None:
         except httpx.TimeoutException:
             tally.hangs.append(f"{sample.method} {sample.path[:120]} {(sample.body or b'')[:200]!r}")
             return
-        except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError) as exc:
+        except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError, httpx.WriteError) as exc:
             if attempt:
                 tally.server_errors.append(f"{sample.method} {sample.path[:120]}: {exc}")
                 return
@@ -382,54 +423,5 @@ def send(client: httpx.Client, sample: Sample, tally: Tally) -> None:
         except httpx.TransportError:
             tally.dropped.append(f"resume after {tally.last}")
             client.post("/resume")
-    tally.slowest = sorted([*tally.slowest, (time.monotonic() - started, f"{sample.method} {sample.path[:80]} "
-                                             f"{(sample.body or b'')[:200]!r} -> {reply.status_code}")])[-5:]
-
-
-REQUEST_LINES = [b"GET /health HTTP/1.1\r\n", b"POST /v1/chat/completions HTTP/1.1\r\n", b"GET / HTTP/1.0\r\n",
-                 b"GARBAGE\r\n", b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n", b"\r\n", b"GET /\x00 HTTP/1.1\r\n",
-                 b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]
-HEADER_LINES = [b"Host: x\r\n", b"Content-Length: -1\r\n", b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n",
-                b"Content-Length: 3\r\nContent-Length: 4\r\n", b"X: " + b"y" * 70000 + b"\r\n", b"Bad Header\r\n",
-                b"Content-Type: application/json\r\n", b" folded\r\n", b"Connection: close\r\n"]
-
-
-@st.composite
-def raw_http(draw: st.DrawFn) -> bytes:
-    """Bytes on a fresh connection: broken request lines, headers and framing."""
-    head = draw(st.sampled_from(REQUEST_LINES)) + b"".join(draw(st.lists(st.sampled_from(HEADER_LINES), max_size=4)))
-    return head + b"\r\n" + draw(st.sampled_from([b"", b"{}", b"zz\r\n", b"0\r\n\r\n"]) | st.binary(max_size=32))
-
-
-def send_raw(host: str, port: int, data: bytes, tally: Tally, timeout: float = 30.0) -> None:
-    """Send `data` on a new connection and read until the server closes it (or a timeout: a hang).
-    What comes back must be nothing, or HTTP answers whose errors are OpenAI-shaped."""
-    what = f"raw {data[:120]!r}"
-    answer = b""
-    with socket.create_connection((host, port), timeout=timeout) as conn:
-        try:
-            conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the server answered (a 431, say) and closed before all of it was sent: read the answer
-        try:
-            while chunk := conn.recv(65536):
-                answer += chunk
-        except TimeoutError:
-            tally.hangs.append(what)
-            return
-        except OSError:  # reset after the answer
-            pass
-    if not answer or (data.startswith(b"PRI * HTTP/2.0") and not answer.startswith(b"HTTP/")):
-        tally.add(0)  # closed, or HTTP/2 spoken back to HTTP/2's connection preface
-        return
-    head, _, body = answer.partition(b"\r\n\r\n")
-    try:
-        status = int(head.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        tally.bad_bodies.append(f"{what} -> {answer[:200]!r}")
-        return
-    content_type = "application/json" if b"application/json" in head.lower() else head.decode(errors="replace")
-    first = body.split(b"HTTP/1.1 ", 1)[0]  # a pipelined second answer may follow
-    check_answer(Sample("RAW", data[:60].decode(errors="replace"), data), status, content_type,
-                 first if content_type == "application/json" or status >= 400 else b"{}", tally)
+    what = f"{sample.method} {sample.path[:80]} {(sample.body or b'')[:200]!r} -> {reply.status_code}"
+    tally.slowest = sorted([*tally.slowest, (time.monotonic() - started, what)])[-5:]
