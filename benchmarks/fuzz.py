@@ -32,13 +32,12 @@ from localoai.testing.fuzz import (
     FUZZ_CONTEXT,
     GENERATED_PREFIXES,
     Route,
-    Tally,
     discover_routes,
     json_requests,
     raw_requests,
     request_models,
-    send,
 )
+from localoai.testing.fuzz_answers import Tally, send
 
 _sent: Synchronized[int] | None = None
 """Requests sent by all workers so far (for the progress lines)."""

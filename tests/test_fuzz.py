@@ -18,7 +18,6 @@ from localoai.protocol.base import parse_request
 from localoai.testing import build_tiny_model, running_server
 from localoai.testing.fuzz import (
     FUZZ_CONTEXT,
-    Tally,
     body_bytes,
     discover_routes,
     field_names,
@@ -26,9 +25,9 @@ from localoai.testing.fuzz import (
     model_bodies,
     raw_requests,
     request_models,
-    send,
     spoiled,
 )
+from localoai.testing.fuzz_answers import Tally, send
 from localoai.testing.fuzz_raw import raw_http, send_raw
 
 FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -1,7 +1,7 @@
 """Broken HTTP on a raw socket: request lines, headers and framing no HTTP client sends.
 
 The answers (hypercorn's own, for what never reaches the app) must pass the same check as the
-app's (`localoai.testing.fuzz.check_answer`): nothing, or HTTP answers with OpenAI-shaped errors.
+app's (`localoai.testing.fuzz_answers.check_answer`): nothing, or HTTP answers with OpenAI-shaped errors.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import socket
 
 from hypothesis import strategies as st
 
-from localoai.testing.fuzz import Sample, Tally, check_answer
+from localoai.testing.fuzz import Sample
+from localoai.testing.fuzz_answers import Tally, check_answer
 
 REQUEST_LINES = [b"GET /health HTTP/1.1\r\n", b"POST /v1/chat/completions HTTP/1.1\r\n", b"GET / HTTP/1.0\r\n",
                  b"GARBAGE\r\n", b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n", b"\r\n", b"GET /\x00 HTTP/1.1\r\n",
