@@ -264,8 +264,8 @@ class ServedModel:
     services: Services
 
     def __getattr__(self, name: str) -> Any:
-        for part in (self.loaded, self.services):
-            if hasattr(part, name):
+        for part in (self.__dict__.get("loaded"), self.__dict__.get("services")):
+            if part is not None and hasattr(part, name):
                 return getattr(part, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
