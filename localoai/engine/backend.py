@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from localoai.engine.kv_buffer import GrowingLayer
 from localoai.engine.prefix_cache import Prefix
 
 
@@ -73,8 +74,20 @@ class Backend(Protocol):
         ...
 
     def join(self, batch: Rows | None, new: Rows) -> Rows:
-        """The rows of `batch` followed by those of `new`, as one batch."""
-        ...
+        if batch is None:
+            return new
+        width, before = max(_width(batch), _width(new)), len(batch.lengths)
+        for into, layer in zip(batch.cache.layers, new.cache.layers):
+            if not isinstance(into, GrowingLayer):
+                into.keys = torch.cat([_pad_left(into.keys, width), _pad_left(layer.keys, width)], dim=0)
+                into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
+                continue
+            parts = [(into.keys, into.values), (layer.keys, layer.values)]
+            into.allocate(layer.keys, before + len(new.lengths), width)  # written once, right-aligned, with room
+            for rows, (keys, values) in zip((slice(0, before), slice(before, None)), parts):
+                into.keys[rows, :, width - keys.shape[2]:] = keys
+                into.values[rows, :, width - values.shape[2]:] = values
+        return Rows(batch.cache, batch.lengths + new.lengths)
 
     def prefill_cached(self, prompts: Sequence[Sequence[int]], samples: Sequence[int],
                        prefixes: Sequence[Prefix | None]) -> Prefill:
@@ -87,8 +100,19 @@ class Backend(Protocol):
         ...
 
     def keep(self, batch: Rows, rows: Sequence[int]) -> Rows:
-        """Only the given rows of `batch`, in that order."""
-        ...
+        lengths = [batch.lengths[row] for row in rows]
+        unused = _width(batch) - max(lengths)  # columns that are padding in every remaining row
+        first = rows[0]
+        if list(rows) == list(range(first, first + len(rows))):  # a run of rows: a view, no copy
+            for layer in batch.cache.layers:
+                layer.keys = layer.keys[first:first + len(rows), :, unused:]
+                layer.values = layer.values[first:first + len(rows), :, unused:]
+            return Rows(batch.cache, lengths)
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        for layer in batch.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, unused:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, unused:, :]
+        return Rows(batch.cache, lengths)
 
     def decode(self, batch: Rows, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; return the next logits, shape (rows, vocab)."""
@@ -127,6 +151,13 @@ class TransformersBackend:
         self.batches = all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
         self.prefix_cacheable = self.batches
 
+    def _new_cache(self) -> Any:
+        """An empty cache; its layers decode in place (`GrowingLayer`) when they are plain ones."""
+        cache = self._cache_class(config=self.model.config)
+        if self.batches:
+            cache.layers = [GrowingLayer() for _ in cache.layers]
+        return cache
+
     @contextlib.contextmanager
     def generation_mode(self) -> Iterator[None]:
         """Eval mode and inference mode for the duration; a policy in training goes back to train mode."""
@@ -140,7 +171,7 @@ class TransformersBackend:
                 self.model.train()
 
     def prefill(self, prompt_ids: Sequence[int], samples: int, *, prompt_logits: bool = False) -> Prefill:
-        cache = self._cache_class(config=self.model.config)
+        cache = self._new_cache()
         input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
         output = self._forward(input_ids=input_ids, cache=cache, logits_to_keep=0 if prompt_logits else 1)
         logits = output.logits[0]
@@ -150,7 +181,7 @@ class TransformersBackend:
         return Prefill(Rows(cache, [len(prompt_ids)] * samples), next_logits, [logits] if prompt_logits else None)
 
     def prefill_rows(self, rows: Sequence[Sequence[int]]) -> Prefill:
-        cache = self._cache_class(config=self.model.config)
+        cache = self._new_cache()
         input_ids = torch.tensor([list(row) for row in rows], dtype=torch.long, device=self.device)
         output = self._forward(input_ids=input_ids, cache=cache, logits_to_keep=1)
         return Prefill(Rows(cache, [input_ids.shape[1]] * len(rows)), output.logits[:, -1, :])
@@ -181,7 +212,7 @@ class TransformersBackend:
         if len(prompts) == 1:
             return self.prefill(prompts[0], samples[0], prompt_logits=prompt_logits)
         input_ids, mask, positions = self._left_padded(prompts)
-        cache = self._cache_class(config=self.model.config)
+        cache = self._new_cache()
         output = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                                logits_to_keep=0 if prompt_logits else 1)
         width = input_ids.shape[1]
@@ -220,7 +251,7 @@ class TransformersBackend:
             columns >= past + width - suffix_t.unsqueeze(1))
         input_ids = torch.tensor([[0] * (width - len(s)) + s for s in suffixes], dtype=torch.long, device=device)
         positions = (cached_t.unsqueeze(1) + torch.arange(width, device=device) - (width - suffix_t).unsqueeze(1))
-        cache = self._cache_class(config=self.model.config)
+        cache = self._new_cache()
         template = next(prefix for prefix in prefixes if prefix is not None)
         for layer in range(len(template.keys)):
             cache.update(_stack_right(template.keys[layer], [p.keys[layer] if p else None for p in prefixes], past),
