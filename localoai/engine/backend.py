@@ -74,20 +74,8 @@ class Backend(Protocol):
         ...
 
     def join(self, batch: Rows | None, new: Rows) -> Rows:
-        if batch is None:
-            return new
-        width, before = max(_width(batch), _width(new)), len(batch.lengths)
-        for into, layer in zip(batch.cache.layers, new.cache.layers):
-            if not isinstance(into, GrowingLayer):
-                into.keys = torch.cat([_pad_left(into.keys, width), _pad_left(layer.keys, width)], dim=0)
-                into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
-                continue
-            parts = [(into.keys, into.values), (layer.keys, layer.values)]
-            into.allocate(layer.keys, before + len(new.lengths), width)  # written once, right-aligned, with room
-            for rows, (keys, values) in zip((slice(0, before), slice(before, None)), parts):
-                into.keys[rows, :, width - keys.shape[2]:] = keys
-                into.values[rows, :, width - values.shape[2]:] = values
-        return Rows(batch.cache, batch.lengths + new.lengths)
+        """The rows of `batch` followed by those of `new`, as one batch."""
+        ...
 
     def prefill_cached(self, prompts: Sequence[Sequence[int]], samples: Sequence[int],
                        prefixes: Sequence[Prefix | None]) -> Prefill:
@@ -100,19 +88,8 @@ class Backend(Protocol):
         ...
 
     def keep(self, batch: Rows, rows: Sequence[int]) -> Rows:
-        lengths = [batch.lengths[row] for row in rows]
-        unused = _width(batch) - max(lengths)  # columns that are padding in every remaining row
-        first = rows[0]
-        if list(rows) == list(range(first, first + len(rows))):  # a run of rows: a view, no copy
-            for layer in batch.cache.layers:
-                layer.keys = layer.keys[first:first + len(rows), :, unused:]
-                layer.values = layer.values[first:first + len(rows), :, unused:]
-            return Rows(batch.cache, lengths)
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
-        for layer in batch.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, unused:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, unused:, :]
-        return Rows(batch.cache, lengths)
+        """Only the given rows of `batch`, in that order."""
+        ...
 
     def decode(self, batch: Rows, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; return the next logits, shape (rows, vocab)."""
@@ -230,10 +207,17 @@ class TransformersBackend:
     def join(self, batch: Rows | None, new: Rows) -> Rows:
         if batch is None:
             return new
-        width = max(_width(batch), _width(new))
+        width, before = max(_width(batch), _width(new)), len(batch.lengths)
         for into, layer in zip(batch.cache.layers, new.cache.layers):
-            into.keys = torch.cat([_pad_left(into.keys, width), _pad_left(layer.keys, width)], dim=0)
-            into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
+            if not isinstance(into, GrowingLayer):
+                into.keys = torch.cat([_pad_left(into.keys, width), _pad_left(layer.keys, width)], dim=0)
+                into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
+                continue
+            parts = [(into.keys, into.values), (layer.keys, layer.values)]
+            into.allocate(layer.keys, before + len(new.lengths), width)  # written once, right-aligned, with room
+            for rows, (keys, values) in zip((slice(0, before), slice(before, None)), parts):
+                into.keys[rows, :, width - keys.shape[2]:] = keys
+                into.values[rows, :, width - values.shape[2]:] = values
         return Rows(batch.cache, batch.lengths + new.lengths)
 
     def prefill_cached(self, prompts: Sequence[Sequence[int]], samples: Sequence[int],
@@ -293,10 +277,23 @@ class TransformersBackend:
     def keep(self, batch: Rows, rows: Sequence[int]) -> Rows:
         lengths = [batch.lengths[row] for row in rows]
         unused = _width(batch) - max(lengths)  # columns that are padding in every remaining row
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        first = rows[0]
+        if list(rows) == list(range(first, first + len(rows))):  # a run of rows: a view, no copy
+            for layer in batch.cache.layers:
+                layer.keys = layer.keys[first:first + len(rows), :, unused:]
+                layer.values = layer.values[first:first + len(rows), :, unused:]
+            return Rows(batch.cache, lengths)
+        runs = _runs(rows)
         for layer in batch.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, unused:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, unused:, :]
+            keys, values = layer.keys, layer.values
+            if isinstance(layer, GrowingLayer):  # copied once, with room for the next steps
+                layer.allocate(keys, len(rows), keys.shape[2] - unused)
+            else:
+                layer.keys = keys.new_empty((len(rows), keys.shape[1], keys.shape[2] - unused, keys.shape[3]))
+                layer.values = torch.empty_like(layer.keys)
+            for into, source in runs:
+                layer.keys[into] = keys[source, :, unused:]
+                layer.values[into] = values[source, :, unused:]
         return Rows(batch.cache, lengths)
 
     def decode(self, batch: Rows, tokens: torch.Tensor) -> torch.Tensor:
@@ -330,6 +327,17 @@ def cache_argument(model: Any) -> str:
 
 def _width(rows: Rows) -> int:
     return int(rows.cache.get_seq_length())
+
+
+def _runs(rows: Sequence[int]) -> list[tuple[slice, slice]]:
+    """`rows` as runs of consecutive rows: (where in the result, where in the source) per run."""
+    runs: list[tuple[slice, slice]] = []
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end] != rows[end - 1] + 1:
+            runs.append((slice(start, end), slice(rows[start], rows[end - 1] + 1)))
+            start = end
+    return runs
 
 
 def _stack_right(template: torch.Tensor, rows: list[torch.Tensor | None], width: int) -> torch.Tensor:
