@@ -237,10 +237,12 @@ class TransformersBackend:
         positions = (cached_t.unsqueeze(1) + torch.arange(width, device=device) - (width - suffix_t).unsqueeze(1))
         cache = self._new_cache()
         template = next(prefix for prefix in prefixes if prefix is not None)
-        for layer in range(len(template.keys)):
-            cache.update(_stack_right(template.keys[layer], [p.keys[layer] if p else None for p in prefixes], past),
-                         _stack_right(template.values[layer], [p.values[layer] if p else None for p in prefixes],
-                                      past), layer)
+        for number, layer in enumerate(cache.layers):  # GrowingLayers: prefix_cacheable means plain layers
+            layer.allocate(template.keys[number], len(prompts), past, coming=width)
+            for row, prefix in enumerate(prefixes):
+                if prefix is not None:
+                    layer.keys[row, :, past - prefix.length:] = prefix.keys[number]
+                    layer.values[row, :, past - prefix.length:] = prefix.values[number]
         output = self._forward(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask.long(),
                                position_ids=positions.clamp(min=0), cache=cache, logits_to_keep=1)
         lengths = [c + len(s) for c, s in zip(cached, suffixes)]
@@ -338,12 +340,6 @@ def _runs(rows: Sequence[int]) -> list[tuple[slice, slice]]:
             runs.append((slice(start, end), slice(rows[start], rows[end - 1] + 1)))
             start = end
     return runs
-
-
-def _stack_right(template: torch.Tensor, rows: list[torch.Tensor | None], width: int) -> torch.Tensor:
-    """Per-row (heads, length, dim) tensors (None: empty), right-aligned in one (rows, heads, width, dim) of zeros."""
-    shape = (template.shape[0], 0, template.shape[2])
-    return torch.stack([_pad_left(row if row is not None else template.new_zeros(shape), width) for row in rows])
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:

@@ -30,10 +30,11 @@ class GrowingLayer(DynamicLayer):
         self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         """The tensors `keys` and `values` are views of, when they are."""
 
-    def allocate(self, like: torch.Tensor, rows: int, width: int) -> None:
-        """Make `keys` and `values` fresh zeros of `rows` x `width` columns (with room after them),
-        shaped like `like` otherwise; the caller fills them."""
-        shape = (rows, like.shape[1], width + room(width), like.shape[3])
+    def allocate(self, like: torch.Tensor, rows: int, width: int, coming: int = 0) -> None:
+        """Make `keys` and `values` fresh zeros of `rows` x `width` columns, with room after them for
+        `coming` columns and more, and `like`'s heads and head dim (a layer's or a row's KV); the
+        caller fills them."""
+        shape = (rows, like.shape[-3], width + coming + room(width + coming), like.shape[-1])
         self.buffers = (like.new_zeros(shape), like.new_zeros(shape))
         self.keys, self.values = (buffer[:, :, :width] for buffer in self.buffers)
         self.is_initialized, self.device = True, like.device
