@@ -6,7 +6,8 @@ leave. Anything that can do that (another framework, a remote worker) can stand 
 `Backend`. `TransformersBackend` runs a `transformers` (or PEFT-wrapped) causal LM in-process
 over a `DynamicCache` left-padded to a common width, with an attention mask and per-row
 position ids; a row's keys were computed at its true positions, so padding changes nothing
-but which columns are masked.
+but which columns are masked. Its layers are `GrowingLayer`s: a decode step writes its column in
+place rather than copying the whole cache, and a batch that loses a run of rows is a view.
 """
 
 from __future__ import annotations
