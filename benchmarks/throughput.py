@@ -221,6 +221,8 @@ def main() -> None:
             for label, values in rates.items():
                 figures[label][concurrent] = statistics.median(values)
                 rounds[label][concurrent] = values
+            print(f"{concurrent} concurrent, tok/s medians: " + ", ".join(
+                f"{label} {figures[label][concurrent]:.1f}" for label in SIDES), file=sys.stderr, flush=True)
     finally:
         for label, worker in zip(SIDES, workers):
             with contextlib.suppress(OSError):
