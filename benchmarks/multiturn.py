@@ -176,12 +176,15 @@ def main() -> None:
     parser.add_argument("--vllm-python", default=None, help="a Python with vllm installed: adds vLLM's server")
     parser.add_argument("--vllm-memory", type=float, default=0.15,
                         help="vLLM's --gpu-memory-utilization, on CPU the share of RAM for its KV cache")
+    parser.add_argument("--sides", nargs="+", default=None,
+                        help="only these of localoai:off localoai:on vllm:off vllm:on (e.g. to profile one)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     from localoai.testing import build_tiny_model
 
     sides = ["localoai:off", "localoai:on"] + (["vllm:off", "vllm:on"] if args.vllm_python else [])
+    sides = [side for side in sides if args.sides is None or side in args.sides]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as model_dir:
         _, tokenizer = build_tiny_model(model_dir, hidden_size=args.hidden_size, num_layers=args.layers,

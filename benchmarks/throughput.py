@@ -157,6 +157,7 @@ def side_process(label: str, args: argparse.Namespace, connection: Connection) -
             side: Callable[[int], int] = RawGenerate(model, tokenizer, messages, args.tokens)
         else:
             server = localoai.start(model, tokenizer, port=0, name="bench", store=os.path.join(store_dir, "store.sqlite3"),
+                                    prefix_cache=args.prefix_cache == "on",
                                     **({"max_batch_size": 1} if label == "one_at_a_time" else {}))
             side = load = HttpLoad(server, messages, args.tokens, args.client)
         if server is None:  # as `start()` does for the servers (`gc_freeze`), so all three sides alike
@@ -184,6 +185,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--prefix-cache", choices=("on", "off"), default="on", help="the servers' prefix cache")
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp" if _has_aiohttp() else "httpx",
                         help="the openai SDK's HTTP transport (default: aiohttp when `openai[aiohttp]` is installed)")
     args = parser.parse_args()
@@ -219,6 +221,8 @@ def main() -> None:
             for label, values in rates.items():
                 figures[label][concurrent] = statistics.median(values)
                 rounds[label][concurrent] = values
+            print(f"{concurrent} concurrent, tok/s medians: " + ", ".join(
+                f"{label} {figures[label][concurrent]:.1f}" for label in SIDES), file=sys.stderr, flush=True)
     finally:
         for label, worker in zip(SIDES, workers):
             with contextlib.suppress(OSError):

@@ -80,6 +80,40 @@ def test_cached_prefill_agrees_with_a_full_read_alone_and_batched(model: tuple[A
                                            atol=1e-4, rtol=1e-4)
 
 
+def test_in_place_decode_through_joins_drops_and_regrowth_agrees_with_full_reads(model: tuple[Any, Any]) -> None:
+    # Decode writes each step into spare columns (GrowingLayer); joins, drops of a run of rows (a
+    # view) or of scattered rows (a copy), and running out of room must leave every row's logits
+    # those of a full read of its tokens.
+    backend = TransformersBackend(model[0])
+    rows = [tokens(length, seed=60 + i) for i, length in enumerate((9, 30, 17, 4, 22))]
+    with backend.generation_mode():
+        state = backend.prefill_many(rows[:3], [1, 1, 1]).state
+        state = backend.join(state, backend.prefill_many(rows[3:], [1, 1]).state)
+
+        def step(count: int) -> None:
+            for _ in range(count):
+                fed = [random.Random(len(row)).randrange(10, 900) for row in rows]
+                logits = backend.decode(state, torch.tensor(fed))
+                for row, token in zip(rows, fed):
+                    row.append(token)
+            for row, got in zip(rows, logits):
+                with torch.inference_mode():
+                    torch.testing.assert_close(got, model[0](input_ids=torch.tensor([row])).logits[0, -1],
+                                               atol=1e-4, rtol=1e-4)
+
+        step(3)
+        state = backend.keep(state, [0, 2, 3, 4])  # scattered rows: copied
+        del rows[1]
+        step(2)
+        state = backend.keep(state, [1, 2, 3])  # a run of rows, the longest gone: a view, columns trimmed
+        del rows[0]
+        step(70)  # past the spare room: re-allocated once, in place otherwise
+        state = backend.join(state, backend.prefill(tokens(5, seed=70), 2).state)
+        rows += [tokens(5, seed=70), tokens(5, seed=70)]
+        step(4)
+    assert state.lengths == [len(row) for row in rows]
+
+
 def test_only_exact_tokens_and_version_hit_and_lru_evicts_leaves_first() -> None:
     cache = PrefixCache(3 * BLOCK_BYTES)
     kv = [torch.randn(2, 64, 16) for _ in range(2)]

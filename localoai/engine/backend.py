@@ -7,7 +7,8 @@ itself, plugs in at the request level instead (`localoai.engine.interface`).
 `TransformersBackend` runs a `transformers` (or PEFT-wrapped) causal LM in-process
 over a `DynamicCache` left-padded to a common width, with an attention mask and per-row
 position ids; a row's keys were computed at its true positions, so padding changes nothing
-but which columns are masked.
+but which columns are masked. Its layers are `GrowingLayer`s: a decode step writes its column in
+place rather than copying the whole cache, and a batch that loses a run of rows is a view.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from localoai.engine.interface import POOLINGS, Pooling  # noqa: F401 - the names this module gave them
+from localoai.engine.kv_buffer import GrowingLayer
 from localoai.engine.prefix_cache import Prefix
 
 
@@ -124,6 +126,13 @@ class TransformersBackend:
         self.batches = all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
         self.prefix_cacheable = self.batches
 
+    def _new_cache(self) -> Any:
+        """An empty cache; its layers decode in place (`GrowingLayer`) when they are plain ones."""
+        cache = self._cache_class(config=self.model.config)
+        if self.batches:
+            cache.layers = [GrowingLayer() for _ in cache.layers]
+        return cache
+
     @contextlib.contextmanager
     def generation_mode(self) -> Iterator[None]:
         """Eval mode and inference mode for the duration; a policy in training goes back to train mode."""
@@ -137,7 +146,7 @@ class TransformersBackend:
                 self.model.train()
 
     def prefill(self, prompt_ids: Sequence[int], samples: int, *, prompt_logits: bool = False) -> Prefill:
-        cache = self._cache_class(config=self.model.config)
+        cache = self._new_cache()
         input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
         output = self._forward(input_ids=input_ids, cache=cache, logits_to_keep=0 if prompt_logits else 1)
         logits = output.logits[0]
@@ -147,7 +156,7 @@ class TransformersBackend:
         return Prefill(Rows(cache, [len(prompt_ids)] * samples), next_logits, [logits] if prompt_logits else None)
 
     def prefill_rows(self, rows: Sequence[Sequence[int]]) -> Prefill:
-        cache = self._cache_class(config=self.model.config)
+        cache = self._new_cache()
         input_ids = torch.tensor([list(row) for row in rows], dtype=torch.long, device=self.device)
         output = self._forward(input_ids=input_ids, cache=cache, logits_to_keep=1)
         return Prefill(Rows(cache, [input_ids.shape[1]] * len(rows)), output.logits[:, -1, :])
@@ -178,7 +187,7 @@ class TransformersBackend:
         if len(prompts) == 1:
             return self.prefill(prompts[0], samples[0], prompt_logits=prompt_logits)
         input_ids, mask, positions = self._left_padded(prompts)
-        cache = self._cache_class(config=self.model.config)
+        cache = self._new_cache()
         output = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                                logits_to_keep=0 if prompt_logits else 1)
         width = input_ids.shape[1]
@@ -196,10 +205,17 @@ class TransformersBackend:
     def join(self, batch: Rows | None, new: Rows) -> Rows:
         if batch is None:
             return new
-        width = max(_width(batch), _width(new))
+        width, before = max(_width(batch), _width(new)), len(batch.lengths)
         for into, layer in zip(batch.cache.layers, new.cache.layers):
-            into.keys = torch.cat([_pad_left(into.keys, width), _pad_left(layer.keys, width)], dim=0)
-            into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
+            if not isinstance(into, GrowingLayer):
+                into.keys = torch.cat([_pad_left(into.keys, width), _pad_left(layer.keys, width)], dim=0)
+                into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
+                continue
+            parts = [(into.keys, into.values), (layer.keys, layer.values)]
+            into.allocate(layer.keys, before + len(new.lengths), width)  # written once, right-aligned, with room
+            for rows, (keys, values) in zip((slice(0, before), slice(before, None)), parts):
+                into.keys[rows, :, width - keys.shape[2]:] = keys
+                into.values[rows, :, width - values.shape[2]:] = values
         return Rows(batch.cache, batch.lengths + new.lengths)
 
     def prefill_cached(self, prompts: Sequence[Sequence[int]], samples: Sequence[int],
@@ -217,12 +233,14 @@ class TransformersBackend:
             columns >= past + width - suffix_t.unsqueeze(1))
         input_ids = torch.tensor([[0] * (width - len(s)) + s for s in suffixes], dtype=torch.long, device=device)
         positions = (cached_t.unsqueeze(1) + torch.arange(width, device=device) - (width - suffix_t).unsqueeze(1))
-        cache = self._cache_class(config=self.model.config)
+        cache = self._new_cache()
         template = next(prefix for prefix in prefixes if prefix is not None)
-        for layer in range(len(template.keys)):
-            cache.update(_stack_right(template.keys[layer], [p.keys[layer] if p else None for p in prefixes], past),
-                         _stack_right(template.values[layer], [p.values[layer] if p else None for p in prefixes],
-                                      past), layer)
+        for number, layer in enumerate(cache.layers):  # GrowingLayers: prefix_cacheable means plain layers
+            layer.allocate(template.keys[number], len(prompts), past, coming=width)
+            for row, prefix in enumerate(prefixes):
+                if prefix is not None:
+                    layer.keys[row, :, past - prefix.length:] = prefix.keys[number]
+                    layer.values[row, :, past - prefix.length:] = prefix.values[number]
         output = self._forward(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask.long(),
                                position_ids=positions.clamp(min=0), cache=cache, logits_to_keep=1)
         lengths = [c + len(s) for c, s in zip(cached, suffixes)]
@@ -259,10 +277,23 @@ class TransformersBackend:
     def keep(self, batch: Rows, rows: Sequence[int]) -> Rows:
         lengths = [batch.lengths[row] for row in rows]
         unused = _width(batch) - max(lengths)  # columns that are padding in every remaining row
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        first = rows[0]
+        if list(rows) == list(range(first, first + len(rows))):  # a run of rows: a view, no copy
+            for layer in batch.cache.layers:
+                layer.keys = layer.keys[first:first + len(rows), :, unused:]
+                layer.values = layer.values[first:first + len(rows), :, unused:]
+            return Rows(batch.cache, lengths)
+        runs = _runs(rows)
         for layer in batch.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, unused:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, unused:, :]
+            keys, values = layer.keys, layer.values
+            if isinstance(layer, GrowingLayer):  # copied once, with room for the next steps
+                layer.allocate(keys, len(rows), keys.shape[2] - unused)
+            else:
+                layer.keys = keys.new_empty((len(rows), keys.shape[1], keys.shape[2] - unused, keys.shape[3]))
+                layer.values = torch.empty_like(layer.keys)
+            for into, source in runs:
+                layer.keys[into] = keys[source, :, unused:]
+                layer.values[into] = values[source, :, unused:]
         return Rows(batch.cache, lengths)
 
     def decode(self, batch: Rows, tokens: torch.Tensor) -> torch.Tensor:
@@ -298,10 +329,15 @@ def _width(rows: Rows) -> int:
     return int(rows.cache.get_seq_length())
 
 
-def _stack_right(template: torch.Tensor, rows: list[torch.Tensor | None], width: int) -> torch.Tensor:
-    """Per-row (heads, length, dim) tensors (None: empty), right-aligned in one (rows, heads, width, dim) of zeros."""
-    shape = (template.shape[0], 0, template.shape[2])
-    return torch.stack([_pad_left(row if row is not None else template.new_zeros(shape), width) for row in rows])
+def _runs(rows: Sequence[int]) -> list[tuple[slice, slice]]:
+    """`rows` as runs of consecutive rows: (where in the result, where in the source) per run."""
+    runs: list[tuple[slice, slice]] = []
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end] != rows[end - 1] + 1:
+            runs.append((slice(start, end), slice(rows[start], rows[end - 1] + 1)))
+            start = end
+    return runs
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
