@@ -18,15 +18,17 @@ MAX_LINES = 400
 
 # Modules owned by other branches of issue #12 that their split brings under MAX_LINES; the lead empties this set
 # after merging them. Nothing else may be over the limit.
-EXPECTED_TO_SHRINK: set[str] = {
-    "localoai.engine.engine",
-}
+EXPECTED_TO_SHRINK: set[str] = set()
 
 # The local engine's internals: what only `localoai.engine` itself, the server that builds the local `Engine`
 # (`server/`, `served.py`) and `localoai.testing` may import. Everything above the engine goes through
 # `localoai.engine.interface` and the data it names (`params`: sampling parameters and per-step deltas; `stream`:
 # the `RequestStream` a request's deltas arrive on; `text`). Adjust here when the interface moves.
 ENGINE_INTERNALS: set[str] = {
+    "localoai.engine.batch_sampling",
+    "localoai.engine.cached_prefill",
+    "localoai.engine.compiling",
+    "localoai.engine.kv_buffer",
     "localoai.engine.backend",
     "localoai.engine.engine",
     "localoai.engine.jobs",

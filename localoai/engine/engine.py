@@ -1,27 +1,14 @@
-"""The local engine (`localoai.engine.interface.GenerationEngine`'s implementation over a
-`transformers` model): one inference thread, continuous batching, pause for weight updates.
+"""The local engine (`localoai.engine.interface.GenerationEngine` over a `transformers` model):
+one inference thread, continuous batching, pause for weight updates.
 
-Generation never runs on the event loop. Requests wait in a bounded queue and are decoded on
-a single persistent thread (CUDA graphs and some kernels keep thread-local state, and one
-owner makes the model's train/eval switching safe). Every step runs ONE forward pass over
-all running requests: new requests are prefilled (once per prompt, shared by its `n`
-samples) and joined into the batch, the requests whose sampling is plain this step
-(temperature or argmax only, unseeded) get their tokens from one batched `sample_plain` and
-every other request's own `Sampler` picks its rows' tokens, finished or cancelled requests
-leave, and the rest decode together. The step's stream items reach each event loop with one
-wake-up (`one_wakeup_per_loop`). Stop strings, cancellation and pauses take effect at the step
-they happen. With a `PrefixCache`, a prompt is read only past its longest cached prefix.
-
-Why not transformers' `ContinuousBatchingManager` (evaluated on transformers 5.23, CPU):
-its seed and `num_return_sequences` are manager-wide (no per-request seed or `n`), its
-per-request logits processors are limited to temperature / top_k / top_p (no penalties,
-logit_bias, min_tokens, nor an arbitrary per-request processor such as a grammar mask), it
-has no stop strings, and its logprobs are the raw model's, not those of the distribution
-sampled from. This scheduler keeps every request's `Sampler` and works over `Backend`.
-
-Weight updates: `pause(mode)` parks the thread at a step boundary, out of the model, until
-`resume()`. With `keep`, the running requests' KV caches are recomputed on resume, since
-nothing computed from the old weights may be reused.
+Requests wait in a bounded queue and are decoded on one persistent thread (CUDA graphs and some
+kernels keep thread-local state; one owner makes train/eval switching safe). Every step runs ONE
+forward pass over all running requests: new requests are prefilled (once per prompt, shared by
+its `n` samples, past its longest cached prefix) and joined into the batch, each request's rows
+are sampled (`batch_sampling`), finished or cancelled requests leave, the rest decode together.
+The step's stream items reach each event loop with one wake-up (`one_wakeup_per_loop`).
+`pause(mode)` parks the thread at a step boundary until `resume()`; with `keep`, the running
+requests' KV caches are recomputed on resume, since nothing computed by old weights may serve.
 """
 
 from __future__ import annotations
@@ -30,12 +17,15 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import torch
 
-from localoai.engine.backend import Backend, Prefill, Rows, TransformersBackend
+from localoai.engine.backend import Backend, Rows, TransformersBackend
+from localoai.engine.batch_sampling import sample_running
+from localoai.engine.cached_prefill import prefill_cached, remember
+from localoai.engine.compiling import ConstraintCompiler
 from localoai.engine.interface import (  # PAUSE_MODES, DEFAULT_*: the names this module gave them
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUED_REQUESTS,
@@ -45,28 +35,18 @@ from localoai.engine.interface import (  # PAUSE_MODES, DEFAULT_*: the names thi
     PauseMode,
     Pooling,
     QueueFull,
+    Unobserved,
 )
 from localoai.engine.jobs import JobQueue
-from localoai.engine.params import PromptLogprobs, SamplingParams, TokenLogprob
-from localoai.engine.prefix_cache import Prefix, PrefixCache
-from localoai.engine.running import Request
-from localoai.engine.sampler import finite_logprob, prompt_logprobs, sample_plain, token_logprobs
+from localoai.engine.params import PromptLogprobs, SamplingParams
+from localoai.engine.prefix_cache import PrefixCache
+from localoai.engine.running import Request, logit_groups
+from localoai.engine.sampler import prompt_logprobs
 from localoai.engine.stream import RequestStream, deliver_held, one_wakeup_per_loop
 
 logger = logging.getLogger("localoai.engine")
 
 T = TypeVar("T")
-
-
-class _Unobserved:
-    def step(self, rows: int) -> None:
-        pass
-
-    def paused(self, mode: str) -> None:
-        pass
-
-    def resumed(self) -> None:
-        pass
 
 
 class Engine:
@@ -99,13 +79,11 @@ class Engine:
         """Held around every forward pass."""
         self.policy_version = 0
         """The version of the weights; tokens are tagged with it. `resume()` bumps it."""
-        self.observer: EngineObserver = _Unobserved()
+        self.observer: EngineObserver = Unobserved()
         self._condition = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._jobs = JobQueue()
-        self._compiling = 0
-        """Submitted requests whose constraint the compile thread has yet to compile."""
-        self._compiler: ThreadPoolExecutor | None = None
+        self._compiler = ConstraintCompiler(tokenizer, backend.vocab_size, self._compiled, self._condition)
         self._pause_mode: PauseMode | None = None
         self._parked = False
         self._stopping = False
@@ -157,9 +135,7 @@ class Engine:
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
         self._thread = None
-        if self._compiler is not None:
-            self._compiler.shutdown(wait=False, cancel_futures=False)
-            self._compiler = None
+        self._compiler.shutdown()
 
     # --- requests ------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, stream: RequestStream) -> None:
@@ -167,39 +143,23 @@ class Engine:
         an output constraint waits once its grammar is compiled, on the compile thread."""
         request = Request(list(prompt_ids), params, stream)
         with self._condition:
-            if len(self._waiting) + self._compiling >= self.max_queued_requests:
-                raise QueueFull(f"{len(self._waiting) + self._compiling} requests are already waiting")
+            if len(self._waiting) + self._compiler.pending >= self.max_queued_requests:
+                raise QueueFull(f"{len(self._waiting) + self._compiler.pending} requests are already waiting")
             if params.constraint is None:
                 self._waiting.append(request)
                 self._condition.notify_all()
                 return
-            self._compiling += 1
-            if self._compiler is None:
-                self._compiler = ThreadPoolExecutor(1, thread_name_prefix="localoai-grammar")
-            self._compiler.submit(self._compile, request)
+            self._compiler.submit(request)
 
-    def _compile(self, request: Request) -> None:
-        """Compile the request's constraint for this vocabulary (compile thread), then queue it."""
-        from localoai.constraints.grammar import compile_grammar
-
-        assert request.params.constraint is not None
-        try:
-            request.constraint = compile_grammar(request.params.constraint.grammar, self.tokenizer,
-                                                 self.backend.vocab_size)
-        except Exception as exc:  # validated when the request was read: a failure here is ours
-            logger.exception("compiling the output constraint failed")
-            with self._condition:
-                self._compiling -= 1
-            request.finish(exc)
-            return
-        with self._condition:
-            self._compiling -= 1
-            if self._stopping:
-                request.abort(self.policy_version)
-                request.finish()
-                return
+    def _compiled(self, request: Request, error: BaseException | None) -> None:
+        """The compile thread's answer (under `_condition`): queue the request, or end it."""
+        if error is None and not self._stopping:
             self._waiting.append(request)
             self._condition.notify_all()
+            return
+        if error is None:
+            request.abort(self.policy_version)
+        request.finish(error)
 
     def call(self, run: Callable[[], T]) -> Future[T]:
         """Run `run()` on the engine thread between steps, holding the model as a step does (see
@@ -219,7 +179,7 @@ class Engine:
         """What the engine holds now: `waiting` (queued), `running` requests and their `rows`, `jobs`
         (forward passes such as embeddings waiting for the engine thread)."""
         with self._condition:
-            return {"waiting": len(self._waiting) + self._compiling, "running": len(self._running),
+            return {"waiting": len(self._waiting) + self._compiler.pending, "running": len(self._running),
                     "jobs": len(self._jobs),
                     "rows": len(self._batch.lengths) if self._batch is not None else 0}
 
@@ -312,7 +272,8 @@ class Engine:
         self._drop(cancelled_only=True)
         if not self._running:
             return
-        fed = torch.tensor([token for tokens in self._sample() for token in tokens], dtype=torch.long,
+        fed = torch.tensor([token for tokens in sample_running(self._running, self._generator) for token in tokens],
+                           dtype=torch.long,
                            device=self.backend.device)
         kept = self._drop(cancelled_only=False)
         deliver_held()  # this step's tokens go out now, while the next forward pass runs
@@ -322,54 +283,6 @@ class Engine:
         logits = self.backend.decode(self._batch, fed[kept] if len(kept) < fed.shape[0] else fed)
         self._scatter(logits)
 
-    def _sample(self) -> list[list[int]]:
-        """Every running request's next tokens, in batch order. The requests whose sampling this step
-        is plain (`Request.plain_sampling`) are sampled together by one `sample_plain`; the others
-        (penalties, logit_bias, a constraint, filters, a seeded draw) each by their own `Sampler`."""
-        plain = [r for r in self._running if not r.finished and r.plain_sampling]
-        taken = self._sample_plain(plain) if plain else {}
-        tokens: list[list[int]] = []
-        for request in self._running:
-            if id(request) in taken:
-                tokens.append(taken[id(request)])
-            elif request.finished:  # done at admission (max_tokens 0): nothing to sample
-                tokens.append([0] * request.rows)
-            else:
-                tokens.append(self._guarded(request, request.sample_step))
-        return tokens
-
-    def _sample_plain(self, requests: list[Request]) -> dict[int, list[int]]:
-        """Sample `requests` (all `plain_sampling`) in one pass; their tokens by `id(request)`."""
-        logits = torch.cat([request.logits for request in requests])  # type: ignore[misc]
-        temperatures = [request.params.temperature for request in requests for _ in range(request.rows)]
-        try:
-            tokens, logprobs = sample_plain(logits, temperatures, self._generator)
-        except Exception:  # e.g. non-finite logits: each request's own Sampler then fails only it
-            logger.exception("batched sampling failed; sampling request by request")
-            return {}
-        chosen = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
-        flat = tokens.tolist()
-        taken: dict[int, list[int]] = {}
-        start = 0
-        for request in requests:
-            rows = slice(start, start + request.rows)
-            top = request.params.logprobs or 0
-            entries = (token_logprobs(logprobs[rows], tokens[rows], top) if top else
-                       [TokenLogprob(token, finite_logprob(value)) for token, value in zip(flat[rows], chosen[rows])])
-            taken[id(request)] = self._guarded(request, lambda r=request, t=flat[rows], e=entries: r.take(t, e))
-            start = rows.stop
-        return taken
-
-    def _guarded(self, request: Request, sample: Callable[[], list[int]]) -> list[int]:
-        """`sample()`'s tokens; if it fails, only this request ends (its rows leave at the next drop)."""
-        try:
-            return sample()
-        except Exception as exc:
-            logger.exception("sampling failed")
-            request.finish(exc)
-            request.samples = []  # counts as finished
-            return [0] * request.rows
-
     def _admit(self) -> None:
         """Take waiting requests while their rows fit, prefill them (in one forward pass for those that
         need no prompt logprobs, in as few as the logits budget allows for those that do), and join
@@ -377,7 +290,7 @@ class Engine:
         admitted = self._take_admissible()
         together = [request for request in admitted if request.params.prompt_logprobs is None]
         scored = [request for request in admitted if request.params.prompt_logprobs is not None]
-        for group in ([together] if together else []) + _logit_groups(scored, self.backend.vocab_size):
+        for group in ([together] if together else []) + logit_groups(scored, self.backend.vocab_size):
             scoring = group[0].params.prompt_logprobs is not None
             try:
                 if scoring:
@@ -388,7 +301,7 @@ class Engine:
                         request.stream.put(PromptLogprobs(prompt_logprobs(
                             request.prompt_ids, logits, params.prompt_logprobs or 0, params.prompt_logprob_token_ids)))
                 else:
-                    prefill = self._prefill(group)
+                    prefill = prefill_cached(self.backend, self.prefix_cache, group)
             except Exception as exc:
                 logger.exception("prefill failed")
                 self._forget(group, exc)
@@ -401,25 +314,6 @@ class Engine:
                     self.prefix_cache.insert(request.prompt_ids, *self.backend.row_kv(prefill.state, row))
                 row += request.rows
             self._batch = self.backend.join(self._batch, prefill.state)
-
-    def _prefill(self, group: list[Request]) -> Prefill:
-        """Read the prompts of `group` in one forward pass, past the prefix of each that is cached."""
-        prompts, samples = [r.prompt_ids for r in group], [r.rows for r in group]
-        cache = self.prefix_cache
-        prefixes: list[Prefix | None] = [cache.lookup(p) if cache is not None else None for p in prompts]
-        for request, prefix in zip(group, prefixes):
-            request.done.cached_tokens = prefix.length if prefix is not None else 0
-        if not any(prefixes):
-            return self.backend.prefill_many(prompts, samples)
-        return self.backend.prefill_cached(prompts, samples, prefixes)
-
-    def _remember(self, request: Request, rows: range) -> None:
-        """Keep the KV of a leaving request's rows: its prompt and each sample's tokens up to its end,
-        which the next turn of an episode extends."""
-        assert self.prefix_cache is not None and self._batch is not None
-        for row, sample, fed in zip(rows, request.samples, request.fed):
-            tokens = (request.prompt_ids + fed[:sample.generated])[:self._batch.lengths[row]]
-            self.prefix_cache.insert(tokens, *self.backend.row_kv(self._batch, row))
 
     def _take_admissible(self) -> list[Request]:
         """Move the waiting requests that fit into the batch to the running list, in order."""
@@ -454,7 +348,7 @@ class Engine:
             if request.stream.cancelled or (not cancelled_only and request.finished):
                 if request.done.error is None:
                     if self.prefix_cache is not None and request.samples:
-                        self._remember(request, range(row, row + request.rows))
+                        remember(self.backend, self.prefix_cache, self._batch, request, range(row, row + request.rows))
                     request.finish()
             else:
                 kept.append(request)
@@ -501,22 +395,3 @@ class Engine:
             for request in [r for r in self._waiting if r.stream.cancelled]:
                 self._waiting.remove(request)
                 request.finish()
-
-
-PROMPT_LOGITS_BUDGET = 1 << 27
-"""Logits (floats) one scoring prefill may hold: prompts x width x vocab (512 MiB in float32)."""
-
-
-def _logit_groups(requests: list[Request], vocab_size: int) -> list[list[Request]]:
-    """Requests that need every prompt position's logits, in order, grouped to fit the budget."""
-    groups: list[list[Request]] = []
-    width = 0
-    for request in requests:
-        grown = max(width, len(request.prompt_ids))
-        if groups and (len(groups[-1]) + 1) * grown * vocab_size <= PROMPT_LOGITS_BUDGET:
-            groups[-1].append(request)
-            width = grown
-        else:
-            groups.append([request])
-            width = len(request.prompt_ids)
-    return groups

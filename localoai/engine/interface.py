@@ -81,6 +81,19 @@ class EngineObserver(Protocol):
     def resumed(self) -> None: ...
 
 
+class Unobserved:
+    """The observer of an engine nobody observes."""
+
+    def step(self, rows: int) -> None:
+        pass
+
+    def paused(self, mode: str) -> None:
+        pass
+
+    def resumed(self) -> None:
+        pass
+
+
 class GenerationEngine(Protocol):
     """A request-level engine (see the module docstring)."""
 

@@ -144,3 +144,22 @@ class Request:
         self.done.timings["total"] = time.perf_counter() - self.queued_at
         self.done.timings.setdefault("queued", self.done.timings["total"])
         self.stream.put(self.done)
+
+
+PROMPT_LOGITS_BUDGET = 1 << 27
+"""Logits (floats) one scoring prefill may hold: prompts x width x vocab (512 MiB in float32)."""
+
+
+def logit_groups(requests: list[Request], vocab_size: int) -> list[list[Request]]:
+    """Requests that need every prompt position's logits, in order, grouped to fit the budget."""
+    groups: list[list[Request]] = []
+    width = 0
+    for request in requests:
+        grown = max(width, len(request.prompt_ids))
+        if groups and (len(groups[-1]) + 1) * grown * vocab_size <= PROMPT_LOGITS_BUDGET:
+            groups[-1].append(request)
+            width = grown
+        else:
+            groups.append([request])
+            width = len(request.prompt_ids)
+    return groups
