@@ -94,11 +94,12 @@ def test_a_narrower_engine_refuses_each_sampling_field_it_does_not_apply(tiny: t
 
 def test_pause_keep_freezes_and_resume_continues_on_the_new_version(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
-    gate = threading.Event()
+    inside, gate = threading.Event(), threading.Event()
     tokens = tokenizer.encode(" one two three", add_special_tokens=False)
 
     def script(prompt_ids: list[int], params: Any, index: int) -> Iterator[int]:
         yield tokens[0]
+        inside.set()
         gate.wait(60)  # a step that takes a while, as a forward pass does: the test pauses meanwhile
         yield from tokens[1:]
 
@@ -107,7 +108,7 @@ def test_pause_keep_freezes_and_resume_continues_on_the_new_version(tiny: tuple[
         done: list[Any] = []
         worker = threading.Thread(target=lambda: done.append(chat(server, max_tokens=20)))
         worker.start()
-        wait_until(lambda: engine.stats()["running"] == 1)
+        wait_until(inside.is_set, message="the second step never started")
         pausing = threading.Thread(target=engine.pause, args=("keep",))
         pausing.start()
         wait_until(lambda: engine.paused)
