@@ -74,7 +74,7 @@ class Responses:
         names = [offered_name(tool) for tool in offered.tools]
         parser = model.output_parser(prompt.text, names or None)
         params = model.decoded_for(parser, params)  # the parser must see its markup
-        params = constrain_response(model, request, offered.tools, parser, params)
+        params = await services.off_loop(constrain_response, model, request, offered.tools, parser, params)
         if offered.not_offered:
             logger.warning("hosted tools %s not offered to the model: no implementation is registered "
                            "(start(hosted_tools=...))", ", ".join(offered.not_offered))
