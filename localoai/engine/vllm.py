@@ -182,9 +182,12 @@ class VLLMEngine:
         with contextlib.suppress(Exception):
             self._run(self._abort_all(), timeout)
         with contextlib.suppress(Exception):
-            self._llm.shutdown()
+            self._run(self._shutdown(), timeout)
         self._close_loop(timeout)
         remove_directory(self._directory)
+
+    async def _shutdown(self) -> None:
+        self._llm.shutdown()  # on its loop: it cancels its output handler, a task of that loop
 
     def _close_loop(self, timeout: float = 10.0) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
