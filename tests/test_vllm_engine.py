@@ -72,6 +72,34 @@ def test_greedy_is_reproducible_and_completions_agree_on_ids(vllm_server: Any, v
     assert tokenizer.decode(ids, skip_special_tokens=True) == first.choices[0].text
 
 
+def test_stop_strings_end_the_text_where_the_local_engine_would(vllm_server: Any) -> None:
+    client = vllm_server.client()
+    options = {"model": vllm_server.model, "prompt": "the model said", "max_tokens": 24, "temperature": 0}
+    full = client.completions.create(**options, extra_body={"ignore_eos": True}).choices[0].text
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    assert stop.strip(), f"no usable stop string in {full!r}"
+    stopped = client.completions.create(**options, stop=[stop], extra_body={"ignore_eos": True}).choices[0]
+    assert stopped.text == full[:full.find(stop)]
+    assert stopped.finish_reason == "stop" and stopped.model_extra["stop_reason"] == stop
+
+
+def test_echo_with_logprobs_scores_the_prompt(vllm_server: Any, vllm_tiny: tuple[Any, Any]) -> None:
+    _, tokenizer = vllm_tiny
+    prompt = "the model said"
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    client = vllm_server.client()
+    echoed = client.completions.create(model=vllm_server.model, prompt=prompt, max_tokens=3, temperature=0, echo=True,
+                                       logprobs=2, extra_body={"ignore_eos": True})
+    logprobs = echoed.choices[0].logprobs
+    assert len(logprobs.tokens) == len(prompt_ids) + 3
+    assert logprobs.token_logprobs[0] is None
+    assert all(value <= 0 for value in logprobs.token_logprobs[1:])
+    assert echoed.choices[0].text.startswith(prompt)
+    scored = client.completions.create(model=vllm_server.model, prompt=prompt, max_tokens=0, echo=True, logprobs=1)
+    assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(logprobs.token_logprobs[1:len(prompt_ids)],
+                                                                          abs=1e-4)
+
+
 def test_logprobs_are_reported_for_every_token(vllm_server: Any) -> None:
     reply = chat(vllm_server, temperature=0, logprobs=True, top_logprobs=3)
     content = reply.choices[0].logprobs.content

@@ -17,7 +17,9 @@ vLLM instead of the local decode loop. vLLM is imported only here, and only when
   policy version (`cache_salt`), so nothing computed by old weights serves new ones.
 - **Fidelity**: `logprobs_mode="processed_logprobs"` (the logprobs of the distribution sampled
   from); the grammar goes to vLLM's llguidance backend as `structured_outputs.grammar`.
-- **Refused** (left out of `capabilities`): prompt logprobs (not wired yet), embeddings, `call()`.
+- **Prompt logprobs** come from sample 0's vLLM request (raw logits, with ranks), before any token.
+- **Refused**: embeddings and `call()` (left out of `capabilities`); `prompt_logprob_token_ids`
+  (a 400 from `submit`: vLLM 0.32 scores given tokens on its V2 model runner only).
 
 `engine_options` are vLLM's `AsyncEngineArgs` (`gpu_memory_utilization`, `max_model_len`,
 `tensor_parallel_size`, `max_num_seqs`, `enforce_eager`, ...), over the defaults in `ENGINE_DEFAULTS`.
@@ -49,8 +51,9 @@ from localoai.engine.interface import (
 )
 from localoai.engine.params import RequestDone, SampleDelta, SamplingParams
 from localoai.engine.stream import RequestStream
-from localoai.engine.vllm_outputs import SampleFeed, vllm_sampling_params
+from localoai.engine.vllm_outputs import SampleFeed, prompt_entries, vllm_sampling_params
 from localoai.engine.vllm_weights import model_directory, remove_directory, weights_fingerprint, write_weights
+from localoai.errors import UnsupportedFieldError
 
 logger = logging.getLogger("localoai.engine.vllm")
 
@@ -83,6 +86,8 @@ class _Live:
     done: RequestDone = field(default_factory=RequestDone)
     queued_at: float = field(default_factory=time.perf_counter)
     task: asyncio.Task[None] | None = None
+    prompt_published: asyncio.Event | None = None
+    """Set once `PromptLogprobs` are on the stream (when asked for): no delta may come before them."""
 
 
 class VLLMEngine:
@@ -123,8 +128,8 @@ class VLLMEngine:
         self._context_length = int(config.model_config.max_model_len)
         self._vocab_size = int(config.model_config.get_vocab_size())
         self.max_batch_size = int(config.scheduler_config.max_num_seqs)
-        self.capabilities = Capabilities(top_logprobs=int(config.model_config.max_logprobs), prompt_logprobs=False,
-                                         embeddings=False, call=False)
+        self.capabilities = Capabilities(top_logprobs=int(config.model_config.max_logprobs), embeddings=False,
+                                         call=False)
         self._watcher = self._run_soon(self._watch_cancelled())
 
     @classmethod
@@ -195,6 +200,9 @@ class VLLMEngine:
 
     # --- requests --------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, stream: RequestStream) -> None:
+        if params.prompt_logprob_token_ids:  # vLLM 0.32 computes them on its V2 model runner only
+            raise UnsupportedFieldError("Unsupported parameter: 'prompt_logprob_token_ids': the vLLM engine does "
+                                        "not score given tokens yet.", param="prompt_logprob_token_ids")
         if self.queue_full:
             raise QueueFull(f"{self.stats()['waiting']} requests are already waiting")
         feeds = [SampleFeed(i, self.tokenizer, params, self.eos_token_ids) for i in range(params.n)]
@@ -273,7 +281,11 @@ class VLLMEngine:
     async def _serve(self, live: _Live) -> None:
         """Run every sample of `live`, then end its stream with `RequestDone`."""
         try:
+            if live.params.prompt_logprobs is not None:
+                live.prompt_published = asyncio.Event()
             if live.params.max_tokens == 0:
+                if live.params.prompt_logprobs is not None:  # vLLM generates at least one token: read, drop it
+                    await self._sample(live, 0, prompt_only=True)
                 live.stream.put([SampleDelta(i, [], "", finish_reason="length", policy_version=self.policy_version)
                                  for i in range(live.params.n)])
             else:
@@ -296,26 +308,46 @@ class VLLMEngine:
             live.done.timings.setdefault("queued", live.done.timings["total"])
             live.stream.put(live.done)
 
-    async def _sample(self, live: _Live, index: int) -> None:
+    async def _sample(self, live: _Live, index: int, *, prompt_only: bool = False) -> None:
+        """Sample `index` of `live` as one vLLM request (`prompt_only`: its prompt logprobs, no output)."""
         from vllm.inputs.engine import tokens_input
 
         feed = live.feeds[index]
-        params = vllm_sampling_params(live.params, index, self.eos_token_ids)
+        params = vllm_sampling_params(live.params, index, self.eos_token_ids, max_tokens=1 if prompt_only else None)
         prompt = tokens_input(live.prompt_ids, cache_salt=f"localoai-v{self.policy_version}")
         outputs = self._llm.generate(prompt, params, request_id=f"{live.id}-{index}")
-        async with contextlib.aclosing(outputs):  # leaving early (a stop string) aborts vLLM's request
-            async for output in outputs:
-                if index == 0 and "first_token" not in live.done.timings:
-                    live.done.timings["first_token"] = time.perf_counter() - live.queued_at
-                completion = output.outputs[0]
-                delta = feed.feed(list(completion.token_ids), completion.logprobs, completion.finish_reason,
-                                  self.policy_version)
-                if delta.token_ids or delta.text or delta.finish_reason is not None:
-                    live.stream.put([delta])
-                if feed.finished or live.stream.cancelled:
-                    break
-        if not feed.finished and not live.stream.cancelled:  # vLLM ended without saying why
+        published = live.prompt_published
+        try:
+            async with contextlib.aclosing(outputs):  # leaving early (a stop string) aborts vLLM's request
+                async for output in outputs:
+                    if index == 0 and published is not None and not published.is_set():
+                        if output.prompt_logprobs is not None:
+                            live.stream.put(prompt_entries(live.prompt_ids, output.prompt_logprobs,
+                                                           live.params.prompt_logprobs or 0))
+                        published.set()
+                    if prompt_only:
+                        break
+                    if published is not None and not published.is_set():
+                        await published.wait()  # the other samples' tokens wait for sample 0's prompt logprobs
+                    self._take(live, index, output)
+                    if feed.finished or live.stream.cancelled:
+                        break
+        finally:
+            if index == 0 and published is not None:
+                published.set()
+        if not prompt_only and not feed.finished and not live.stream.cancelled:  # vLLM ended without saying why
             live.stream.put([feed.close(self.policy_version)])
+
+    def _take(self, live: _Live, index: int, output: Any) -> None:
+        """One vLLM output of sample `index` onto the stream."""
+        feed = live.feeds[index]
+        if index == 0 and "first_token" not in live.done.timings:
+            live.done.timings["first_token"] = time.perf_counter() - live.queued_at
+        completion = output.outputs[0]
+        delta = feed.feed(list(completion.token_ids), completion.logprobs, completion.finish_reason,
+                          self.policy_version)
+        if delta.token_ids or delta.text or delta.finish_reason is not None:
+            live.stream.put([delta])
 
     def _close_unfinished(self, live: _Live) -> None:
         deltas = [feed.close(self.policy_version) for feed in live.feeds if not feed.finished]

@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from localoai.engine.params import SampleDelta, SamplingParams, TokenLogprob
+from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
 from localoai.engine.running import Sample
+from localoai.engine.sampler import finite_logprob
 
 
-def vllm_sampling_params(params: SamplingParams, index: int, eos_token_ids: Sequence[int]) -> Any:
-    """vLLM's `SamplingParams` for sample `index` of a request (one vLLM request per sample)."""
+def vllm_sampling_params(params: SamplingParams, index: int, eos_token_ids: Sequence[int], *,
+                         max_tokens: int | None = None) -> Any:
+    """vLLM's `SamplingParams` for sample `index` of a request (one vLLM request per sample); sample 0
+    asks for the prompt logprobs. `max_tokens`: instead of the request's (a prompt-only request's 1)."""
     from vllm import SamplingParams as VLLMSamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -42,9 +45,10 @@ def vllm_sampling_params(params: SamplingParams, index: int, eos_token_ids: Sequ
         seed=None if params.seed is None else params.seed + index,
         stop_token_ids=sorted(set(stop_token_ids)) or None,
         ignore_eos=params.ignore_eos,
-        max_tokens=params.max_tokens,
+        max_tokens=params.max_tokens if max_tokens is None else max_tokens,
         min_tokens=params.min_tokens,
         logprobs=params.logprobs or 0,  # 0: the sampled token's own logprob, which every trace keeps
+        prompt_logprobs=params.prompt_logprobs if index == 0 else None,
         detokenize=False,
         output_kind=RequestOutputKind.DELTA,
         structured_outputs=structured,
@@ -55,10 +59,20 @@ def token_logprob(token: int, entry: Mapping[int, Any] | None, top: int) -> Toke
     """One position of vLLM's logprobs (`{token_id: Logprob(logprob, rank, ...)}`, the sampled token
     and the `top` most likely) as localoai's: the sampled token's logprob, the top ones by rank."""
     if not entry or token not in entry:
-        return TokenLogprob(token, float("nan"))
+        return TokenLogprob(token, finite_logprob(float("-inf")))  # vLLM reported none (never expected)
     ranked = sorted(((value.rank or 0, candidate, value.logprob) for candidate, value in entry.items()
                      if value.rank is not None and value.rank <= top))
-    return TokenLogprob(token, float(entry[token].logprob), tuple((c, float(lp)) for _, c, lp in ranked[:top]))
+    return TokenLogprob(token, finite_logprob(float(entry[token].logprob)),
+                        tuple((c, finite_logprob(float(lp))) for _, c, lp in ranked[:top]), rank=entry[token].rank)
+
+
+def prompt_entries(prompt_ids: Sequence[int], logprobs: Sequence[Any], top: int) -> PromptLogprobs:
+    """vLLM's `prompt_logprobs` (one entry per prompt token, the first None) as localoai's, with ranks."""
+    entries: list[TokenLogprob | None] = [None]
+    for position in range(1, len(prompt_ids)):
+        entry = logprobs[position] if position < len(logprobs) else None
+        entries.append(token_logprob(prompt_ids[position], entry, top))
+    return PromptLogprobs(entries)
 
 
 class SampleFeed:
@@ -85,7 +99,8 @@ class SampleFeed:
         for position, token in enumerate(token_ids):
             sample.generated += 1
             delta.token_ids.append(token)
-            delta.logprobs.append(token_logprob(token, logprobs[position] if logprobs else None, top))
+            entry = token_logprob(token, logprobs[position] if logprobs else None, top)
+            delta.logprobs.append(TokenLogprob(entry.token_id, entry.logprob, entry.top))  # no rank, as locally
             if token in self.stop_ids and sample.generated > params.min_tokens:
                 delta.text += sample.stops.feed(sample.detokenizer.push(token) + sample.detokenizer.flush())[0]
                 delta.text += sample.stops.flush()
