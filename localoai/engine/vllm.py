@@ -5,8 +5,8 @@ vLLM instead of the local decode loop. vLLM is imported only here, and only when
 
 - **Its own copy of the weights**, loaded from the live module (`localoai.engine.vllm_weights`):
   vLLM's model is built from the live model's config and tokenizer; leaving `server.pause()` pushes
-  the live weights into it when they changed (a parameter's storage or version counter moved),
-  then bumps the policy version.
+  the live weights into it (with `bump_version=False`, only when a parameter's storage or version
+  counter moved), then bumps the policy version.
 - **Its own event loop on its own thread** (`localoai-vllm`): `AsyncLLM` is asyncio; the server's
   loop thread calls `submit` / `pause` / `resume`, which hand coroutines to that loop. Each sample
   of a request is one vLLM request whose outputs (vLLM's `DELTA` kind, token ids and logprobs, no
@@ -197,6 +197,8 @@ class VLLMEngine:
     def _close_loop(self, timeout: float = 10.0) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     # --- requests --------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, stream: RequestStream) -> None:
@@ -240,11 +242,13 @@ class VLLMEngine:
             raise TimeoutError(f"the engine did not pause within {timeout} s") from None
 
     def resume(self, *, bump_version: bool = True) -> int:
-        """Push the live weights into vLLM if they changed, bump the policy version (unless
-        `bump_version=False`), resume generating. Returns the policy version."""
+        """Push the live weights into vLLM, bump the policy version (unless `bump_version=False`), resume
+        generating. Returns the policy version. With `bump_version=False` the weights are pushed only
+        if a parameter's storage or version counter moved (a write through `param.data` moves neither:
+        leaving a pause that bumps the version always pushes)."""
         if self._pause_mode is None:
             return self.policy_version
-        if weights_fingerprint(self.model) != self._pushed:
+        if bump_version or weights_fingerprint(self.model) != self._pushed:
             self.push_weights()
         if bump_version:
             self.policy_version += 1
