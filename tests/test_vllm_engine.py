@@ -28,7 +28,7 @@ CPU_OPTIONS = {"gpu_memory_utilization": 0.15, "max_model_len": 1024}
 def vllm_tiny() -> tuple[Any, Any]:
     from localoai.testing import build_tiny_model
 
-    return build_tiny_model(hidden_size=64, num_heads=2)
+    return build_tiny_model(hidden_size=64, num_heads=2, initializer_range=0.2)  # sharp logits: no near-ties
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_n_samples_are_seeded_apart(vllm_server: Any) -> None:
 def test_structured_output_follows_the_schema(vllm_server: Any) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
               "required": ["city"], "additionalProperties": False}
-    reply = chat(vllm_server, temperature=1.0, seed=1, max_tokens=40,
+    reply = chat(vllm_server, temperature=1.0, seed=1, max_tokens=60,
                  response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
     assert reply.choices[0].finish_reason == "stop"
     answer = json.loads(reply.choices[0].message.content)
@@ -144,19 +144,90 @@ def test_unsupported_fields_are_refused(vllm_server: Any) -> None:
     assert "embeddings" in str(refused.value)
 
 
-def test_a_weight_change_under_pause_shows_in_the_next_answer(vllm_server: Any, vllm_tiny: tuple[Any, Any]) -> None:
+def greedy_continuation(model: Any, ids: list[int], tokens: int) -> list[int]:
+    """What `transformers` greedily writes after `ids` with the live weights (no end of sequence)."""
     import torch
 
-    model, _ = vllm_tiny
-    before = chat(vllm_server, temperature=0, extra_body={"return_token_ids": True})
-    version = vllm_server.policy_version
-    with vllm_server.pause(mode="keep"), torch.no_grad():
-        generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def greedy_ids(server: Any, prompt_ids: list[int], tokens: int) -> tuple[list[int], str]:
+    reply = server.client().completions.create(model=server.model, prompt=prompt_ids, max_tokens=tokens,
+                                               temperature=0,
+                                               extra_body={"return_token_ids": True, "ignore_eos": True})
+    return reply.choices[0].model_extra["token_ids"], reply.system_fingerprint
+
+
+def stream_completion(server: Any, prompt_ids: list[int], max_tokens: int) -> Iterator[Any]:
+    return iter(server.client(max_retries=0).completions.create(
+        model=server.model, prompt=prompt_ids, temperature=0, max_tokens=max_tokens, stream=True,
+        extra_body={"return_token_ids": True, "ignore_eos": True}))
+
+
+def chunk_ids(chunk: Any) -> list[int]:
+    return list(chunk.choices[0].model_extra["token_ids"] or []) if chunk.choices else []
+
+
+def perturb(model: Any, seed: int) -> None:
+    import torch
+
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed)
         for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+
+
+def test_vllm_serves_the_live_weights(vllm_server: Any, vllm_tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = vllm_tiny
+    prompt_ids = tokenizer("the weather in paris is")["input_ids"]
+    ids, _ = greedy_ids(vllm_server, prompt_ids, 12)
+    assert ids == greedy_continuation(model, prompt_ids, 12)
+
+
+def test_a_weight_change_under_pause_shows_in_the_next_answer(vllm_server: Any, vllm_tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = vllm_tiny
+    prompt_ids = tokenizer("the weather in paris is")["input_ids"]
+    before, _ = greedy_ids(vllm_server, prompt_ids, 12)
+    version = vllm_server.policy_version
+    with vllm_server.pause(mode="keep"):
+        perturb(model, 5)
     assert vllm_server.policy_version == version + 1
-    after = chat(vllm_server, temperature=0, extra_body={"return_token_ids": True})
-    assert after.choices[0].model_extra["token_ids"] != before.choices[0].model_extra["token_ids"]
-    assert after.system_fingerprint.endswith(f"_v{version + 1}")
-    again = chat(vllm_server, temperature=0, extra_body={"return_token_ids": True})
-    assert again.choices[0].model_extra["token_ids"] == after.choices[0].model_extra["token_ids"]
+    after, fingerprint = greedy_ids(vllm_server, prompt_ids, 12)
+    assert after != before
+    assert after == greedy_continuation(model, prompt_ids, 12)  # the new weights, not a cache of the old ones
+    assert fingerprint.endswith(f"_v{version + 1}")
+
+
+def test_keep_continues_running_requests_on_the_new_weights(vllm_server: Any, vllm_tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = vllm_tiny
+    prompt_ids = tokenizer("the weather in paris is")["input_ids"]
+    version = vllm_server.policy_version
+    chunks = stream_completion(vllm_server, prompt_ids, 600)
+    generated = chunk_ids(next(chunks)) + chunk_ids(next(chunks))
+    with vllm_server.pause(mode="keep"):
+        perturb(model, 6)
+    generated += [token for chunk in chunks for token in chunk_ids(chunk)]
+    assert len(generated) == 600
+    record = vllm_server.store.list(kind="text_completion", limit=1)[0]
+    assert record.completions[0]["completion_token_ids"] == generated
+    spans = record.completions[0]["policy_versions"]
+    assert [span_version for _, span_version in spans] == [version, version + 1]
+
+
+def test_abort_ends_running_requests_with_their_partial_output(vllm_server: Any) -> None:
+    stream = vllm_server.client(max_retries=0).chat.completions.create(
+        model=vllm_server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=900, stream=True,
+        extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    next(chunks)
+    next(chunks)
+    with vllm_server.pause(mode="abort"):
+        pass
+    finish = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices]
+    assert finish[-1] == "length"  # OpenAI's closest to an abort
+    trace = vllm_server.store.list(kind="chat.completion", limit=1)[0].completions[0]
+    assert trace["finish_reason"] == "abort"
+    assert 1 <= len(trace["completion_token_ids"]) < 900
