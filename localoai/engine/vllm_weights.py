@@ -16,6 +16,7 @@ tensors would be copied through ZMQ anyway. On GPUs the next step is vLLM's weig
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -30,7 +31,12 @@ def model_directory(model: Any, tokenizer: Any) -> Path:
     """A new directory holding the model's config and tokenizer (the weights come with `write_weights`)."""
     root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     directory = Path(tempfile.mkdtemp(prefix="localoai-vllm-", dir=root))
-    base_model(model).config.save_pretrained(directory)
+    base = base_model(model)
+    base.config.save_pretrained(directory)
+    written = json.loads((directory / "config.json").read_text())
+    if not written.get("architectures"):  # a model built in memory (not loaded) has none: vLLM needs its class
+        written["architectures"] = [type(base).__name__]
+        (directory / "config.json").write_text(json.dumps(written, indent=2))
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -66,8 +72,11 @@ def merged(model: Any) -> Iterator[Any]:
 
 def checkpoint_state(model: Any) -> dict[str, Any]:
     """The base model's tensors under the checkpoint names vLLM loads: PEFT's wrappers taken off
-    (`.base_layer` dropped, LoRA factors left out, a `modules_to_save` copy under its module's name),
-    each storage once (tied embeddings are written once, as `transformers` saves them)."""
+    (`.base_layer` dropped, LoRA factors left out, a `modules_to_save` copy under its module's name).
+    A tensor shared by two names (tied embeddings) is written under both, the second as a copy
+    (safetensors stores no shared tensors): vLLM's in-place `reload_weights` re-creates each layer's
+    tensors, which unties `lm_head` from `embed_tokens`, and a layer the checkpoint does not name
+    keeps its old weights ("ParallelLMHead: Failed to load weights")."""
     tensors: dict[str, Any] = {}
     seen: set[tuple[int, tuple[int, ...]]] = set()
     for name, tensor in model.state_dict().items():
@@ -75,10 +84,10 @@ def checkpoint_state(model: Any) -> dict[str, Any]:
             continue
         name = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
         key = (tensor.data_ptr(), tuple(tensor.shape))
-        if key in seen:
-            continue
+        shared = key in seen
         seen.add(key)
-        tensors[name] = tensor.detach().to("cpu").contiguous()
+        tensor = tensor.detach().to("cpu")
+        tensors[name] = tensor.clone() if shared else tensor.contiguous()
     return tensors
 
 
