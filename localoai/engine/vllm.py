@@ -302,7 +302,7 @@ class VLLMEngine:
         except asyncio.CancelledError:  # the client went away (`_watch_cancelled`) or the engine stops
             if not live.stream.cancelled:
                 self._close_unfinished(live)
-        except Exception as exc:  # noqa: BLE001 - a failed request fails its stream, never the loop
+        except Exception as exc:  # a failed request fails its stream, never the loop
             logger.exception("vLLM generation failed")
             live.done.error = exc
         finally:
