@@ -17,7 +17,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -100,6 +100,31 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return sorted(ids)
+
+
+ENGINES = ("local", "vllm")
+
+
+def named_engine(engine: GenerationEngine | str | None, options: Mapping[str, Any] | None, model: Any, tokenizer: Any,
+                 *, max_batch_size: int, max_queued_requests: int) -> GenerationEngine | None:
+    """The engine `start(engine=...)` names: None for the local one (built by the caller), a vLLM engine
+    for `"vllm"` (vLLM imported only then), an engine object as it is. `options` go to vLLM only."""
+    if engine is not None and not isinstance(engine, str):
+        if options:
+            raise ValueError("engine_options apply to a named engine (engine='vllm'), not to an engine object")
+        return engine
+    if engine not in (None, *ENGINES):
+        raise ValueError(f"engine must be one of {ENGINES} or a GenerationEngine, not {engine!r}")
+    if engine != "vllm":
+        if options:
+            raise ValueError("engine_options are vLLM's engine arguments: they need engine='vllm'")
+        return None
+    from localoai.engine.vllm import VLLMEngine, require_vllm
+
+    require_vllm()
+    options = {"max_num_seqs": max_batch_size, **(options or {})}
+    return VLLMEngine.for_model(model, tokenizer, eos_token_ids(model, tokenizer), engine_options=options,
+                                max_queued_requests=max_queued_requests)
 
 
 @dataclass
@@ -285,16 +310,19 @@ class ServedModel:
         cls, model: Any, tokenizer: Any, name: str | None = None, store: Any = None, tool_parser: str | None = None,
         reasoning_parser: str | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS, prefix_cache: bool | int = True,
-        engine: GenerationEngine | None = None,
+        engine: GenerationEngine | str | None = None, engine_options: Mapping[str, Any] | None = None,
     ) -> ServedModel:
         """`store`: a path, `":memory:"`, a `Store`, or None for a new `localoai-store/run-*.sqlite3`.
         `tool_parser`: a parser name (`"hermes"`), `"none"` to return tool-call markup as text, or
         None to choose from the chat template. `reasoning_parser`: likewise (`"qwen3"`, `"none"`, ...).
         `max_batch_size` / `max_queued_requests`: see `Engine`. `prefix_cache`: see `localoai.start`.
-        `engine`: another `GenerationEngine` than the local one (the options above are then its own)."""
+        `engine`: another `GenerationEngine` than the local one (the options above are then its own), or
+        its name: `"local"` (the default) or `"vllm"` (`localoai.engine.vllm`, built here with `engine_options`)."""
         template = getattr(tokenizer, "chat_template", None)
         reasoning = reasoning_parser_for(template, reasoning_parser)  # a bad name fails before any work
         parser = None if tool_parser == "none" else tool_parser_for(template, tool_parser)
+        engine = named_engine(engine, engine_options, model, tokenizer, max_batch_size=max_batch_size,
+                              max_queued_requests=max_queued_requests)
         if engine is None:
             engine = Engine.for_model(model, tokenizer, eos_token_ids(model, tokenizer), max_batch_size=max_batch_size,
                                       max_queued_requests=max_queued_requests, prefix_cache=prefix_cache)

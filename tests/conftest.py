@@ -26,7 +26,7 @@ SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtu
 CONCERNS: dict[str, tuple[str, ...]] = {
     "unit": ("test_protocol", "test_sampler", "test_text", "test_stream", "test_structured_sampler",
              "test_tool_parsers", "test_tool_parsers_formats", "test_reasoning_parsers", "test_widgets_format",
-             "test_store", "test_conformance", "test_architecture"),
+             "test_store", "test_conformance", "test_architecture", "test_vllm_outputs"),
     "engine": ("test_batching", "test_prefix_cache", "test_pause", "test_scoring", "test_embeddings"),
     "lifecycle": ("test_lifecycle", "test_resources", "test_responses_shutdown", "test_hostile"),
     "slow": ("test_notebooks", "test_inspector_browser", "test_soak", "test_crash", "test_claude_code",

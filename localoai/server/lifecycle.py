@@ -310,7 +310,8 @@ def start(
     prefix_cache: bool | int = True,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     allow_client_chat_template: bool = False,
-    engine: GenerationEngine | None = None,
+    engine: GenerationEngine | str | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> Server:
     """Serve `model` (a loaded `transformers` model, PEFT-wrapped or not, or a local model directory)
     over the OpenAI API on a background thread, and return once it answers.
@@ -349,6 +350,9 @@ def start(
     `chat_template_kwargs.chat_template` (refused by default: a template is code the server runs).
     `engine`: a `localoai.engine.interface.GenerationEngine` to generate with instead of the local one
     (tests use `localoai.testing.ScriptedEngine`); the batching and prefix-cache options are then its own.
+    Or an engine's name: `"local"` (the default) or `"vllm"`: vLLM's `AsyncLLM` with its own copy of the
+    weights, pushed from `model` when they change under `pause()` (README, "vLLM engine"); `engine_options`
+    are then vLLM's engine arguments (`gpu_memory_utilization`, `max_model_len`, `tensor_parallel_size`, ...).
     """
     from localoai.app import DEFAULT_MAX_BODY_BYTES, create_app
     from localoai.engine.interface import POOLINGS
@@ -359,7 +363,7 @@ def start(
     model, tokenizer = load_model(model, tokenizer)
     served = ServedModel.create(model, tokenizer, name, store, tool_parser, reasoning_parser,
                                 max_batch_size=max_batch_size, max_queued_requests=max_queued_requests,
-                                prefix_cache=prefix_cache, engine=engine)
+                                prefix_cache=prefix_cache, engine=engine, engine_options=engine_options)
     served.episodes.enabled = token_ledger
     served.embedding_pooling = embedding_pooling  # type: ignore[assignment]  # checked above
     served.embedding_normalize = embedding_normalize
