@@ -37,9 +37,10 @@ def episode(call_id: str = "call_0") -> list[dict[str, Any]]:
     ]
 
 
-def train_tool_caller(steps: int = 150, seed: int = 0) -> tuple[Any, Any]:
-    """Return (model, tokenizer): greedy decoding calls the tool, then answers after its result."""
-    model, tokenizer = _build(seed)
+def train_tool_caller(steps: int = 150, seed: int = 0, *, num_heads: int = 4) -> tuple[Any, Any]:
+    """Return (model, tokenizer): greedy decoding calls the tool, then answers after its result.
+    `num_heads=2` gives a head dimension of 32, the least vLLM's CPU attention takes."""
+    model, tokenizer = _build(seed, num_heads=num_heads)
     _train(model, tokenizer, [(episode()[:1], TOOL_CALL_TEXT), (episode(), ANSWER)], tools=[WEATHER_TOOL],
            steps=steps, seed=seed)
     return model, tokenizer
@@ -102,10 +103,10 @@ def train_reasoner(steps: int = 150, seed: int = 0) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _build(seed: int) -> tuple[Any, Any]:
+def _build(seed: int, num_heads: int = 4) -> tuple[Any, Any]:
     from localoai.testing.tiny import build_tiny_model
 
-    return build_tiny_model(hidden_size=64, num_layers=2, seed=seed)
+    return build_tiny_model(hidden_size=64, num_layers=2, num_heads=num_heads, seed=seed)
 
 
 def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], str]], *,
