@@ -147,6 +147,21 @@ def test_logprobs_are_the_sampled_distribution(client: openai.OpenAI, tool_calle
         assert all(entry.top_logprobs[0].token == entry.token for entry in content)
 
 
+def test_echo_scores_the_prompt(client: openai.OpenAI, tool_caller: tuple[Any, Any]) -> None:
+    model, tokenizer = tool_caller
+    prompt_ids = tokenizer(PROMPT)["input_ids"]
+    rows = reference_logprobs(model, prompt_ids[:1], prompt_ids[1:])
+    expected = [rows[position, token].item() for position, token in enumerate(prompt_ids[1:])]
+    echoed = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=3, temperature=0, echo=True,
+                                       logprobs=2, extra_body={"ignore_eos": True})
+    logprobs = echoed.choices[0].logprobs
+    assert echoed.choices[0].text.startswith(PROMPT) and len(logprobs.tokens) == len(prompt_ids) + 3
+    assert logprobs.token_logprobs[0] is None
+    assert logprobs.token_logprobs[1:len(prompt_ids)] == pytest.approx(expected, abs=1e-3)
+    scored = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
+    assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-3)
+
+
 def test_seeds_reproduce_samples_and_n_draws_apart(client: openai.OpenAI) -> None:
     def sample(seed: int, n: int = 1) -> list[tuple[int, ...]]:
         reply = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=16, temperature=1.0, seed=seed,
