@@ -175,6 +175,38 @@ def test_seeds_reproduce_samples_and_n_draws_apart(client: openai.OpenAI) -> Non
     assert three == sample(3, n=3)
 
 
+def reference_with(model: Any, prompt_ids: list[int], max_tokens: int, *, bias: dict[int, float],
+                   frequency_penalty: float = 0.0, presence_penalty: float = 0.0) -> list[int]:
+    """Greedy decoding of the logits after OpenAI's `logit_bias` and penalties (on the output's tokens)."""
+    ids, out = list(prompt_ids), []
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            for token, value in bias.items():
+                logits[token] += value
+            for token in set(out):
+                logits[token] -= frequency_penalty * out.count(token) + presence_penalty
+            out.append(int(logits.argmax()))
+            ids.append(out[-1])
+    return out
+
+
+@pytest.mark.parametrize("options", [{"frequency_penalty": 1.5}, {"presence_penalty": 1.5}, {}],
+                         ids=["frequency", "presence", "bias only"])
+def test_logit_bias_and_penalties_steer_greedy_as_the_reference(client: openai.OpenAI, tool_caller: tuple[Any, Any],
+                                                                 options: dict[str, float]) -> None:
+    model, tokenizer = tool_caller
+    prompt_ids = tokenizer(PROMPT)["input_ids"]
+    plain = reference(model, tokenizer, prompt_ids, 12, eos=False)
+    bias = {plain[0]: -100.0, plain[1]: 5.0}
+    reply = client.completions.create(model="tiny", prompt=prompt_ids, max_tokens=12, temperature=0,
+                                      logit_bias={str(token): value for token, value in bias.items()}, **options,
+                                      extra_body={"return_token_ids": True, "ignore_eos": True})
+    ids = reply.choices[0].model_extra["token_ids"]
+    assert ids[0] != plain[0]
+    assert ids == reference_with(model, prompt_ids, 12, bias=bias, **options)
+
+
 def test_n_greedy_samples_are_all_the_reference(client: openai.OpenAI, tool_caller: tuple[Any, Any]) -> None:
     model, tokenizer = tool_caller
     reply = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, n=2,
