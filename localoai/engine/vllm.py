@@ -352,6 +352,7 @@ class VLLMEngine:
         feed = live.feeds[index]
         if index == 0 and "first_token" not in live.done.timings:
             live.done.timings["first_token"] = time.perf_counter() - live.queued_at
+            live.done.cached_tokens = output.num_cached_tokens or 0  # vLLM's prefix cache: usage's cached_tokens
         completion = output.outputs[0]
         delta = feed.feed(list(completion.token_ids), completion.logprobs, completion.finish_reason,
                           self.policy_version)
