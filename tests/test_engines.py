@@ -344,8 +344,10 @@ def test_episode_trajectory_is_token_exact(server: Any, tool_caller: tuple[Any, 
         assert reply.usage.prompt_tokens == len(turn.prompt_token_ids)
         assert reply.usage.completion_tokens == len(turn.completion_token_ids) == len(turn.logprobs)
         cached = reply.usage.prompt_tokens_details.cached_tokens
-        assert 0 <= cached < len(turn.prompt_token_ids)
+        assert cached == server.store.get(turn.record_id).cached_tokens and 0 <= cached < len(turn.prompt_token_ids)
         assert turn.policy_versions == [server.policy_version] * len(turn.completion_token_ids)
+    # the second turn re-reads at most what the first turn computed: its prompt and answer are cached
+    assert 0 < answer.usage.prompt_tokens_details.cached_tokens <= len(first.input_ids)
     # the ledger: the second prompt is the first turn's exact ids, then the template's and the tool's
     assert second.prompt_token_ids[:len(first.input_ids)] == first.input_ids
     assert second.ledger is not None and second.ledger["spliced"] is not None
