@@ -109,6 +109,19 @@ def test_chat_token_ids_are_the_reference(client: openai.OpenAI, tool_caller: tu
     assert tokenizer.decode(token_ids, skip_special_tokens=True) == reply.choices[0].message.content
 
 
+def test_streamed_chat_is_the_reference_in_chunks(client: openai.OpenAI, tool_caller: tuple[Any, Any]) -> None:
+    model, tokenizer = tool_caller
+    chunks = list(client.chat.completions.create(model="tiny", messages=FIRST, max_tokens=40, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True},
+                                                 extra_body={"return_token_ids": True}))
+    choices = [chunk.choices[0] for chunk in chunks if chunk.choices]
+    token_ids = [token for choice in choices for token in choice.model_extra.get("token_ids") or []]
+    assert token_ids == reference(model, tokenizer, chat_prompt(tokenizer, FIRST), 40)
+    assert "".join(choice.delta.content or "" for choice in choices) == tokenizer.decode(token_ids,
+                                                                                       skip_special_tokens=True)
+    assert chunks[-1].usage.completion_tokens == len(token_ids) and choices[-1].finish_reason == "stop"
+
+
 def test_completions_token_ids_are_the_reference(client: openai.OpenAI, tool_caller: tuple[Any, Any]) -> None:
     model, tokenizer = tool_caller
     prompt_ids = tokenizer(PROMPT)["input_ids"]
