@@ -1,9 +1,10 @@
 """Soak: 200 requests from 32 concurrent clients, random disconnects, background responses cancelled
 or polled to their end, a pause/resume every few tenths of a second in a random mode. Every answered
 request is recorded complete, none hangs, and the engine and the process give back what they took:
-threads and descriptors back to their baseline (within 2 threads and 8 descriptors; the workers of
-the bounded pools that grow on demand, the prepare threads and the event loop's default executor, are
-not counted: how many of them a warm-up started depends on timing), RSS within 150 MiB."""
+every request's stream (`RequestStream`) released, threads and descriptors back to their baseline
+(within 2 threads and 8 descriptors; the workers of the bounded pools that grow on demand, the prepare
+threads and the event loop's default executor, are not counted: how many of them a warm-up started
+depends on timing), RSS within 150 MiB."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from typing import Any
 
 import openai
 
-from localoai.engine.stream import RequestStream
-from localoai.testing import running_server, wait_until
+from localoai.testing import request_streams, running_server, wait_until
 
 REQUESTS = 200
 CLIENTS = 32
@@ -151,17 +151,9 @@ def test_soak(tiny: tuple[Any, Any]) -> None:
         assert engine.stats() == {"waiting": 0, "running": 0, "jobs": 0, "rows": 0}
         client.close()
 
-        def streams_left() -> list[RequestStream]:
-            gc.collect()
-            return [obj for obj in gc.get_objects() if type(obj) is RequestStream]
-
-        # Released, if not at once: a handler whose client left may still be unwinding its task.
-        # KNOWN LEAK (to fix): a few cancelled background responses keep their stream, through a
-        # reference cycle (ResponseStream -> GenerationRun -> its snapshot closure) that something
-        # live still holds. Bounded here by the requests whose client went away; all others must go.
-        left = len(streams_left())
-        wait_until(lambda: len(streams_left()) <= outcomes.count("cancelled"), timeout=30,
-                   message=f"request streams kept: {left} of {outcomes.count('cancelled')} cancelled")
+        # Every request's stream released (this process's, earlier tests' servers included), if not
+        # at once: a handler whose client left may still be unwinding its task.
+        wait_until(lambda: not request_streams(), timeout=30, message="request streams still alive after the soak")
         assert rss_bytes() - baseline_rss < 150 * 2**20
         wait_until(lambda: threads() <= baseline_threads + THREAD_TOLERANCE, timeout=30,
                    message=f"threads: {threads()} after, {baseline_threads} before")

@@ -202,32 +202,40 @@ class ScriptedEngine:
 
     # --- the engine thread ---------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            with self._condition:
-                self._condition.wait_for(lambda: self._stopping or self._has_work())
-                if self._stopping:
-                    break
-                jobs = self._jobs.take() if self._pause_mode is None else []
-            for job in jobs:
-                job.execute()
-            with self._condition:
-                if self._pause_mode is None:
-                    for request, scripts in self._waiting:
-                        self._admit(request)
-                    self._running += self._waiting
-                    self._waiting = []
-                self._stepping = self._pause_mode in (None, "wait")
-            if self._stepping:  # outside the condition: a script may block, as a forward pass takes time
-                self._step()
-            with self._condition:
-                self._stepping = False
-                self._condition.notify_all()
+        while self._turn():
+            pass
         with self._condition:
             for request, _ in [*self._running, *self._waiting]:
                 request.abort(self.policy_version)
                 request.finish()
             self._running, self._waiting = [], []
             self._jobs.fail_all(RuntimeError("the server stopped"))
+
+    def _turn(self) -> bool:
+        """Wait for work, then run the jobs, admit the waiting requests and run a step; False once
+        stopping. A method of its own so that its locals (the last request admitted, the last job)
+        go when it returns: locals of the loop would keep them alive while the engine idles, and
+        with them the request's stream."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._stopping or self._has_work())
+            if self._stopping:
+                return False
+            jobs = self._jobs.take() if self._pause_mode is None else []
+        for job in jobs:
+            job.execute()
+        with self._condition:
+            if self._pause_mode is None:
+                for request, _ in self._waiting:
+                    self._admit(request)
+                self._running += self._waiting
+                self._waiting = []
+            self._stepping = self._pause_mode in (None, "wait")
+        if self._stepping:  # outside the condition: a script may block, as a forward pass takes time
+            self._step()
+        with self._condition:
+            self._stepping = False
+            self._condition.notify_all()
+        return True
 
     def _has_work(self) -> bool:
         if self._pause_mode is None:

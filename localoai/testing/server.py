@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from localoai.engine.stream import RequestStream
 from localoai.server import Server, start
 from localoai.testing.tiny import build_tiny_model
 
@@ -35,3 +37,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0, message: st
         if time.monotonic() > deadline:
             raise AssertionError(message)
         time.sleep(0.01)
+
+
+def request_streams() -> list[RequestStream]:
+    """The engine's per-request streams still alive in this process, after a full collection: once
+    the requests are over and their handlers have unwound, none should be (a leak test's measure).
+    Poll it with `wait_until`: a handler whose client left may still be unwinding."""
+    gc.collect()
+    return [obj for obj in gc.get_objects() if type(obj) is RequestStream]
