@@ -231,3 +231,36 @@ def test_abort_ends_running_requests_with_their_partial_output(vllm_server: Any)
     trace = vllm_server.store.list(kind="chat.completion", limit=1)[0].completions[0]
     assert trace["finish_reason"] == "abort"
     assert 1 <= len(trace["completion_token_ids"]) < 900
+
+
+def test_engine_options_reach_vllm_over_localoai_defaults(vllm_server: Any) -> None:
+    config = vllm_server.served.engine.vllm_config
+    assert config.model_config.max_model_len == CPU_OPTIONS["max_model_len"]
+    assert config.cache_config.gpu_memory_utilization == CPU_OPTIONS["gpu_memory_utilization"]
+    assert config.model_config.logprobs_mode == "processed_logprobs"  # localoai's default, not vLLM's
+    assert config.scheduler_config.max_num_seqs == vllm_server.served.engine.max_batch_size == 256  # max_batch_size
+    assert config.parallel_config.tensor_parallel_size == 1
+
+
+def test_an_unknown_engine_option_is_refused_before_vllm_starts(vllm_tiny: tuple[Any, Any]) -> None:
+    import localoai
+
+    model, tokenizer = vllm_tiny
+    with pytest.raises(ValueError, match="max_num_sequences"):
+        localoai.start(model, tokenizer, port=0, store=":memory:", engine="vllm",
+                       engine_options={**CPU_OPTIONS, "max_num_sequences": 8})
+
+
+def test_streamed_tokens_equal_the_answer_and_steps_are_counted(vllm_server: Any, vllm_tiny: tuple[Any, Any]) -> None:
+    import httpx
+
+    _, tokenizer = vllm_tiny
+    prompt_ids = tokenizer("the weather in paris is")["input_ids"]
+    rows = "localoai_batch_rows_count "
+    before = httpx.get(f"{vllm_server.url}/metrics", timeout=30).text
+    streamed = [token for chunk in stream_completion(vllm_server, prompt_ids, 40) for token in chunk_ids(chunk)]
+    after = httpx.get(f"{vllm_server.url}/metrics", timeout=30).text
+    assert streamed == greedy_ids(vllm_server, prompt_ids, 40)[0]
+    count = {text: float(next(line for line in text.splitlines() if line.startswith(rows)).split()[1])
+             for text in (before, after)}
+    assert count[after] - count[before] >= 20  # one observation per vLLM output batch: most tokens come alone
