@@ -31,7 +31,6 @@ keeps its worker in its own process with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (set
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
@@ -49,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from multiturn import free_port, wait_ready  # noqa: E402
-from throughput import HttpLoad, RawGenerate, prompts, timed  # noqa: E402
+from multiturn import free_port, wait_ready
+from throughput import HttpLoad, RawGenerate, prompts, rotated_rounds, timed
 
 SIDES = ("native", "vllm_engine", "vllm_server", "raw")
 SIZES: dict[str, dict[str, int]] = {
@@ -125,8 +124,20 @@ def raw(args: argparse.Namespace) -> None:
     announce(args, "")
     for line in sys.stdin:
         concurrent = int(line)
-        rate = timed(lambda: generate(concurrent))
+        rate = timed(lambda rows=concurrent: generate(rows))
         announce(argparse.Namespace(ready_file=str(Path(args.ready_file).with_suffix(".rates"))), str(rate))
+
+
+def first_token(server: Any) -> float:
+    """Seconds to the first streamed token of a short greedy chat completion."""
+    started = time.perf_counter()
+    messages = [{"role": "user", "content": "hello, what is the weather in paris?"}]
+    with server.client().chat.completions.create(model=server.model, messages=messages, max_tokens=4,
+                                                 temperature=0, stream=True) as stream:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+    return time.perf_counter() - started
 
 
 def push(args: argparse.Namespace) -> None:
@@ -141,24 +152,13 @@ def push(args: argparse.Namespace) -> None:
 
     logging.getLogger("localoai").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
-    messages = [{"role": "user", "content": "hello, what is the weather in paris?"}]
     for size in args.push_sizes:
         model, tokenizer = build_tiny_model(**SIZES[size])
         parameters = sum(p.numel() for p in model.parameters())
         server = localoai.start(model, tokenizer, port=0, store=":memory:", engine="vllm",
                                 engine_options=vllm_options(args))
-        client = server.client()
         try:
-            def first_token() -> float:
-                started = time.perf_counter()
-                with client.chat.completions.create(model=server.model, messages=messages, max_tokens=4,
-                                                    temperature=0, stream=True) as stream:
-                    for chunk in stream:
-                        if chunk.choices and chunk.choices[0].delta.content:
-                            break
-                return time.perf_counter() - started
-
-            first_token()  # warm-up
+            first_token(server)  # warm-up
             alone = []
             for _ in range(args.repeats):
                 server.pause(mode="keep")
@@ -172,7 +172,7 @@ def push(args: argparse.Namespace) -> None:
                     for parameter in model.parameters():
                         parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
                 resumed = time.perf_counter() - started
-                cycles.append((resumed, resumed + first_token()))
+                cycles.append((resumed, resumed + first_token(server)))
             print("PUSH " + json.dumps({
                 "size": size, "parameters": parameters, "push": statistics.median(alone),
                 "to_resume": statistics.median(c[0] for c in cycles),
@@ -251,19 +251,10 @@ def throughput(args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
         for label in args.sides:
             sides.append(Side(label, args, model_dir))
             print(f"{label} ready", file=sys.stderr, flush=True)
+        by_label = {side.label: side for side in sides}
         for concurrent in args.concurrency:
-            rates: dict[str, list[float]] = {side.label: [] for side in sides}
-            for side in sides:
-                side.measure(concurrent)  # warm-up at this shape
-            for repeat in range(args.repeats):
-                shift = repeat % len(sides)  # rotated order: drift on a shared machine hits every side alike
-                for side in sides[shift:] + sides[:shift]:
-                    rates[side.label].append(side.measure(concurrent))
-            for label, values in rates.items():
-                figures[label][concurrent] = statistics.median(values)
-                rounds[label][concurrent] = values
-            print(f"{concurrent} concurrent, tok/s medians: " + ", ".join(
-                f"{label} {figures[label][concurrent]:.1f}" for label in figures), file=sys.stderr, flush=True)
+            rotated_rounds(list(by_label), lambda label, c: by_label[label].measure(c), concurrent, args.repeats,
+                           figures, rounds)
     finally:
         for side in sides:
             side.close()
