@@ -333,7 +333,8 @@ def main() -> None:
         command = [args.vllm_python, str(Path(__file__).resolve()), "--serve", "push", "--repeats", str(args.repeats),
                    "--context", str(args.context), "--vllm-memory", str(args.vllm_memory),
                    "--push-sizes", *args.push_sizes]
-        output = subprocess.run(command, env=vllm_environment(), stdout=subprocess.PIPE, text=True).stdout
+        # check=False: a failed push run still leaves the throughput figures to report (its error is on stderr)
+        output = subprocess.run(command, env=vllm_environment(), stdout=subprocess.PIPE, text=True, check=False).stdout
         results["push"] = [json.loads(line[5:]) for line in output.splitlines() if line.startswith("PUSH ")]
     report(results, args, parameters)
     if args.json:
