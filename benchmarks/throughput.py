@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,25 @@ class HttpLoad:
 SIDES = ("localoai", "raw_generate", "one_at_a_time")
 
 
+def rotated_rounds(labels: Sequence[str], measure: Callable[[str, int], float], concurrent: int, repeats: int,
+                   figures: dict[str, dict[int, float]], rounds: dict[str, dict[int, list[float]]]) -> None:
+    """A warm-up round of each side at this shape, then `repeats` rounds of all of them, in a rotated
+    order each round so drift on a shared machine hits every side alike; the rates go to `rounds`,
+    their medians to `figures` (keyed by side, then `concurrent`)."""
+    rates: dict[str, list[float]] = {label: [] for label in labels}
+    for label in labels:
+        measure(label, concurrent)
+    for repeat in range(repeats):
+        shift = repeat % len(labels)
+        for label in [*labels[shift:], *labels[:shift]]:
+            rates[label].append(measure(label, concurrent))
+    for label, values in rates.items():
+        figures[label][concurrent] = statistics.median(values)
+        rounds[label][concurrent] = values
+    print(f"{concurrent} concurrent, tok/s medians: " + ", ".join(
+        f"{label} {figures[label][concurrent]:.1f}" for label in labels), file=sys.stderr, flush=True)
+
+
 def _has_aiohttp() -> bool:
     """Whether `openai.DefaultAioHttpClient` can work (`pip install "openai[aiohttp]"`)."""
     return importlib.util.find_spec("aiohttp") is not None
@@ -211,18 +230,7 @@ def main() -> None:
             return pipes[label].recv()
 
         for concurrent in CONCURRENCY:
-            rates: dict[str, list[float]] = {label: [] for label in SIDES}
-            for label in SIDES:
-                measure(label, concurrent)  # warm-up at this shape
-            for repeat in range(args.repeats):
-                # Rotated order each round, so drift on a shared machine hits every side alike.
-                for label in SIDES[repeat % 3:] + SIDES[:repeat % 3]:
-                    rates[label].append(measure(label, concurrent))
-            for label, values in rates.items():
-                figures[label][concurrent] = statistics.median(values)
-                rounds[label][concurrent] = values
-            print(f"{concurrent} concurrent, tok/s medians: " + ", ".join(
-                f"{label} {figures[label][concurrent]:.1f}" for label in SIDES), file=sys.stderr, flush=True)
+            rotated_rounds(SIDES, measure, concurrent, args.repeats, figures, rounds)
     finally:
         for label, worker in zip(SIDES, workers):
             with contextlib.suppress(OSError):

@@ -86,3 +86,43 @@ def test_push_weights_by_hand_and_a_resume_without_a_bump(vllm_server: Any, vllm
     finally:
         with vllm_server.pause("wait"), torch.no_grad():
             model.load_state_dict(saved)
+
+
+# The three tests below (issue #13's engine options and output batching) use only this module's
+# `vllm_tiny` / `vllm_server` fixtures: a server started with gpu_memory_utilization 0.15 and
+# max_model_len 1024.
+def test_engine_options_reach_vllm_over_localoai_defaults(vllm_server: Any) -> None:
+    config = vllm_server.served.engine.vllm_config
+    assert config.model_config.max_model_len == 1024
+    assert config.cache_config.gpu_memory_utilization == 0.15
+    assert config.model_config.logprobs_mode == "processed_logprobs"  # localoai's default, not vLLM's
+    assert config.scheduler_config.max_num_seqs == vllm_server.served.engine.max_batch_size == 256  # max_batch_size
+    assert config.parallel_config.tensor_parallel_size == 1
+
+
+def test_an_unknown_engine_option_is_refused_before_vllm_starts(vllm_tiny: tuple[Any, Any]) -> None:
+    import localoai
+
+    model, tokenizer = vllm_tiny
+    with pytest.raises(ValueError, match="max_num_sequences"):
+        localoai.start(model, tokenizer, port=0, store=":memory:", engine="vllm",
+                       engine_options={"max_model_len": 1024, "max_num_sequences": 8})
+
+
+def test_streamed_tokens_equal_the_answer_and_steps_are_counted(vllm_server: Any, vllm_tiny: tuple[Any, Any]) -> None:
+    _, tokenizer = vllm_tiny
+    client = vllm_server.client(max_retries=0)
+    options = {"model": vllm_server.model, "prompt": tokenizer(PROMPT)["input_ids"],
+               "temperature": 0, "max_tokens": 40, "extra_body": {"return_token_ids": True, "ignore_eos": True}}
+
+    def batch_rows_count() -> float:
+        text = httpx.get(f"{vllm_server.url}/metrics", timeout=30).text
+        return float(next(line for line in text.splitlines() if line.startswith("localoai_batch_rows_count ")).split()[1])
+
+    before = batch_rows_count()
+    streamed = [token for chunk in client.completions.create(stream=True, **options) if chunk.choices
+                for token in chunk.choices[0].model_extra["token_ids"] or []]
+    counted = batch_rows_count() - before
+    assert streamed == client.completions.create(**options).choices[0].model_extra["token_ids"]
+    assert len(streamed) == 40
+    assert counted >= 20  # one observation per vLLM output batch that carried tokens: most carry one

@@ -10,7 +10,8 @@ vLLM instead of the local decode loop. vLLM is imported only here, and only when
 - **Its own event loop on its own thread** (`localoai-vllm`): `AsyncLLM` is asyncio; the server's
   loop thread calls `submit` / `pause` / `resume`, which hand coroutines to that loop. Each sample
   of a request is one vLLM request whose outputs (vLLM's `DELTA` kind, token ids and logprobs, no
-  text) become `SampleDelta`s on the request's `RequestStream` (`localoai.engine.vllm_outputs`).
+  text) become `SampleDelta`s on the request's `RequestStream` (`localoai.engine.vllm_outputs`),
+  delivered to the server's loop once per vLLM output batch (`_put`), which `observer.step` counts.
 - **Pause**: `pause(mode)` is vLLM's `pause_generation(mode=..., clear_cache=True)`: `keep`
   preempts the running requests (their KV is recomputed on resume, with the new weights), `wait`
   drains them, `abort` ends them; the prefix cache is cleared, and every prompt is salted with the
@@ -50,7 +51,7 @@ from localoai.engine.interface import (
     Unobserved,
 )
 from localoai.engine.params import RequestDone, SampleDelta, SamplingParams
-from localoai.engine.stream import RequestStream
+from localoai.engine.stream import RequestStream, StreamItem, one_wakeup_per_loop
 from localoai.engine.vllm_outputs import SampleFeed, prompt_entries, vllm_sampling_params
 from localoai.engine.vllm_weights import model_directory, remove_directory, weights_fingerprint, write_weights
 from localoai.errors import UnsupportedFieldError
@@ -82,6 +83,20 @@ def require_vllm() -> None:
         raise ImportError(INSTALL_HINT) from exc
 
 
+def check_engine_options(options: Mapping[str, Any]) -> None:
+    """A `ValueError` naming the `engine_options` that are not vLLM engine arguments, before any work
+    (vLLM would say only "unexpected keyword argument", after the weights were written)."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(AsyncEngineArgs)})
+    if unknown:
+        raise ValueError(f"engine_options {unknown} are not vLLM engine arguments (vllm.engine.arg_utils."
+                         f"AsyncEngineArgs: gpu_memory_utilization, max_model_len, max_num_seqs, "
+                         f"tensor_parallel_size, data_parallel_size, distributed_executor_backend, ...)")
+
+
 @dataclass
 class _Live:
     """One request in flight: its stream, one `SampleFeed` per sample, its task on the vLLM loop."""
@@ -105,6 +120,7 @@ class VLLMEngine:
                  engine_options: Mapping[str, Any] | None = None,
                  max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS) -> None:
         require_vllm()
+        check_engine_options(engine_options or {})
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = tuple(eos_token_ids)
@@ -115,6 +131,8 @@ class VLLMEngine:
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._pause_mode: PauseMode | None = None
+        self._outbox: list[tuple[RequestStream, StreamItem]] = []
+        """Stream items queued on the vLLM loop since its last `_flush` (that loop's thread only)."""
         self._directory: Path = model_directory(model, tokenizer)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="localoai-vllm", daemon=True)
@@ -166,6 +184,11 @@ class VLLMEngine:
     @property
     def paused(self) -> bool:
         return self._pause_mode is not None
+
+    @property
+    def vllm_config(self) -> Any:
+        """vLLM's `VllmConfig` as it runs (what `engine_options` became)."""
+        return self._llm.vllm_config
 
     @property
     def queue_full(self) -> bool:
@@ -295,8 +318,8 @@ class VLLMEngine:
             if live.params.max_tokens == 0:
                 if live.params.prompt_logprobs is not None:  # vLLM generates at least one token: read, drop it
                     await self._sample(live, 0, prompt_only=True)
-                live.stream.put([SampleDelta(i, [], "", finish_reason="length", policy_version=self.policy_version)
-                                 for i in range(live.params.n)])
+                self._put(live.stream, [SampleDelta(i, [], "", finish_reason="length",
+                                                    policy_version=self.policy_version) for i in range(live.params.n)])
             else:
                 samples = [asyncio.ensure_future(self._sample(live, i)) for i in range(live.params.n)]
                 try:
@@ -315,7 +338,7 @@ class VLLMEngine:
                 self._live.pop(live.id, None)
             live.done.timings["total"] = time.perf_counter() - live.queued_at
             live.done.timings.setdefault("queued", live.done.timings["total"])
-            live.stream.put(live.done)
+            self._put(live.stream, live.done)
 
     async def _sample(self, live: _Live, index: int, *, prompt_only: bool = False) -> None:
         """Sample `index` of `live` as one vLLM request (`prompt_only`: its prompt logprobs, no output)."""
@@ -331,8 +354,8 @@ class VLLMEngine:
                 async for output in outputs:
                     if index == 0 and published is not None and not published.is_set():
                         if output.prompt_logprobs is not None:
-                            live.stream.put(prompt_entries(live.prompt_ids, output.prompt_logprobs,
-                                                           live.params.prompt_logprobs or 0))
+                            self._put(live.stream, prompt_entries(live.prompt_ids, output.prompt_logprobs,
+                                                                  live.params.prompt_logprobs or 0))
                         published.set()
                     if prompt_only:
                         break
@@ -345,7 +368,7 @@ class VLLMEngine:
             if index == 0 and published is not None:
                 published.set()
         if not prompt_only and not feed.finished and not live.stream.cancelled:  # vLLM ended without saying why
-            live.stream.put([feed.close(self.policy_version)])
+            self._put(live.stream, [feed.close(self.policy_version)])
 
     def _take(self, live: _Live, index: int, output: Any) -> None:
         """One vLLM output of sample `index` onto the stream."""
@@ -357,12 +380,33 @@ class VLLMEngine:
         delta = feed.feed(list(completion.token_ids), completion.logprobs, completion.finish_reason,
                           self.policy_version)
         if delta.token_ids or delta.text or delta.finish_reason is not None:
-            live.stream.put([delta])
+            self._put(live.stream, [delta])
+
+    def _put(self, stream: RequestStream, item: StreamItem) -> None:
+        """Queue `item` for `stream` (vLLM loop only); `_flush` delivers what this loop iteration queued.
+
+        vLLM's output handler wakes every request's task of an engine step in one loop iteration; a
+        flush scheduled by the first of them runs after all of them, so a step's deltas reach the
+        server's loop with one wake-up (`one_wakeup_per_loop`), not one `call_soon_threadsafe` each."""
+        self._outbox.append((stream, item))
+        if len(self._outbox) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if not outbox:
+            return
+        with one_wakeup_per_loop():
+            for stream, item in outbox:
+                stream.put(item)
+        rows = sum(1 for _, item in outbox if isinstance(item, list) for delta in item if delta.token_ids)
+        if rows:  # the samples that got tokens this iteration: about one vLLM engine step's batch
+            self.observer.step(rows)
 
     def _close_unfinished(self, live: _Live) -> None:
         deltas = [feed.close(self.policy_version) for feed in live.feeds if not feed.finished]
         if deltas:
-            live.stream.put(deltas)
+            self._put(live.stream, deltas)
 
     async def _watch_cancelled(self) -> None:
         while True:
@@ -379,3 +423,4 @@ class VLLMEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._flush()

@@ -55,15 +55,20 @@ def vllm_sampling_params(params: SamplingParams, index: int, eos_token_ids: Sequ
     )
 
 
-def token_logprob(token: int, entry: Mapping[int, Any] | None, top: int) -> TokenLogprob:
+def token_logprob(token: int, entry: Mapping[int, Any] | None, top: int, *, rank: bool = True) -> TokenLogprob:
     """One position of vLLM's logprobs (`{token_id: Logprob(logprob, rank, ...)}`, the sampled token
-    and the `top` most likely) as localoai's: the sampled token's logprob, the top ones by rank."""
+    and the `top` most likely) as localoai's: the sampled token's logprob, the top ones by rank
+    (`rank=False`: without the sampled token's rank, as the local engine's sampled tokens)."""
     if not entry or token not in entry:
         return TokenLogprob(token, finite_logprob(float("-inf")))  # vLLM reported none (never expected)
+    if not top:  # the common case, every token of every trace: no alternatives to rank
+        sampled = entry[token]
+        return TokenLogprob(token, finite_logprob(float(sampled.logprob)), rank=sampled.rank if rank else None)
     ranked = sorted(((value.rank or 0, candidate, value.logprob) for candidate, value in entry.items()
                      if value.rank is not None and value.rank <= top))
     return TokenLogprob(token, finite_logprob(float(entry[token].logprob)),
-                        tuple((c, finite_logprob(float(lp))) for _, c, lp in ranked[:top]), rank=entry[token].rank)
+                        tuple((c, finite_logprob(float(lp))) for _, c, lp in ranked[:top]),
+                        rank=entry[token].rank if rank else None)
 
 
 def prompt_entries(prompt_ids: Sequence[int], logprobs: Sequence[Any], top: int) -> PromptLogprobs:
@@ -99,8 +104,7 @@ class SampleFeed:
         for position, token in enumerate(token_ids):
             sample.generated += 1
             delta.token_ids.append(token)
-            entry = token_logprob(token, logprobs[position] if logprobs else None, top)
-            delta.logprobs.append(TokenLogprob(entry.token_id, entry.logprob, entry.top))  # no rank, as locally
+            delta.logprobs.append(token_logprob(token, logprobs[position] if logprobs else None, top, rank=False))
             if token in self.stop_ids and sample.generated > params.min_tokens:
                 delta.text += sample.stops.feed(sample.detokenizer.push(token) + sample.detokenizer.flush())[0]
                 delta.text += sample.stops.flush()
