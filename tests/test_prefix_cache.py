@@ -80,10 +80,21 @@ def test_cached_prefill_agrees_with_a_full_read_alone_and_batched(model: tuple[A
                                            atol=1e-4, rtol=1e-4)
 
 
-def test_in_place_decode_through_joins_drops_and_regrowth_agrees_with_full_reads(model: tuple[Any, Any]) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_in_place_decode_through_joins_drops_and_regrowth_agrees_with_full_reads(model: tuple[Any, Any],
+                                                                                 attention: str) -> None:
     # Decode writes each step into spare columns (GrowingLayer); joins, drops of a run of rows (a
     # view) or of scattered rows (a copy), and running out of room must leave every row's logits
-    # those of a full read of its tokens.
+    # those of a full read of its tokens. The decode mask is kept across steps (4D under SDPA, 2D
+    # under other attentions) and must follow every change of rows.
+    model[0].set_attn_implementation(attention)
+    try:
+        _decode_through_joins_drops_and_regrowth(model)
+    finally:
+        model[0].set_attn_implementation("sdpa")
+
+
+def _decode_through_joins_drops_and_regrowth(model: tuple[Any, Any]) -> None:
     backend = TransformersBackend(model[0])
     rows = [tokens(length, seed=60 + i) for i, length in enumerate((9, 30, 17, 4, 22))]
     with backend.generation_mode():

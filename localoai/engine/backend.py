@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from localoai.engine.interface import POOLINGS, Pooling  # noqa: F401 - the names this module gave them
-from localoai.engine.kv_buffer import GrowingLayer
+from localoai.engine.kv_buffer import GrowingLayer, room
 from localoai.engine.prefix_cache import Prefix
 
 
@@ -33,6 +33,10 @@ class Rows:
 
     cache: Any
     lengths: list[int]
+    mask: torch.Tensor | None = None
+    """The decode attention mask, built at the first padded step and kept while these rows decode
+    (each step adds one column to every row, so a row's padding never changes): bool, (rows, columns
+    with room to spare), True from a row's first real column on."""
 
 
 @dataclass
@@ -304,13 +308,21 @@ class TransformersBackend:
             output = self._forward(input_ids=input_ids, cache=batch.cache)
         else:
             lengths = torch.tensor(batch.lengths, dtype=torch.long, device=self.device)
-            columns = torch.arange(width + 1, device=self.device)
-            mask = (columns.unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
-            output = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=lengths.unsqueeze(1),
-                                   cache=batch.cache)
+            output = self._forward(input_ids=input_ids, attention_mask=self._decode_mask(batch, width),
+                                   position_ids=lengths.unsqueeze(1), cache=batch.cache)
         batch.lengths = [length + 1 for length in batch.lengths]
         return output.logits[:, -1, :]
 
+    def _decode_mask(self, batch: Rows, width: int) -> torch.Tensor:
+        """The mask of a decode step over `width` cached columns and the new one: `batch.mask`'s first
+        columns, 4D (what SDPA reads as is, so transformers builds nothing per step) under SDPA, else 2D."""
+        if batch.mask is None or batch.mask.shape[1] <= width:
+            pads = torch.tensor([width - length for length in batch.lengths], device=self.device)
+            columns = torch.arange(width + 1 + room(width + 1), device=self.device)
+            batch.mask = columns.unsqueeze(0) >= pads.unsqueeze(1)
+        mask = batch.mask[:, :width + 1]
+        sdpa = getattr(self.model.config, "_attn_implementation", None) == "sdpa"
+        return mask[:, None, None, :] if sdpa else mask
 
     def _forward(self, *, cache: Any, **inputs: Any) -> Any:
         """One forward pass reading and extending `cache`, under the argument name this transformers takes."""
