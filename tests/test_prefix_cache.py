@@ -60,15 +60,17 @@ def assert_matches_full_read(model: Any, prompt: list[int], choice: Any) -> None
 def test_cached_prefill_agrees_with_a_full_read_alone_and_batched(model: tuple[Any, Any]) -> None:
     backend = TransformersBackend(model[0])
     shared = tokens(70, seed=1)
-    prompts = [shared[:40], shared + [7, 8, 9], shared[:33] + tokens(9, seed=2), tokens(25, seed=3), shared[:56]]
-    samples = [1, 2, 1, 1, 3]
+    prompts = [shared[:40], shared + [7, 8, 9], shared[:33] + tokens(9, seed=2), tokens(25, seed=3), shared[:56],
+               tokens(60, seed=4)]
+    samples = [1, 2, 1, 1, 3, 2]
     cache = PrefixCache(1 << 30)
     with backend.generation_mode():
         cache.insert(shared, *backend.row_kv(backend.prefill(shared, 1).state, 0))
         prefixes = [cache.lookup(prompt) for prompt in prompts]
-        assert [p.length if p else 0 for p in prefixes] == [32, 64, 32, 0, 48]
-        # Batched: with a miss, unequal prefixes and suffixes; unequal prefixes, equal suffixes. Alone.
-        for group in ([0, 1, 2, 3], [0, 4], [1]):
+        assert [p.length if p else 0 for p in prefixes] == [32, 64, 32, 0, 48, 0]
+        # Batched: with a miss, unequal prefixes and suffixes; unequal prefixes, equal suffixes; a miss
+        # longer than any hit's prefix and suffix (its prompt the whole width). Alone.
+        for group in ([0, 1, 2, 3], [0, 4], [2, 5], [1]):
             full = backend.prefill_many([prompts[i] for i in group], [samples[i] for i in group])
             cached = backend.prefill_cached([prompts[i] for i in group], [samples[i] for i in group],
                                             [prefixes[i] for i in group])

@@ -224,54 +224,43 @@ class TransformersBackend:
 
     def prefill_cached(self, prompts: Sequence[Sequence[int]], samples: Sequence[int],
                        prefixes: Sequence[Prefix | None]) -> Prefill:
-        # Row i is [padding][its prefix KV] in a past of width P, then [padding][its suffix] as input;
-        # afterwards its real columns are gathered right-aligned, so the batch stays left-padded only.
+        # Row i ends up as [padding][its prefix][its suffix], right-aligned to `total` columns. The
+        # input (suffixes left-padded to `width`) is written at columns past..total, except where it
+        # is padding: there the tail of a row's prefix, written beforehand, stays (`unwritten`).
         cached = [prefix.length if prefix is not None else 0 for prefix in prefixes]
         suffixes = [list(prompt[length:]) for prompt, length in zip(prompts, cached)]
-        past, width = max(cached), max(len(suffix) for suffix in suffixes)
-        device = self.device
-        cached_t = torch.tensor(cached, device=device)
+        lengths = [c + len(s) for c, s in zip(cached, suffixes)]
+        width = max(len(suffix) for suffix in suffixes)
+        total = max(lengths) + (max(lengths) == width)  # a past of 0 columns: re-allocated, prefixes lost
+        past, device = total - width, self.device
         suffix_t = torch.tensor([len(suffix) for suffix in suffixes], device=device)
-        columns = torch.arange(past + width, device=device).unsqueeze(0)
-        mask = ((columns >= past - cached_t.unsqueeze(1)) & (columns < past)) | (
-            columns >= past + width - suffix_t.unsqueeze(1))
+        starts = total - torch.tensor(lengths, device=device)
+        mask = torch.arange(total, device=device).unsqueeze(0) >= starts.unsqueeze(1)
         input_ids = torch.tensor([[0] * (width - len(s)) + s for s in suffixes], dtype=torch.long, device=device)
-        positions = (cached_t.unsqueeze(1) + torch.arange(width, device=device) - (width - suffix_t).unsqueeze(1))
+        positions = torch.arange(width, device=device) - (width - suffix_t).unsqueeze(1) + torch.tensor(
+            cached, device=device).unsqueeze(1)
+        unwritten = ((torch.arange(width, device=device) < (width - suffix_t).unsqueeze(1))[:, None, :, None]
+                     if len(set(map(len, suffixes))) > 1 else None)
         cache = self._new_cache()
         template = next(prefix for prefix in prefixes if prefix is not None)
         for number, layer in enumerate(cache.layers):  # GrowingLayers: prefix_cacheable means plain layers
             layer.allocate(template.keys[number], len(prompts), past, coming=width)
+            assert layer.buffers is not None
             for row, prefix in enumerate(prefixes):
                 if prefix is not None:
-                    layer.keys[row, :, past - prefix.length:] = prefix.keys[number]
-                    layer.values[row, :, past - prefix.length:] = prefix.values[number]
+                    end = total - len(suffixes[row])
+                    layer.buffers[0][row, :, end - prefix.length:end] = prefix.keys[number]
+                    layer.buffers[1][row, :, end - prefix.length:end] = prefix.values[number]
+            layer.unwritten = unwritten
         output = self._forward(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask.long(),
                                position_ids=positions.clamp(min=0), cache=cache, logits_to_keep=1)
-        lengths = [c + len(s) for c, s in zip(cached, suffixes)]
         repeat = torch.repeat_interleave(torch.arange(len(prompts), device=device),
                                          torch.tensor(list(samples), device=device))
+        if len(repeat) > len(prompts):
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, repeat), layer.values.index_select(0, repeat)
         rows = Rows(cache, [lengths[int(i)] for i in repeat.tolist()])
-        next_logits = output.logits[:, -1, :].index_select(0, repeat)
-        if len(set(map(len, suffixes))) == 1:  # no padding between prefix and suffix: left-padded already
-            if len(repeat) > len(prompts):
-                for layer in cache.layers:
-                    layer.keys, layer.values = layer.keys.index_select(0, repeat), layer.values.index_select(0, repeat)
-            return Prefill(rows, next_logits)
-        total = max(lengths)
-        # Per row, the source column of each output column: real columns right-aligned after the padding
-        # (the padding's own scatters go to a spare last column, dropped).
-        pads = (total - cached_t - suffix_t).unsqueeze(1)
-        targets = torch.where(mask, mask.long().cumsum(-1) - 1 + pads, total)
-        gather = torch.zeros(len(prompts), total + 1, dtype=torch.long, device=device)
-        gather = gather.scatter_(1, targets, columns.expand_as(targets))[:, :total]
-        index = gather[repeat][:, None, :, None]
-        padding = (torch.arange(total, device=device).unsqueeze(0) < pads)[repeat][:, None, :, None]
-        for layer in cache.layers:
-            expand = (-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-            layer.keys = layer.keys.index_select(0, repeat).gather(2, index.expand(*expand)).masked_fill(padding, 0.0)
-            layer.values = layer.values.index_select(0, repeat).gather(2, index.expand(*expand)).masked_fill(
-                padding, 0.0)
-        return Prefill(rows, next_logits)
+        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
 
     def row_kv(self, state: Rows, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         start = _width(state) - state.lengths[row]
