@@ -216,8 +216,11 @@ class TransformersBackend:
                 into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
                 continue
             parts = [(into.keys, into.values), (layer.keys, layer.values)]
-            into.allocate(layer.keys, before + len(new.lengths), width)  # written once, right-aligned, with room
+            # Written once, right-aligned after zeros, with room
+            into.allocate(layer.keys, before + len(new.lengths), width, zeroed=False)
             for rows, (keys, values) in zip((slice(0, before), slice(before, None)), parts):
+                into.keys[rows, :, :width - keys.shape[2]].zero_()
+                into.values[rows, :, :width - values.shape[2]].zero_()
                 into.keys[rows, :, width - keys.shape[2]:] = keys
                 into.values[rows, :, width - values.shape[2]:] = values
         return Rows(batch.cache, batch.lengths + new.lengths)
@@ -280,7 +283,7 @@ class TransformersBackend:
         for layer in batch.cache.layers:
             keys, values = layer.keys, layer.values
             if isinstance(layer, GrowingLayer):  # copied once, with room for the next steps
-                layer.allocate(keys, len(rows), keys.shape[2] - unused)
+                layer.allocate(keys, len(rows), keys.shape[2] - unused, zeroed=False)
             else:
                 layer.keys = keys.new_empty((len(rows), keys.shape[1], keys.shape[2] - unused, keys.shape[3]))
                 layer.values = torch.empty_like(layer.keys)

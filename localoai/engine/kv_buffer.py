@@ -35,12 +35,15 @@ class GrowingLayer(DynamicLayer):
         """For the next update only: bool (rows, 1, new columns, 1), True where the buffer keeps what it
         holds instead of the update's column (an input's padding, over a row's cached prefix)."""
 
-    def allocate(self, like: torch.Tensor, rows: int, width: int, coming: int = 0) -> None:
-        """Make `keys` and `values` fresh zeros of `rows` x `width` columns, with room after them for
+    def allocate(self, like: torch.Tensor, rows: int, width: int, coming: int = 0, *, zeroed: bool = True) -> None:
+        """Make `keys` and `values` fresh tensors of `rows` x `width` columns, with room after them for
         `coming` columns and more, and `like`'s heads and head dim (a layer's or a row's KV); the
-        caller fills them."""
+        caller fills them. Zeros, unless `zeroed` is False: then the caller writes every column of
+        `keys` and `values` (padding as zeros: a masked column must still hold finite numbers), and
+        the room is written by the steps that take it before anything reads it."""
         shape = (rows, like.shape[-3], width + coming + room(width + coming), like.shape[-1])
-        self.buffers = (like.new_zeros(shape), like.new_zeros(shape))
+        make = like.new_zeros if zeroed else like.new_empty
+        self.buffers = (make(shape), make(shape))
         self.keys, self.values = (buffer[:, :, :width] for buffer in self.buffers)
         self.is_initialized, self.device = True, like.device
 
@@ -52,7 +55,7 @@ class GrowingLayer(DynamicLayer):
         origin = self._origin(width + new)
         if origin is None:
             old_keys, old_values = self.keys, self.values
-            self.allocate(key_states, key_states.shape[0], width + new)
+            self.allocate(key_states, key_states.shape[0], width + new, zeroed=self.unwritten is not None)
             if width:
                 self.keys[:, :, :width] = old_keys
                 self.values[:, :, :width] = old_values
