@@ -9,8 +9,10 @@ of template and text), sent as token ids to `/v1/completions` (streamed, `max_to
 Sides, each its own server process on loopback, on the same model directory (saved here by
 `build_tiny_model`): localoai with `--prefix-cache-bytes 0` (off) and with the default (on);
 with `--vllm-python PY`, vLLM's OpenAI server run by that interpreter with automatic prefix
-caching off and on. Figures: time per episode (wall time of its 8 turns, mean), episode
-throughput (episodes per minute), prompt tokens computed per turn (`prompt_tokens` -
+caching off and on. Every side's server is up from the start; the sides then take turns at each
+concurrency, in the given order and reversed in every other round (`--repeats` rounds, other
+episodes each round, figures the median over rounds), so no side gets a quieter slice of a shared
+machine. Figures: time per episode (wall time of its 8 turns, mean), episode throughput (episodes per minute), prompt tokens computed per turn (`prompt_tokens` -
 `usage.prompt_tokens_details.cached_tokens`) and time to first token of turn 8 (median).
 Targets: turn-8 TTFT >= 3x faster with the cache at 1 episode; episode throughput >= 1.5x at 16.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -163,6 +166,53 @@ def summarize(wall: float, episodes: list[Episode]) -> dict[str, Any]:
     }
 
 
+def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure per field over the rounds of a configuration: the median (per turn for the lists),
+    with each round's episodes per minute kept as `episodes_per_minute_rounds`."""
+    merged: dict[str, Any] = {}
+    for name, value in rounds[0].items():
+        values = [figures[name] for figures in rounds]
+        merged[name] = ([statistics.median(turn) for turn in zip(*values)] if isinstance(value, list)
+                        else statistics.median(values))
+    merged["episodes_per_minute_rounds"] = [figures["episodes_per_minute"] for figures in rounds]
+    return merged
+
+
+def round_order(sides: list[str], number: int) -> list[str]:
+    """The sides in the order of round `number`: as given, then reversed, and so on (A B C D, D C B A),
+    so a drift in the machine's load over a run weighs on every side alike, and an engine's off and
+    on sides run next to each other."""
+    return list(sides) if number % 2 == 0 else list(reversed(sides))
+
+
+def start_servers(sides: list[str], model_dir: str, args: argparse.Namespace,
+                  stack: contextlib.ExitStack) -> dict[str, tuple[str, str]]:
+    """Every side's server, started at once and warmed up (a 2-turn episode on other prompts): its
+    base URL and model name by side. A side whose server fails is reported and left out."""
+    started: dict[str, tuple[str, str, subprocess.Popen[Any]]] = {}
+    for side in sides:
+        port = free_port()
+        command, model = server_command(side, model_dir, port, args)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stack.callback(stop, process)
+        started[side] = (f"http://127.0.0.1:{port}", model, process)
+    ready: dict[str, tuple[str, str]] = {}
+    for side, (url, model, process) in started.items():
+        try:
+            wait_ready(url, process)
+            ready[side] = (url + "/v1", model)
+        except Exception as exc:  # noqa: BLE001 - the other sides still run
+            process.terminate()
+            print(f"{side}: failed: {exc}\n{process.communicate(timeout=60)[1][-3000:]}", flush=True)
+    return ready
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden-size", type=int, default=256)
@@ -178,6 +228,8 @@ def main() -> None:
                         help="vLLM's --gpu-memory-utilization, on CPU the share of RAM for its KV cache")
     parser.add_argument("--sides", nargs="+", default=None,
                         help="only these of localoai:off localoai:on vllm:off vllm:on (e.g. to profile one)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of every side at every concurrency, in alternating order; figures are medians")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -185,30 +237,30 @@ def main() -> None:
 
     sides = ["localoai:off", "localoai:on"] + (["vllm:off", "vllm:on"] if args.vllm_python else [])
     sides = [side for side in sides if args.sides is None or side in args.sides]
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as model_dir:
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as model_dir, contextlib.ExitStack() as stack:
         _, tokenizer = build_tiny_model(model_dir, hidden_size=args.hidden_size, num_layers=args.layers,
                                         num_heads=args.heads, max_position_embeddings=args.context)
-        for side in sides:
-            port = free_port()
-            command, model = server_command(side, model_dir, port, args)
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            try:
-                wait_ready(f"http://127.0.0.1:{port}", process)
-                base_url = f"http://127.0.0.1:{port}/v1"
-                asyncio.run(measure(base_url, model, tokenizer, 1, argparse.Namespace(**{**vars(args), "turns": 2}),
-                                    first=10_000))  # warm-up, on other prompts
-                for count in args.concurrency:
-                    wall, episodes = asyncio.run(measure(base_url, model, tokenizer, count, args, first=count * 100))
-                    results[f"{side}@{count}"] = summarize(wall, episodes)
-                    print(f"{side:14} {count:2} episodes: {json.dumps(results[f'{side}@{count}'], default=round)}",
+        servers = start_servers(sides, model_dir, args, stack)
+        warm_up = argparse.Namespace(**{**vars(args), "turns": 2})
+        for side, (base_url, model) in servers.items():
+            asyncio.run(measure(base_url, model, tokenizer, 1, warm_up, first=10_000))
+        for number in range(args.repeats):
+            for count in args.concurrency:
+                for side in round_order(list(servers), number):
+                    base_url, model = servers[side]
+                    # Other episodes every round (a cache must not serve one round from another's)
+                    first = count * 100 + number * 100_000
+                    try:
+                        wall, episodes = asyncio.run(measure(base_url, model, tokenizer, count, args, first=first))
+                    except Exception as exc:  # noqa: BLE001 - the other sides still run
+                        print(f"round {number + 1} {side} {count} episodes: failed: {exc}", flush=True)
+                        continue
+                    figures = summarize(wall, episodes)
+                    rounds.setdefault(f"{side}@{count}", []).append(figures)
+                    print(f"round {number + 1} {side:14} {count:2} episodes: {json.dumps(figures, default=round)}",
                           flush=True)
-            except Exception as exc:
-                process.terminate()
-                print(f"{side}: failed: {exc}\n{process.communicate(timeout=60)[1][-3000:]}", flush=True)
-                continue
-            process.terminate()
-            process.wait(timeout=60)
+    results = {key: median_of(figures) for key, figures in rounds.items()}
     report(results, args)
 
 

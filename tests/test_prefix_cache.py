@@ -60,15 +60,17 @@ def assert_matches_full_read(model: Any, prompt: list[int], choice: Any) -> None
 def test_cached_prefill_agrees_with_a_full_read_alone_and_batched(model: tuple[Any, Any]) -> None:
     backend = TransformersBackend(model[0])
     shared = tokens(70, seed=1)
-    prompts = [shared[:40], shared + [7, 8, 9], shared[:33] + tokens(9, seed=2), tokens(25, seed=3), shared[:56]]
-    samples = [1, 2, 1, 1, 3]
+    prompts = [shared[:40], shared + [7, 8, 9], shared[:33] + tokens(9, seed=2), tokens(25, seed=3), shared[:56],
+               tokens(60, seed=4)]
+    samples = [1, 2, 1, 1, 3, 2]
     cache = PrefixCache(1 << 30)
     with backend.generation_mode():
         cache.insert(shared, *backend.row_kv(backend.prefill(shared, 1).state, 0))
         prefixes = [cache.lookup(prompt) for prompt in prompts]
-        assert [p.length if p else 0 for p in prefixes] == [32, 64, 32, 0, 48]
-        # Batched: with a miss, unequal prefixes and suffixes; unequal prefixes, equal suffixes. Alone.
-        for group in ([0, 1, 2, 3], [0, 4], [1]):
+        assert [p.length if p else 0 for p in prefixes] == [32, 64, 32, 0, 48, 0]
+        # Batched: with a miss, unequal prefixes and suffixes; unequal prefixes, equal suffixes; a miss
+        # longer than any hit's prefix and suffix (its prompt the whole width). Alone.
+        for group in ([0, 1, 2, 3], [0, 4], [2, 5], [1]):
             full = backend.prefill_many([prompts[i] for i in group], [samples[i] for i in group])
             cached = backend.prefill_cached([prompts[i] for i in group], [samples[i] for i in group],
                                             [prefixes[i] for i in group])
@@ -80,10 +82,21 @@ def test_cached_prefill_agrees_with_a_full_read_alone_and_batched(model: tuple[A
                                            atol=1e-4, rtol=1e-4)
 
 
-def test_in_place_decode_through_joins_drops_and_regrowth_agrees_with_full_reads(model: tuple[Any, Any]) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_in_place_decode_through_joins_drops_and_regrowth_agrees_with_full_reads(model: tuple[Any, Any],
+                                                                                 attention: str) -> None:
     # Decode writes each step into spare columns (GrowingLayer); joins, drops of a run of rows (a
     # view) or of scattered rows (a copy), and running out of room must leave every row's logits
-    # those of a full read of its tokens.
+    # those of a full read of its tokens. The decode mask is kept across steps (4D under SDPA, 2D
+    # under other attentions) and must follow every change of rows.
+    model[0].set_attn_implementation(attention)
+    try:
+        _decode_through_joins_drops_and_regrowth(model)
+    finally:
+        model[0].set_attn_implementation("sdpa")
+
+
+def _decode_through_joins_drops_and_regrowth(model: tuple[Any, Any]) -> None:
     backend = TransformersBackend(model[0])
     rows = [tokens(length, seed=60 + i) for i, length in enumerate((9, 30, 17, 4, 22))]
     with backend.generation_mode():

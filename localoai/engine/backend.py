@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from localoai.engine.interface import POOLINGS, Pooling  # noqa: F401 - the names this module gave them
-from localoai.engine.kv_buffer import GrowingLayer
+from localoai.engine.kv_buffer import GrowingLayer, room
 from localoai.engine.prefix_cache import Prefix
 
 
@@ -33,6 +33,10 @@ class Rows:
 
     cache: Any
     lengths: list[int]
+    mask: torch.Tensor | None = None
+    """The decode attention mask, built at the first padded step and kept while these rows decode
+    (each step adds one column to every row, so a row's padding never changes): bool, (rows, columns
+    with room to spare), True from a row's first real column on."""
 
 
 @dataclass
@@ -212,62 +216,54 @@ class TransformersBackend:
                 into.values = torch.cat([_pad_left(into.values, width), _pad_left(layer.values, width)], dim=0)
                 continue
             parts = [(into.keys, into.values), (layer.keys, layer.values)]
-            into.allocate(layer.keys, before + len(new.lengths), width)  # written once, right-aligned, with room
+            # Written once, right-aligned after zeros, with room
+            into.allocate(layer.keys, before + len(new.lengths), width, zeroed=False)
             for rows, (keys, values) in zip((slice(0, before), slice(before, None)), parts):
+                into.keys[rows, :, :width - keys.shape[2]].zero_()
+                into.values[rows, :, :width - values.shape[2]].zero_()
                 into.keys[rows, :, width - keys.shape[2]:] = keys
                 into.values[rows, :, width - values.shape[2]:] = values
         return Rows(batch.cache, batch.lengths + new.lengths)
 
     def prefill_cached(self, prompts: Sequence[Sequence[int]], samples: Sequence[int],
                        prefixes: Sequence[Prefix | None]) -> Prefill:
-        # Row i is [padding][its prefix KV] in a past of width P, then [padding][its suffix] as input;
-        # afterwards its real columns are gathered right-aligned, so the batch stays left-padded only.
+        # Row i ends up as [padding][its prefix][its suffix], right-aligned to `total` columns. The
+        # input (suffixes left-padded to `width`) is written at columns past..total, except where it
+        # is padding: there the tail of a row's prefix, written beforehand, stays (`unwritten`).
         cached = [prefix.length if prefix is not None else 0 for prefix in prefixes]
         suffixes = [list(prompt[length:]) for prompt, length in zip(prompts, cached)]
-        past, width = max(cached), max(len(suffix) for suffix in suffixes)
-        device = self.device
-        cached_t = torch.tensor(cached, device=device)
+        lengths = [c + len(s) for c, s in zip(cached, suffixes)]
+        width = max(len(suffix) for suffix in suffixes)
+        total = max(lengths) + (max(lengths) == width)  # a past of 0 columns: re-allocated, prefixes lost
+        past, device = total - width, self.device
         suffix_t = torch.tensor([len(suffix) for suffix in suffixes], device=device)
-        columns = torch.arange(past + width, device=device).unsqueeze(0)
-        mask = ((columns >= past - cached_t.unsqueeze(1)) & (columns < past)) | (
-            columns >= past + width - suffix_t.unsqueeze(1))
+        starts = total - torch.tensor(lengths, device=device)
+        mask = torch.arange(total, device=device).unsqueeze(0) >= starts.unsqueeze(1)
         input_ids = torch.tensor([[0] * (width - len(s)) + s for s in suffixes], dtype=torch.long, device=device)
-        positions = (cached_t.unsqueeze(1) + torch.arange(width, device=device) - (width - suffix_t).unsqueeze(1))
+        positions = torch.arange(width, device=device) - (width - suffix_t).unsqueeze(1) + torch.tensor(
+            cached, device=device).unsqueeze(1)
+        unwritten = ((torch.arange(width, device=device) < (width - suffix_t).unsqueeze(1))[:, None, :, None]
+                     if len(set(map(len, suffixes))) > 1 else None)
         cache = self._new_cache()
         template = next(prefix for prefix in prefixes if prefix is not None)
         for number, layer in enumerate(cache.layers):  # GrowingLayers: prefix_cacheable means plain layers
             layer.allocate(template.keys[number], len(prompts), past, coming=width)
+            assert layer.buffers is not None
             for row, prefix in enumerate(prefixes):
                 if prefix is not None:
-                    layer.keys[row, :, past - prefix.length:] = prefix.keys[number]
-                    layer.values[row, :, past - prefix.length:] = prefix.values[number]
+                    end = total - len(suffixes[row])
+                    layer.buffers[0][row, :, end - prefix.length:end] = prefix.keys[number]
+                    layer.buffers[1][row, :, end - prefix.length:end] = prefix.values[number]
+            layer.unwritten = unwritten
         output = self._forward(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask.long(),
                                position_ids=positions.clamp(min=0), cache=cache, logits_to_keep=1)
-        lengths = [c + len(s) for c, s in zip(cached, suffixes)]
         repeat = torch.repeat_interleave(torch.arange(len(prompts), device=device),
                                          torch.tensor(list(samples), device=device))
+        if len(repeat) > len(prompts):
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, repeat), layer.values.index_select(0, repeat)
         rows = Rows(cache, [lengths[int(i)] for i in repeat.tolist()])
-        next_logits = output.logits[:, -1, :].index_select(0, repeat)
-        if len(set(map(len, suffixes))) == 1:  # no padding between prefix and suffix: left-padded already
-            if len(repeat) > len(prompts):
-                for layer in cache.layers:
-                    layer.keys, layer.values = layer.keys.index_select(0, repeat), layer.values.index_select(0, repeat)
-            return Prefill(rows, next_logits)
-        total = max(lengths)
-        # Per row, the source column of each output column: real columns right-aligned after the padding
-        # (the padding's own scatters go to a spare last column, dropped).
-        pads = (total - cached_t - suffix_t).unsqueeze(1)
-        targets = torch.where(mask, mask.long().cumsum(-1) - 1 + pads, total)
-        gather = torch.zeros(len(prompts), total + 1, dtype=torch.long, device=device)
-        gather = gather.scatter_(1, targets, columns.expand_as(targets))[:, :total]
-        index = gather[repeat][:, None, :, None]
-        padding = (torch.arange(total, device=device).unsqueeze(0) < pads)[repeat][:, None, :, None]
-        for layer in cache.layers:
-            expand = (-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-            layer.keys = layer.keys.index_select(0, repeat).gather(2, index.expand(*expand)).masked_fill(padding, 0.0)
-            layer.values = layer.values.index_select(0, repeat).gather(2, index.expand(*expand)).masked_fill(
-                padding, 0.0)
-        return Prefill(rows, next_logits)
+        return Prefill(rows, output.logits[:, -1, :].index_select(0, repeat))
 
     def row_kv(self, state: Rows, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         start = _width(state) - state.lengths[row]
@@ -287,7 +283,7 @@ class TransformersBackend:
         for layer in batch.cache.layers:
             keys, values = layer.keys, layer.values
             if isinstance(layer, GrowingLayer):  # copied once, with room for the next steps
-                layer.allocate(keys, len(rows), keys.shape[2] - unused)
+                layer.allocate(keys, len(rows), keys.shape[2] - unused, zeroed=False)
             else:
                 layer.keys = keys.new_empty((len(rows), keys.shape[1], keys.shape[2] - unused, keys.shape[3]))
                 layer.values = torch.empty_like(layer.keys)
@@ -304,13 +300,21 @@ class TransformersBackend:
             output = self._forward(input_ids=input_ids, cache=batch.cache)
         else:
             lengths = torch.tensor(batch.lengths, dtype=torch.long, device=self.device)
-            columns = torch.arange(width + 1, device=self.device)
-            mask = (columns.unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
-            output = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=lengths.unsqueeze(1),
-                                   cache=batch.cache)
+            output = self._forward(input_ids=input_ids, attention_mask=self._decode_mask(batch, width),
+                                   position_ids=lengths.unsqueeze(1), cache=batch.cache)
         batch.lengths = [length + 1 for length in batch.lengths]
         return output.logits[:, -1, :]
 
+    def _decode_mask(self, batch: Rows, width: int) -> torch.Tensor:
+        """The mask of a decode step over `width` cached columns and the new one: `batch.mask`'s first
+        columns, 4D (what SDPA reads as is, so transformers builds nothing per step) under SDPA, else 2D."""
+        if batch.mask is None or batch.mask.shape[1] <= width:
+            pads = torch.tensor([width - length for length in batch.lengths], device=self.device)
+            columns = torch.arange(width + 1 + room(width + 1), device=self.device)
+            batch.mask = columns.unsqueeze(0) >= pads.unsqueeze(1)
+        mask = batch.mask[:, :width + 1]
+        sdpa = getattr(self.model.config, "_attn_implementation", None) == "sdpa"
+        return mask[:, None, None, :] if sdpa else mask
 
     def _forward(self, *, cache: Any, **inputs: Any) -> Any:
         """One forward pass reading and extending `cache`, under the argument name this transformers takes."""

@@ -6,7 +6,9 @@ attention. `GrowingLayer` writes a step's columns into spare room at the right o
 re-allocates, with room to spare again (amortized O(1) per step), only when the room runs out or
 when its tensors were replaced by ones it did not allocate (a prefill's, a join's). Its keys may be
 any rows x columns slice of its buffers (a batch that lost rows at either end, or its leading
-padding columns, is a view), and a step still writes in place.
+padding columns, is a view), and a step still writes in place. A cached prefill writes each row's
+prefix where it ends up and marks the input's padding columns `unwritten`, so its rows come out
+left-padded with no copy after the forward pass.
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ class GrowingLayer(DynamicLayer):
         super().__init__()
         self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         """The tensors `keys` and `values` are views of, when they are."""
+        self.unwritten: torch.Tensor | None = None
+        """For the next update only: bool (rows, 1, new columns, 1), True where the buffer keeps what it
+        holds instead of the update's column (an input's padding, over a row's cached prefix)."""
 
-    def allocate(self, like: torch.Tensor, rows: int, width: int, coming: int = 0) -> None:
-        """Make `keys` and `values` fresh zeros of `rows` x `width` columns, with room after them for
+    def allocate(self, like: torch.Tensor, rows: int, width: int, coming: int = 0, *, zeroed: bool = True) -> None:
+        """Make `keys` and `values` fresh tensors of `rows` x `width` columns, with room after them for
         `coming` columns and more, and `like`'s heads and head dim (a layer's or a row's KV); the
-        caller fills them."""
+        caller fills them. Zeros, unless `zeroed` is False: then the caller writes every column of
+        `keys` and `values` (padding as zeros: a masked column must still hold finite numbers), and
+        the room is written by the steps that take it before anything reads it."""
         shape = (rows, like.shape[-3], width + coming + room(width + coming), like.shape[-1])
-        self.buffers = (like.new_zeros(shape), like.new_zeros(shape))
+        make = like.new_zeros if zeroed else like.new_empty
+        self.buffers = (make(shape), make(shape))
         self.keys, self.values = (buffer[:, :, :width] for buffer in self.buffers)
         self.is_initialized, self.device = True, like.device
 
@@ -47,7 +55,7 @@ class GrowingLayer(DynamicLayer):
         origin = self._origin(width + new)
         if origin is None:
             old_keys, old_values = self.keys, self.values
-            self.allocate(key_states, key_states.shape[0], width + new)
+            self.allocate(key_states, key_states.shape[0], width + new, zeroed=self.unwritten is not None)
             if width:
                 self.keys[:, :, :width] = old_keys
                 self.values[:, :, :width] = old_values
@@ -56,8 +64,13 @@ class GrowingLayer(DynamicLayer):
         row, column = origin
         rows = slice(row, row + key_states.shape[0])
         keys, values = (buffer[rows, :, column:column + width + new] for buffer in self.buffers)
-        keys[:, :, width:] = key_states
-        values[:, :, width:] = value_states
+        if self.unwritten is None:
+            keys[:, :, width:] = key_states
+            values[:, :, width:] = value_states
+        else:
+            keys[:, :, width:] = torch.where(self.unwritten, keys[:, :, width:], key_states)
+            values[:, :, width:] = torch.where(self.unwritten, values[:, :, width:], value_states)
+            self.unwritten = None
         self.keys, self.values = keys, values
         return keys, values
 
