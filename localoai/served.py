@@ -125,8 +125,8 @@ def named_engine(engine: GenerationEngine | str | None, options: Mapping[str, An
     from localoai.engine.vllm import VLLMEngine
 
     options = {"max_num_seqs": max_batch_size, **(options or {})}
-    return VLLMEngine.for_model(model, tokenizer, eos_token_ids(model, tokenizer), engine_options=options,
-                                max_queued_requests=max_queued_requests)
+    return VLLMEngine(model, tokenizer, eos_token_ids(model, tokenizer), engine_options=options,
+                     max_queued_requests=max_queued_requests)
 
 
 @dataclass

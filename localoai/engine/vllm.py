@@ -82,7 +82,7 @@ class _Live:
 
 
 class VLLMEngine:
-    """`GenerationEngine` over vLLM's `AsyncLLM` (see the module docstring). Build it with `for_model`."""
+    """`GenerationEngine` over vLLM's `AsyncLLM` (see the module docstring)."""
 
     def __init__(self, model: Any, tokenizer: Any, eos_token_ids: Sequence[int], *,
                  engine_options: Mapping[str, Any] | None = None,
@@ -122,13 +122,6 @@ class VLLMEngine:
         self.capabilities = Capabilities(top_logprobs=int(config.model_config.max_logprobs), embeddings=False,
                                          call=False)
         self._watcher = self._run_soon(self._watch_cancelled())
-
-    @classmethod
-    def for_model(cls, model: Any, tokenizer: Any, eos_token_ids: Sequence[int], *,
-                  engine_options: Mapping[str, Any] | None = None,
-                  max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS) -> VLLMEngine:
-        return cls(model, tokenizer, eos_token_ids, engine_options=engine_options,
-                   max_queued_requests=max_queued_requests)
 
     async def _build(self, options: dict[str, Any]) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
