@@ -145,9 +145,10 @@ def codex_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     corpus = [plain.apply_chat_template(messages + [call, results[0]], tools=tools, tokenize=False),
               *[target + "<|im_end|>" for _, target in turns[:2]]]
     # merges across words, as many as the text has: Codex's ~40,000-character prompt becomes ~300 tokens
-    # Codex sends no temperature, so the server samples at 1.0: trained long enough that sampling
-    # writes the targets as greedy decoding would (each token's probability near 1)
-    model, tokenizer = train_assistant(turns, tools=tools, steps=300, model_and_tokenizer=build_tiny_model(
+    # Codex sends no temperature, so the server samples at 1.0: every target token made at least
+    # 0.99999 likely, so that sampling writes the targets as greedy decoding would
+    model, tokenizer = train_assistant(turns, tools=tools, steps=300,
+                                       until_probability=0.99999, model_and_tokenizer=build_tiny_model(
         corpus=corpus, split_words=False, vocab_size=16384, max_position_embeddings=8192))
     with running_server(model, tokenizer, name="tiny") as server:
         with server.episode() as episode:

@@ -134,6 +134,7 @@ def train_claude_code_agent(body: dict[str, Any], *, steps: int = 80, seed: int 
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.max_position_embeddings = max(model.config.max_position_embeddings, 4096)
     call = f"<tool_call>{arguments}</tool_call>"
+    # Claude Code samples at temperature 1: every target token made near certain (see `_train`)
     _train(model, tokenizer, [(first, call), (second, FINAL_ANSWER)], tools=tools, steps=steps, seed=seed,
-           share_prefix=True)
+           share_prefix=True, until_probability=0.99999)
     return model, tokenizer

@@ -10,6 +10,7 @@ answers in words. Loss is on the assistant's tokens only; greedy decoding then r
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 WEATHER_TOOL: dict[str, Any] = {
@@ -49,12 +50,16 @@ def train_tool_caller(steps: int = 150, seed: int = 0, *, num_heads: int = 4) ->
 def train_assistant(
     turns: list[tuple[list[dict[str, Any]], str]], *, tools: list[dict[str, Any]] | None = None,
     steps: int = 80, seed: int = 0, model_and_tokenizer: tuple[Any, Any] | None = None,
+    until_probability: float | None = None,
 ) -> tuple[Any, Any]:
     """Return (model, tokenizer) trained so that greedy decoding, after each turn's chat history
     (rendered with `tools`), writes that turn's text (e.g. Hermes tool-call markup) and ends.
-    `model_and_tokenizer`: start from these (e.g. `build_tiny_model(corpus=...)` for a long prompt)."""
+    `model_and_tokenizer`: start from these (e.g. `build_tiny_model(corpus=...)` for a long prompt).
+    `until_probability`: train until every target token is at least this likely (at most `steps`),
+    for clients that sample at temperature 1."""
     model, tokenizer = model_and_tokenizer or _build(seed)
-    _train(model, tokenizer, turns, tools=tools, steps=steps, seed=seed, share_prefix=True)
+    _train(model, tokenizer, turns, tools=tools, steps=steps, seed=seed, share_prefix=True,
+           until_probability=until_probability)
     return model, tokenizer
 
 
@@ -111,12 +116,14 @@ def _build(seed: int, num_heads: int = 4) -> tuple[Any, Any]:
 
 def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], str]], *,
            tools: list[dict[str, Any]] | None, steps: int, seed: int, end: str = "<|im_end|>",
-           share_prefix: bool = False) -> None:
+           share_prefix: bool = False, until_probability: float | None = None) -> None:
     """Teach `model` each turn's target (then `end`) after its rendered history (loss on the target only).
 
     `share_prefix`: the turns' common prompt prefix (the system turn with every tool's schema) is run
     once per step without gradients and its KV cache reused by each turn, several times faster when
-    that prefix is long."""
+    that prefix is long.
+    `until_probability`: stop as soon as every target token has at least this probability (so that
+    sampling at temperature 1 writes the targets too), with `steps` the most; raise if it never does."""
     import copy
 
     import torch
@@ -139,20 +146,60 @@ def _train(model: Any, tokenizer: Any, turns: list[tuple[list[dict[str, Any]], s
     model.train()
     argument = cache_argument(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+
+    def forward() -> list[Any]:
+        cache = None
+        if shared:
+            with torch.no_grad():  # the output's field has the forward argument's name (4.x and 5.x)
+                cache = getattr(model(input_ids=prefix, use_cache=True), argument)
+        return [model(input_ids=ids, labels=labels, **{argument: copy.deepcopy(cache) if cache is not None else None})
+                for ids, labels in rests]
+
+    def least(outputs: list[Any]) -> float:
+        return min(_least_target_probability(output.logits, labels) for output, (_, labels) in zip(outputs, rests))
+
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for _ in range(steps):
             optimizer.zero_grad()
-            cache = None
-            if shared:
-                with torch.no_grad():  # the output's field has the forward argument's name (4.x and 5.x)
-                    cache = getattr(model(input_ids=prefix, use_cache=True), argument)
-            loss = sum(model(input_ids=ids, labels=labels,
-                             **{argument: copy.deepcopy(cache) if cache is not None else None}).loss
-                       for ids, labels in rests)
-            loss.backward()
+            outputs = forward()
+            if until_probability is not None and least(outputs) >= until_probability:
+                break
+            sum(output.loss for output in outputs).backward()
             optimizer.step()
     model.eval()
+    if until_probability is not None:
+        _sharpen(model, lambda: least(forward()), until_probability)
+
+
+def _sharpen(model: Any, least: Callable[[], float], until_probability: float) -> None:
+    """Scale the logits (through the final norm's weight) until every target token is at least
+    `until_probability` likely: greedy decoding is unchanged, sampling at temperature 1 nears it.
+    Training alone gets there slowly (the last 0.1% takes thousands of steps)."""
+    import torch
+
+    norm = model.base_model.norm
+    with torch.no_grad():
+        achieved = least()
+        for _ in range(8):
+            if achieved >= until_probability:
+                return
+            norm.weight.mul_(2.0)
+            achieved = least()
+    if achieved >= until_probability:
+        return
+    raise RuntimeError(f"a target token's probability is {achieved:.6f}, under {until_probability}: "
+                       "greedy decoding does not write the targets (train longer)")
+
+
+def _least_target_probability(logits: Any, labels: Any) -> float:
+    """The smallest probability the model gives a labelled token (logits at i predict token i + 1)."""
+    import torch
+
+    predicted, targets = logits[0, :-1].detach(), labels[0, 1:]
+    kept = targets != -100
+    log_probabilities = torch.log_softmax(predicted[kept].float(), dim=-1)
+    return float(log_probabilities.gather(1, targets[kept].unsqueeze(1)).min().exp())
 
 
 # -- a gpt-oss-style (harmony) reasoner --------------------------------------------------------
