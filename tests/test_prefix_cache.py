@@ -136,7 +136,7 @@ def test_only_exact_tokens_and_version_hit_and_lru_evicts_leaves_first() -> None
     assert cache.lookup(first).length == 32  # type: ignore[union-attr]  # one token is always left to read
     changed = [first[0] + 1, *first[1:]]
     assert cache.lookup(changed + [1]) is None
-    torch.testing.assert_close(cache.lookup(first + [1]).keys[0], kv[0][:, :48])  # type: ignore[union-attr]
+    torch.testing.assert_close(cache.lookup(first + [1]).layer(0)[0], kv[0][:, :48])  # type: ignore[union-attr]
     cache.insert(tokens(20, seed=5), kv, kv)  # one block more than the budget: the oldest leaf goes
     assert cache.lookup(first + [1]).length == 32  # type: ignore[union-attr]
     assert cache.stats()["bytes"] <= 3 * BLOCK_BYTES and cache.stats()["evicted_blocks"] == 1

@@ -245,15 +245,17 @@ class TransformersBackend:
         unwritten = ((torch.arange(width, device=device) < (width - suffix_t).unsqueeze(1))[:, None, :, None]
                      if len(set(map(len, suffixes))) > 1 else None)
         cache = self._new_cache()
-        template = next(prefix for prefix in prefixes if prefix is not None)
+        template = next(prefix for prefix in prefixes if prefix is not None).blocks[0]
         for number, layer in enumerate(cache.layers):  # GrowingLayers: prefix_cacheable means plain layers
-            layer.allocate(template.keys[number], len(prompts), past, coming=width)
+            # not zeroed: each row's padding is zeroed below, its prefix written, the rest is the forward's
+            layer.allocate(template.keys[number], len(prompts), past, coming=width, zeroed=False)
             assert layer.buffers is not None
             for row, prefix in enumerate(prefixes):
+                end, start = total - len(suffixes[row]), total - lengths[row]
+                for buffer in layer.buffers:
+                    buffer[row, :, :start].zero_()
                 if prefix is not None:
-                    end = total - len(suffixes[row])
-                    layer.buffers[0][row, :, end - prefix.length:end] = prefix.keys[number]
-                    layer.buffers[1][row, :, end - prefix.length:end] = prefix.values[number]
+                    prefix.write(number, layer.buffers[0][row, :, start:end], layer.buffers[1][row, :, start:end])
             layer.unwritten = unwritten
         output = self._forward(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask.long(),
                                position_ids=positions.clamp(min=0), cache=cache, logits_to_keep=1)

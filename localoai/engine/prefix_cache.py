@@ -43,11 +43,21 @@ class _Block:
 
 @dataclass
 class Prefix:
-    """The KV of a prompt's first `length` tokens: per layer, shape (kv heads, length, head dim)."""
+    """The KV of a prompt's first `length` tokens, as the cached blocks that hold it (no copy made)."""
 
     length: int
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    blocks: list[_Block]
+
+    def layer(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `number`'s keys and values, each of shape (kv heads, length, head dim): a copy."""
+        return (torch.cat([block.keys[number] for block in self.blocks], dim=1),
+                torch.cat([block.values[number] for block in self.blocks], dim=1))
+
+    def write(self, number: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Copy layer `number`'s keys and values into `keys` / `values` (kv heads, length, head dim),
+        e.g. views of a batch's buffers: one copy, straight from the blocks."""
+        torch.cat([block.keys[number] for block in self.blocks], dim=1, out=keys)
+        torch.cat([block.values[number] for block in self.blocks], dim=1, out=values)
 
 
 def default_budget(device: torch.device) -> int:
@@ -98,10 +108,7 @@ class PrefixCache:
         self._touch(path)
         self.counts["hits"] += 1
         self.counts["hit_tokens"] += len(path) * self.block_tokens
-        layers = range(len(path[0].keys))
-        return Prefix(len(path) * self.block_tokens,
-                      [torch.cat([block.keys[layer] for block in path], dim=1) for layer in layers],
-                      [torch.cat([block.values[layer] for block in path], dim=1) for layer in layers])
+        return Prefix(len(path) * self.block_tokens, path)
 
     def insert(self, token_ids: Sequence[int], keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
         """Keep the KV of `token_ids`' whole blocks; `keys` / `values` per layer, shape (kv heads, at
