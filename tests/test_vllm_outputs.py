@@ -1,11 +1,11 @@
 """The vLLM engine's translation of vLLM's outputs (`localoai.engine.vllm_outputs`), without vLLM: token
-deltas as vLLM hands them (ids, `{token_id: Logprob}` dicts, a finish reason) become the same text,
+deltas as vLLM hands them (ids, `FlatLogprobs`, a finish reason) become the same text,
 finish reasons and stop reasons the local engine writes."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -15,9 +15,25 @@ from localoai.engine.vllm_outputs import SampleFeed, prompt_entries, token_logpr
 
 
 @dataclass
-class Logprob:  # vLLM's `vllm.logprobs.Logprob`, as far as the translation reads it
-    logprob: float
-    rank: int | None = None
+class FlatLogprobs:  # vLLM's `vllm.logprobs.FlatLogprobs`, as far as the translation reads it
+    start_indices: list[int] = field(default_factory=list)
+    end_indices: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    ranks: list[int | None] = field(default_factory=list)
+
+
+def flat(*positions: list[tuple[int, float, int | None]] | None) -> FlatLogprobs:
+    """Each position's (token id, logprob, rank) entries, as vLLM appends them (None: an empty position)."""
+    logprobs = FlatLogprobs()
+    for entries in positions:
+        logprobs.start_indices.append(len(logprobs.token_ids))
+        for token, value, rank in entries or []:
+            logprobs.token_ids.append(token)
+            logprobs.logprobs.append(value)
+            logprobs.ranks.append(rank)
+        logprobs.end_indices.append(len(logprobs.token_ids))
+    return logprobs
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +91,20 @@ def test_length_and_vllms_own_endings(tokenizer: Any) -> None:
 
 
 def test_logprobs_keep_the_sampled_token_and_the_top_by_rank() -> None:
-    entry = {7: Logprob(-2.5, rank=3), 1: Logprob(-0.5, rank=1), 2: Logprob(-1.0, rank=2)}
-    assert token_logprob(7, entry, 2).top == ((1, -0.5), (2, -1.0))
-    assert token_logprob(7, entry, 2).logprob == -2.5
-    assert token_logprob(1, {1: Logprob(-0.5, rank=1)}, 0).top == ()
-    assert token_logprob(1, {1: Logprob(-math.inf, rank=1)}, 0).logprob == -9999.0  # JSON carries no -inf
+    # vLLM's order: the sampled token first, then the top ones by rank (the sampled one again if among them)
+    position = [(7, -2.5, 3), (1, -0.5, 1), (2, -1.0, 2), (7, -2.5, 3)]
+    assert token_logprob(7, flat(position), 0, 2).top == ((1, -0.5), (2, -1.0))
+    assert token_logprob(7, flat(position), 0, 3).top == ((1, -0.5), (2, -1.0), (7, -2.5))
+    assert token_logprob(7, flat(position), 0, 2).logprob == -2.5
+    assert token_logprob(7, flat(position), 0, 2, rank=False).rank is None
+    assert token_logprob(7, flat([], position), 1, 0).rank == 3  # the second position
+    assert token_logprob(1, flat([(1, -0.5, 1)]), 0, 0).top == ()
+    assert token_logprob(1, flat([(1, -math.inf, 1)]), 0, 0).logprob == -9999.0  # JSON carries no -inf
+    assert token_logprob(1, None, 0, 0).logprob == -9999.0
 
 
 def test_prompt_logprobs_have_ranks_and_no_first_entry() -> None:
-    entries = prompt_entries([5, 6, 7], [None, {6: Logprob(-1.0, rank=2), 9: Logprob(-0.2, rank=1)},
-                                         {7: Logprob(-0.1, rank=1)}], 1).entries
+    entries = prompt_entries([5, 6, 7], flat(None, [(6, -1.0, 2), (9, -0.2, 1)], [(7, -0.1, 1)]), 1).entries
     assert entries[0] is None
     assert (entries[1].token_id, entries[1].logprob, entries[1].rank, entries[1].top) == (6, -1.0, 2, ((9, -0.2),))
     assert entries[2].rank == 1

@@ -13,7 +13,7 @@ fan-out does the same): a sample that meets a stop string is aborted alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from localoai.engine.params import PromptLogprobs, SampleDelta, SamplingParams, TokenLogprob
@@ -49,34 +49,41 @@ def vllm_sampling_params(params: SamplingParams, index: int, eos_token_ids: Sequ
         min_tokens=params.min_tokens,
         logprobs=params.logprobs or 0,  # 0: the sampled token's own logprob, which every trace keeps
         prompt_logprobs=params.prompt_logprobs if index == 0 else None,
+        flat_logprobs=True,  # a few flat lists per request, not a dict and Logprob objects per token
         detokenize=False,
         output_kind=RequestOutputKind.DELTA,
         structured_outputs=structured,
     )
 
 
-def token_logprob(token: int, entry: Mapping[int, Any] | None, top: int, *, rank: bool = True) -> TokenLogprob:
-    """One position of vLLM's logprobs (`{token_id: Logprob(logprob, rank, ...)}`, the sampled token
-    and the `top` most likely) as localoai's: the sampled token's logprob, the top ones by rank
-    (`rank=False`: without the sampled token's rank, as the local engine's sampled tokens)."""
-    if not entry or token not in entry:
+def token_logprob(token: int, logprobs: Any, position: int, top: int, *, rank: bool = True) -> TokenLogprob:
+    """Position `position` of vLLM's `FlatLogprobs` (asked for with `flat_logprobs=True`: flat lists
+    rather than a `{token_id: Logprob}` dict per position; each position holds the token in question
+    and the `top` most likely) as localoai's: the token's logprob, the top ones by rank (`rank=False`:
+    without the token's own rank, as the local engine's sampled tokens)."""
+    if logprobs is None or position >= len(logprobs.start_indices):
         return TokenLogprob(token, finite_logprob(float("-inf")))  # vLLM reported none (never expected)
+    start, end = logprobs.start_indices[position], logprobs.end_indices[position]
+    ids, values, ranks = logprobs.token_ids, logprobs.logprobs, logprobs.ranks
+    own = start if start < end and ids[start] == token else next((i for i in range(start, end) if ids[i] == token), None)
+    if own is None:
+        return TokenLogprob(token, finite_logprob(float("-inf")))
+    value, own_rank = finite_logprob(float(values[own])), ranks[own] if rank else None
     if not top:  # the common case, every token of every trace: no alternatives to rank
-        sampled = entry[token]
-        return TokenLogprob(token, finite_logprob(float(sampled.logprob)), rank=sampled.rank if rank else None)
-    ranked = sorted(((value.rank or 0, candidate, value.logprob) for candidate, value in entry.items()
-                     if value.rank is not None and value.rank <= top))
-    return TokenLogprob(token, finite_logprob(float(entry[token].logprob)),
-                        tuple((c, finite_logprob(float(lp))) for _, c, lp in ranked[:top]),
-                        rank=entry[token].rank if rank else None)
+        return TokenLogprob(token, value, rank=own_rank)
+    ranked: dict[int, tuple[int, float]] = {}  # the token itself may come again among the top ones
+    for i in range(start, end):
+        if ranks[i] is not None and ranks[i] <= top:
+            ranked.setdefault(ids[i], (ranks[i], values[i]))
+    best = sorted((r, candidate, lp) for candidate, (r, lp) in ranked.items())[:top]
+    return TokenLogprob(token, value, tuple((c, finite_logprob(float(lp))) for _, c, lp in best), rank=own_rank)
 
 
-def prompt_entries(prompt_ids: Sequence[int], logprobs: Sequence[Any], top: int) -> PromptLogprobs:
-    """vLLM's `prompt_logprobs` (one entry per prompt token, the first None) as localoai's, with ranks."""
+def prompt_entries(prompt_ids: Sequence[int], logprobs: Any, top: int) -> PromptLogprobs:
+    """vLLM's `prompt_logprobs` (`FlatLogprobs`, one position per prompt token, the first empty) as
+    localoai's, with ranks."""
     entries: list[TokenLogprob | None] = [None]
-    for position in range(1, len(prompt_ids)):
-        entry = logprobs[position] if position < len(logprobs) else None
-        entries.append(token_logprob(prompt_ids[position], entry, top))
+    entries += [token_logprob(prompt_ids[position], logprobs, position, top) for position in range(1, len(prompt_ids))]
     return PromptLogprobs(entries)
 
 
@@ -93,9 +100,9 @@ class SampleFeed:
     def finished(self) -> bool:
         return self.sample.finished
 
-    def feed(self, token_ids: Sequence[int], logprobs: Sequence[Any] | None, finish_reason: str | None,
+    def feed(self, token_ids: Sequence[int], logprobs: Any, finish_reason: str | None,
              version: int) -> SampleDelta:
-        """The delta of this step's tokens. Its `finish_reason` is set when the sample ends: on a stop
+        """The delta of this step's tokens (`logprobs`: theirs, vLLM's `FlatLogprobs`). Its `finish_reason` is set when the sample ends: on a stop
         token, a stop string (vLLM's request must then be aborted: it does not know the string),
         `max_tokens`, or vLLM's own end (`abort` from a pause, `length` at the context's end)."""
         sample, params = self.sample, self.params
@@ -104,7 +111,7 @@ class SampleFeed:
         for position, token in enumerate(token_ids):
             sample.generated += 1
             delta.token_ids.append(token)
-            delta.logprobs.append(token_logprob(token, logprobs[position] if logprobs else None, top, rank=False))
+            delta.logprobs.append(token_logprob(token, logprobs, position, top, rank=False))
             if token in self.stop_ids and sample.generated > params.min_tokens:
                 delta.text += sample.stops.feed(sample.detokenizer.push(token) + sample.detokenizer.flush())[0]
                 delta.text += sample.stops.flush()
