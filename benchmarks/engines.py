@@ -214,7 +214,8 @@ class Side:
                 self.results = ready.with_suffix(".rates")
                 return
             url = f"http://127.0.0.1:{int(ready.read_text())}"
-        self.load = HttpLoad(Endpoint(url, "m"), prompts(max(args.concurrency)), args.tokens, args.client)
+        self.load = HttpLoad(Endpoint(url, "m"), prompts(max(args.concurrency)), args.tokens, args.client,
+                             logprobs=args.logprobs)
 
     def measure(self, concurrent: int) -> float:
         if self.load is not None:
@@ -266,7 +267,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, parameters: int) -
     print(f"load average over the last 1/5/15 minutes: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on "
           f"{os.cpu_count()} cores; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"model: Qwen2-style, hidden {args.hidden_size}, {args.layers} layers, head dim 64, "
-          f"{parameters / 1e6:.1f}M parameters, float32, CPU; {args.tokens} tokens per request; SDK over "
+          f"{parameters / 1e6:.1f}M parameters, float32, CPU; {args.tokens} tokens per request"
+          f"{', logprobs asked' if args.logprobs else ''}; SDK over "
           f"{args.client}; {platform.machine()}, torch {torch.__version__}")
     figures = results.get("figures")
     if figures:
@@ -310,6 +312,8 @@ def main() -> None:
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     parser.add_argument("--push-sizes", nargs="*", choices=list(SIZES), default=[])
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--logprobs", action="store_true",
+                        help="every request asks for its tokens' logprobs (an RL rollout's request)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve", choices=("native", "vllm_engine", "raw", "push"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)

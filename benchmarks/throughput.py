@@ -96,8 +96,11 @@ class HttpLoad:
     """The client side: one `AsyncOpenAI` client on one event loop for the whole run, so its
     connections are kept alive from round to round, as an agent framework keeps its client."""
 
-    def __init__(self, server: Any, messages: list[list[dict[str, str]]], tokens: int, transport: str) -> None:
+    def __init__(self, server: Any, messages: list[list[dict[str, str]]], tokens: int, transport: str, *,
+                 logprobs: bool = False) -> None:
+        """`logprobs`: every request asks for its tokens' logprobs, as an RL rollout's client does."""
         self.server, self.messages, self.tokens = server, messages, tokens
+        self.extra = {"logprobs": True} if logprobs else {}
         self.loop = asyncio.new_event_loop()
         self.client = self.loop.run_until_complete(self._client(transport))
 
@@ -118,7 +121,7 @@ class HttpLoad:
         answers = await asyncio.gather(*[
             self.client.chat.completions.create(
                 model=self.server.model, messages=self.messages[i], temperature=0, max_tokens=self.tokens,
-                extra_body={"ignore_eos": True, "min_tokens": self.tokens},
+                extra_body={"ignore_eos": True, "min_tokens": self.tokens}, **self.extra,
             )
             for i in range(concurrent)
         ])
