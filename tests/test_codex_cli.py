@@ -112,11 +112,13 @@ def offered(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
 
 
 def tool_outputs() -> list[str]:
-    """Outputs of `cat note.txt` in the shape Codex 0.171 sends them back (`exec_command`)."""
+    """Outputs of `cat note.txt` in the shape Codex 0.171 sends them back (`exec_command`): a random
+    chunk id and wall time, and whatever the shell prints first (here pyenv's warnings, or nothing)."""
     noise = "pyenv: cannot rehash: /root/.pyenv/shims isn't writable\n"
+    variants = [("797768", "0.9312", 30, noise * 2), ("1e0f2a", "0.0021", 2, ""), ("a3c91b", "0.4127", 30, noise * 2),
+                ("5d0e77", "0.0108", 2, ""), ("f08b2c", "1.2209", 16, noise), ("29e4d1", "0.0530", 2, "")]
     return [f"Chunk ID: {chunk}\nWall time: {seconds} seconds\nProcess exited with code 0\n"
-            f"Original token count: {count}\nOutput:\n{before}{WORD}\n"
-            for chunk, seconds, count, before in [("797768", "0.9312", 30, noise * 2), ("1e0f2a", "0.0021", 2, "")]]
+            f"Original token count: {count}\nOutput:\n{before}{WORD}\n" for chunk, seconds, count, before in variants]
 
 
 def call_markup(arguments: dict[str, Any]) -> str:
