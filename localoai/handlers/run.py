@@ -83,7 +83,12 @@ class GenerationRun:
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         traceback: TracebackType | None) -> None:
-        if not self._recorded:  # failed or cancelled: recorded as it stands, without waiting
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Record the run as it stands (failed or cancelled), without waiting (`unfinished_write`);
+        nothing when it was recorded already."""
+        if not self._recorded:
             self._recorded = True
             self.unfinished_write = self.record(self._snapshot())
 

@@ -8,6 +8,7 @@ response sends the task's events; a client that goes away stops reading them, no
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class BackgroundResponses:
         write = stream.record(queued, status="in_progress")  # written before any of the task's
         sink: asyncio.Queue[ResponseStreamEvent | None] | None = asyncio.Queue() if sse else None
         task = asyncio.create_task(self._run(stream, sink), name=f"response {stream.id}")
+        task.add_done_callback(functools.partial(self._ended_task, stream, sink))
         self.running[stream.id] = _Task(stream, task)  # registered before a cancel can see the record
         await written(write)
         return queued, (_drained(sink) if sink is not None else None)
@@ -57,10 +59,17 @@ class BackgroundResponses:
             raise
         except Exception:  # noqa: BLE001 - a task's failure has no caller to go to; it is recorded
             logger.exception("background response %s failed", stream.id)
-        finally:
-            self.running.pop(stream.id, None)
-            if sink is not None:
-                sink.put_nowait(None)
+
+    def _ended_task(self, stream: ResponseStream, sink: asyncio.Queue[ResponseStreamEvent | None] | None,
+                    task: asyncio.Task[None]) -> None:
+        """The task's done callback, whichever way it ended, also cancelled before its first step
+        (the server stopping as it starts), when `_run` never ran: the response is recorded
+        `cancelled` then (the run's own exit recorded it otherwise), and its entry and sink end."""
+        self.running.pop(stream.id, None)
+        if task.cancelled():
+            stream.run.abandon()
+        if sink is not None:
+            sink.put_nowait(None)
 
     async def cancel(self, response_id: str) -> None:
         """Stop a background response running here (no-op otherwise): its task is cancelled, the
