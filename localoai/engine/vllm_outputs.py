@@ -65,7 +65,7 @@ def token_logprob(token: int, logprobs: Any, position: int, top: int, *, rank: b
         return TokenLogprob(token, finite_logprob(float("-inf")))  # vLLM reported none (never expected)
     start, end = logprobs.start_indices[position], logprobs.end_indices[position]
     ids, values, ranks = logprobs.token_ids, logprobs.logprobs, logprobs.ranks
-    own = start if start < end and ids[start] == token else next((i for i in range(start, end) if ids[i] == token), None)
+    own = next((i for i in range(start, end) if ids[i] == token), None)  # vLLM puts it first
     if own is None:
         return TokenLogprob(token, finite_logprob(float("-inf")))
     value, own_rank = finite_logprob(float(values[own])), ranks[own] if rank else None
@@ -102,9 +102,10 @@ class SampleFeed:
 
     def feed(self, token_ids: Sequence[int], logprobs: Any, finish_reason: str | None,
              version: int) -> SampleDelta:
-        """The delta of this step's tokens (`logprobs`: theirs, vLLM's `FlatLogprobs`). Its `finish_reason` is set when the sample ends: on a stop
-        token, a stop string (vLLM's request must then be aborted: it does not know the string),
-        `max_tokens`, or vLLM's own end (`abort` from a pause, `length` at the context's end)."""
+        """The delta of this step's tokens (`logprobs`: theirs, vLLM's `FlatLogprobs`). Its
+        `finish_reason` is set when the sample ends: on a stop token, a stop string (vLLM's request
+        must then be aborted: it does not know the string), `max_tokens`, or vLLM's own end (`abort`
+        from a pause, `length` at the context's end)."""
         sample, params = self.sample, self.params
         delta = SampleDelta(sample.index, [], "", policy_version=version)
         top = params.logprobs or 0

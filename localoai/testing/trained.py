@@ -186,10 +186,9 @@ def _sharpen(model: Any, least: Callable[[], float], until_probability: float) -
                 return
             norm.weight.mul_(2.0)
             achieved = least()
-    if achieved >= until_probability:
-        return
-    raise RuntimeError(f"a target token's probability is {achieved:.6f}, under {until_probability}: "
-                       "greedy decoding does not write the targets (train longer)")
+    if achieved < until_probability:
+        raise RuntimeError(f"a target token's probability is {achieved:.6f}, under {until_probability}: "
+                           "greedy decoding does not write the targets (train longer)")
 
 
 def _least_target_probability(logits: Any, labels: Any) -> float:
