@@ -26,11 +26,21 @@ vLLM) to the first token of the next greedy answer, and the push alone (`push_we
 
 On CPU vLLM's attention needs a head dimension of at least 32 (here 64), and vLLM's engine core
 keeps its worker in its own process with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (set for both vLLM sides).
+
+`--pin` gives the model its own cores, as a GPU is its own device: the first core runs every frontend
+(HTTP, handlers, vLLM's frontend, the recorder) and this client, the others run the model (vLLM's
+engine-core process; the native engine's decode thread; raw `generate`), with as many OpenMP threads
+as they have cores. Without it every process floats over every core, and on a small machine each
+millisecond of frontend work then stalls the model's OpenMP team (vLLM's CPU build, with its worker
+in the engine-core process, binds nothing). Each round also reads the CPU time each server's
+frontend process and its model spent (`/proc`), per generated token: what each side costs, however
+the cores are shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -73,9 +83,53 @@ class Endpoint:
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="none", **options)
 
 
-def vllm_environment() -> dict[str, str]:
+def vllm_environment(pin: bool = False) -> dict[str, str]:
+    """Every side's environment (`pin`: OpenMP threads as many as the model's cores)."""
+    threads = {"OMP_NUM_THREADS": str(len(model_cores()))} if pin else {}
     return {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(ROOT),
-            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **threads}
+
+
+# --- placement and CPU accounting (Linux `/proc`) ----------------------------------------------
+CORES = sorted(os.sched_getaffinity(0))
+"""The cores this process could use when it started (before `--pin` placed it)."""
+
+
+def frontend_cores() -> set[int]:
+    """`--pin`: the first usable core, for every frontend and the client."""
+    return set(CORES[:1])
+
+
+def model_cores() -> set[int]:
+    """`--pin`: the other usable cores, for the model."""
+    return set(CORES[1:])
+
+
+def threads_of(pid: int) -> list[int]:
+    return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (vLLM's engine core, its helpers)."""
+    found: list[int] = []
+    for tid in threads_of(pid):
+        with contextlib.suppress(OSError):
+            for child in map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split()):
+                found += [child, *descendants(child)]
+    return found
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    """Every thread of process `pid` onto `cores` (threads it starts later inherit their starter's)."""
+    for tid in threads_of(pid):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            os.sched_setaffinity(tid, cores)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (all its threads, no child processes)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def vllm_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,6 +162,10 @@ def serve(args: argparse.Namespace) -> None:
         server = localoai.start(model, tokenizer, port=0, name="m", store=os.path.join(store_dir, "store.sqlite3"),
                                 **engine)
         try:
+            if args.pin:  # the decode thread onto the model's cores, every other thread onto the frontend's
+                engine_thread = server.served.engine._thread.native_id if args.serve == "native" else None
+                for tid in threads_of(os.getpid()):
+                    os.sched_setaffinity(tid, model_cores() if tid == engine_thread else frontend_cores())
             announce(args, str(server.port))
             sys.stdin.read()
         finally:
@@ -121,6 +179,8 @@ def raw(args: argparse.Namespace) -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     generate = RawGenerate(model, tokenizer, prompts(max(args.concurrency)), args.tokens)
+    if args.pin:
+        pin(os.getpid(), model_cores())
     announce(args, "")
     for line in sys.stdin:
         concurrent = int(line)
@@ -189,22 +249,26 @@ class Side:
         python = sys.executable if label in ("native", "raw") else args.vllm_python
         script = [python, str(Path(__file__).resolve()), "--model-dir", model_dir, "--tokens", str(args.tokens),
                   "--context", str(args.context), "--vllm-memory", str(args.vllm_memory),
-                  "--concurrency", *map(str, args.concurrency)]
+                  "--concurrency", *map(str, args.concurrency), *(["--pin"] if args.pin else [])]
+        environment = vllm_environment(args.pin)
         self.load: HttpLoad | None = None
+        self.cpu: dict[int, list[tuple[float, float]]] = {}
+        """Per concurrency, per round (the warm-up first): the frontend process's and its child processes'
+        (vLLM's engine core) CPU seconds per generated token."""
         if label == "vllm_server":
             port = free_port()
             command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
                        "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
                        "--max-model-len", str(args.context), "--gpu-memory-utilization", str(args.vllm_memory),
                        "--max-num-seqs", "256", "--disable-log-stats"]
-            self.process = subprocess.Popen(command, env=vllm_environment(), stdin=subprocess.PIPE,
+            self.process = subprocess.Popen(command, env=environment, stdin=subprocess.PIPE,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, self.process)
         else:
             ready = Path(model_dir) / f"{label}.ready"
             self.process = subprocess.Popen(script + ["--serve", label, "--ready-file", str(ready)],
-                                            env=vllm_environment(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                            env=environment, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, text=True)
             while not ready.exists():  # a benchmark waiting for a child process, not a test
                 if self.process.poll() is not None:
@@ -214,12 +278,22 @@ class Side:
                 self.results = ready.with_suffix(".rates")
                 return
             url = f"http://127.0.0.1:{int(ready.read_text())}"
+        if args.pin and label != "native":  # native pins its own threads (`serve`)
+            pin(self.process.pid, frontend_cores())
+            for child in descendants(self.process.pid):
+                pin(child, model_cores())
         self.load = HttpLoad(Endpoint(url, "m"), prompts(max(args.concurrency)), args.tokens, args.client,
                              logprobs=args.logprobs)
 
     def measure(self, concurrent: int) -> float:
         if self.load is not None:
-            return timed(lambda: self.load(concurrent))
+            children = descendants(self.process.pid)
+            before = cpu_seconds(self.process.pid), sum(map(cpu_seconds, children))
+            rate = timed(lambda: self.load(concurrent))
+            tokens = concurrent * self.load.tokens
+            self.cpu.setdefault(concurrent, []).append(((cpu_seconds(self.process.pid) - before[0]) / tokens,
+                                                        (sum(map(cpu_seconds, children)) - before[1]) / tokens))
+            return rate
         self.process.stdin.write(f"{concurrent}\n")
         self.process.stdin.flush()
         while not self.results.exists():  # the answer comes as a file (its stdout is vLLM's log's)
@@ -251,6 +325,8 @@ def throughput(args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
         for label in args.sides:
             sides.append(Side(label, args, model_dir))
             print(f"{label} ready", file=sys.stderr, flush=True)
+        if args.pin:  # the client with the frontends (the sides took this process's cores when they started)
+            pin(os.getpid(), frontend_cores())
         by_label = {side.label: side for side in sides}
         for concurrent in args.concurrency:
             rotated_rounds(list(by_label), lambda label, c: by_label[label].measure(c), concurrent, args.repeats,
@@ -258,7 +334,9 @@ def throughput(args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
     finally:
         for side in sides:
             side.close()
-    return {"figures": figures, "rounds": rounds}
+    cpu = {side.label: {concurrent: [statistics.median(part) for part in zip(*per_round[1:])]
+                        for concurrent, per_round in side.cpu.items()} for side in sides if side.cpu}
+    return {"figures": figures, "rounds": rounds, "cpu": cpu}
 
 
 def report(results: dict[str, Any], args: argparse.Namespace, parameters: int) -> None:
@@ -268,7 +346,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, parameters: int) -
           f"{os.cpu_count()} cores; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"model: Qwen2-style, hidden {args.hidden_size}, {args.layers} layers, head dim 64, "
           f"{parameters / 1e6:.1f}M parameters, float32, CPU; {args.tokens} tokens per request"
-          f"{', logprobs asked' if args.logprobs else ''}; SDK over "
+          f"{', logprobs asked' if args.logprobs else ''}"
+          f"{f'; pinned: frontends and client on {CORES[:1]}, model on {CORES[1:]}' if args.pin else ''}; SDK over "
           f"{args.client}; {platform.machine()}, torch {torch.__version__}")
     figures = results.get("figures")
     if figures:
@@ -286,6 +365,16 @@ def report(results: dict[str, Any], args: argparse.Namespace, parameters: int) -
         if 32 in args.concurrency and {"vllm_engine", "vllm_server"} <= set(figures):
             ratio = figures["vllm_engine"][32] / figures["vllm_server"][32]
             print(f"target at 32: vllm_engine >= 0.9x vllm_server ({ratio:.2f}x: {'met' if ratio >= 0.9 else 'NOT met'})")
+        cpu = results.get("cpu", {})
+        if cpu:
+            print("server CPU per generated token, ms (medians of the measured rounds): frontend process / its "
+                  "child processes (vLLM's engine core; native runs its model in its frontend process)")
+            print("| concurrent | " + " | ".join(cpu) + " |")
+            print("| --- " * (1 + len(cpu)) + "|")
+            for concurrent in args.concurrency:
+                print(f"| {concurrent} | " + " | ".join(
+                    f"{cpu[label][concurrent][0] * 1e3:.3f} / {cpu[label][concurrent][1] * 1e3:.3f}" for label in cpu)
+                    + " |")
         for concurrent in args.concurrency:
             print(f"rounds at {concurrent} (tok/s, in the order run): " + "; ".join(
                 f"{label} {' '.join(f'{v:.0f}' for v in results['rounds'][label][concurrent])}" for label in labels))
@@ -314,6 +403,8 @@ def main() -> None:
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--logprobs", action="store_true",
                         help="every request asks for its tokens' logprobs (an RL rollout's request)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the model on its own cores, frontends and client on the first (see the docstring)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve", choices=("native", "vllm_engine", "raw", "push"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)

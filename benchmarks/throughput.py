@@ -108,7 +108,9 @@ class HttpLoad:
         import openai
 
         extra = {"http_client": openai.DefaultAioHttpClient()} if transport == "aiohttp" else {}
-        return self.server.async_client(max_retries=0, timeout=600, **extra)
+        # Retries: a kept-alive connection the server closes as the next round sends on it fails
+        # before the server reads the request; every other failure still fails the run.
+        return self.server.async_client(max_retries=2, timeout=600, **extra)
 
     def __call__(self, concurrent: int) -> int:
         return self.loop.run_until_complete(self._round(concurrent))

@@ -1,13 +1,18 @@
 """`RequestStream`: the engine thread's outputs reaching a request's event loop, step by step for a
-streamed answer, all at once at the end for a non-streamed one."""
+streamed answer, all at once at the end for a non-streamed one; `joined_deltas`, one delta per sample
+per policy version for a reader that needs no step boundaries."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
-from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, TokenLogprob, joined_deltas
 from localoai.engine.stream import RequestStream, StreamItem, one_wakeup_per_loop
+from localoai.handlers.generation import SampleTrace
 
 
 def _delta(token: int) -> SampleDelta:
@@ -56,3 +61,58 @@ def test_a_non_streamed_stream_delivers_once_at_the_end_with_its_steps_joined() 
     assert isinstance(prompt, PromptLogprobs) and isinstance(done, RequestDone)
     assert isinstance(steps, list) and [d.token_ids[0] for d in steps] == [1, 2, 3]
     assert "".join(d.text for d in steps) == "t1t2t3"
+
+
+# --- joined deltas: a non-streamed reader's one delta per sample per policy version ----------------
+
+
+@st.composite
+def _steps(draw: st.DrawFn) -> list[SampleDelta]:
+    """Steps of up to three samples as an engine reports them: interleaved, some without tokens
+    (a flush of held-back text), the policy version rising across pauses, each sample finished last."""
+    samples = draw(st.integers(1, 3))
+    version = 0
+    deltas: list[SampleDelta] = []
+    for _ in range(draw(st.integers(0, 12))):
+        version += draw(st.sampled_from([0, 0, 0, 1]))
+        for index in range(samples):
+            if draw(st.booleans()):
+                tokens = draw(st.lists(st.integers(0, 50), max_size=3))
+                deltas.append(SampleDelta(index, tokens, draw(st.text(max_size=4)),
+                                          [TokenLogprob(token, -0.5 * token) for token in tokens],
+                                          policy_version=version))
+    for index in range(samples):
+        deltas.append(SampleDelta(index, draw(st.lists(st.integers(0, 50), max_size=2)), draw(st.text(max_size=3)),
+                                  finish_reason=draw(st.sampled_from(["stop", "length"])),
+                                  stop_reason=draw(st.sampled_from([None, "END", 7])), policy_version=version))
+        deltas[-1].logprobs = [TokenLogprob(token, -1.0) for token in deltas[-1].token_ids]
+    return deltas
+
+
+def _traces(deltas: list[SampleDelta]) -> dict[int, tuple[object, ...]]:
+    traces: dict[int, SampleTrace] = {}
+    stop_reasons: dict[int, object] = {}
+    for delta in deltas:
+        traces.setdefault(delta.index, SampleTrace()).add(delta)
+        stop_reasons[delta.index] = delta.stop_reason
+    return {index: (trace.token_ids, trace.logprobs, "".join(trace.text), trace.finish_reason,
+                    trace.policy_versions, stop_reasons[index]) for index, trace in traces.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(_steps())
+def test_joined_deltas_keep_every_token_text_logprob_finish_and_version_span(deltas: list[SampleDelta]) -> None:
+    joined = joined_deltas(deltas)
+    assert _traces(joined) == _traces(deltas)
+    for index in {delta.index for delta in deltas}:
+        # One delta per run of a policy version among the sample's deltas that carry tokens.
+        versions = [delta.policy_version for delta in deltas if delta.index == index and delta.token_ids]
+        runs = sum(1 for i, version in enumerate(versions) if i == 0 or versions[i - 1] != version)
+        assert len([delta for delta in joined if delta.index == index]) == max(1, runs)
+
+
+def test_joined_deltas_leave_the_engines_deltas_as_they_were() -> None:
+    deltas = [SampleDelta(0, [1], "a"), SampleDelta(0, [2], "b", finish_reason="stop")]
+    joined = joined_deltas(deltas)
+    assert [(d.token_ids, d.text) for d in joined] == [([1, 2], "ab")]
+    assert [(d.token_ids, d.text, d.finish_reason) for d in deltas] == [([1], "a", None), ([2], "b", "stop")]

@@ -116,6 +116,30 @@ class SampleDelta:
     """The policy version whose weights computed these tokens' distribution."""
 
 
+def joined_deltas(deltas: list[SampleDelta]) -> list[SampleDelta]:
+    """Each sample's consecutive deltas joined into one per policy version (a delta without tokens
+    joins the one before it), in order of first appearance: the same tokens, text, logprobs, finish
+    and version spans as `deltas`, for a reader that needs no step boundaries."""
+    joined: list[tuple[SampleDelta, list[str]]] = []
+    last: dict[int, tuple[SampleDelta, list[str]]] = {}
+    for delta in deltas:
+        entry = last.get(delta.index)
+        if entry is None or entry[0].finish_reason is not None or (
+                delta.token_ids and entry[0].token_ids and entry[0].policy_version != delta.policy_version):
+            entry = last[delta.index] = (SampleDelta(delta.index, [], "", policy_version=delta.policy_version), [])
+            joined.append(entry)
+        into, texts = entry
+        if delta.token_ids and not into.token_ids:
+            into.policy_version = delta.policy_version
+        into.token_ids += delta.token_ids
+        texts.append(delta.text)
+        into.logprobs += delta.logprobs
+        into.finish_reason, into.stop_reason = delta.finish_reason, delta.stop_reason
+    for into, texts in joined:
+        into.text = "".join(texts)
+    return [into for into, _ in joined]
+
+
 @dataclass
 class PromptLogprobs:
     """Published right after prefill when asked for: each prompt token's logprob (the first has none)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localoai.engine.interface import QueueFull, check_supported
-from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams
+from localoai.engine.params import PromptLogprobs, RequestDone, SampleDelta, SamplingParams, joined_deltas
 from localoai.engine.stream import RequestStream
 from localoai.errors import RateLimitError, ServerError
 from localoai.served import Services
@@ -60,12 +60,16 @@ class Generation:
     Leaving its `running()` block before the end (a client disconnect, a failure) cancels the
     generation on the engine; `status` then says how it ended. `live=False` (an answer nobody
     reads before it is complete) delivers every output at once at the end (`RequestStream`'s
-    `each_step=False`): the same items in the same order, without a wake-up per step.
+    `each_step=False`): the same items in the same order, without a wake-up per step. With
+    `steps=False` as well (a reader that needs no step boundaries: no per-step counts, no per-step
+    offsets) each sample's deltas come joined, one per policy version (`joined_deltas`), so the
+    reader shapes one delta per sample rather than one per token.
     """
 
     def __init__(self, services: Services, prompt_ids: list[int], params: SamplingParams, *,
-                 live: bool = True) -> None:
+                 live: bool = True, steps: bool = True) -> None:
         self.params = params
+        self._joined = not (live or steps)
         self.samples = [SampleTrace() for _ in range(params.n)]
         self.timings: dict[str, float] = {}
         self.cached_tokens = 0
@@ -90,9 +94,10 @@ class Generation:
     @classmethod
     @asynccontextmanager
     async def running(
-        cls, services: Services, prompt_ids: list[int], params: SamplingParams, *, live: bool = True
+        cls, services: Services, prompt_ids: list[int], params: SamplingParams, *, live: bool = True,
+        steps: bool = True,
     ) -> AsyncIterator[Generation]:
-        generation = cls(services, prompt_ids, params, live=live)
+        generation = cls(services, prompt_ids, params, live=live, steps=steps)
         try:
             yield generation
         finally:
@@ -111,6 +116,8 @@ class Generation:
                     raise ServerError("The model failed while generating this response.") from item.error
                 return
             if isinstance(item, list):
+                if self._joined:
+                    item = joined_deltas(item)
                 for delta in item:
                     if delta.token_ids and not any(sample.token_ids for sample in self.samples):
                         self.policy_version = delta.policy_version

@@ -94,9 +94,9 @@ class GenerationRun:
 
     @asynccontextmanager
     async def generate(self, prompt_ids: list[int], params: SamplingParams, *,
-                       live: bool = True) -> AsyncIterator[Generation]:
+                       live: bool = True, steps: bool = True) -> AsyncIterator[Generation]:
         """Submit one generation (see `Generation.running`); its tokens are counted once it ends."""
-        async with Generation.running(self._services, prompt_ids, params, live=live) as generation:
+        async with Generation.running(self._services, prompt_ids, params, live=live, steps=steps) as generation:
             self.generation = generation
             yield generation
         self.counts.prompt += len(prompt_ids)

@@ -140,7 +140,9 @@ class ChatCompletions:
         outputs = [Output(prepared.output_parser.stream()) for _ in range(prepared.params.n)] \
             if prepared.output_parser else None
         async with GenerationRun(services, self._record_fields(prepared, fold), fold.result) as run:
-            async with run.generate(prepared.prompt.token_ids, prepared.params, live=live) as generation:
+            # Reasoning tokens are counted per step (`Output.shape`): a reasoning model keeps its steps.
+            async with run.generate(prepared.prompt.token_ids, prepared.params, live=live,
+                                    steps=model.reasoning_format is not None) as generation:
                 opening = [ChoiceStep(i, role=True, token_ids=[] if with_ids else None) for i in range(prepared.params.n)]
                 # After submitting: the prefill runs while the role chunk goes out. While the engine is
                 # paused the chunk waits for the first output, whose weights the fingerprint names.

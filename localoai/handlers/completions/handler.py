@@ -142,7 +142,9 @@ class Completions:
             prompt_token_ids=prompt.token_ids, first_index=base, episode=prepared.episode)
         # One record per prompt: `cmpl-...`, or `cmpl-...:N` for the Nth of several prompts.
         async with GenerationRun(self.services, record, lambda: None if fold.empty else fold.result()) as run:
-            async with run.generate(prompt.token_ids, prompt.params, live=live) as generation:
+            # Logprobs' text offsets restart at each step's text: shown, they keep the steps.
+            async with run.generate(prompt.token_ids, prompt.params, live=live,
+                                    steps=prepared.shows_logprobs) as generation:
                 async for item in generation:
                     # The weights that generated the output (a request may have waited through a pause).
                     header["system_fingerprint"] = self.model.fingerprint(generation.policy_version)

@@ -115,7 +115,9 @@ async def _events(model: LoadedModel, services: Services, inputs: ResponseInputs
             prepared, first_item = stream.prepared, len(build.items)
             calls = prepared.output_parser.stream() if prepared.output_parser else None
             try:
-                async with run.generate(prepared.prompt.token_ids, prepared.params, live=stream.live) as generation:
+                # Reasoning tokens are counted per step (below): a reasoning model keeps its steps.
+                async with run.generate(prepared.prompt.token_ids, prepared.params, live=stream.live,
+                                        steps=model.reasoning_format is not None) as generation:
                     async for item in generation:
                         if not isinstance(item, list):
                             continue

@@ -78,7 +78,7 @@ class TokenGeneration:
                               prompt_text=prepared.prompt_text, prompt_token_ids=request.token_ids,
                               episode=prepared.episode)
         async with GenerationRun(services, record, lambda: None if fold.empty else fold.result()) as run:
-            async with run.generate(request.token_ids, prepared.params, live=live) as generation:
+            async with run.generate(request.token_ids, prepared.params, live=live, steps=False) as generation:
                 async for item in generation:
                     if isinstance(item, PromptLogprobs):
                         yield fold.add(GenerateResponse(**header, choices=[], prompt_logprobs=prompt_logprobs(
