@@ -162,10 +162,9 @@ def serve(args: argparse.Namespace) -> None:
         server = localoai.start(model, tokenizer, port=0, name="m", store=os.path.join(store_dir, "store.sqlite3"),
                                 **engine)
         try:
-            if args.pin:  # the decode thread onto the model's cores, every other thread onto the frontend's
-                engine_thread = server.served.engine._thread.native_id if args.serve == "native" else None
-                for tid in threads_of(os.getpid()):
-                    os.sched_setaffinity(tid, model_cores() if tid == engine_thread else frontend_cores())
+            if args.pin and args.serve == "native":  # its decode thread onto the model's cores, the rest
+                pin(os.getpid(), frontend_cores())      # onto the frontend's (vllm_engine: `Side` pins it)
+                os.sched_setaffinity(server.served.engine._thread.native_id, model_cores())
             announce(args, str(server.port))
             sys.stdin.read()
         finally:
