@@ -173,6 +173,13 @@ def test_echo_scores_the_prompt(client: openai.OpenAI, tool_caller: tuple[Any, A
     assert logprobs.token_logprobs[1:len(prompt_ids)] == pytest.approx(expected, abs=1e-3)
     scored = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
     assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-3)
+    # n samples: the prompt is scored once (sample 0's), before any sample's tokens, in every choice
+    drawn = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4, temperature=1.0, seed=5, n=3,
+                                      echo=True, logprobs=1, extra_body={"ignore_eos": True})
+    assert len(drawn.choices) == 3
+    for choice in drawn.choices:
+        assert len(choice.logprobs.tokens) == len(prompt_ids) + 4
+        assert choice.logprobs.token_logprobs[1:len(prompt_ids)] == pytest.approx(expected, abs=1e-3)
 
 
 def test_seeds_reproduce_samples_and_n_draws_apart(client: openai.OpenAI) -> None:
@@ -479,3 +486,18 @@ def test_abort_ends_running_requests_with_their_partial_output(server: Any, clie
     trace = last_record(server, "chat.completion").completions[0]
     assert trace["finish_reason"] == "abort"  # the trace keeps the real reason
     assert 1 <= len(trace["completion_token_ids"]) < 900
+
+
+def test_a_client_that_goes_away_frees_the_engine(server: Any, client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=900, stream=True, extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    next(chunks)
+    next(chunks)
+    stream.close()
+    wait_until(lambda: server.served.engine.stats()["running"] == 0, timeout=30, message="still generating")
+    wait_until(lambda: last_record(server, "chat.completion").status == "cancelled", timeout=30,
+               message="no cancelled record")
+    assert 1 <= len(last_record(server, "chat.completion").completions[0]["completion_token_ids"]) < 900
+    again = client.chat.completions.create(model="tiny", messages=FIRST, max_tokens=4, temperature=0)
+    assert again.choices[0].finish_reason in ("stop", "length")

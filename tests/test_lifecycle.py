@@ -124,6 +124,14 @@ def test_policy_in_train_mode_generates_in_eval_mode_and_stays_in_train_mode() -
         with server.pause("wait", bump_version=False):  # the engine out of the model (a reply can arrive
             assert model.training, "the model must go back to train mode after generating"  # before its step ends)
         assert in_train == in_eval, "dropout was active during generation"
+        model.eval()
+        model.model.layers[0].train()  # one block in train mode, the rest not: each keeps its own
+        in_part = client.chat.completions.create(**request).choices[0].message.content
+        with server.pause("wait", bump_version=False):
+            assert [module.training for module in model.modules()].count(True) == len(
+                list(model.model.layers[0].modules()))
+            assert model.model.layers[0].self_attn.training and not model.training
+        assert in_part == in_eval, "dropout was active during generation"
         assert torch.is_grad_enabled()
 
 

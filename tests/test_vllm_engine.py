@@ -126,3 +126,28 @@ def test_streamed_tokens_equal_the_answer_and_steps_are_counted(vllm_server: Any
     assert streamed == client.completions.create(**options).choices[0].model_extra["token_ids"]
     assert len(streamed) == 40
     assert counted >= 20  # one observation per vLLM output batch that carried tokens: most carry one
+
+
+def test_a_stop_string_or_a_client_gone_aborts_vllms_request(vllm_server: Any) -> None:
+    """A sample that ends on localoai's side (its own stop-string matcher, a client gone) must end
+    vLLM's request too, or vLLM keeps generating for nobody."""
+    from localoai.testing import wait_until
+
+    client = vllm_server.client(max_retries=0)
+    vllm = vllm_server.served.engine._llm
+
+    def vllm_idle() -> bool:
+        return not vllm.output_processor.has_unfinished_requests()
+
+    full = client.completions.create(model=vllm_server.model, prompt=PROMPT, max_tokens=12, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    stopped = client.completions.create(model=vllm_server.model, prompt=PROMPT, max_tokens=900, temperature=0,
+                                        stop=[full[2:5]], extra_body={"ignore_eos": True}).choices[0]
+    assert stopped.finish_reason == "stop"
+    assert vllm_idle()  # aborted before the answer was sent, not run out to its 900 tokens
+    stream = client.completions.create(model=vllm_server.model, prompt=PROMPT, max_tokens=900, stream=True,
+                                       extra_body={"ignore_eos": True})
+    next(iter(stream))
+    with vllm_server.pause("keep"):  # vLLM's request cannot end on its own meanwhile: only an abort ends it
+        stream.close()
+        wait_until(vllm_idle, timeout=30, message="vLLM still holds the request of a client that went away")

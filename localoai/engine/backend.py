@@ -139,15 +139,18 @@ class TransformersBackend:
 
     @contextlib.contextmanager
     def generation_mode(self) -> Iterator[None]:
-        """Eval mode and inference mode for the duration; a policy in training goes back to train mode."""
-        was_training = self.model.training
-        self.model.eval()
+        """Eval mode and inference mode for one step; the modules that were in train mode (a policy in
+        training) go back to it. Their flags are set directly: `eval()` and `train()` walk the module
+        tree recursively, twice per step."""
+        training = [module for module in self.model.modules() if module.training]
+        for module in training:
+            object.__setattr__(module, "training", False)  # past `nn.Module.__setattr__`, which is slow
         try:
             with torch.inference_mode():
                 yield
         finally:
-            if was_training:
-                self.model.train()
+            for module in training:
+                object.__setattr__(module, "training", True)
 
     def prefill(self, prompt_ids: Sequence[int], samples: int, *, prompt_logits: bool = False) -> Prefill:
         cache = self._new_cache()

@@ -31,7 +31,6 @@ class CompletionTrace(_CompletionTraceRequired, total=False):
     """One sample of a generation. Further keys (e.g. `stop_reason`) are kept as given."""
 
     index: int
-    policy_versions: list[list[int]]  # [[first token index, version], ...] where a sample straddles an update
     tool_parse_error: str  # why tool-call markup could not be parsed (it went back to the caller as text)
     policy_versions: list[list[int]]  # [[start_token_index, version], ...]: the weights' version of each token
     reasoning_content: str  # the reasoning the output parser found in `text`
