@@ -385,6 +385,14 @@ def report(results: dict[str, Any], args: argparse.Namespace, parameters: int) -
                   f"| {row['to_first_token']:.2f} s |")
 
 
+def positive(text: str) -> int:
+    """An argument that must be a whole number of at least 1 (every figure is a median of rounds)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vllm-python", default=sys.executable, help="a Python with vLLM (for both vLLM sides)")
@@ -393,7 +401,7 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=384)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive, default=3)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--vllm-memory", type=float, default=0.1,
                         help="vLLM's gpu_memory_utilization; on CPU the share of RAM for its KV cache")

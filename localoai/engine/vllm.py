@@ -223,7 +223,8 @@ class VLLMEngine:
         except TimeoutError:
             future.cancel()
             self._run(self._llm.resume_generation())
-            self._pause_mode = None
+            with self._lock:
+                self._pause_mode = None
             raise TimeoutError(f"the engine did not pause within {timeout} s") from None
 
     def resume(self, *, bump_version: bool = True) -> int:

@@ -55,8 +55,6 @@ class BackgroundResponses:
                     stream.record(event.response, status="in_progress")  # type: ignore[union-attr]
                 if sink is not None:
                     sink.put_nowait(event)
-        except asyncio.CancelledError:
-            raise
         except Exception:  # noqa: BLE001 - a task's failure has no caller to go to; it is recorded
             logger.exception("background response %s failed", stream.id)
 
