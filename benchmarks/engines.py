@@ -83,7 +83,7 @@ class Endpoint:
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="none", **options)
 
 
-def vllm_environment(pin: bool = False) -> dict[str, str]:
+def side_environment(pin: bool = False) -> dict[str, str]:
     """Every side's environment (`pin`: OpenMP threads as many as the model's cores)."""
     threads = {"OMP_NUM_THREADS": str(len(model_cores()))} if pin else {}
     return {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(ROOT),
@@ -249,7 +249,7 @@ class Side:
         script = [python, str(Path(__file__).resolve()), "--model-dir", model_dir, "--tokens", str(args.tokens),
                   "--context", str(args.context), "--vllm-memory", str(args.vllm_memory),
                   "--concurrency", *map(str, args.concurrency), *(["--pin"] if args.pin else [])]
-        environment = vllm_environment(args.pin)
+        environment = side_environment(args.pin)
         self.load: HttpLoad | None = None
         self.cpu: dict[int, list[tuple[float, float]]] = {}
         """Per concurrency, per round (the warm-up first): the frontend process's and its child processes'
@@ -436,7 +436,7 @@ def main() -> None:
                    "--context", str(args.context), "--vllm-memory", str(args.vllm_memory),
                    "--push-sizes", *args.push_sizes]
         # check=False: a failed push run still leaves the throughput figures to report (its error is on stderr)
-        output = subprocess.run(command, env=vllm_environment(), stdout=subprocess.PIPE, text=True, check=False).stdout
+        output = subprocess.run(command, env=side_environment(), stdout=subprocess.PIPE, text=True, check=False).stdout
         results["push"] = [json.loads(line[5:]) for line in output.splitlines() if line.startswith("PUSH ")]
     report(results, args, parameters)
     if args.json:

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from localoai.store import GenerationRecord, Recorder, SQLiteStore  # noqa: E402
+from localoai.store.recorder import MAX_BATCH  # noqa: E402
 
 
 def realistic_record(i: int, rng: random.Random, prefix: str = "chatcmpl-") -> GenerationRecord:
@@ -169,6 +170,7 @@ def main() -> None:
             )
         )
         rows.append(recorder_row(store, args.per_writer * 10, rng))
+        rows.append(burst_row(store, args.writers, rng))
         store.close()
 
     kind = "in memory" if args.memory else "SQLite file, WAL, synchronous=NORMAL"
@@ -204,6 +206,30 @@ def recorder_row(store: SQLiteStore, n: int, rng: random.Random) -> tuple[str, s
             f"record() p50 {statistics.median(calls) * 1e6:.1f} µs, max {max(calls) * 1e6:.0f} µs; "
             f"{n / wall:,.0f} records/s written"
         ),
+    )
+
+
+def burst_row(store: SQLiteStore, size: int, rng: random.Random, rounds: int = 20) -> tuple[str, str]:
+    """A burst of `size` answers ending together (one engine step): recorded at once, how long until
+    all are written, with the records queued meanwhile in one transaction (the default) and with a
+    transaction per record (`max_batch=1`), in alternating rounds."""
+    times: dict[int, list[float]] = {MAX_BATCH: [], 1: []}
+    made = 0
+    for _ in range(rounds):
+        for max_batch, spent in times.items():
+            records = [realistic_record(made + i, rng, "burst-") for i in range(size)]
+            made += size
+            recorder = Recorder(store, max_batch=max_batch)
+            start = time.perf_counter()
+            written = [recorder.record(record) for record in records]
+            assert all(future.result(timeout=600) for future in written)
+            spent.append(time.perf_counter() - start)
+            recorder.close()
+    batched, single = (statistics.median(times[key]) for key in (MAX_BATCH, 1))
+    return (
+        f"Recorder: a burst of {size} records, until all are written (median of {rounds})",
+        f"{batched * 1e3:.1f} ms batched (max_batch={MAX_BATCH}) against {single * 1e3:.1f} ms a transaction "
+        f"per record: {single / batched:.2f}x",
     )
 
 

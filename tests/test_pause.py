@@ -5,6 +5,7 @@ generation."""
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,6 +127,35 @@ def test_abort_ends_running_requests_with_their_partial_output(served: tuple[Any
     trace = record.completions[0]
     assert trace["finish_reason"] == "abort"  # the trace keeps the real reason
     assert 1 <= len(trace["completion_token_ids"]) < 1000
+
+
+def test_a_resume_over_http_runs_off_the_event_loop(served: tuple[Any, Any, Any],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming the vLLM engine pushes the weights (seconds on a large model): meanwhile the server
+    still answers (health, metrics, stored records), as it does while `/pause` waits."""
+    server, _, _ = served
+    engine = server.served.engine
+    resuming, release = threading.Event(), threading.Event()
+    resume = engine.resume
+
+    def slow_resume(**options: Any) -> int:
+        resuming.set()
+        assert release.wait(30)
+        return resume(**options)
+
+    monkeypatch.setattr(engine, "resume", slow_resume)
+    headers = {"Authorization": "Bearer sekret"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        version = http.post("/pause", params={"mode": "wait"}).json()["policy_version"]
+        resumed = pool.submit(http.post, "/resume")
+        assert resuming.wait(30)
+        try:
+            assert http.get("/health", timeout=5).status_code == 200  # the loop is free while the push runs
+            assert http.get("/is_paused", timeout=5).json() == {"is_paused": True}
+        finally:
+            release.set()
+        assert resumed.result(30).json() == {"is_paused": False, "policy_version": version + 1}
 
 
 def test_http_controls(served: tuple[Any, Any, Any]) -> None:

@@ -134,3 +134,21 @@ def test_a_failing_script_fails_its_request_only(tiny: tuple[Any, Any]) -> None:
         with pytest.raises(openai.InternalServerError):
             chat(server, max_tokens=13)
         assert chat(server, max_tokens=5).choices[0].message.content == " fine"
+
+
+def test_completions_text_offsets_follow_the_text_as_streamed(tiny: tuple[Any, Any]) -> None:
+    """'é' is two byte tokens: the first step writes no text, the second writes one character. Each
+    token's `text_offset` is where the text stood at its step, streamed or not (offsets summed over
+    the tokens' own texts, one U+FFFD each, would run ahead of the text: [0, 1, 2])."""
+    model, tokenizer = tiny
+    text = "é a"
+    assert len(tokenizer.encode(text, add_special_tokens=False)) == 3
+    engine = ScriptedEngine(tokenizer, text_script(tokenizer, text), eos_token_ids=[tokenizer.eos_token_id or 0])
+    with running_server(model, tokenizer, name="bytes", engine=engine) as server:
+        client = server.client(max_retries=0)
+        fields: dict[str, Any] = {"model": server.model, "prompt": "say it", "max_tokens": 3, "logprobs": 1}
+        whole = client.completions.create(**fields).choices[0]
+        chunks = [choice for chunk in client.completions.create(stream=True, **fields) for choice in chunk.choices]
+    assert whole.text == "".join(choice.text for choice in chunks) == text
+    assert whole.logprobs.text_offset == [0, 0, 1]
+    assert [offset for choice in chunks for offset in choice.logprobs.text_offset] == whole.logprobs.text_offset

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from localoai.store import (
     CursorNotFound,
@@ -31,6 +33,7 @@ from localoai.store import (
     newest_run,
     open_store,
 )
+from localoai.store.recorder import MAX_BATCH
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,6 +126,17 @@ def test_put_replaces_and_keeps_its_place(store: SQLiteStore) -> None:
     assert ids(store.list(metadata={"phase": "end"})) == ["chatcmpl-00000"]
     assert store.stats()["bytes"] == sum(len(r.to_json()) for r in store.iterate())
 
+
+
+def test_put_many_writes_all_in_order_or_none(store: SQLiteStore) -> None:
+    store.put_many([make_record(0), make_record(1, status="in_progress"), make_record(1, metadata={"run": "b"})])
+    assert ids(store.list(order="asc")) == ["chatcmpl-00000", "chatcmpl-00001"]
+    assert store.get("chatcmpl-00001") == make_record(1, metadata={"run": "b"})  # the later one replaced it
+    unwritable = make_record(3, policy_version=2**70)  # SQLite refuses the integer mid-transaction
+    with pytest.raises(OverflowError):
+        store.put_many([make_record(2), unwritable])
+    assert store.count() == 2 and store.get("chatcmpl-00002") is None  # rolled back with it
+    assert store.stats()["failed_writes"] == 1
 
 # -- listing -------------------------------------------------------------------------------------
 
@@ -552,40 +566,54 @@ def test_open_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FlakyStore(SQLiteStore):
-    """Fails the first `fails` puts, as a transient error (a full disk freed, a lock timeout) would."""
+    """Fails the first `fails` writes, as a transient error (a full disk freed, a lock timeout) would.
+    (`put` is `put_many` of one record: every write passes here.)"""
 
     def __init__(self, *args: Any, fails: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fails = fails
-        self.attempts: list[str] = []
+        self.attempts: list[list[str]] = []
 
-    def put(self, record: GenerationRecord) -> None:
-        self.attempts.append(record.id)
+    def put_many(self, records: Sequence[GenerationRecord]) -> None:
+        self.attempts.append([record.id for record in records])
         if self.fails > 0:
             self.fails -= 1
             raise sqlite3.OperationalError("disk I/O error")
-        super().put(record)
-
-
-class PoisonStore(SQLiteStore):
-    """Always fails on records whose metadata says so; writes every other record."""
-
-    def put(self, record: GenerationRecord) -> None:
-        if record.metadata.get("poison"):
-            raise ValueError(f"cannot store {record.id}")
-        super().put(record)
+        super().put_many(records)
 
 
 class GatedStore(SQLiteStore):
-    """Each put waits for `gate`: a store stuck behind another process's write lock."""
+    """Each write waits for `gate`: a store stuck behind another process's write lock."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, open_gate: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
+        if open_gate:
+            self.gate.set()
+        self.writing = threading.Event()
+        """Set once a write waits at the gate."""
+        self.writes: list[int] = []
+        """How many records each write that succeeded had."""
 
-    def put(self, record: GenerationRecord) -> None:
+    def put_many(self, records: Sequence[GenerationRecord]) -> None:
+        self.writing.set()
         assert self.gate.wait(10)
-        super().put(record)
+        super().put_many(records)
+        self.writes.append(len(records))
+
+
+class PoisonStore(GatedStore):
+    """Always fails a write with a record whose metadata says so; writes every other record (the
+    gate is open unless `open_gate=False`)."""
+
+    def __init__(self, *args: Any, open_gate: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, open_gate=open_gate, **kwargs)
+
+    def put_many(self, records: Sequence[GenerationRecord]) -> None:
+        poisoned = [record.id for record in records if record.metadata.get("poison")]
+        if poisoned:
+            raise ValueError(f"cannot store {', '.join(poisoned)}")
+        super().put_many(records)
 
 
 @pytest.fixture
@@ -694,9 +722,10 @@ def test_recorder_retries_a_failed_write(
         recorders.append(recorder)
         with caplog.at_level(logging.WARNING, logger="localoai.store"):
             recorder.record(make_record(1))
+            assert recorder.flush()
             recorder.record(make_record(2))
             assert recorder.flush()
-        assert store.attempts == ["chatcmpl-00001", "chatcmpl-00001", "chatcmpl-00002"]
+        assert store.attempts == [["chatcmpl-00001"], ["chatcmpl-00001"], ["chatcmpl-00002"]]
         assert ids(store.list(order="asc")) == ["chatcmpl-00001", "chatcmpl-00002"]
         assert recorder.failed == 0
         assert [r.levelno for r in caplog.records if r.name == "localoai.store"] == [logging.WARNING]
@@ -725,6 +754,45 @@ def test_recorder_counts_a_record_it_cannot_write(
         assert recorder.failed == 2 and poisoned.count() == 2
 
 
+def test_recorder_writes_what_queued_meanwhile_in_one_transaction(tmp_path: Path, recorders: list[Recorder]) -> None:
+    with GatedStore(tmp_path / "gated.sqlite3") as store:
+        recorder = Recorder(store)
+        recorders.append(recorder)
+        first = recorder.record(make_record(0))
+        assert store.writing.wait(5)  # the first write holds the thread; the burst queues behind it
+        burst = [recorder.record(make_record(i)) for i in range(1, 101)]
+        store.gate.set()
+        assert first.result(timeout=10) is True and all(written.result(timeout=10) is True for written in burst)
+        assert store.writes == [1, MAX_BATCH, 100 - MAX_BATCH]
+        assert ids(store.list(order="asc", limit=200)) == [f"chatcmpl-{i:05d}" for i in range(101)]
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.booleans(), st.sampled_from(["in_progress", "completed"])),
+                min_size=1, max_size=80))
+def test_a_refused_record_costs_no_other_record_of_its_batch(writes: list[tuple[int, bool, str]]) -> None:
+    """Records queued behind a held write go in batches; a batch with a record the store refuses is
+    written record by record: the store ends as if each record had been put alone, in order."""
+    with PoisonStore(":memory:", open_gate=False) as store:
+        recorder = Recorder(store)
+        try:
+            recorder.record(make_record(99))
+            assert store.writing.wait(5)
+            futures = [recorder.record(make_record(i, status=status, metadata={"poison": "yes"} if poison else {}))
+                       for i, poison, status in writes]
+            store.gate.set()
+            assert [future.result(timeout=10) for future in futures] == [not poison for _, poison, _ in writes]
+            assert recorder.failed == sum(poison for _, poison, _ in writes)
+        finally:
+            recorder.close()
+        expected: dict[str, str] = {make_record(99).id: "completed"}  # in the order of each id's first write
+        for i, poison, status in writes:
+            if not poison:
+                expected[make_record(i).id] = status
+        stored = store.list(order="asc", limit=100)
+        assert [(record.id, record.status) for record in stored] == list(expected.items())
+
+
 def test_recorder_survives_a_waiter_that_went_away() -> None:
     """A client that disconnects while its handler awaits the write cancels the future; the record is
     still written and the writer thread lives on."""
@@ -733,13 +801,13 @@ def test_recorder_survives_a_waiter_that_went_away() -> None:
     store = SQLiteStore(":memory:")
     recorder = Recorder(store)
     gate = threading.Event()
-    original_put = store.put
+    original_put_many = store.put_many
 
-    def slow_put(record: GenerationRecord) -> None:
+    def slow_put_many(records: Sequence[GenerationRecord]) -> None:
         gate.wait(5)
-        original_put(record)
+        original_put_many(records)
 
-    store.put = slow_put  # type: ignore[method-assign]
+    store.put_many = slow_put_many  # type: ignore[method-assign]
     first = recorder.record(GenerationRecord(id="held", kind="chat.completion", model="m"))
     abandoned = recorder.record(GenerationRecord(id="abandoned", kind="chat.completion", model="m"))
     assert abandoned.cancel()  # the waiter went away before its turn came

@@ -13,7 +13,7 @@ are updated.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, runtime_checkable
@@ -100,6 +100,10 @@ class RecordStore(Protocol):
 
     def put(self, record: GenerationRecord) -> None:
         """Insert, or replace the record with the same id."""
+        ...
+
+    def put_many(self, records: Sequence[GenerationRecord]) -> None:
+        """`put` each record, in order, as one write: all of them are stored, or (it raises) none."""
         ...
 
     def get(self, id: str) -> GenerationRecord | None: ...

@@ -8,7 +8,9 @@
 
 A `put` can wait seconds (another process holding the write lock, a WAL checkpoint); on the
 event loop that would stall every request. One writer thread also keeps writes in the order
-they were recorded, so a later record with the same id replaces an earlier one.
+they were recorded, so a later record with the same id replaces an earlier one. The records
+queued while a write runs (a burst of answers ending on the same engine step) are written
+together in one transaction (`Store.put_many`): a commit per record was most of a record's cost.
 """
 
 from __future__ import annotations
@@ -35,21 +37,33 @@ class _Flush:
         self.done = threading.Event()
 
 
+_Write = tuple[GenerationRecord, Future[bool]]
+_Item = _Write | _Flush | None
+
+MAX_BATCH = 64
+"""Most records written in one transaction by default: those queued while the previous write ran."""
+
+
 class Recorder:
     """Puts records into `store` on a daemon thread named "localoai-recorder".
 
     The caller hands a record over: it must not change it after `record()` (the thread encodes it
-    later). A write that raises is retried once; if that fails too it is logged with its traceback
-    and counted in `failed`, and the thread goes on with the next record. The recorder does not own
+    later). A batch whose write raises is written again record by record; a record's write that
+    raises is retried once; if that fails too it is logged with its traceback and counted in
+    `failed`, and the thread goes on with the next record. The recorder does not own
     the store: close the recorder first, then the store.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, max_batch: int = MAX_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.store = store
+        self.max_batch = max_batch
+        """Most records written in one transaction (1: a transaction per record)."""
         self.failed = 0
         """Records that could not be written (two attempts failed); each was logged."""
         # Unbounded: put never blocks.
-        self._queue: queue.Queue[tuple[GenerationRecord, Future[bool]] | _Flush | None] = queue.Queue()
+        self._queue: queue.Queue[_Item] = queue.Queue()
         # Held while checking `_closed` and queueing, so no record can land behind the sentinel.
         self._lock = threading.Lock()
         self._failed_lock = threading.Lock()
@@ -108,14 +122,40 @@ class Recorder:
     # -- the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        held: list[_Item] = []  # an item taken from the queue while gathering a batch, not handled yet
         while True:
-            item = self._queue.get()
+            item = held.pop() if held else self._queue.get()
             if item is None:
                 return
             if isinstance(item, _Flush):
                 item.done.set()
                 continue
-            record, written = item
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if not isinstance(more, tuple):
+                    held.append(more)
+                    break
+                batch.append(more)
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: list[_Write]) -> None:
+        """The records queued meanwhile in one transaction; if that fails, each on its own (`_write`),
+        so that one record the store refuses costs no other."""
+        if len(batch) > 1:
+            try:
+                self.store.put_many([record for record, _ in batch])
+            except Exception as error:  # noqa: BLE001 - written one by one below
+                logger.warning("recorder: writing %d records at once failed (%r); writing them one by one",
+                               len(batch), error)
+            else:
+                for _, written in batch:
+                    _resolve(written, True)
+                return
+        for record, written in batch:
             try:
                 ok = self._write(record)
             except Exception:  # noqa: BLE001 - `_write` handles store errors; this is for anything else

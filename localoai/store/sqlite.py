@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,29 @@ DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_BYTES = 2 * 1024**3
 _BATCH = 256
 """Records per read in `iterate`/`export_jsonl`: memory stays flat whatever the store holds."""
+
+_Row = tuple[tuple[Any, ...], list[tuple[str, str]], tuple[str, str | None] | None]
+"""A record as `_upsert` writes it: its `generations` row, its metadata pairs, its episode and group."""
+
+
+def _row(record: GenerationRecord) -> _Row:
+    text = record.to_json()
+    row = (
+        record.id,
+        record.kind,
+        record.model,
+        record.status,
+        record.episode_id,
+        1 if record.store_visible else 0,
+        float(record.created_at),
+        int(record.policy_version),
+        len(text),  # ASCII JSON: characters are bytes
+        text,
+    )
+    metadata = [(str(key), str(value)) for key, value in record.metadata.items()]
+    episode = (record.episode_id, record.group_id) if record.episode_id is not None else None
+    return row, metadata, episode
+
 
 class SQLiteStore:
     """A `Store` in one SQLite file, or in memory with `":memory:"`.
@@ -106,31 +129,26 @@ class SQLiteStore:
     # -- writes --------------------------------------------------------------------------
 
     def put(self, record: GenerationRecord) -> None:
+        self.put_many([record])
+
+    def put_many(self, records: Sequence[GenerationRecord]) -> None:
+        """Insert or replace each record, in order, in one transaction: all are written, or none
+        (a commit per record is most of a small record's cost)."""
+        rows = [_row(record) for record in records]  # encoded before taking the lock
         try:
-            self._put(record)
+            evicted = self._db.write(self._upsert_all, rows)
         except Exception:
             with self._failed_lock:
                 self.failed_writes += 1
             raise
-
-    def _put(self, record: GenerationRecord) -> None:
-        text = record.to_json()  # encoded before taking the lock
-        metadata = [(str(key), str(value)) for key, value in record.metadata.items()]
-        row = (
-            record.id,
-            record.kind,
-            record.model,
-            record.status,
-            record.episode_id,
-            1 if record.store_visible else 0,
-            float(record.created_at),
-            int(record.policy_version),
-            len(text),  # ASCII JSON: characters are bytes
-            text,
-        )
-        episode = (record.episode_id, record.group_id) if record.episode_id is not None else None
-        evicted = self._db.write(self._upsert, row, metadata, episode)
         self._log_eviction(*evicted)
+
+    def _upsert_all(self, conn: sqlite3.Connection, rows: builtins.list[_Row]) -> tuple[int, int]:
+        removed = freed = 0
+        for row, metadata, episode in rows:
+            evicted = self._upsert(conn, row, metadata, episode)
+            removed, freed = removed + evicted[0], freed + evicted[1]
+        return removed, freed
 
     def _upsert(
         self, conn: sqlite3.Connection, row: tuple[Any, ...], metadata: builtins.list[tuple[str, str]],
@@ -373,3 +391,4 @@ def newest_run(directory: str | Path = DEFAULT_DIRECTORY) -> Path | None:
     """The newest run file `run_path` made in `directory`, None when there is none."""
     runs = sorted(Path(directory).expanduser().glob("run-*.sqlite3"))
     return runs[-1] if runs else None
+

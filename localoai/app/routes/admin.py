@@ -53,7 +53,8 @@ def blueprint(served: ServedModel) -> Blueprint:
         if bump not in ("true", "false"):
             raise InvalidRequestError("Invalid value for 'bump_version': expected true or false.",
                                       param="bump_version", code="invalid_value")
-        engine.resume(bump_version=bump == "true")
+        # Off the loop: the vLLM engine pushes the weights here (seconds on a large model).
+        await asyncio.to_thread(engine.resume, bump_version=bump == "true")
         return json_response(state())
 
     @routes.get("/is_paused")
