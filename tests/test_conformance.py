@@ -18,6 +18,7 @@ from localoai.errors import InvalidRequestError
 from localoai.protocol.base import parse_request
 from localoai.protocol.chat import ChatCompletionRequest
 from localoai.protocol.completions import CompletionRequest
+from localoai.protocol.responses import CompactRequest, ResponseCreateRequest
 
 
 @lru_cache(maxsize=1)
@@ -40,7 +41,8 @@ def _properties(schemas: dict[str, Any], schema: dict[str, Any]) -> set[str]:
 
 @pytest.mark.parametrize(
     ("schema", "model"),
-    [("CreateChatCompletionRequest", ChatCompletionRequest), ("CreateCompletionRequest", CompletionRequest)],
+    [("CreateChatCompletionRequest", ChatCompletionRequest), ("CreateCompletionRequest", CompletionRequest),
+     ("CreateResponse", ResponseCreateRequest), ("CompactResponseMethodPublicBody", CompactRequest)],
 )
 def test_every_documented_request_field_is_declared(shared_fixtures: Path, schema: str, model: type) -> None:
     spec = _openapi(shared_fixtures / "openapi" / "openai-openapi.yaml")

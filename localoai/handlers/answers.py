@@ -7,15 +7,17 @@ from typing import Any
 
 from anthropic.types import Message as AnthropicMessage
 from openai.types.chat import ChatCompletion
-from openai.types.responses import Response
+from openai.types.responses import CompactedResponse, Response
 
 from localoai.chat_template import template_messages
 from localoai.handlers.messages.content import answer_message
 from localoai.handlers.responses.items import chat_messages
+from localoai.protocol.response_items import compaction_summary
 
 
 def answers(output: Any) -> list[list[dict[str, Any]]]:
-    """Per sample, from a `ChatCompletion`, a `Response` or a Messages `Message`; none from anything else."""
+    """Per sample, from a `ChatCompletion`, a `Response`, a Messages `Message` or a compaction (its summary);
+    none from anything else."""
     if isinstance(output, ChatCompletion):
         result = []
         for choice in sorted(output.choices, key=lambda choice: choice.index):
@@ -27,6 +29,10 @@ def answers(output: Any) -> list[list[dict[str, Any]]]:
     if isinstance(output, Response):
         items = [item.model_dump(mode="json", exclude_none=True) for item in output.output]
         return [template_messages(chat_messages(None, items))]
+    if isinstance(output, CompactedResponse):
+        summaries = [compaction_summary(item.encrypted_content) for item in output.output
+                     if getattr(item, "type", None) == "compaction"]
+        return [[{"role": "assistant", "content": summary} for summary in summaries]]
     if isinstance(output, AnthropicMessage):
         return [template_messages([answer_message(output)])]
     return []

@@ -36,6 +36,8 @@ Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
 """Token counts, lengths, limits: non-negative and within a C int."""
 Number = StrictFloat | StrictInt
 """A JSON number; `RequestModel` refuses NaN / Infinity for it (`allow_inf_nan=False`)."""
+ServiceTier = Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"]
+"""OpenAI's processing tiers (the SDK's `ServiceTier`): accepted, one local model serves them all alike."""
 
 
 class RequestModel(BaseModel):

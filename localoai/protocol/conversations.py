@@ -8,14 +8,13 @@ server cannot hold (hosted tool calls, item references) naming them, before anyt
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from localoai.errors import InvalidRequestError
 from localoai.protocol.base import RequestModel
-from localoai.protocol.response_items import InputItem, check_item_types
+from localoai.protocol.response_items import InputItem, allow_listed_items
 from localoai.protocol.responses import parse_include, parse_input_items_query
 from localoai.protocol.stored import ListQuery
 
@@ -29,12 +28,7 @@ Items = Annotated[list[InputItem], Field(max_length=MAX_ITEMS)]
 
 
 class _ItemsRequest(RequestModel):
-    @model_validator(mode="before")
-    @classmethod
-    def _allow_listed(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            check_item_types(data.get("items"), "items")
-        return data
+    _allow_listed = allow_listed_items("items")
 
 
 class ConversationCreateRequest(_ItemsRequest):

@@ -5,6 +5,7 @@ index, a known one this server cannot use (hosted tool calls, `item_reference`) 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
@@ -24,7 +25,6 @@ from localoai.protocol.client_tools import (
 )
 from localoai.protocol.content import RefusalPart, RefusedPart
 from localoai.protocol.hosted_tools import WebSearchCallItem
-
 
 # -- content parts -------------------------------------------------------------------------
 
@@ -129,6 +129,44 @@ class ReasoningItem(RequestModel):
     status: ItemStatus | None = None
 
 
+class CompactionItem(RequestModel):
+    """A conversation compacted by `POST /v1/responses/compact`: its summary, rendered as a user
+    message (see `handlers.responses.compaction`). Only this server's own can be read: OpenAI's are
+    encrypted with a key it does not have."""
+
+    type: Literal["compaction"]
+    encrypted_content: Annotated[str, Field(max_length=20_971_520)]
+    id: str | None = None
+    created_by: str | None = None
+
+    @model_validator(mode="after")
+    def _readable(self) -> CompactionItem:
+        if compaction_summary(self.encrypted_content) is None:
+            raise Unsupported("this compaction item was not made by this server (POST /v1/responses/compact "
+                              "here): its content cannot be read", param="encrypted_content")
+        return self
+
+
+COMPACTION_PREFIX = "localoai-compaction-v1:"
+"""What starts this server's `encrypted_content`: the summary follows, base64url-encoded. Not a
+secret (the model is the caller's own); opaque to clients, as OpenAI's is."""
+
+
+def compaction_content(summary: str) -> str:
+    return COMPACTION_PREFIX + base64.urlsafe_b64encode(summary.encode()).decode("ascii")
+
+
+def compaction_summary(content: str) -> str | None:
+    """The summary in this server's `encrypted_content`; None for anything else."""
+    if not content.startswith(COMPACTION_PREFIX):
+        return None
+    try:
+        encoded = content[len(COMPACTION_PREFIX):].encode("ascii")
+        return base64.b64decode(encoded, altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+        return None
+
+
 def _item_type(item: Any) -> str | None:
     kind = (item.get("type") if isinstance(item, Mapping) else getattr(item, "type", None)) or "message"
     return kind if isinstance(kind, str) else None  # an "easy" message may omit its type; a non-string is no tag
@@ -150,12 +188,24 @@ def check_item_types(items: Any, field: str) -> None:
         raise InvalidParam(f"unknown item type {kind!r} at index {index}", param=f"{field}[{index}].type")
 
 
+def allow_listed_items(field: str) -> Any:
+    """A model's `mode="before"` validator that runs `check_item_types` on its `field`."""
+
+    def check(cls: type, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            check_item_types(data.get(field), field)
+        return data
+
+    return model_validator(mode="before")(classmethod(check))  # type: ignore[arg-type]
+
+
 InputItem = Annotated[
     Union[
         Annotated[MessageItem, Tag("message")],
         Annotated[FunctionCallItem, Tag("function_call")],
         Annotated[FunctionCallOutputItem, Tag("function_call_output")],
         Annotated[ReasoningItem, Tag("reasoning")],
+        Annotated[CompactionItem, Tag("compaction")],
         Annotated[WebSearchCallItem, Tag("web_search_call")],
         Annotated[CustomToolCallItem, Tag("custom_tool_call")],
         Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")],
@@ -169,12 +219,12 @@ InputItem = Annotated[
     Discriminator(_item_type),
 ]
 INPUT_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning", "web_search_call",
-                              *CLIENT_CALL_ITEMS})
+                              "compaction", *CLIENT_CALL_ITEMS})
 
 # Item types of the OpenAI reference that belong to hosted tools (or to features not built yet).
 HOSTED_ITEM_TYPES = frozenset({
     "file_search_call", "computer_call", "computer_call_output", "image_generation_call",
     "code_interpreter_call", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
-    "tool_search_call", "tool_search_output", "additional_tools", "configuration_update", "compaction",
+    "tool_search_call", "tool_search_output", "additional_tools", "configuration_update",
     "compaction_trigger", "program", "program_output",
 })

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from localoai.errors import InvalidRequestError, UnsupportedFieldError
-from localoai.protocol.base import Count, InvalidParam, Number, RequestModel, Unsupported
+from localoai.protocol.base import Count, InvalidParam, Number, RequestModel, ServiceTier, Unsupported
 from localoai.protocol.chat import JsonSchemaFormat
 from localoai.protocol.client_tools import (
     CLIENT_TOOL_TYPES,
@@ -40,9 +40,8 @@ from localoai.protocol.hosted_tools import (
     NamespaceTool,
     namespaced_name,
 )
-from localoai.protocol.response_items import InputItem, check_item_types
+from localoai.protocol.response_items import InputItem, allow_listed_items, check_item_types
 from localoai.protocol.stored import ListQuery, parse_list_query
-
 
 # -- tools and text ------------------------------------------------------------------------
 
@@ -236,18 +235,20 @@ class ResponseInputFields(RequestModel):
 class ResponseCreateRequest(ResponseInputFields):
     model: str
     background: StrictBool | None = None
+    context_management: list[dict[str, Any]] | None = None
     # Codex's turn metadata (ids, sandbox mode, ...): it changes nothing in the generation; recorded.
     client_metadata: dict[str, str] | None = None
     include: list[str] | None = None
     max_output_tokens: Annotated[Count, Field(ge=1)] | None = None
     max_tool_calls: Annotated[Count, Field(ge=1)] | None = None  # limits hosted tool calls: none here
     metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
+    moderation: Any = None
     prompt: Any = None
     prompt_cache_key: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
-    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    service_tier: ServiceTier | None = None
     store: StrictBool | None = None
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
@@ -264,6 +265,12 @@ class ResponseCreateRequest(ResponseInputFields):
         if self.prompt is not None:
             raise Unsupported("prompt templates are stored on OpenAI's platform and are not available here",
                               param="prompt")
+        if self.context_management:
+            raise Unsupported("server-side compaction during a response is not supported here; compact the "
+                              "conversation with POST /v1/responses/compact and send its output as input",
+                              param="context_management")
+        if self.moderation is not None:
+            raise Unsupported("moderation is a hosted OpenAI feature and is not supported", param="moderation")
         check_includes(self.include)
         if self.stream_options is not None and not self.stream:
             raise InvalidParam("stream_options is only allowed when stream is true", param="stream_options")
@@ -280,6 +287,35 @@ class InputTokensRequest(ResponseInputFields):
         if self.personality is not None:
             raise Unsupported("personality presets are not supported by this server", param="personality")
         return self
+
+
+class CompactRequest(RequestModel):
+    """`POST /v1/responses/compact`: the conversation to compact (`input` after what
+    `previous_response_id` chains), as Responses render it (see `handlers.responses.compaction`)."""
+
+    model: str
+    input: str | list[InputItem] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    # Caching and routing hints of OpenAI's platform; image options (no image input is accepted here).
+    image: dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+    service_tier: ServiceTier | None = None
+    # Extras (in `extra_body`): template arguments as on create; the summary's token budget (by
+    # default, the rest of the context window).
+    chat_template_kwargs: dict[str, Any] | None = None
+    max_output_tokens: Annotated[Count, Field(ge=1)] | None = None
+
+    _allow_listed = allow_listed_items("input")
+
+    def input_fields(self) -> ResponseInputFields:
+        """The fields that decide the conversation, as a Responses request holds them."""
+        return ResponseInputFields(model=self.model, input=self.input or [], instructions=self.instructions,
+                                   previous_response_id=self.previous_response_id,
+                                   chat_template_kwargs=self.chat_template_kwargs)
 
 
 # -- query strings -------------------------------------------------------------------------

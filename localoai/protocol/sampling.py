@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
-from localoai.protocol.base import MAX_COUNT, Count, Int64, InvalidParam, Number, RequestModel, TokenId
+from localoai.protocol.base import MAX_COUNT, Count, Int64, InvalidParam, Number, RequestModel, ServiceTier, TokenId
 
 MAX_STOP_SEQUENCES = 4
 MIN_REPETITION_PENALTY = 0.01
@@ -37,7 +37,7 @@ class SamplingFields(RequestModel):
     temperature: Annotated[Number, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[Number, Field(ge=0.0, le=1.0)] | None = None
     user: str | None = None
-    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    service_tier: ServiceTier | None = None
 
     # vLLM-style extras, sent by RL clients through `extra_body`.
     top_k: Annotated[StrictInt, Field(le=MAX_COUNT)] | None = None

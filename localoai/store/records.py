@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict, get_args
 
-RecordKind = Literal["chat.completion", "text_completion", "response", "message", "embedding", "generate"]
+RecordKind = Literal["chat.completion", "text_completion", "response", "response.compaction", "message", "embedding",
+                     "generate"]
 RecordStatus = Literal["completed", "failed", "incomplete", "cancelled", "in_progress"]
 
 KINDS: frozenset[str] = frozenset(get_args(RecordKind))

@@ -21,6 +21,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from localoai.protocol.base import RequestModel
+from localoai.protocol.response_items import compaction_content
 
 GENERATED_PREFIXES = ("chatcmpl-", "cmpl-", "resp_", "msg_", "generate-tokens-")
 """Ids of answers recorded under that id: chat, completions, Responses, Messages, token-in generate."""
@@ -38,7 +39,10 @@ SEEDS: dict[str, list[dict[str, Any]]] = {
     "/v1/responses": [{"model": "tiny", "input": "hi", "max_output_tokens": 3},
                       {"model": "tiny", "input": [{"role": "user", "content": "hi"}], "max_output_tokens": 3,
                        "stream": True}],
-    "/v1/responses/input_tokens": [{"model": "tiny", "input": [{"type": "message", "role": "user", "content": "hi"}]}],
+    "/v1/responses/input_tokens": [{"model": "tiny", "input": [{"type": "message", "role": "user", "content": "hi"}]},
+                                   {"model": "tiny", "input": [{"type": "compaction",
+                                                                "encrypted_content": compaction_content("so far")}]}],
+    "/v1/responses/compact": [{"model": "tiny", "input": [{"role": "user", "content": "hi"}], "max_output_tokens": 3}],
     "/v1/conversations": [{"items": [{"type": "message", "role": "user", "content": "hi"}], "metadata": {"a": "b"}}],
     "/tokenize": [{"prompt": "hi"}, {"messages": [{"role": "user", "content": "hi"}]}],
     "/detokenize": [{"tokens": [1, 2]}],

@@ -20,6 +20,7 @@ from localoai.store.records import GenerationRecord
 ENDPOINTS: dict[str, str] = {
     "chat.completion": "chat",
     "response": "responses",
+    "response.compaction": "compact",
     "text_completion": "completions",
     "embedding": "embeddings",
     "generate": "generate",

@@ -31,9 +31,9 @@ logger = logging.getLogger("localoai.widgets")
 
 STATUS_OPTIONS = [("any status", ""), ("completed", "completed"), ("failed", "failed"),
                   ("incomplete", "incomplete"), ("cancelled", "cancelled"), ("in progress", "in_progress")]
-ENDPOINT_OPTIONS = [("any endpoint", ""), ("responses", "response"), ("chat", "chat.completion"),
-                    ("completions", "text_completion"), ("messages", "message"), ("generate", "generate"),
-                    ("embeddings", "embedding")]
+ENDPOINT_OPTIONS = [("any endpoint", ""), ("responses", "response"), ("compactions", "response.compaction"),
+                    ("chat", "chat.completion"), ("completions", "text_completion"), ("messages", "message"),
+                    ("generate", "generate"), ("embeddings", "embedding")]
 
 
 class Inspector(widgets.VBox):

@@ -8,6 +8,7 @@ from localoai.handlers.responses.handler import Responses
 from localoai.handlers.responses.stored import StoredResponses
 from localoai.protocol.base import parse_request
 from localoai.protocol.responses import (
+    CompactRequest,
     InputTokensRequest,
     ResponseCreateRequest,
     parse_input_items_query,
@@ -28,6 +29,12 @@ def blueprint(responses: Responses, stored: StoredResponses) -> Blueprint:
         if prepared.request.stream:
             return sse_response(responses.events(prepared), typed=True)
         return json_response(await responses.create(prepared))
+
+    @routes.post("/v1/responses/compact")
+    async def compact() -> Response:
+        body = parse_request(CompactRequest, await request.get_data())
+        prepared = await responses.compactions.prepare(body, episode_ref(request.headers, None))
+        return json_response(await responses.compactions.create(prepared))
 
     @routes.post("/v1/responses/input_tokens")
     async def input_tokens() -> Response:

@@ -13,7 +13,8 @@ reason kept in the sample's trace (`tool_parse_error`). The same output parser
 The streamed and the non-streamed answers come from the same event stream: a non-streamed request
 drains it through `ResponseFold` (the response its terminal event carries), so the two can never
 disagree. Every response is recorded (kind "response"), its resolved input items with it, so that
-a chain of any length can be replayed from the store. `background: true`: see `background`.
+a chain of any length can be replayed from the store. `background: true`: see `background`;
+`POST /v1/responses/compact`: see `compaction`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from localoai.episodes.routing import EpisodeRef
 from localoai.handlers.common import token_budget
 from localoai.handlers.responses.background import BackgroundResponses
 from localoai.handlers.responses.client_tools import client_tool_types
+from localoai.handlers.responses.compaction import Compactions
 from localoai.handlers.responses.events import ResponseEvents
 from localoai.handlers.responses.inputs import PreparedResponse, ResponseInputs
 from localoai.handlers.responses.items import chat_messages, chat_tools
@@ -49,6 +51,7 @@ class Responses:
         self.model, self.services = model, services
         self.inputs = ResponseInputs(model, services)
         self.background = BackgroundResponses(self._events)
+        self.compactions = Compactions(model, services, self.inputs)
 
     async def prepare(self, request: ResponseCreateRequest, episode: EpisodeRef | None = None) -> PreparedResponse:
         """Every check that can fail, before any generation starts."""

@@ -67,6 +67,13 @@ class ResponseInputs:
     async def render(self, request: ResponseInputFields) -> tuple[list[dict[str, Any]], RenderedPrompt, int]:
         """The full item list (what came before, then this request's items), its rendering, and
         where this request's items start."""
+        items, first_new = await self.resolve(request)
+        prompt = await self._rendered(request, items, self.offered(request))
+        return items, prompt, first_new
+
+    async def resolve(self, request: ResponseInputFields) -> tuple[list[dict[str, Any]], int]:
+        """The full item list (what came before, then this request's items), checked, and where this
+        request's items start."""
         if request.conversation_id is not None:
             earlier = await self._conversation(request.conversation_id)
         else:
@@ -80,8 +87,7 @@ class ResponseInputs:
                                               param=f"input[{index}].id")
         items = earlier + new
         check_call_outputs(items, len(earlier))
-        prompt = await self._rendered(request, items, self.offered(request))
-        return items, prompt, len(earlier)
+        return items, len(earlier)
 
     async def _rendered(self, request: ResponseInputFields, items: list[dict[str, Any]],
                         offered: OfferedTools) -> RenderedPrompt:

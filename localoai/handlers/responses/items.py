@@ -14,7 +14,8 @@ this server returns) becomes the `reasoning_content` of the assistant message th
 hands it to the template the way it reads it (Qwen3's `reasoning_content`, gpt-oss's `thinking`);
 the template decides whether an earlier turn's reasoning is shown (Qwen3 keeps it only after the
 last user turn). A reasoning item with no assistant turn after it, or with only a `summary` or
-`encrypted_content` (OpenAI's own), has nothing the template can render.
+`encrypted_content` (OpenAI's own), has nothing the template can render. A `compaction` item (made
+by `POST /v1/responses/compact`, see `compaction`) renders as a user message holding its summary.
 """
 
 from __future__ import annotations
@@ -34,15 +35,20 @@ from localoai.protocol.chat import Message
 from localoai.protocol.client_tools import function_definition
 from localoai.protocol.hosted_tools import namespaced_name
 from localoai.protocol.response_items import (
+    CompactionItem,
     FunctionCallItem,
     FunctionCallOutputItem,
     InputItem,
     MessageItem,
     ReasoningItem,
     WebSearchCallItem,
+    compaction_summary,
 )
 
 _MESSAGES = TypeAdapter(list[Message])
+
+COMPACTED_HISTORY = "The earlier part of this conversation was compacted into this summary:\n\n"
+"""What a `compaction` item renders as, before its summary: a user message (see `compaction`)."""
 
 
 def stored_items(given: str | Sequence[InputItem]) -> list[dict[str, Any]]:
@@ -85,6 +91,8 @@ def stored_items(given: str | Sequence[InputItem]) -> list[dict[str, Any]]:
             items.append(item.model_dump(mode="json", exclude_none=True))
         elif isinstance(item, ReasoningItem):
             items.append({**item.model_dump(mode="json", exclude_none=True), "id": item.id or new_id("rs_")})
+        elif isinstance(item, CompactionItem):
+            items.append({**item.model_dump(mode="json", exclude_none=True), "id": item.id or new_id("cmp_")})
         elif isinstance(item, CLIENT_ITEMS):
             items.append(stored_item(item))
         else:  # the protocol's allow-list and this function must name the same types
@@ -164,6 +172,9 @@ def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]],
             text = "".join(part.get("text", "") for part in item.get("content") or [])
             if text:
                 reasoning.append(text)
+        elif kind == "compaction":
+            summary = compaction_summary(item["encrypted_content"]) or ""  # checked when the item came in
+            messages.append({"role": "user", "content": COMPACTED_HISTORY + summary})
     if system:
         messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return _MESSAGES.validate_python(messages)
