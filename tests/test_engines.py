@@ -313,6 +313,14 @@ def test_responses_stream_the_same_answer(server: Any, client: openai.OpenAI, to
     assert_greedy(server, tool_caller, "response", 16)
 
 
+def test_a_compaction_is_the_reference(server: Any, client: openai.OpenAI, tool_caller: tuple[Any, Any]) -> None:
+    compacted = client.responses.compact(model="tiny", input=[{"role": "user", "content": QUESTION}],
+                                         extra_body={"max_output_tokens": 12, "temperature": 0})
+    record = assert_greedy(server, tool_caller, "response.compaction", 12)
+    assert record.id == compacted.id and compacted.usage.output_tokens == len(record.completions[0]["completion_token_ids"])
+    assert [item.type for item in compacted.output] == ["message", "compaction"]
+
+
 def test_conversations_carry_the_history(server: Any, client: openai.OpenAI, tool_caller: tuple[Any, Any]) -> None:
     conversation = client.conversations.create(items=[{"type": "message", "role": "user", "content": QUESTION}])
     reply = client.responses.create(model="tiny", conversation=conversation.id, input=[], max_output_tokens=60,

@@ -305,9 +305,11 @@ class CompactRequest(RequestModel):
     safety_identifier: str | None = None
     service_tier: ServiceTier | None = None
     # Extras (in `extra_body`): template arguments as on create; the summary's token budget (by
-    # default, the rest of the context window).
+    # default, the rest of the context window) and sampling (by default, as create's).
     chat_template_kwargs: dict[str, Any] | None = None
     max_output_tokens: Annotated[Count, Field(ge=1)] | None = None
+    temperature: Annotated[Number, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[Number, Field(ge=0.0, le=1.0)] | None = None
 
     _allow_listed = allow_listed_items("input")
 

@@ -92,7 +92,11 @@ class Compactions:
             context=[[], request.chat_template_kwargs])
         budget = token_budget(model, len(prompt.token_ids), request.max_output_tokens, param="max_output_tokens")
         parser = model.output_parser(prompt.text, None)
-        params = model.decoded_for(parser, SamplingParams(max_tokens=budget))
+        params = SamplingParams(
+            max_tokens=budget,
+            temperature=float(request.temperature if request.temperature is not None else 1.0),
+            top_p=float(request.top_p if request.top_p is not None else 1.0))
+        params = model.decoded_for(parser, params)
         return PreparedCompaction(request, items, prompt, params, parser, turn)
 
     async def create(self, prepared: PreparedCompaction) -> CompactedConversation:
