@@ -307,7 +307,6 @@ def test_input_tokens_is_the_generation_prompt_length(client: openai.OpenAI, ser
     ({"tool_choice": "required"}, "tool_choice", "only allowed when 'tools' are specified"),
     ({"tools": [TOOL], "tool_choice": {"type": "file_search"}}, "tool_choice", "file_search"),
     ({"background": True, "store": False}, "background", "store"),
-    ({"truncation": "auto"}, "truncation", "auto"),
     ({"include": ["file_search_call.results"]}, "include[0]", "file_search_call.results"),
     ({"reasoning": {"summary": "detailed"}}, "reasoning.summary", "summarizer"),
     ({"seed": 1}, "seed", "Unrecognized"),
@@ -318,6 +317,48 @@ def test_refused_requests_name_what_is_refused(server: Any, fields: dict[str, An
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and named in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_truncation_auto_drops_the_oldest_turns_until_the_input_fits(
+        client: openai.OpenAI, server: Any, tiny: Any) -> None:
+    model, tokenizer = tiny
+    window = model.config.max_position_embeddings
+    long = " ".join(["paris weather report"] * 40)  # a few hundred tokens
+    turns: list[dict[str, Any]] = [{"role": "developer", "content": "rule one"}]
+    for number in range(8):
+        turns += [{"role": "user", "content": f"question {number}: {long}"},
+                  {"type": "function_call", "call_id": f"call_{number}", "name": "get_weather", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": f"call_{number}", "output": long},
+                  {"role": "assistant", "content": f"answer {number}"}]
+    turns.append({"role": "user", "content": "last question"})
+    with pytest.raises(openai.BadRequestError) as refused:
+        create(client, server, input=turns, tools=[TOOL], max_output_tokens=8)
+    assert refused.value.body["code"] == "context_length_exceeded"
+
+    reply = create(client, server, input=turns, tools=[TOOL], max_output_tokens=8, truncation="auto")
+    assert reply.truncation == "auto" and reply.usage.input_tokens + 8 <= window
+    record = server.store.get(reply.id)
+    prompt = record.prompt_text
+    assert "rule one" in prompt and "last question" in prompt and "question 0:" not in prompt
+    kept = [number for number in range(8) if f"question {number}:" in prompt]
+    assert kept and kept == list(range(kept[0], 8))  # whole turns, the newest ones
+    assert f"answer {kept[0] - 1}" not in prompt and f"call_{kept[0] - 1}" not in prompt
+    assert len(record.request["input_items"]) == len(turns)  # the input items are all listed and replayed
+    # Counted as truncated, leaving one token of room (the response left eight): as many or more kept.
+    counted = client.responses.input_tokens.count(model=server.model, input=turns, tools=[TOOL], truncation="auto")
+    assert reply.usage.input_tokens <= counted.input_tokens < window
+
+    # An input of more characters than any tokens of the window could hold is truncated as well.
+    many = [turns[0], *turns[1:-1] * 3, turns[-1]]
+    with pytest.raises(openai.BadRequestError, match="characters"):
+        create(client, server, input=many, tools=[TOOL], max_output_tokens=8)
+    assert create(client, server, input=many, tools=[TOOL], max_output_tokens=8, truncation="auto").usage.input_tokens \
+        == reply.usage.input_tokens
+
+    # One turn that alone exceeds the window is refused all the same.
+    with pytest.raises(openai.BadRequestError) as alone:
+        create(client, server, input=" ".join([long] * 12), max_output_tokens=8, truncation="auto")
+    assert alone.value.body["code"] == "context_length_exceeded"
 
 
 def test_unknown_model_is_404(server: Any) -> None:

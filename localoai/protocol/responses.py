@@ -203,9 +203,6 @@ class ResponseInputFields(RequestModel):
                 self.reasoning is not None and self.reasoning.generate_summary in ("concise", "detailed"),
                 "reasoning summaries are not generated here (there is no summarizer model); use 'auto' or omit it",
             ),
-            "truncation": (self.truncation == "auto",
-                           "truncation 'auto' is not supported; the request fails when the input exceeds "
-                           "the context window ('disabled')"),
         }
         for field, (refused, why) in refusals.items():
             if refused:

@@ -57,10 +57,11 @@ class Responses:
         """Every check that can fail, before any generation starts."""
         model, services = self.model, self.services
         model.check_model(request.model)
-        items, prompt, new_from = await self.inputs.render(request)
+        rendered = await self.inputs.render(request, room=request.max_output_tokens or 1)
+        items, prompt = rendered.items, rendered.prompt
         offered = self.inputs.offered(request)
         tools = chat_tools(offered.tools)
-        messages = chat_messages(request.instructions, items, services.hosted_tools.result)
+        messages = chat_messages(request.instructions, rendered.shown, services.hosted_tools.result)
         prompt, turn = await services.off_loop(
             services.episodes.attach,
             episode, messages, prompt, lambda history: render_chat(
@@ -81,12 +82,12 @@ class Responses:
         if offered.not_offered:
             logger.warning("hosted tools %s not offered to the model: no implementation is registered "
                            "(start(hosted_tools=...))", ", ".join(offered.not_offered))
-        return PreparedResponse(request, items, prompt, params, offered, parser, new_from, turn)
+        return PreparedResponse(request, items, prompt, params, offered, parser, rendered.new_items_from, turn)
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
         self.model.check_model(request.model)
-        _, prompt, _ = await self.inputs.render(request)
-        return InputTokenCountResponse(object="response.input_tokens", input_tokens=len(prompt.token_ids))
+        rendered = await self.inputs.render(request)
+        return InputTokenCountResponse(object="response.input_tokens", input_tokens=len(rendered.prompt.token_ids))
 
     async def create(self, prepared: PreparedResponse) -> Response:
         stream = self._stream(prepared, live=False)

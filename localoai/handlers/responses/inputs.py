@@ -50,6 +50,31 @@ class PreparedResponse:
     """After a round of hosted tool calls: `items` then the earlier rounds' output, which `prompt` renders."""
 
 
+@dataclass(frozen=True)
+class RenderedInput:
+    items: list[dict[str, Any]]
+    """What came before (a `previous_response_id` chain or a conversation), then this request's items."""
+    prompt: RenderedPrompt
+    new_items_from: int
+    """Where this request's own items start in `items`."""
+    shown: list[dict[str, Any]]
+    """The items `prompt` renders: `items`, less the oldest turns when `truncation: "auto"` dropped them."""
+
+
+def truncated(items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """`items` without their oldest turn (`truncation: "auto"`, OpenAI's "dropping items from the beginning
+    of the conversation"): everything before the second user message goes, except system and developer
+    messages (the instructions the template renders first), so no tool result outlives its call. None
+    when only one turn is left."""
+    users = [index for index, item in enumerate(items) if item["type"] == "message" and item["role"] == "user"]
+    cut = next((index for index in users if index > 0 and any(
+        item["type"] != "message" or item["role"] not in ("system", "developer") for item in items[:index])), None)
+    if cut is None:
+        return None
+    return [item for item in items[:cut] if item["type"] == "message" and item["role"] in ("system", "developer")] \
+        + items[cut:]
+
+
 def previous_not_found(response_id: str) -> NotFoundError:
     return NotFoundError(f"Previous response with id '{response_id}' not found.", param="previous_response_id",
                          code="previous_response_not_found")
@@ -64,12 +89,12 @@ class ResponseInputs:
     def offered(self, request: ResponseInputFields) -> OfferedTools:
         return offered_tools(request, self.services.hosted_tools.definitions())
 
-    async def render(self, request: ResponseInputFields) -> tuple[list[dict[str, Any]], RenderedPrompt, int]:
-        """The full item list (what came before, then this request's items), its rendering, and
-        where this request's items start."""
+    async def render(self, request: ResponseInputFields, *, room: int = 1) -> RenderedInput:
+        """The full item list (what came before, then this request's items), rendered (`room`: the
+        output tokens it must leave, for `truncation: "auto"`)."""
         items, first_new = await self.resolve(request)
-        prompt = await self._rendered(request, items, self.offered(request))
-        return items, prompt, first_new
+        prompt, shown = await self._rendered(request, items, self.offered(request), room=room)
+        return RenderedInput(items, prompt, first_new, shown)
 
     async def resolve(self, request: ResponseInputFields) -> tuple[list[dict[str, Any]], int]:
         """The full item list (what came before, then this request's items), checked, and where this
@@ -89,19 +114,36 @@ class ResponseInputs:
         check_call_outputs(items, len(earlier))
         return items, len(earlier)
 
-    async def _rendered(self, request: ResponseInputFields, items: list[dict[str, Any]],
-                        offered: OfferedTools) -> RenderedPrompt:
+    async def _rendered(self, request: ResponseInputFields, items: list[dict[str, Any]], offered: OfferedTools,
+                        *, room: int = 1) -> tuple[RenderedPrompt, list[dict[str, Any]]]:
+        """`items` rendered, and the items the rendering holds: all of them, unless `truncation` is
+        "auto" and they leave fewer than `room` tokens of the context window, when the oldest turns
+        go first (see `truncated`)."""
         model, services = self.model, self.services
-        return await services.off_loop(
-            render_chat,
-            model.tokenizer,
-            chat_messages(request.instructions, items, services.hosted_tools.result),  # never carried over
-            tools=chat_tools(offered.tools),
-            template_kwargs=request.chat_template_kwargs,
-            reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
-            effort_param="reasoning.effort",
-            policy=model.template_policy,
-        )
+
+        def render(shown: list[dict[str, Any]]) -> RenderedPrompt:
+            return render_chat(
+                model.tokenizer,
+                chat_messages(request.instructions, shown, services.hosted_tools.result),  # never carried over
+                tools=chat_tools(offered.tools),
+                template_kwargs=request.chat_template_kwargs,
+                reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
+                effort_param="reasoning.effort",
+                policy=model.template_policy,
+            )
+
+        auto, shown = request.truncation == "auto", items
+        while True:  # the last turn alone may not fit either: then it is refused as without truncation
+            try:
+                prompt = await services.off_loop(render, shown)
+            except InvalidRequestError as error:  # too many characters to be worth tokenizing
+                if not auto or error.code != "context_length_exceeded" or (fewer := truncated(shown)) is None:
+                    raise
+                shown = fewer
+                continue
+            if not auto or len(prompt.token_ids) + room <= model.context_length or (fewer := truncated(shown)) is None:
+                return prompt, shown
+            shown = fewer
 
     async def continued(self, prepared: PreparedResponse, round_items: list[Any], used: int) -> PreparedResponse:
         """The next round of a response whose model called hosted tools: the same request rendered
@@ -109,8 +151,8 @@ class ResponseInputs:
         request = prepared.request
         output = [item.model_dump(mode="json", exclude_none=True) for item in round_items]
         items = [*prepared.items, *output] if not prepared.continued else [*prepared.continued, *output]
-        prompt = await self._rendered(request, items, prepared.offered)
         remaining = request.max_output_tokens - used if request.max_output_tokens is not None else None
+        prompt, _ = await self._rendered(request, items, prepared.offered, room=max(remaining or 0, 1))
         budget = token_budget(self.model, len(prompt.token_ids), max(remaining or 0, 1) if remaining is not None
                               else None, param="max_output_tokens")
         names = [offered_name(tool) for tool in prepared.offered.tools]
