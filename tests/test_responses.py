@@ -15,7 +15,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from localoai.handlers.responses.inputs import from_turn, turn_starts
 from localoai.testing import ScriptedEngine, running_server, wait_until
 
 TOOL = {"type": "function", "name": "get_weather", "description": "Weather in a city",
@@ -359,6 +362,27 @@ def test_truncation_auto_drops_the_oldest_turns_until_the_input_fits(
     with pytest.raises(openai.BadRequestError) as alone:
         create(client, server, input=" ".join([long] * 12), max_output_tokens=8, truncation="auto")
     assert alone.value.body["code"] == "context_length_exceeded"
+
+
+ITEM_KINDS = [("message", "user"), ("message", "assistant"), ("message", "system"), ("message", "developer"),
+              ("function_call", None), ("function_call_output", None), ("reasoning", None)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(kinds=st.lists(st.sampled_from(ITEM_KINDS), max_size=30))
+def test_truncation_starts_turns_at_user_messages_and_keeps_the_instructions(kinds: list[Any]) -> None:
+    items = [{"type": kind, "role": role, "n": index} if role else {"type": kind, "n": index}
+             for index, (kind, role) in enumerate(kinds)]
+    starts = turn_starts(items)
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    instructions = [item for item in items if item.get("role") in ("system", "developer")]
+    for start in starts[1:]:
+        assert items[start].get("role") == "user"
+        shown = from_turn(items, start)
+        assert shown[-len(items) + start:] == items[start:]  # the newest items, in order, none changed
+        assert [item for item in shown if item.get("role") in ("system", "developer")] == instructions
+        dropped = [item for item in items[:start] if item.get("role") not in ("system", "developer")]
+        assert dropped and not any(item in shown for item in dropped)
 
 
 def test_unknown_model_is_404(server: Any) -> None:

@@ -61,18 +61,22 @@ class RenderedInput:
     """The items `prompt` renders: `items`, less the oldest turns when `truncation: "auto"` dropped them."""
 
 
-def truncated(items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """`items` without their oldest turn (`truncation: "auto"`, OpenAI's "dropping items from the beginning
-    of the conversation"): everything before the second user message goes, except system and developer
-    messages (the instructions the template renders first), so no tool result outlives its call. None
-    when only one turn is left."""
-    users = [index for index, item in enumerate(items) if item["type"] == "message" and item["role"] == "user"]
-    cut = next((index for index in users if index > 0 and any(
-        item["type"] != "message" or item["role"] not in ("system", "developer") for item in items[:index])), None)
-    if cut is None:
-        return None
-    return [item for item in items[:cut] if item["type"] == "message" and item["role"] in ("system", "developer")] \
-        + items[cut:]
+def turn_starts(items: list[dict[str, Any]]) -> list[int]:
+    """Where `truncation: "auto"` may start the conversation (OpenAI's "dropping items from the beginning
+    of the conversation"): at its start, or at a user message with anything but system and developer
+    messages before it; a turn goes whole, so no tool result outlives its call."""
+    starts, seen = [0], False
+    for index, item in enumerate(items):
+        if item["type"] == "message" and item["role"] == "user" and seen and index > starts[-1]:
+            starts.append(index)
+        seen = seen or item["type"] != "message" or item["role"] not in ("system", "developer")
+    return starts
+
+
+def from_turn(items: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    """`items` from `start` on, with the system and developer messages before it (the instructions)."""
+    kept = [item for item in items[:start] if item["type"] == "message" and item["role"] in ("system", "developer")]
+    return kept + items[start:]
 
 
 def previous_not_found(response_id: str) -> NotFoundError:
@@ -118,7 +122,7 @@ class ResponseInputs:
                         *, room: int = 1) -> tuple[RenderedPrompt, list[dict[str, Any]]]:
         """`items` rendered, and the items the rendering holds: all of them, unless `truncation` is
         "auto" and they leave fewer than `room` tokens of the context window, when the oldest turns
-        go first (see `truncated`)."""
+        go first (see `turn_starts`)."""
         model, services = self.model, self.services
 
         def render(shown: list[dict[str, Any]]) -> RenderedPrompt:
@@ -132,18 +136,33 @@ class ResponseInputs:
                 policy=model.template_policy,
             )
 
-        auto, shown = request.truncation == "auto", items
-        while True:  # the last turn alone may not fit either: then it is refused as without truncation
+        async def fits(shown: list[dict[str, Any]]) -> RenderedPrompt | None:
             try:
                 prompt = await services.off_loop(render, shown)
             except InvalidRequestError as error:  # too many characters to be worth tokenizing
-                if not auto or error.code != "context_length_exceeded" or (fewer := truncated(shown)) is None:
+                if error.code != "context_length_exceeded":
                     raise
-                shown = fewer
-                continue
-            if not auto or len(prompt.token_ids) + room <= model.context_length or (fewer := truncated(shown)) is None:
-                return prompt, shown
-            shown = fewer
+                return None
+            return prompt if len(prompt.token_ids) + room <= model.context_length else None
+
+        if request.truncation != "auto":
+            return await services.off_loop(render, items), items
+        if (prompt := await fits(items)) is not None:
+            return prompt, items
+        # The fewest turns dropped (a binary search over where the conversation starts) that fit; when the
+        # last turn alone does not, it is rendered (and refused) as it would be without truncation.
+        starts = turn_starts(items)
+        low, high, best = 1, len(starts) - 1, None
+        while low <= high:
+            middle = (low + high) // 2
+            if (prompt := await fits(from_turn(items, starts[middle]))) is not None:
+                best, high = (prompt, from_turn(items, starts[middle])), middle - 1
+            else:
+                low = middle + 1
+        if best is None:
+            shown = from_turn(items, starts[-1])
+            return await services.off_loop(render, shown), shown
+        return best
 
     async def continued(self, prepared: PreparedResponse, round_items: list[Any], used: int) -> PreparedResponse:
         """The next round of a response whose model called hosted tools: the same request rendered
