@@ -128,6 +128,8 @@ def test_a_compaction_joins_its_episode(server: Any) -> None:
     ({"input": "hi", "tools": []}, "tools", 400),
     ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens", 400),
     ({"previous_response_id": "resp_missing"}, "previous_response_id", 404),
+    ({}, "input", 400),
+    ({"input": []}, "input", 400),
     ({"model": "other", "input": "hi"}, "model", 404),
 ])
 def test_refusals_name_the_field(server: Any, body: dict[str, Any], param: str, status: int) -> None:

@@ -25,6 +25,7 @@ from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.engine.params import SamplingParams
 from localoai.episodes.ledger import EpisodeTurn
 from localoai.episodes.routing import EpisodeRef
+from localoai.errors import InvalidRequestError
 from localoai.handlers.common import new_id, token_budget
 from localoai.handlers.recording import RecordFields
 from localoai.handlers.responses.events import usage
@@ -77,6 +78,9 @@ class Compactions:
         model.check_model(request.model)
         fields = request.input_fields()
         items, _ = await self.inputs.resolve(fields)
+        if not items:
+            raise InvalidRequestError("There is nothing to compact: give 'input' or 'previous_response_id'.",
+                                      param="input", code="missing_required_parameter")
         asked = [*items, {"type": "message", "role": "user",
                           "content": [{"type": "input_text", "text": COMPACTION_REQUEST}]}]
         messages = chat_messages(request.instructions, asked, services.hosted_tools.result)
