@@ -21,6 +21,7 @@ from localoai.handlers.responses.compaction import COMPACTION_REQUEST
 from localoai.handlers.responses.items import COMPACTED_HISTORY
 from localoai.protocol.response_items import compaction_content, compaction_summary
 from localoai.testing import ScriptedEngine, running_server
+from localoai.testing.openapi import sse_events
 
 CONVERSATION: list[dict[str, Any]] = [
     {"role": "user", "content": "plan a trip to paris"},
@@ -138,12 +139,61 @@ def test_refusals_name_the_field(server: Any, body: dict[str, Any], param: str, 
     assert answer.json()["error"]["param"] == param
 
 
-def test_server_side_compaction_and_moderation_are_refused_on_create(client: openai.OpenAI, server: Any) -> None:
-    for field, value in [("context_management", [{"type": "compaction", "compact_threshold": 200000}]),
-                         ("moderation", {"type": "omni"})]:
-        with pytest.raises(openai.BadRequestError) as refused:
-            client.responses.create(model=server.model, input="hi", extra_body={field: value})
-        assert refused.value.body["param"] == field and refused.value.body["code"] == "unsupported_parameter"
+LONG = " ".join(["paris weather report"] * 60)  # ~480 tokens of the tiny tokenizer
+TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}, "strict": False}
+
+
+def long_conversation(turns: int = 3) -> list[dict[str, Any]]:
+    """Short questions, long tool results: well past 1,000 tokens, and short once compacted."""
+    items: list[dict[str, Any]] = []
+    for number in range(turns):
+        items += [{"role": "user", "content": f"question {number}"},
+                  {"type": "function_call", "call_id": f"call_{number}", "name": "get_weather", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": f"call_{number}", "output": f"result {number}: {LONG}"}]
+    return items
+
+
+def test_context_management_compacts_the_input_before_the_answer(
+        client: openai.OpenAI, server: Any, openapi: Any) -> None:
+    management = [{"type": "compaction", "compact_threshold": 1000}]
+    reply = client.responses.create(model=server.model, input=long_conversation(), tools=[TOOL],
+                                    max_output_tokens=4, extra_body={"context_management": management})
+    compaction, *answer = reply.output
+    assert compaction.type == "compaction" and [item.type for item in answer] == ["message"]
+    summary = compaction_summary(compaction.encrypted_content)
+    record = server.store.get(reply.id)
+    assert f"{COMPACTED_HISTORY}{summary}" in record.prompt_text and "question 2" in record.prompt_text
+    assert "result 0:" not in record.prompt_text and reply.usage.input_tokens < 1000
+    [summarized] = server.store.list(kind="response.compaction", limit=1)
+    assert compaction_summary(compaction.encrypted_content) == summarized.completions[0]["text"].strip()
+    assert "result 0:" in summarized.prompt_text and summarized.request["context_management"] == management
+
+    # The chain goes on from the summary: what came before it is not rendered again.
+    after = client.responses.create(model=server.model, previous_response_id=reply.id, input="and tomorrow?",
+                                    max_output_tokens=4, tools=[TOOL], extra_body={"context_management": management})
+    assert [item.type for item in after.output] == ["message"]  # under the threshold now: no compaction
+    prompt = server.store.get(after.id).prompt_text
+    assert f"{COMPACTED_HISTORY}{summary}" in prompt and "result 0:" not in prompt and "and tomorrow?" in prompt
+
+    # Streamed, the compaction item comes first, whole; every event is as OpenAI describes it.
+    final = openapi.check_stream(sse_events(f"{server.base_url}/responses", {
+        "model": server.model, "input": long_conversation(), "tools": [TOOL], "max_output_tokens": 4,
+        "stream": True, "context_management": management}))
+    assert [item["type"] for item in final["output"]] == ["compaction", "message"]
+
+    # Under the threshold nothing is compacted; a render cannot hold a compaction.
+    short = client.responses.create(model=server.model, input="hi", max_output_tokens=2,
+                                    extra_body={"context_management": management})
+    assert [item.type for item in short.output] == ["message"]
+    rendered = httpx.post(f"{server.base_url}/responses/render", json={
+        "model": server.model, "input": long_conversation(), "context_management": management})
+    assert rendered.status_code == 400 and rendered.json()["error"]["param"] == "context_management"
+
+
+def test_moderation_is_refused_and_any_service_tier_accepted(client: openai.OpenAI, server: Any) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=server.model, input="hi", extra_body={"moderation": {"type": "omni"}})
+    assert refused.value.body["param"] == "moderation" and refused.value.body["code"] == "unsupported_parameter"
     for tier in ("fast", "ultrafast", "flex"):  # a processing tier changes nothing here
         assert client.responses.create(model=server.model, input="hi", max_output_tokens=1,
                                        service_tier=tier).status == "incomplete"

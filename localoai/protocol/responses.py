@@ -229,10 +229,18 @@ class ResponseInputFields(RequestModel):
         return self
 
 
+class CompactionEntry(RequestModel):
+    """`context_management`'s one kind: compact the input first when its rendering reaches
+    `compact_threshold` tokens (by default, when it leaves no room for `max_output_tokens`)."""
+
+    type: Literal["compaction"]
+    compact_threshold: Annotated[Count, Field(ge=1000)] | None = None
+
+
 class ResponseCreateRequest(ResponseInputFields):
     model: str
     background: StrictBool | None = None
-    context_management: list[dict[str, Any]] | None = None
+    context_management: Annotated[list[CompactionEntry], Field(min_length=1, max_length=1)] | None = None
     # Codex's turn metadata (ids, sandbox mode, ...): it changes nothing in the generation; recorded.
     client_metadata: dict[str, str] | None = None
     include: list[str] | None = None
@@ -262,10 +270,6 @@ class ResponseCreateRequest(ResponseInputFields):
         if self.prompt is not None:
             raise Unsupported("prompt templates are stored on OpenAI's platform and are not available here",
                               param="prompt")
-        if self.context_management:
-            raise Unsupported("server-side compaction during a response is not supported here; compact the "
-                              "conversation with POST /v1/responses/compact and send its output as input",
-                              param="context_management")
         if self.moderation is not None:
             raise Unsupported("moderation is a hosted OpenAI feature and is not supported", param="moderation")
         check_includes(self.include)

@@ -38,7 +38,7 @@ def blueprint(chat: ChatCompletions, completions: Completions, responses: Respon
     @routes.post("/v1/responses/render")
     async def render_response() -> Response:
         body = parse_request(ResponseCreateRequest, await request.get_data())
-        prepared = await responses.prepare(body, episode_ref(request.headers, body.metadata))
+        prepared = await responses.prepare(body, episode_ref(request.headers, body.metadata), compaction=False)
         return json_response(generate_request("resp_", body.model, prepared.prompt.token_ids, prepared.prompt.text,
                                               prepared.params, body.stream))
 

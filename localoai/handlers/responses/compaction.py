@@ -9,7 +9,8 @@ The summarizing prompt is the conversation rendered as Responses render it, then
 asking for the summary (`COMPACTION_REQUEST`). The summary is a generation like any other: recorded
 (kind "response.compaction", not retrievable over the API) with its token-exact trace, inside the
 request's episode when it has one, so a trainer sees the policy's summaries with its other turns.
-A reasoning model's reasoning is kept in the trace, not in the summary.
+A reasoning model's reasoning is kept in the trace, not in the summary. `Responses` asks for the same
+summary (`summarizing`) when a request's `context_management` threshold is reached.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from localoai.handlers.responses.inputs import ResponseInputs
 from localoai.handlers.responses.items import chat_messages
 from localoai.handlers.run import GenerationRun
 from localoai.parsers.output import OutputParser, OutputPiece, fold
+from localoai.protocol.base import RequestModel
 from localoai.protocol.response_items import compaction_content
 from localoai.protocol.responses import CompactRequest
 from localoai.served import LoadedModel, Services
@@ -57,7 +59,7 @@ class CompactedConversation(CompactedResponse):
 
 @dataclass(frozen=True)
 class PreparedCompaction:
-    request: CompactRequest
+    request: RequestModel
     items: list[dict[str, Any]]
     """The conversation's items, a `previous_response_id` chain first."""
     prompt: RenderedPrompt
@@ -74,34 +76,42 @@ class Compactions:
 
     async def prepare(self, request: CompactRequest, episode: EpisodeRef | None = None) -> PreparedCompaction:
         """Every check that can fail, before the summary is generated."""
-        model, services = self.model, self.services
-        model.check_model(request.model)
-        fields = request.input_fields()
-        items, _ = await self.inputs.resolve(fields)
+        self.model.check_model(request.model)
+        items, _ = await self.inputs.resolve(request.input_fields())
         if not items:
             raise InvalidRequestError("There is nothing to compact: give 'input' or 'previous_response_id'.",
                                       param="input", code="missing_required_parameter")
+        return await self.summarizing(request, items, episode, instructions=request.instructions,
+                                      template_kwargs=request.chat_template_kwargs,
+                                      max_output_tokens=request.max_output_tokens, temperature=request.temperature,
+                                      top_p=request.top_p)
+
+    async def summarizing(self, request: RequestModel, items: list[dict[str, Any]], episode: EpisodeRef | None, *,
+                          instructions: str | None, template_kwargs: dict[str, Any] | None,
+                          max_output_tokens: int | None, temperature: float | None,
+                          top_p: float | None, cap: int | None = None) -> PreparedCompaction:
+        """The summary of `items` asked for (`request`: the request to record, a compaction's or the
+        response's that crossed its `context_management` threshold; `cap`: at most this many tokens
+        when `max_output_tokens` is not given)."""
+        model, services = self.model, self.services
         asked = [*items, {"type": "message", "role": "user",
                           "content": [{"type": "input_text", "text": COMPACTION_REQUEST}]}]
-        messages = chat_messages(request.instructions, asked, services.hosted_tools.result)
+        messages = chat_messages(instructions, asked, services.hosted_tools.result)
 
         def render(history: Any, *, generation_prompt: bool = True) -> RenderedPrompt:
             return render_chat(model.tokenizer, history, add_generation_prompt=generation_prompt,
-                               template_kwargs=request.chat_template_kwargs, policy=model.template_policy)
+                               template_kwargs=template_kwargs, policy=model.template_policy)
 
         prompt = await services.off_loop(render, messages)
         prompt, turn = await services.off_loop(
             services.episodes.attach, episode, messages, prompt,
-            lambda history: render(history, generation_prompt=False).text,
-            context=[[], request.chat_template_kwargs])
-        budget = token_budget(model, len(prompt.token_ids), request.max_output_tokens, param="max_output_tokens")
+            lambda history: render(history, generation_prompt=False).text, context=[[], template_kwargs])
+        budget = token_budget(model, len(prompt.token_ids), max_output_tokens, param="max_output_tokens")
+        budget = min(budget, cap) if cap is not None and max_output_tokens is None else budget
         parser = model.output_parser(prompt.text, None)
-        params = SamplingParams(
-            max_tokens=budget,
-            temperature=float(request.temperature if request.temperature is not None else 1.0),
-            top_p=float(request.top_p if request.top_p is not None else 1.0))
-        params = model.decoded_for(parser, params)
-        return PreparedCompaction(request, items, prompt, params, parser, turn)
+        params = SamplingParams(max_tokens=budget, temperature=float(temperature if temperature is not None else 1.0),
+                                top_p=float(top_p if top_p is not None else 1.0))
+        return PreparedCompaction(request, items, prompt, model.decoded_for(parser, params), parser, turn)
 
     async def create(self, prepared: PreparedCompaction) -> CompactedConversation:
         model, request = self.model, prepared.request

@@ -14,21 +14,26 @@ The streamed and the non-streamed answers come from the same event stream: a non
 drains it through `ResponseFold` (the response its terminal event carries), so the two can never
 disagree. Every response is recorded (kind "response"), its resolved input items with it, so that
 a chain of any length can be replayed from the store. `background: true`: see `background`;
-`POST /v1/responses/compact`: see `compaction`.
+`POST /v1/responses/compact`: see `compaction`. With `context_management`, an input whose rendering
+reaches the threshold is summarized first, in `prepare` (a compaction, recorded as such); the answer
+goes on from the summary, whose `compaction` item is the output's first item.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.responses.input_token_count_response import InputTokenCountResponse
+from openai.types.responses.response_compaction_item import ResponseCompactionItem
 
 from localoai.chat_template import render_chat
 from localoai.constraints.requests import constrain_response
 from localoai.engine.params import SamplingParams
 from localoai.episodes.routing import EpisodeRef
+from localoai.errors import UnsupportedFieldError
 from localoai.handlers.common import token_budget
 from localoai.handlers.responses.background import BackgroundResponses
 from localoai.handlers.responses.client_tools import client_tool_types
@@ -46,6 +51,11 @@ from localoai.served import LoadedModel, Services
 logger = logging.getLogger(__name__)
 
 
+SUMMARY_SHARE = 4
+"""A compaction inside a response (`context_management`) writes at most 1 / SUMMARY_SHARE of the
+context window, so that the answer has room after it."""
+
+
 class Responses:
     def __init__(self, model: LoadedModel, services: Services) -> None:
         self.model, self.services = model, services
@@ -53,15 +63,27 @@ class Responses:
         self.background = BackgroundResponses(self._events)
         self.compactions = Compactions(model, services, self.inputs)
 
-    async def prepare(self, request: ResponseCreateRequest, episode: EpisodeRef | None = None) -> PreparedResponse:
-        """Every check that can fail, before any generation starts."""
+    async def prepare(self, request: ResponseCreateRequest, episode: EpisodeRef | None = None, *,
+                      compaction: bool = True) -> PreparedResponse:
+        """Every check that can fail, before any generation starts (but a compaction's, which
+        `context_management` asks for first; `compaction=False`: refused instead, for a render)."""
         model, services = self.model, self.services
         model.check_model(request.model)
-        rendered = await self.inputs.render(request, room=request.max_output_tokens or 1)
-        items, prompt = rendered.items, rendered.prompt
+        room = request.max_output_tokens or 1
+        rendered = await self.inputs.render(request, room=room)
+        items, prompt, shown, made, continued = rendered.items, rendered.prompt, rendered.shown, None, None
+        if self._compaction_due(request, len(prompt.token_ids)):
+            if not compaction:
+                raise UnsupportedFieldError(
+                    "Unsupported value for 'context_management': the input reached its compaction threshold, "
+                    "and a summary would be generated first; a rendered request cannot hold it.",
+                    param="context_management")
+            made = await self._compact(request, items, episode)
+            continued = [*items, made.model_dump(mode="json", exclude_none=True)]
+            prompt, shown = await self.inputs.render_items(request, continued, room=room)
         offered = self.inputs.offered(request)
         tools = chat_tools(offered.tools)
-        messages = chat_messages(request.instructions, rendered.shown, services.hosted_tools.result)
+        messages = chat_messages(request.instructions, shown, services.hosted_tools.result)
         prompt, turn = await services.off_loop(
             services.episodes.attach,
             episode, messages, prompt, lambda history: render_chat(
@@ -82,7 +104,28 @@ class Responses:
         if offered.not_offered:
             logger.warning("hosted tools %s not offered to the model: no implementation is registered "
                            "(start(hosted_tools=...))", ", ".join(offered.not_offered))
-        return PreparedResponse(request, items, prompt, params, offered, parser, rendered.new_items_from, turn)
+        return PreparedResponse(request, items, prompt, params, offered, parser, rendered.new_items_from, turn,
+                                continued=continued, compaction=made)
+
+    def _compaction_due(self, request: ResponseCreateRequest, prompt_tokens: int) -> bool:
+        """`context_management`: the input's rendering reached `compact_threshold` tokens (by default:
+        it leaves no room for `max_output_tokens`)."""
+        if not request.context_management:
+            return False
+        threshold = request.context_management[0].compact_threshold
+        if threshold is not None:
+            return prompt_tokens >= threshold
+        return prompt_tokens + (request.max_output_tokens or 1) > self.model.context_length
+
+    async def _compact(self, request: ResponseCreateRequest, items: list[dict[str, Any]],
+                       episode: EpisodeRef | None) -> ResponseCompactionItem:
+        """The summary of `items` a compacted response goes on from (recorded on its own, as a compaction)."""
+        prepared = await self.compactions.summarizing(
+            request, items, episode, instructions=request.instructions, template_kwargs=request.chat_template_kwargs,
+            max_output_tokens=None, temperature=request.temperature, top_p=request.top_p,
+            cap=self.model.context_length // SUMMARY_SHARE)
+        compacted = await self.compactions.create(prepared)
+        return next(item for item in compacted.output if isinstance(item, ResponseCompactionItem))
 
     async def count_input_tokens(self, request: InputTokensRequest) -> InputTokenCountResponse:
         self.model.check_model(request.model)

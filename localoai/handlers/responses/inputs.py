@@ -47,7 +47,10 @@ class PreparedResponse:
     """Where this request's own items start in `items` (before: the replayed chain or conversation)."""
     episode: EpisodeTurn | None = None
     continued: list[dict[str, Any]] | None = None
-    """After a round of hosted tool calls: `items` then the earlier rounds' output, which `prompt` renders."""
+    """After a round of hosted tool calls or a compaction: `items` then the earlier output (the rounds',
+    the compaction item), which `prompt` renders."""
+    compaction: Any = None
+    """The compaction item made before the answer (`context_management`), the output's first item."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,11 @@ class ResponseInputs:
         items, first_new = await self.resolve(request)
         prompt, shown = await self._rendered(request, items, self.offered(request), room=room)
         return RenderedInput(items, prompt, first_new, shown)
+
+    async def render_items(self, request: ResponseInputFields, items: list[dict[str, Any]], *,
+                           room: int = 1) -> tuple[RenderedPrompt, list[dict[str, Any]]]:
+        """`items` rendered for `request` (and the items the rendering holds, as `render` says)."""
+        return await self._rendered(request, items, self.offered(request), room=room)
 
     async def resolve(self, request: ResponseInputFields) -> tuple[list[dict[str, Any]], int]:
         """The full item list (what came before, then this request's items), checked, and where this

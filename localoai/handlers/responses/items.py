@@ -15,7 +15,8 @@ hands it to the template the way it reads it (Qwen3's `reasoning_content`, gpt-o
 the template decides whether an earlier turn's reasoning is shown (Qwen3 keeps it only after the
 last user turn). A reasoning item with no assistant turn after it, or with only a `summary` or
 `encrypted_content` (OpenAI's own), has nothing the template can render. A `compaction` item (made
-by `POST /v1/responses/compact`, see `compaction`) renders as a user message holding its summary.
+by `POST /v1/responses/compact`, see `compaction`) renders as a user message holding its summary, and
+of what comes before the latest one only the user, system and developer messages are rendered.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]],
     """Stored items (and this request's `instructions`) as the chat messages the template renders.
     A hosted `web_search_call` renders as a `web_search` call and its result (`hosted_result(item id)`:
     the server keeps recent results, see `HostedTools`)."""
+    items = since_compaction(items)
     system: list[str] = [instructions] if instructions else []
     messages: list[dict[str, Any]] = []
     reasoning: list[str] = []  # reasoning items waiting for the assistant turn they belong to
@@ -178,6 +180,17 @@ def chat_messages(instructions: str | None, items: Sequence[dict[str, Any]],
     if system:
         messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return _MESSAGES.validate_python(messages)
+
+
+def since_compaction(items: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+    """What a conversation holding `compaction` items renders: before the latest one, only the user,
+    system and developer messages (what `POST /v1/responses/compact` keeps); its summary stands for the
+    rest, so a chain that went on after a compaction is not rendered whole again."""
+    latest = max((index for index, item in enumerate(items) if item["type"] == "compaction"), default=None)
+    if latest is None:
+        return items
+    return [item for item in items[:latest] if item["type"] == "message" and item["role"] != "assistant"] \
+        + list(items[latest:])
 
 
 def check_call_outputs(items: Sequence[dict[str, Any]], first_new: int) -> None:

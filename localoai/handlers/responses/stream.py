@@ -111,6 +111,9 @@ async def _events(model: LoadedModel, services: Services, inputs: ResponseInputs
     async with stream.run as run:
         yield build.created("queued" if build.settings["background"] else "in_progress")
         yield build.in_progress()
+        if stream.prepared.compaction is not None:  # made before the answer (`context_management`)
+            for event in build.whole_item(stream.prepared.compaction):
+                yield event
         for hosted_round in range(MAX_HOSTED_ROUNDS + 1):
             prepared, first_item = stream.prepared, len(build.items)
             calls = prepared.output_parser.stream() if prepared.output_parser else None
