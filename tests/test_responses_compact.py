@@ -281,3 +281,35 @@ def test_openai_agents_compaction_session(gpt_named: Any, tmp_path: Any) -> None
               and "go on" in record.prompt_text]
     summary = compaction_summary(items[1]["encrypted_content"])
     assert COMPACTED_HISTORY + summary in last.prompt_text
+
+
+def test_openai_agents_context_management(gpt_named: Any) -> None:
+    """openai-agents' `ModelSettings(context_management=...)`: a turn past the threshold is compacted
+    first, and the agent gets its answer with the compaction item before it."""
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    settings = ModelSettings(context_management=[{"type": "compaction", "compact_threshold": 1000}])
+    agent = Agent(name="a", model=OpenAIResponsesModel("gpt-tiny", gpt_named.async_client(max_retries=0)),
+                  model_settings=settings)
+    result = asyncio.run(Runner.run(agent, f"summarize this report: {LONG} {LONG} {LONG}"))
+    assert result.final_output.strip() == "ok then"
+    [response] = result.raw_responses
+    assert [item.type for item in response.output] == ["compaction", "message"]
+
+
+def test_the_turn_after_a_compacted_answer_extends_it_in_the_token_ledger(server: Any) -> None:
+    """Stateless chaining (the input, then the output, then the new message): the compacted turn's
+    exact tokens start the next turn's prompt."""
+    management = [{"type": "compaction", "compact_threshold": 1000}]
+    with server.episode() as episode:
+        episode_client = episode.client(max_retries=0)
+        first = episode_client.responses.create(model=server.model, input=long_conversation(), tools=[TOOL],
+                                                max_output_tokens=4, extra_body={"context_management": management})
+        second = episode_client.responses.create(
+            model=server.model, tools=[TOOL], max_output_tokens=4,
+            input=[*long_conversation(), *as_input(first), {"role": "user", "content": "and tomorrow?"}])
+        turns = episode.trajectory().turns
+    assert [turn.kind for turn in turns] == ["response.compaction", "response", "response"]
+    assert turns[2].record_id == second.id and turns[2].ledger["extends"] == first.id
+    assert turns[2].prompt_token_ids[:len(turns[1].input_ids)] == turns[1].input_ids

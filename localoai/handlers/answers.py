@@ -26,8 +26,8 @@ def answers(output: Any) -> list[list[dict[str, Any]]]:
                 message["tool_calls"] = [call.model_dump() for call in choice.message.tool_calls]
             result.append([message])
         return result
-    if isinstance(output, Response):
-        items = [item.model_dump(mode="json", exclude_none=True) for item in output.output]
+    if isinstance(output, Response):  # a compaction item first (`context_management`) is no part of the answer
+        items = [item.model_dump(mode="json", exclude_none=True) for item in output.output if item.type != "compaction"]
         return [template_messages(chat_messages(None, items))]
     if isinstance(output, CompactedResponse):
         summaries = [compaction_summary(item.encrypted_content) for item in output.output
