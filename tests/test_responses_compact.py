@@ -313,3 +313,15 @@ def test_the_turn_after_a_compacted_answer_extends_it_in_the_token_ledger(server
     assert [turn.kind for turn in turns] == ["response.compaction", "response", "response"]
     assert turns[2].record_id == second.id and turns[2].ledger["extends"] == first.id
     assert turns[2].prompt_token_ids[:len(turns[1].input_ids)] == turns[1].input_ids
+
+
+def test_a_request_refused_for_its_schema_compacts_nothing(client: openai.OpenAI, server: Any) -> None:
+    """Validation comes before the compaction that `context_management` asks for."""
+    before = server.store.count(kind="response.compaction")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=server.model, input=long_conversation(), max_output_tokens=4, extra_body={
+            "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+            "text": {"format": {"type": "json_schema", "name": "x", "schema": {"not": {}}}}})
+    assert refused.value.body["param"] == "text.format.schema"
+    server.flush_records()
+    assert server.store.count(kind="response.compaction") == before

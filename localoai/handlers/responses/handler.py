@@ -21,6 +21,7 @@ goes on from the summary, whose `compaction` item is the output's first item.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -65,24 +66,36 @@ class Responses:
 
     async def prepare(self, request: ResponseCreateRequest, episode: EpisodeRef | None = None, *,
                       compaction: bool = True) -> PreparedResponse:
-        """Every check that can fail, before any generation starts (but a compaction's, which
-        `context_management` asks for first; `compaction=False`: refused instead, for a render)."""
+        """Every check that can fail, before any generation starts (the context window's last: a
+        compaction that `context_management` asks for is generated first; `compaction=False`: refused
+        instead, for a render)."""
         model, services = self.model, self.services
         model.check_model(request.model)
         room = request.max_output_tokens or 1
         rendered = await self.inputs.render(request, room=room)
-        items, prompt, shown, made, continued = rendered.items, rendered.prompt, rendered.shown, None, None
+        offered = self.inputs.offered(request)
+        tools = chat_tools(offered.tools)
+        names = [offered_name(tool) for tool in offered.tools]
+        # The parser reads the end of the rendering (the generation prompt): a compaction or a splice keeps it.
+        parser = model.output_parser(rendered.prompt.text, names or None)
+        params = SamplingParams(
+            max_tokens=1,  # the budget is set once the prompt is final (below)
+            temperature=float(request.temperature if request.temperature is not None else 1.0),
+            top_p=float(request.top_p if request.top_p is not None else 1.0),
+            logprobs=(request.top_logprobs or 0) if OUTPUT_LOGPROBS in (request.include or []) else None,
+        )
+        params = model.decoded_for(parser, params)  # the parser must see its markup
+        params = await services.off_loop(constrain_response, model, request, offered.tools, parser, params)
+        prompt, shown, made, continued = rendered.prompt, rendered.shown, None, None
         if self._compaction_due(request, len(prompt.token_ids)):
             if not compaction:
                 raise UnsupportedFieldError(
                     "Unsupported value for 'context_management': the input reached its compaction threshold, "
                     "and a summary would be generated first; a rendered request cannot hold it.",
                     param="context_management")
-            made = await self._compact(request, items, episode)
-            continued = [*items, made.model_dump(mode="json", exclude_none=True)]
+            made = await self._compact(request, rendered.items, episode)
+            continued = [*rendered.items, made.model_dump(mode="json", exclude_none=True)]
             prompt, shown = await self.inputs.render_items(request, continued, room=room)
-        offered = self.inputs.offered(request)
-        tools = chat_tools(offered.tools)
         messages = chat_messages(request.instructions, shown, services.hosted_tools.result)
         prompt, turn = await services.off_loop(
             services.episodes.attach,
@@ -91,21 +104,12 @@ class Responses:
                 template_kwargs=request.chat_template_kwargs, policy=model.template_policy).text,
             context=[[tool.model_dump(mode="json") for tool in tools or []], request.chat_template_kwargs])
         budget = token_budget(model, len(prompt.token_ids), request.max_output_tokens, param="max_output_tokens")
-        params = SamplingParams(
-            max_tokens=budget,
-            temperature=float(request.temperature if request.temperature is not None else 1.0),
-            top_p=float(request.top_p if request.top_p is not None else 1.0),
-            logprobs=(request.top_logprobs or 0) if OUTPUT_LOGPROBS in (request.include or []) else None,
-        )
-        names = [offered_name(tool) for tool in offered.tools]
-        parser = model.output_parser(prompt.text, names or None)
-        params = model.decoded_for(parser, params)  # the parser must see its markup
-        params = await services.off_loop(constrain_response, model, request, offered.tools, parser, params)
+        params = dataclasses.replace(params, max_tokens=budget)
         if offered.not_offered:
             logger.warning("hosted tools %s not offered to the model: no implementation is registered "
                            "(start(hosted_tools=...))", ", ".join(offered.not_offered))
-        return PreparedResponse(request, items, prompt, params, offered, parser, rendered.new_items_from, turn,
-                                continued=continued, compaction=made)
+        return PreparedResponse(request, rendered.items, prompt, params, offered, parser, rendered.new_items_from,
+                                turn, continued=continued, compaction=made)
 
     def _compaction_due(self, request: ResponseCreateRequest, prompt_tokens: int) -> bool:
         """`context_management`: the input's rendering reached `compact_threshold` tokens (by default:
