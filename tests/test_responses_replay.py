@@ -4,6 +4,8 @@ response's events replayed by the live stream's own builder, `starting_after` in
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ import pytest
 from localoai.handlers.responses.events import ResponseEvents, usage
 from localoai.handlers.responses.replay import replay_events
 from localoai.parsers.tool_calls import HermesToolParser
+from localoai.testing import ScriptedEngine, running_server
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +60,29 @@ def test_replay_waits_for_a_running_background_response(client: openai.OpenAI, s
     assert replayed[-1].response.usage.output_tokens == 40
 
 
-def test_replay_of_a_cancelled_response_ends_without_a_terminal_event(client: openai.OpenAI, server: Any) -> None:
-    queued = client.responses.create(model=server.model, input="hello", max_output_tokens=1500, background=True,
+@pytest.fixture(scope="module")
+def slow(tiny: tuple[Any, Any]) -> Iterator[Any]:
+    """A server whose answers take a few milliseconds a token: a background response is still running when
+    the client cancels it, however fast the machine."""
+    model, tokenizer = tiny
+    word = tokenizer.encode(" ok", add_special_tokens=False)[0]
+
+    def script(prompt_ids: list[int], params: Any, index: int) -> Iterator[int]:
+        while True:
+            time.sleep(0.005)
+            yield word
+
+    engine = ScriptedEngine(tokenizer, script, context_length=model.config.max_position_embeddings)
+    with running_server(model, tokenizer, name="tiny", engine=engine) as running:
+        yield running
+
+
+def test_replay_of_a_cancelled_response_ends_without_a_terminal_event(slow: Any) -> None:
+    client = slow.client(max_retries=0)
+    queued = client.responses.create(model=slow.model, input="hello", max_output_tokens=1500, background=True,
                                      temperature=0)
     cancelled = client.responses.cancel(queued.id)
+    assert cancelled.status == "cancelled"
     replayed = list(client.responses.retrieve(queued.id, stream=True))
     types = [event.type for event in replayed]
     assert types[:2] == ["response.created", "response.in_progress"]
