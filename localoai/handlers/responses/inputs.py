@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openai.types.responses import Response
+from openai.types.responses.response_compaction_item import ResponseCompactionItem
 
 from localoai.chat_template import RenderedPrompt, render_chat
 from localoai.engine.params import SamplingParams
@@ -49,7 +50,7 @@ class PreparedResponse:
     continued: list[dict[str, Any]] | None = None
     """After a round of hosted tool calls or a compaction: `items` then the earlier output (the rounds',
     the compaction item), which `prompt` renders."""
-    compaction: Any = None
+    compaction: ResponseCompactionItem | None = None
     """The compaction item made before the answer (`context_management`), the output's first item."""
 
 
@@ -72,14 +73,18 @@ def turn_starts(items: list[dict[str, Any]]) -> list[int]:
     for index, item in enumerate(items):
         if item["type"] == "message" and item["role"] == "user" and seen and index > starts[-1]:
             starts.append(index)
-        seen = seen or item["type"] != "message" or item["role"] not in ("system", "developer")
+        seen = seen or not _instruction(item)
     return starts
 
 
 def from_turn(items: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
     """`items` from `start` on, with the system and developer messages before it (the instructions)."""
-    kept = [item for item in items[:start] if item["type"] == "message" and item["role"] in ("system", "developer")]
-    return kept + items[start:]
+    return [item for item in items[:start] if _instruction(item)] + items[start:]
+
+
+def _instruction(item: dict[str, Any]) -> bool:
+    """A system or developer message: merged into the leading system message, never truncated away."""
+    return item["type"] == "message" and item["role"] in ("system", "developer")
 
 
 def previous_not_found(response_id: str) -> NotFoundError:
@@ -163,8 +168,9 @@ class ResponseInputs:
         low, high, best = 1, len(starts) - 1, None
         while low <= high:
             middle = (low + high) // 2
-            if (prompt := await fits(from_turn(items, starts[middle]))) is not None:
-                best, high = (prompt, from_turn(items, starts[middle])), middle - 1
+            shown = from_turn(items, starts[middle])
+            if (prompt := await fits(shown)) is not None:
+                best, high = (prompt, shown), middle - 1
             else:
                 low = middle + 1
         if best is None:
